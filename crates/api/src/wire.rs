@@ -1,0 +1,282 @@
+//! Bodies of the REST API (`/v1/...`) and of the dispatcher's agent sessions. Every request type
+//! refuses unknown fields, so a typo in a client is an error rather than a silent no-op.
+
+use crate::ids::{NodeId, TaskId};
+use crate::network::Network;
+use crate::node::{Availability, Node, NodeDescription};
+use crate::service::Service;
+use crate::task::{Task, TaskStatus};
+use crate::units::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub use crate::stack::convert::StackSpec;
+
+/// Every error response: a message a person can act on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong and, where possible, what to do.
+    pub message: String,
+}
+
+/// `POST /v1/cluster/init`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitRequest {
+    /// Address other nodes reach this manager at (defaults to the daemon's cluster address).
+    #[serde(default)]
+    pub advertise_addr: Option<String>,
+}
+
+/// Raft's view from the answering manager.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaftInfo {
+    /// This manager's Raft id.
+    pub id: u64,
+    /// Current term.
+    pub term: u64,
+    /// Raft id of the leader, 0 when unknown.
+    pub leader: u64,
+    /// Highest committed index.
+    pub commit: u64,
+    /// Highest index applied to the store (the store revision).
+    pub applied: u64,
+    /// Voters.
+    pub voters: Vec<u64>,
+}
+
+/// `GET /v1/cluster`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    /// The cluster's id.
+    pub id: String,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// Store revision.
+    pub revision: u64,
+    /// Raft state.
+    pub raft: RaftInfo,
+    /// Token a worker presents to join.
+    pub worker_join_token: String,
+    /// Counts of objects.
+    pub nodes: usize,
+    /// Services.
+    pub services: usize,
+    /// Tasks (of every state).
+    pub tasks: usize,
+    /// Networks.
+    pub networks: usize,
+}
+
+/// `POST /v1/nodes/{id}/update`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeUpdate {
+    /// New availability.
+    #[serde(default)]
+    pub availability: Option<Availability>,
+    /// Labels to add or change.
+    #[serde(default)]
+    pub labels_add: BTreeMap<String, String>,
+    /// Labels to remove.
+    #[serde(default)]
+    pub labels_rm: Vec<String>,
+}
+
+/// `POST /v1/services/{id}/update`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceUpdate {
+    /// The whole new spec.
+    pub spec: crate::service::ServiceSpec,
+    /// When set, the update fails unless the service is still at this version.
+    #[serde(default)]
+    pub version: Option<u64>,
+}
+
+/// `POST /v1/services/{id}/scale`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleRequest {
+    /// New replica count.
+    pub replicas: u64,
+}
+
+/// A created object's id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Created {
+    /// Its id.
+    pub id: String,
+}
+
+/// `POST /v1/stacks/{name}/deploy`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StackDeploy {
+    /// What the stack holds now.
+    pub stack: StackSpec,
+    /// Remove services of the stack that are no longer in it.
+    #[serde(default)]
+    pub prune: bool,
+}
+
+/// What a stack deploy did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackDeployResult {
+    /// Store revision at which the whole deploy was applied.
+    pub revision: u64,
+    /// Networks created.
+    pub networks_created: Vec<String>,
+    /// Services created.
+    pub created: Vec<String>,
+    /// Services whose spec changed.
+    pub updated: Vec<String>,
+    /// Services left as they were.
+    pub unchanged: Vec<String>,
+    /// Services removed (with prune).
+    pub removed: Vec<String>,
+}
+
+/// One line of `stack ls`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackSummary {
+    /// Stack name.
+    pub name: String,
+    /// Its services.
+    pub services: usize,
+    /// Its networks.
+    pub networks: usize,
+}
+
+/// A service with the counts `service ls` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSummary {
+    /// The service.
+    pub service: Service,
+    /// Tasks running the current spec... or any spec, as docker counts them.
+    pub running: u64,
+    /// Tasks wanted.
+    pub desired: u64,
+}
+
+/// Any object the store holds, tagged with its type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "object", rename_all = "lowercase")]
+pub enum Object {
+    /// A node.
+    Node(Box<Node>),
+    /// A service.
+    Service(Box<Service>),
+    /// A task.
+    Task(Box<Task>),
+    /// A network.
+    Network(Box<Network>),
+}
+
+/// What happened to an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// It appeared.
+    Create,
+    /// It changed.
+    Update,
+    /// It went away.
+    Delete,
+}
+
+/// One change of the store, in revision order. `GET /v1/events?since=REV` streams these as
+/// JSON lines.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Store revision (Raft index) of the change.
+    pub revision: u64,
+    /// Create, update or delete.
+    pub action: Action,
+    /// The object after the change (before it, for deletes).
+    #[serde(flatten)]
+    pub object: Object,
+}
+
+/// `POST /v1/dispatcher/register`: an agent opens a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// The node's id from an earlier registration; `None` for a new node.
+    #[serde(default)]
+    pub node_id: Option<NodeId>,
+    /// The cluster's join token.
+    pub join_token: String,
+    /// What the node is.
+    pub description: NodeDescription,
+    /// Underlay address of the node.
+    #[serde(default)]
+    pub addr: String,
+    /// True for the agent of a manager host.
+    #[serde(default)]
+    pub manager: bool,
+}
+
+/// The session an agent holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    /// The node's id (new or confirmed).
+    pub node_id: NodeId,
+    /// Session id, to present on every call.
+    pub session_id: String,
+    /// How often to heartbeat, in milliseconds.
+    pub heartbeat_period_ms: u64,
+}
+
+/// `POST /v1/dispatcher/heartbeat`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// The node.
+    pub node_id: NodeId,
+    /// Its session.
+    pub session_id: String,
+}
+
+/// Answer to a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    /// Period for the next one, in milliseconds.
+    pub heartbeat_period_ms: u64,
+}
+
+/// `GET /v1/dispatcher/assignments?node_id=..&session_id=..&since=REV`: the tasks a node must
+/// run. With `since=0` the full set; otherwise waits for a change after `since`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignments {
+    /// Store revision these assignments reflect; pass it as `since` next time.
+    pub revision: u64,
+    /// True when `tasks` is the full set (anything not in it must go).
+    pub full: bool,
+    /// Tasks to run or to stop (desired state tells which).
+    pub tasks: Vec<Task>,
+    /// Tasks no longer assigned (with `full: false`).
+    pub removed: Vec<TaskId>,
+}
+
+/// One task's new status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskStatusUpdate {
+    /// The task.
+    pub task_id: TaskId,
+    /// Its status.
+    pub status: TaskStatus,
+}
+
+/// `POST /v1/dispatcher/status`: a batch of task statuses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusReport {
+    /// The node.
+    pub node_id: NodeId,
+    /// Its session.
+    pub session_id: String,
+    /// The updates, oldest first.
+    pub updates: Vec<TaskStatusUpdate>,
+}
