@@ -1,0 +1,778 @@
+//! The REST API (axum): turns HTTP requests into store reads and [`Command`] proposals, and
+//! errors into `{"message": ...}` bodies with the right status code, in one place
+//! ([`ApiError`]). The same router serves the Unix socket and, optionally, TCP; agents use its
+//! `/v1/dispatcher/*` routes.
+
+use crate::dispatcher::{self, SessionError};
+use crate::manager::{allocate_networks, now, Cluster, Manager, ManagerError};
+use crate::raft::node::ProposeError;
+use crate::store::{Command, Store, StoreError};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use shoal_api::network::{Network, NetworkSpec};
+use shoal_api::node::{Node, NodeRole};
+use shoal_api::service::{Service, ServiceMode, ServiceSpec, STACK_LABEL};
+use shoal_api::task::Task;
+use shoal_api::wire::*;
+use shoal_api::{NodeId, ServiceId};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest request body accepted (a big stack stays far below).
+pub const BODY_LIMIT: usize = 4 << 20;
+
+/// An API error: a status and a message a person can act on.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    fn not_found(kind: &str, id: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, format!("{kind} {id} not found"))
+    }
+    fn bad(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ErrorBody {
+                message: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match &e {
+            StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
+            StoreError::NameInUse { .. }
+            | StoreError::VersionMismatch { .. }
+            | StoreError::AlreadyInitialized => StatusCode::CONFLICT,
+            StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<ProposeError> for ApiError {
+    fn from(e: ProposeError) -> Self {
+        match e {
+            ProposeError::Refused(s) => s.into(),
+            other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
+        }
+    }
+}
+
+impl From<ManagerError> for ApiError {
+    fn from(e: ManagerError) -> Self {
+        match e {
+            ManagerError::AlreadyInitialized => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            ManagerError::Propose(p) => p.into(),
+            other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+        }
+    }
+}
+
+impl From<SessionError> for ApiError {
+    fn from(e: SessionError) -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, e.to_string())
+    }
+}
+
+/// A JSON body whose errors come back as JSON with the reason.
+struct Body<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(JsonRejection::BytesRejection(e)) => Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body refused: {}", e.body_text()),
+            )),
+            Err(e) => Err(ApiError::bad(format!(
+                "invalid request body: {}",
+                e.body_text()
+            ))),
+        }
+    }
+}
+
+type Result<T, E = ApiError> = std::result::Result<T, E>;
+type Shared = Arc<Manager>;
+
+async fn cluster(m: &Manager) -> Result<Arc<Cluster>> {
+    m.cluster().await.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node is not part of a cluster: run `shoal cluster init` first",
+        )
+    })
+}
+
+/// The API's routes.
+pub fn router(manager: Shared) -> Router {
+    Router::new()
+        .route("/v1/cluster", get(cluster_info))
+        .route("/v1/cluster/init", post(cluster_init))
+        .route("/v1/nodes", get(node_list))
+        .route("/v1/nodes/{id}", get(node_inspect))
+        .route("/v1/nodes/{id}/update", post(node_update))
+        .route("/v1/services", get(service_list).post(service_create))
+        .route(
+            "/v1/services/{id}",
+            get(service_inspect).delete(service_remove),
+        )
+        .route("/v1/services/{id}/update", post(service_update))
+        .route("/v1/services/{id}/scale", post(service_scale))
+        .route("/v1/services/{id}/tasks", get(service_tasks))
+        .route("/v1/tasks", get(task_list))
+        .route("/v1/tasks/{id}", get(task_inspect))
+        .route("/v1/networks", get(network_list).post(network_create))
+        .route(
+            "/v1/networks/{id}",
+            get(network_inspect).delete(network_remove),
+        )
+        .route("/v1/stacks", get(stack_list))
+        .route("/v1/stacks/{name}", axum::routing::delete(stack_remove))
+        .route("/v1/stacks/{name}/deploy", post(stack_deploy))
+        .route("/v1/stacks/{name}/tasks", get(stack_tasks))
+        .route("/v1/events", get(events))
+        .route("/v1/dispatcher/register", post(agent_register))
+        .route("/v1/dispatcher/heartbeat", post(agent_heartbeat))
+        .route("/v1/dispatcher/assignments", get(agent_assignments))
+        .route("/v1/dispatcher/status", post(agent_status))
+        .fallback(|| async { ApiError::not_found("route", "(see docs/api.md)") })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(manager)
+}
+
+fn info(c: &Cluster) -> ClusterInfo {
+    let status = c.raft.status().borrow().clone();
+    let store = c.store.read().expect("store lock");
+    let obj = store.cluster.clone();
+    ClusterInfo {
+        id: obj.as_ref().map(|o| o.id.clone()).unwrap_or_default(),
+        created_at: obj.as_ref().map(|o| o.created_at).unwrap_or_default(),
+        revision: store.revision,
+        raft: RaftInfo {
+            id: status.id,
+            term: status.term,
+            leader: status.leader,
+            commit: status.commit,
+            applied: status.applied,
+            voters: status.voters,
+        },
+        worker_join_token: obj.map(|o| o.worker_join_token).unwrap_or_default(),
+        nodes: store.nodes.len(),
+        services: store.services.len(),
+        tasks: store.tasks.len(),
+        networks: store.networks.len(),
+    }
+}
+
+async fn cluster_info(State(m): State<Shared>) -> Result<Json<ClusterInfo>> {
+    let c = cluster(&m).await?;
+    Ok(Json(info(&c)))
+}
+
+async fn cluster_init(
+    State(m): State<Shared>,
+    Body(_req): Body<InitRequest>,
+) -> Result<Json<ClusterInfo>> {
+    let c = m.init().await?;
+    tracing::info!("cluster initialized");
+    Ok(Json(info(&c)))
+}
+
+fn find_node(store: &Store, id: &str) -> Result<Node> {
+    store
+        .node_by_ref(id)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found("node", id))
+}
+
+fn find_service(store: &Store, id: &str) -> Result<Service> {
+    store
+        .service_by_ref(id)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found("service", id))
+}
+
+async fn node_list(State(m): State<Shared>) -> Result<Json<Vec<Node>>> {
+    let c = cluster(&m).await?;
+    let store = c.store.read().expect("store lock");
+    Ok(Json(store.nodes.values().cloned().collect()))
+}
+
+async fn node_inspect(State(m): State<Shared>, Path(id): Path<String>) -> Result<Json<Node>> {
+    let c = cluster(&m).await?;
+    let node = find_node(&c.store.read().expect("store lock"), &id)?;
+    Ok(Json(node))
+}
+
+async fn node_update(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    Body(req): Body<NodeUpdate>,
+) -> Result<Json<Node>> {
+    let c = cluster(&m).await?;
+    let node = find_node(&c.store.read().expect("store lock"), &id)?;
+    c.raft
+        .propose(Command::UpdateNode {
+            id: node.id.clone(),
+            availability: req.availability,
+            labels_add: req.labels_add,
+            labels_rm: req.labels_rm,
+        })
+        .await?;
+    let node = find_node(&c.store.read().expect("store lock"), node.id.as_str())?;
+    Ok(Json(node))
+}
+
+async fn service_list(State(m): State<Shared>) -> Result<Json<Vec<ServiceSummary>>> {
+    let c = cluster(&m).await?;
+    let store = c.store.read().expect("store lock");
+    Ok(Json(
+        store
+            .services
+            .values()
+            .map(|s| {
+                let (running, desired) = store.replica_counts(s);
+                ServiceSummary {
+                    service: s.clone(),
+                    running,
+                    desired,
+                }
+            })
+            .collect(),
+    ))
+}
+
+async fn service_create(
+    State(m): State<Shared>,
+    Body(spec): Body<ServiceSpec>,
+) -> Result<(StatusCode, Json<Created>)> {
+    let c = cluster(&m).await?;
+    let id = ServiceId::from_bits(rand::random());
+    c.raft
+        .propose(Command::CreateService {
+            id: id.clone(),
+            spec: Box::new(spec),
+            at: now(),
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(Created { id: id.to_string() })))
+}
+
+async fn service_inspect(State(m): State<Shared>, Path(id): Path<String>) -> Result<Json<Service>> {
+    let c = cluster(&m).await?;
+    let s = find_service(&c.store.read().expect("store lock"), &id)?;
+    Ok(Json(s))
+}
+
+async fn service_update(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    Body(req): Body<ServiceUpdate>,
+) -> Result<Json<Service>> {
+    let c = cluster(&m).await?;
+    let s = find_service(&c.store.read().expect("store lock"), &id)?;
+    c.raft
+        .propose(Command::UpdateService {
+            id: s.id.clone(),
+            spec: Box::new(req.spec),
+            expected_version: req.version,
+            at: now(),
+        })
+        .await?;
+    let s = find_service(&c.store.read().expect("store lock"), s.id.as_str())?;
+    Ok(Json(s))
+}
+
+async fn service_scale(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    Body(req): Body<ScaleRequest>,
+) -> Result<Json<Service>> {
+    let c = cluster(&m).await?;
+    let s = find_service(&c.store.read().expect("store lock"), &id)?;
+    let ServiceMode::Replicated { .. } = s.spec.mode else {
+        return Err(ApiError::bad(format!(
+            "service {} is global: scale works on replicated services only",
+            s.spec.name
+        )));
+    };
+    let mut spec = s.spec.clone();
+    spec.mode = ServiceMode::Replicated {
+        replicas: req.replicas,
+    };
+    c.raft
+        .propose(Command::UpdateService {
+            id: s.id.clone(),
+            spec: Box::new(spec),
+            expected_version: Some(s.version),
+            at: now(),
+        })
+        .await?;
+    let s = find_service(&c.store.read().expect("store lock"), s.id.as_str())?;
+    Ok(Json(s))
+}
+
+async fn service_remove(State(m): State<Shared>, Path(id): Path<String>) -> Result<StatusCode> {
+    let c = cluster(&m).await?;
+    let s = find_service(&c.store.read().expect("store lock"), &id)?;
+    c.raft.propose(Command::RemoveService { id: s.id }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn sorted_tasks<'a>(tasks: impl Iterator<Item = &'a Task>) -> Vec<Task> {
+    let mut out: Vec<Task> = tasks.cloned().collect();
+    out.sort_by(|a, b| {
+        (
+            &a.service_name,
+            a.slot,
+            &a.node_id,
+            std::cmp::Reverse(a.created_at),
+        )
+            .cmp(&(
+                &b.service_name,
+                b.slot,
+                &b.node_id,
+                std::cmp::Reverse(b.created_at),
+            ))
+    });
+    out
+}
+
+async fn service_tasks(State(m): State<Shared>, Path(id): Path<String>) -> Result<Json<Vec<Task>>> {
+    let c = cluster(&m).await?;
+    let store = c.store.read().expect("store lock");
+    let s = find_service(&store, &id)?;
+    Ok(Json(sorted_tasks(store.tasks_of(&s.id))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskFilter {
+    service: Option<String>,
+    node: Option<String>,
+}
+
+async fn task_list(
+    State(m): State<Shared>,
+    Query(f): Query<TaskFilter>,
+) -> Result<Json<Vec<Task>>> {
+    let c = cluster(&m).await?;
+    let store = c.store.read().expect("store lock");
+    let service = match &f.service {
+        Some(s) => Some(find_service(&store, s)?.id),
+        None => None,
+    };
+    let node = match &f.node {
+        Some(n) => Some(find_node(&store, n)?.id),
+        None => None,
+    };
+    let tasks = store
+        .tasks
+        .values()
+        .filter(|t| service.as_ref().is_none_or(|s| &t.service_id == s))
+        .filter(|t| node.as_ref().is_none_or(|n| t.node_id.as_ref() == Some(n)));
+    Ok(Json(sorted_tasks(tasks)))
+}
+
+async fn task_inspect(State(m): State<Shared>, Path(id): Path<String>) -> Result<Json<Task>> {
+    let c = cluster(&m).await?;
+    let store = c.store.read().expect("store lock");
+    let task = store
+        .tasks
+        .values()
+        .find(|t| t.id.as_str() == id || t.id.as_str().starts_with(&id))
+        .cloned();
+    task.map(Json)
+        .ok_or_else(|| ApiError::not_found("task", &id))
+}
+
+async fn network_list(State(m): State<Shared>) -> Result<Json<Vec<Network>>> {
+    let c = cluster(&m).await?;
+    let store = c.store.read().expect("store lock");
+    Ok(Json(store.networks.values().cloned().collect()))
+}
+
+async fn network_create(
+    State(m): State<Shared>,
+    Body(spec): Body<NetworkSpec>,
+) -> Result<(StatusCode, Json<Created>)> {
+    let c = cluster(&m).await?;
+    let new = allocate_networks(&c.store.read().expect("store lock"), vec![spec])
+        .pop()
+        .expect("one network");
+    let id = new.id.to_string();
+    c.raft
+        .propose(Command::CreateNetwork(Box::new(new)))
+        .await?;
+    Ok((StatusCode::CREATED, Json(Created { id })))
+}
+
+async fn network_inspect(State(m): State<Shared>, Path(id): Path<String>) -> Result<Json<Network>> {
+    let c = cluster(&m).await?;
+    let store = c.store.read().expect("store lock");
+    store
+        .network_by_ref(&id)
+        .cloned()
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("network", &id))
+}
+
+async fn network_remove(State(m): State<Shared>, Path(id): Path<String>) -> Result<StatusCode> {
+    let c = cluster(&m).await?;
+    let net = c
+        .store
+        .read()
+        .expect("store lock")
+        .network_by_ref(&id)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found("network", &id))?;
+    c.raft
+        .propose(Command::RemoveNetwork { id: net.id })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn stack_of(labels: &BTreeMap<String, String>) -> Option<&str> {
+    labels.get(STACK_LABEL).map(String::as_str)
+}
+
+async fn stack_list(State(m): State<Shared>) -> Result<Json<Vec<StackSummary>>> {
+    let c = cluster(&m).await?;
+    let store = c.store.read().expect("store lock");
+    let mut stacks: BTreeMap<String, StackSummary> = BTreeMap::new();
+    for s in store.services.values() {
+        if let Some(name) = stack_of(&s.spec.labels) {
+            stacks
+                .entry(name.to_owned())
+                .or_insert_with(|| StackSummary {
+                    name: name.to_owned(),
+                    services: 0,
+                    networks: 0,
+                })
+                .services += 1;
+        }
+    }
+    for n in store.networks.values() {
+        if let Some(name) = stack_of(&n.spec.labels) {
+            stacks
+                .entry(name.to_owned())
+                .or_insert_with(|| StackSummary {
+                    name: name.to_owned(),
+                    services: 0,
+                    networks: 0,
+                })
+                .networks += 1;
+        }
+    }
+    Ok(Json(stacks.into_values().collect()))
+}
+
+async fn stack_deploy(
+    State(m): State<Shared>,
+    Path(name): Path<String>,
+    Body(req): Body<StackDeploy>,
+) -> Result<Json<StackDeployResult>> {
+    let c = cluster(&m).await?;
+    if req.stack.name != name {
+        return Err(ApiError::bad(format!(
+            "the body deploys stack {:?} but the path names {name:?}",
+            req.stack.name
+        )));
+    }
+    let mut result = StackDeployResult::default();
+    let cmd = {
+        let store = c.store.read().expect("store lock");
+        for ext in &req.stack.external_networks {
+            if store.network_by_ref(ext).is_none() {
+                return Err(ApiError::bad(format!("network {ext:?} is declared as external, but could not be found: create it first")));
+            }
+        }
+        for spec in req.stack.networks.iter().chain(
+            req.stack
+                .services
+                .iter()
+                .map(|_| None::<&NetworkSpec>)
+                .flatten(),
+        ) {
+            if spec.labels.get(STACK_LABEL) != Some(&name) {
+                return Err(ApiError::bad(format!(
+                    "network {} is not labelled with stack {name}",
+                    spec.name
+                )));
+            }
+        }
+        let new_specs: Vec<NetworkSpec> = req
+            .stack
+            .networks
+            .iter()
+            .filter(|n| store.network_by_ref(&n.name).is_none())
+            .cloned()
+            .collect();
+        for n in &req.stack.networks {
+            if let Some(existing) = store.network_by_ref(&n.name) {
+                if stack_of(&existing.spec.labels) != Some(name.as_str()) {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        format!(
+                            "network {} exists and does not belong to stack {name}",
+                            n.name
+                        ),
+                    ));
+                }
+            }
+        }
+        let networks = allocate_networks(&store, new_specs);
+        result.networks_created = networks.iter().map(|n| n.spec.name.clone()).collect();
+        let (mut create, mut update) = (Vec::new(), Vec::new());
+        for spec in &req.stack.services {
+            if spec.stack() != Some(name.as_str()) {
+                return Err(ApiError::bad(format!(
+                    "service {} is not labelled with stack {name}",
+                    spec.name
+                )));
+            }
+            match store.services.values().find(|s| s.spec.name == spec.name) {
+                Some(existing) if existing.spec == *spec => {
+                    result.unchanged.push(spec.name.clone())
+                }
+                Some(existing) => {
+                    update.push((existing.id.clone(), spec.clone()));
+                    result.updated.push(spec.name.clone());
+                }
+                None => {
+                    create.push((ServiceId::from_bits(rand::random()), spec.clone()));
+                    result.created.push(spec.name.clone());
+                }
+            }
+        }
+        let mut remove = Vec::new();
+        if req.prune {
+            for s in store.services.values() {
+                if stack_of(&s.spec.labels) == Some(name.as_str())
+                    && !s.removing
+                    && !req.stack.services.iter().any(|n| n.name == s.spec.name)
+                {
+                    remove.push(s.id.clone());
+                    result.removed.push(s.spec.name.clone());
+                }
+            }
+        }
+        Command::DeployStack {
+            networks,
+            create,
+            update,
+            remove,
+            at: now(),
+        }
+    };
+    result.revision = c.raft.propose(cmd).await?;
+    Ok(Json(result))
+}
+
+async fn stack_tasks(State(m): State<Shared>, Path(name): Path<String>) -> Result<Json<Vec<Task>>> {
+    let c = cluster(&m).await?;
+    let store = c.store.read().expect("store lock");
+    let ids: Vec<ServiceId> = store
+        .services
+        .values()
+        .filter(|s| stack_of(&s.spec.labels) == Some(name.as_str()))
+        .map(|s| s.id.clone())
+        .collect();
+    if ids.is_empty() {
+        return Err(ApiError::not_found("stack", &name));
+    }
+    Ok(Json(sorted_tasks(
+        store.tasks.values().filter(|t| ids.contains(&t.service_id)),
+    )))
+}
+
+async fn stack_remove(State(m): State<Shared>, Path(name): Path<String>) -> Result<StatusCode> {
+    let c = cluster(&m).await?;
+    c.raft.propose(Command::RemoveStack { name }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    #[serde(default)]
+    since: u64,
+}
+
+async fn events(State(m): State<Shared>, Query(q): Query<EventsQuery>) -> Result<Response> {
+    let c = cluster(&m).await?;
+    let sub = c
+        .hub
+        .subscribe(q.since)
+        .map_err(|e| ApiError::new(StatusCode::GONE, e.to_string()))?;
+    let backlog = futures::stream::iter(
+        sub.backlog
+            .into_iter()
+            .map(Ok::<_, std::convert::Infallible>),
+    );
+    let live = futures::stream::unfold(sub.live, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(batch) => {
+                    return Some((
+                        futures::stream::iter(batch.iter().cloned().map(Ok).collect::<Vec<_>>()),
+                        rx,
+                    ))
+                }
+                // A subscriber that falls behind is cut off; it resumes from its last revision.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_))
+                | Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    use futures::StreamExt;
+    let lines = backlog.chain(live.flatten()).map(|e| {
+        let e: Event = e.expect("infallible");
+        let mut line = serde_json::to_vec(&e).expect("events serialize");
+        line.push(b'\n');
+        Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line))
+    });
+    Ok(Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(axum::body::Body::from_stream(lines))
+        .expect("valid response"))
+}
+
+async fn agent_register(
+    State(m): State<Shared>,
+    Body(req): Body<RegisterRequest>,
+) -> Result<Json<RegisterResponse>> {
+    let c = cluster(&m).await?;
+    let token = c
+        .store
+        .read()
+        .expect("store lock")
+        .cluster
+        .as_ref()
+        .map(|o| o.worker_join_token.clone())
+        .unwrap_or_default();
+    if token.is_empty() || req.join_token != token {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid join token: use the token `shoal cluster info` shows",
+        ));
+    }
+    if !c.raft.status().borrow().is_leader() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this manager is not the leader; register with the leader",
+        ));
+    }
+    let id = req
+        .node_id
+        .clone()
+        .unwrap_or_else(|| NodeId::from_bits(rand::random()));
+    let role = if req.manager {
+        NodeRole::Manager
+    } else {
+        NodeRole::Worker
+    };
+    c.raft
+        .propose(Command::RegisterNode {
+            id: id.clone(),
+            description: Box::new(req.description),
+            addr: req.addr,
+            role,
+            at: now(),
+        })
+        .await?;
+    let session_id = c.dispatcher.open_session(&id);
+    tracing::info!(node_id = %id, "agent registered");
+    Ok(Json(RegisterResponse {
+        node_id: id,
+        session_id,
+        heartbeat_period_ms: c.dispatcher.settings().heartbeat_period.as_millis() as u64,
+    }))
+}
+
+async fn agent_heartbeat(
+    State(m): State<Shared>,
+    Body(req): Body<Heartbeat>,
+) -> Result<Json<HeartbeatResponse>> {
+    let c = cluster(&m).await?;
+    c.dispatcher.touch(&req.node_id, &req.session_id)?;
+    Ok(Json(HeartbeatResponse {
+        heartbeat_period_ms: c.dispatcher.settings().heartbeat_period.as_millis() as u64,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AssignmentsQuery {
+    node_id: NodeId,
+    session_id: String,
+    #[serde(default)]
+    since: u64,
+    #[serde(default)]
+    wait_ms: Option<u64>,
+}
+
+async fn agent_assignments(
+    State(m): State<Shared>,
+    Query(q): Query<AssignmentsQuery>,
+) -> Result<Json<Assignments>> {
+    let c = cluster(&m).await?;
+    c.dispatcher.touch(&q.node_id, &q.session_id)?;
+    let wait = Duration::from_millis(q.wait_ms.unwrap_or(10_000).min(60_000));
+    Ok(Json(
+        dispatcher::wait_assignments(&c.store, &c.hub, &q.node_id, q.since, wait).await,
+    ))
+}
+
+async fn agent_status(
+    State(m): State<Shared>,
+    Body(req): Body<StatusReport>,
+) -> Result<StatusCode> {
+    let c = cluster(&m).await?;
+    c.dispatcher.touch(&req.node_id, &req.session_id)?;
+    if req.updates.is_empty() {
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    let ops = req
+        .updates
+        .into_iter()
+        .map(|u| crate::store::TaskOp::Status {
+            id: u.task_id,
+            node: req.node_id.clone(),
+            status: u.status,
+        })
+        .collect();
+    c.raft.propose(Command::Tasks(ops)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

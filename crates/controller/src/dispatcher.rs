@@ -1,0 +1,248 @@
+//! The dispatcher: the leader's side of agent sessions. Agents register (with the join token),
+//! heartbeat, fetch their assignments (the full set, then changes) and report task statuses in
+//! batches. Sessions and heartbeats live in the leader's memory only; what changes the cluster —
+//! a node registering, a node going down, task statuses — goes through Raft.
+//!
+//! A node that has not heartbeaten for `down_after` is marked down by the node monitor (see
+//! `manager`), which orphans its unfinished tasks so the orchestrator replaces them.
+
+use crate::store::Store;
+use crate::watch::{EventHub, Subscription};
+use shoal_api::task::{Task, TaskState};
+use shoal_api::wire::{Action, Assignments, Object};
+use shoal_api::{NodeId, TaskId};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Heartbeat settings.
+#[derive(Debug, Clone, Copy)]
+pub struct DispatcherSettings {
+    /// How often agents heartbeat.
+    pub heartbeat_period: Duration,
+    /// Silence after which a node is marked down.
+    pub down_after: Duration,
+}
+
+impl Default for DispatcherSettings {
+    fn default() -> Self {
+        // Chosen for recovery from a dead host within 3 s: down after 2 s of silence
+        // (four missed heartbeats), tasks replaced on the next orchestrator pass.
+        DispatcherSettings {
+            heartbeat_period: Duration::from_millis(500),
+            down_after: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A session check failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no session {session} for node {node}: register again")]
+pub struct SessionError {
+    /// The node.
+    pub node: NodeId,
+    /// The session it gave.
+    pub session: String,
+}
+
+#[derive(Debug)]
+struct Session {
+    id: Option<String>,
+    last_seen: Instant,
+}
+
+/// Sessions of the agents talking to this leader.
+#[derive(Debug)]
+pub struct Dispatcher {
+    settings: DispatcherSettings,
+    sessions: Mutex<HashMap<NodeId, Session>>,
+}
+
+impl Dispatcher {
+    /// A dispatcher with no sessions.
+    pub fn new(settings: DispatcherSettings) -> Dispatcher {
+        Dispatcher {
+            settings,
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Its settings.
+    pub fn settings(&self) -> DispatcherSettings {
+        self.settings
+    }
+
+    /// Opens a session for `node`, replacing any earlier one.
+    pub fn open_session(&self, node: &NodeId) -> String {
+        let id = shoal_api::ids::id_from_bits(rand::random());
+        self.sessions.lock().expect("sessions lock").insert(
+            node.clone(),
+            Session {
+                id: Some(id.clone()),
+                last_seen: Instant::now(),
+            },
+        );
+        id
+    }
+
+    /// Records a heartbeat (or any call) of a session.
+    pub fn touch(&self, node: &NodeId, session: &str) -> Result<(), SessionError> {
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        match sessions.get_mut(node) {
+            Some(s) if s.id.as_deref() == Some(session) => {
+                s.last_seen = Instant::now();
+                Ok(())
+            }
+            _ => Err(SessionError {
+                node: node.clone(),
+                session: session.to_owned(),
+            }),
+        }
+    }
+
+    /// On becoming leader: every node not yet down gets `down_after` to open a session.
+    pub fn grant_grace(&self, nodes: impl Iterator<Item = NodeId>) {
+        let mut sessions = self.sessions.lock().expect("sessions lock");
+        for n in nodes {
+            sessions.entry(n).or_insert(Session {
+                id: None,
+                last_seen: Instant::now(),
+            });
+        }
+    }
+
+    /// Nodes silent for longer than `down_after`.
+    pub fn silent(&self) -> Vec<NodeId> {
+        let sessions = self.sessions.lock().expect("sessions lock");
+        sessions
+            .iter()
+            .filter(|(_, s)| s.last_seen.elapsed() > self.settings.down_after)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Forgets a node's session (after marking it down).
+    pub fn drop_session(&self, node: &NodeId) {
+        self.sessions.lock().expect("sessions lock").remove(node);
+    }
+}
+
+/// True for a task a node must hear about: placed on it by the scheduler.
+fn assigned_to(t: &Task, node: &NodeId) -> bool {
+    t.node_id.as_ref() == Some(node) && t.status.state >= TaskState::Assigned
+}
+
+/// The full set of a node's assignments.
+pub fn full_assignments(store: &Store, node: &NodeId) -> Assignments {
+    Assignments {
+        revision: store.revision,
+        full: true,
+        tasks: store
+            .tasks
+            .values()
+            .filter(|t| assigned_to(t, node))
+            .cloned()
+            .collect(),
+        removed: Vec::new(),
+    }
+}
+
+/// Changes to a node's assignments in `events` (newest version of each task wins).
+pub fn delta_assignments(
+    events: &[shoal_api::wire::Event],
+    node: &NodeId,
+    revision: u64,
+) -> Assignments {
+    let mut tasks: BTreeMap<TaskId, Option<Task>> = BTreeMap::new();
+    for e in events {
+        if let Object::Task(t) = &e.object {
+            if t.node_id.as_ref() != Some(node) {
+                continue;
+            }
+            match e.action {
+                Action::Delete => {
+                    tasks.insert(t.id.clone(), None);
+                }
+                _ if assigned_to(t, node) => {
+                    tasks.insert(t.id.clone(), Some((**t).clone()));
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut out = Assignments {
+        revision,
+        full: false,
+        tasks: Vec::new(),
+        removed: Vec::new(),
+    };
+    for (id, t) in tasks {
+        match t {
+            Some(t) => out.tasks.push(t),
+            None => out.removed.push(id),
+        }
+    }
+    out
+}
+
+/// Waits (up to `wait`) for changes to `node`'s assignments after `since`; the full set when
+/// `since` is 0 or no longer held.
+pub async fn wait_assignments(
+    store: &std::sync::RwLock<Store>,
+    hub: &EventHub,
+    node: &NodeId,
+    since: u64,
+    wait: Duration,
+) -> Assignments {
+    let full = || full_assignments(&store.read().expect("store lock"), node);
+    if since == 0 {
+        return full();
+    }
+    let Ok(Subscription { backlog, mut live }) = hub.subscribe(since) else {
+        return full();
+    };
+    let mut events = backlog;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let revision = events.last().map_or(since, |e| e.revision);
+        let delta = delta_assignments(&events, node, revision);
+        if !delta.tasks.is_empty() || !delta.removed.is_empty() {
+            return delta;
+        }
+        match tokio::time::timeout_at(deadline, live.recv()).await {
+            Ok(Ok(batch)) => events.extend(batch.iter().cloned()),
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => return full(),
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) | Err(_) => {
+                let revision = store.read().expect("store lock").revision.max(since);
+                return Assignments {
+                    revision,
+                    full: false,
+                    tasks: Vec::new(),
+                    removed: Vec::new(),
+                };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_expire_and_are_replaced() {
+        let d = Dispatcher::new(DispatcherSettings {
+            heartbeat_period: Duration::from_millis(1),
+            down_after: Duration::from_millis(0),
+        });
+        let n = NodeId::from_bits(1);
+        let s1 = d.open_session(&n);
+        let s2 = d.open_session(&n);
+        assert!(d.touch(&n, &s1).is_err(), "old session is gone");
+        assert!(d.touch(&n, &s2).is_ok());
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(d.silent(), vec![n.clone()]);
+        d.drop_session(&n);
+        assert!(d.silent().is_empty());
+    }
+}

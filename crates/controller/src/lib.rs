@@ -1,0 +1,22 @@
+//! shoal's manager: the Raft-replicated store and everything that runs on the leader.
+//!
+//! # Layout
+//! - [`store`]: the cluster's objects and the [`store::Command`]s that change them
+//!   (deterministic, applied in log order).
+//! - [`raft`]: the Raft node (raft-rs) and its durable log (redb).
+//! - [`watch`]: the event hub, from any held revision.
+//! - [`orchestrator`], [`scheduler`]: pure decision cores of the leader loops.
+//! - [`dispatcher`]: agent sessions, heartbeats and assignments.
+//! - [`manager`]: wiring, the leader loops' drivers.
+//! - [`api`]: the REST API (axum).
+
+pub mod api;
+pub mod dispatcher;
+pub mod manager;
+pub mod orchestrator;
+pub mod raft;
+pub mod scheduler;
+pub mod store;
+pub mod watch;
+
+pub use manager::{Manager, ManagerConfig};

@@ -1,0 +1,798 @@
+//! The orchestrator: makes each service's tasks match its spec. [`reconcile`] is a pure function
+//! of one service, its tasks, the nodes and the time; it returns the [`TaskOp`]s to propose and
+//! when to look again (for restart delays and update delays). The driver in `manager` runs it
+//! whenever the store changes or a wake-up time passes.
+//!
+//! Replicated services own slots `1..=replicas`, global services one slot per eligible node. A
+//! slot's *occupant* is its newest task the orchestrator still wants running. The rules:
+//! - a slot without an occupant gets a new task (unless, for stop-first, an old task there is
+//!   still stopping);
+//! - an occupant that ended is replaced per the restart policy (condition, delay, max_attempts
+//!   within window); one that must not be restarted stays, dead, as the slot's occupant, as in
+//!   Swarm; one orphaned by a lost node is replaced at once, whatever the policy;
+//! - an occupant whose template differs from the service's is replaced in batches of
+//!   `update_config.parallelism`, `delay` apart, stop-first or start-first;
+//! - tasks beyond the replica count, on drained or ineligible nodes, or of a removed service,
+//!   are shut down; finished history is reaped down to a few tasks per slot; a removed service
+//!   is deleted once its tasks are gone.
+
+use crate::store::TaskOp;
+use shoal_api::constraint::Constraint;
+use shoal_api::node::{Availability, Node, NodeState};
+use shoal_api::service::{
+    RestartCondition, Service, ServiceMode, UpdateOrder, UpdateState, UpdateStatus,
+};
+use shoal_api::task::{Task, TaskState, TaskStatus};
+use shoal_api::units::Timestamp;
+use shoal_api::{NodeId, TaskId};
+use std::collections::BTreeMap;
+
+/// Finished tasks kept per slot (at least; more when max_attempts needs them counted).
+pub const TASK_HISTORY: usize = 5;
+
+/// What one pass decided.
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    /// Changes to propose.
+    pub ops: Vec<TaskOp>,
+    /// Run again at this time even if nothing changes.
+    pub wake_at: Option<Timestamp>,
+}
+
+impl Plan {
+    fn wake(&mut self, at: Timestamp) {
+        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+    }
+}
+
+/// A slot: a replica number, or a node for global services.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum SlotKey {
+    Replica(u64),
+    Node(NodeId),
+}
+
+/// Makes fresh task ids; the driver draws them at random, tests count.
+pub trait IdSource {
+    /// A new task id.
+    fn task_id(&mut self) -> TaskId;
+}
+
+fn node_eligible(node: &Node, constraints: &[Constraint]) -> bool {
+    node.status.state != NodeState::Down
+        && node.spec.availability != Availability::Drain
+        && constraints.iter().all(|c| c.matches(node))
+}
+
+fn new_task(
+    service: &Service,
+    slot: &SlotKey,
+    attempt_of: Option<&Task>,
+    now: Timestamp,
+    ids: &mut dyn IdSource,
+) -> Task {
+    let (slot_no, node_id) = match slot {
+        SlotKey::Replica(n) => (*n, None),
+        SlotKey::Node(id) => (0, Some(id.clone())),
+    };
+    let message = if attempt_of.is_some() {
+        "restarted"
+    } else {
+        "created"
+    };
+    Task {
+        id: ids.task_id(),
+        version: 0,
+        service_id: service.id.clone(),
+        service_name: service.spec.name.clone(),
+        slot: slot_no,
+        node_id,
+        spec_version: service.spec_version,
+        spec: service.spec.task.clone(),
+        desired_state: TaskState::Running,
+        status: TaskStatus::new(TaskState::New, now, message),
+        created_at: now,
+    }
+}
+
+/// Stops a task: desired shutdown, or deleted outright when it never reached a node.
+fn stop(task: &Task, ops: &mut Vec<TaskOp>) {
+    if task.status.state < TaskState::Assigned {
+        ops.push(TaskOp::Delete {
+            id: task.id.clone(),
+        });
+    } else {
+        ops.push(TaskOp::SetDesired {
+            id: task.id.clone(),
+            state: TaskState::Shutdown,
+        });
+    }
+}
+
+/// True for a task whose container may still run: wanted down but not yet reported down, on a
+/// node that can still report.
+fn stopping(task: &Task, nodes: &BTreeMap<NodeId, &Node>) -> bool {
+    !task.wanted()
+        && !task.status.state.is_terminal()
+        && task.status.state >= TaskState::Assigned
+        && task
+            .node_id
+            .as_ref()
+            .and_then(|n| nodes.get(n))
+            .is_some_and(|n| n.status.state != NodeState::Down)
+}
+
+/// Reconciles one service. `tasks` are all its tasks.
+pub fn reconcile(
+    service: &Service,
+    tasks: &[&Task],
+    nodes: &[Node],
+    now: Timestamp,
+    ids: &mut dyn IdSource,
+) -> Plan {
+    let mut plan = Plan::default();
+    let node_map: BTreeMap<NodeId, &Node> = nodes.iter().map(|n| (n.id.clone(), n)).collect();
+
+    if service.removing {
+        for t in tasks {
+            let gone_node = t.node_id.as_ref().is_none_or(|n| {
+                node_map
+                    .get(n)
+                    .is_none_or(|n| n.status.state == NodeState::Down)
+            });
+            if t.status.state.is_terminal() || t.status.state < TaskState::Assigned || gone_node {
+                plan.ops.push(TaskOp::Delete { id: t.id.clone() });
+            } else if t.wanted() {
+                plan.ops.push(TaskOp::SetDesired {
+                    id: t.id.clone(),
+                    state: TaskState::Shutdown,
+                });
+            }
+        }
+        let remaining = tasks.len()
+            - plan
+                .ops
+                .iter()
+                .filter(|o| matches!(o, TaskOp::Delete { .. }))
+                .count();
+        if remaining == 0 {
+            plan.ops.push(TaskOp::DeleteService {
+                id: service.id.clone(),
+            });
+        }
+        return plan;
+    }
+
+    let constraints =
+        Constraint::parse_all(&service.spec.task.placement.constraints).unwrap_or_default();
+    // Which slots should exist.
+    let wanted_slots: Vec<SlotKey> = match service.spec.mode {
+        ServiceMode::Replicated { replicas } => (1..=replicas).map(SlotKey::Replica).collect(),
+        ServiceMode::Global => nodes
+            .iter()
+            .filter(|n| node_eligible(n, &constraints))
+            .map(|n| SlotKey::Node(n.id.clone()))
+            .collect(),
+    };
+    let mut by_slot: BTreeMap<SlotKey, Vec<&Task>> = BTreeMap::new();
+    for t in tasks {
+        let key = match service.spec.mode {
+            ServiceMode::Replicated { .. } => SlotKey::Replica(t.slot),
+            ServiceMode::Global => match &t.node_id {
+                Some(n) => SlotKey::Node(n.clone()),
+                None => continue,
+            },
+        };
+        by_slot.entry(key).or_default().push(t);
+    }
+    for list in by_slot.values_mut() {
+        list.sort_by_key(|t| (t.created_at, t.id.clone()));
+    }
+
+    // Tasks of slots that should not exist, or on nodes being drained: shut down.
+    for (key, list) in &by_slot {
+        let keep = wanted_slots.contains(key);
+        for t in list.iter().filter(|t| t.wanted()) {
+            let drained = t
+                .node_id
+                .as_ref()
+                .and_then(|n| node_map.get(n))
+                .is_some_and(|n| n.spec.availability == Availability::Drain);
+            if !keep || (drained && !t.status.state.is_terminal()) {
+                stop(t, &mut plan.ops);
+            }
+        }
+    }
+
+    let update = service.spec.update_config;
+    let updating = service
+        .update_status
+        .as_ref()
+        .is_some_and(|u| u.state == UpdateState::Updating);
+    let mut outdated_slots = Vec::new();
+    let mut in_flight = 0u64;
+    let mut last_progress: Option<Timestamp> = None;
+
+    for key in &wanted_slots {
+        let list = by_slot.get(key).map(Vec::as_slice).unwrap_or(&[]);
+        let drained = |t: &Task| {
+            t.node_id
+                .as_ref()
+                .and_then(|n| node_map.get(n))
+                .is_some_and(|n| {
+                    n.spec.availability == Availability::Drain && !t.status.state.is_terminal()
+                })
+        };
+        let occupants: Vec<&Task> = list
+            .iter()
+            .copied()
+            .filter(|t| t.wanted() && !drained(t))
+            .collect();
+        let current = occupants
+            .iter()
+            .copied()
+            .filter(|t| t.spec == service.spec.task)
+            .next_back();
+        let old = occupants
+            .iter()
+            .copied()
+            .filter(|t| t.spec != service.spec.task)
+            .next_back();
+        let is_stopping = list.iter().any(|t| stopping(t, &node_map));
+
+        match (current, old) {
+            (None, None) => {
+                if is_stopping && update.order == UpdateOrder::StopFirst && updating {
+                    in_flight += 1;
+                    continue;
+                }
+                plan.ops.push(TaskOp::Create(Box::new(new_task(
+                    service, key, None, now, ids,
+                ))));
+            }
+            (Some(cur), old) => {
+                let update_started = service
+                    .update_status
+                    .as_ref()
+                    .map_or(Timestamp(u64::MAX), |u| u.started_at);
+                if updating
+                    && cur.status.state < TaskState::Running
+                    && !cur.status.state.is_terminal()
+                    && (old.is_some() || cur.created_at >= update_started)
+                {
+                    in_flight += 1;
+                }
+                if cur.status.state == TaskState::Running && updating {
+                    last_progress = Some(
+                        last_progress
+                            .map_or(cur.status.since, |p: Timestamp| p.max(cur.status.since)),
+                    );
+                }
+                // start-first: the old task goes once the new one runs.
+                if let Some(old) = old {
+                    if cur.status.state >= TaskState::Running {
+                        stop(old, &mut plan.ops);
+                    }
+                }
+                for extra in occupants
+                    .iter()
+                    .filter(|t| t.spec == service.spec.task && t.id != cur.id)
+                {
+                    stop(extra, &mut plan.ops);
+                }
+                if cur.status.state.is_terminal() {
+                    restart(service, key, cur, list, now, ids, &mut plan);
+                }
+            }
+            (None, Some(old)) => {
+                if old.status.state.is_terminal() {
+                    // A dead outdated task: replace it with the new spec, no restart policy.
+                    stop(old, &mut plan.ops);
+                    plan.ops.push(TaskOp::Create(Box::new(new_task(
+                        service, key, None, now, ids,
+                    ))));
+                } else {
+                    outdated_slots.push((key.clone(), old));
+                }
+            }
+        }
+    }
+
+    // Rolling update of the outdated slots.
+    if !outdated_slots.is_empty() {
+        let delay_ok = match last_progress {
+            Some(p) if !update.delay.is_zero() && in_flight == 0 => {
+                let ready = p.after(update.delay);
+                if now < ready {
+                    plan.wake(ready);
+                }
+                now >= ready
+            }
+            _ => true,
+        };
+        let budget = if update.parallelism == 0 {
+            u64::MAX
+        } else {
+            update.parallelism.saturating_sub(in_flight)
+        };
+        if delay_ok {
+            for (key, old) in outdated_slots
+                .iter()
+                .take(budget.min(usize::MAX as u64) as usize)
+            {
+                match update.order {
+                    UpdateOrder::StopFirst => stop(old, &mut plan.ops),
+                    UpdateOrder::StartFirst => {}
+                }
+                plan.ops.push(TaskOp::Create(Box::new(new_task(
+                    service, key, None, now, ids,
+                ))));
+            }
+        }
+    } else if updating && in_flight == 0 {
+        let started_at = service
+            .update_status
+            .as_ref()
+            .map(|u| u.started_at)
+            .unwrap_or(now);
+        plan.ops.push(TaskOp::UpdateStatus {
+            service: service.id.clone(),
+            status: UpdateStatus {
+                state: UpdateState::Completed,
+                started_at,
+                completed_at: Some(now),
+            },
+        });
+    }
+
+    reap(service, &by_slot, &mut plan);
+    plan
+}
+
+/// Replaces the ended occupant `dead` of `key` if the restart policy allows.
+fn restart(
+    service: &Service,
+    key: &SlotKey,
+    dead: &Task,
+    history: &[&Task],
+    now: Timestamp,
+    ids: &mut dyn IdSource,
+    plan: &mut Plan,
+) {
+    let policy = service.spec.task.restart_policy;
+    let state = dead.status.state;
+    let node_lost = state == TaskState::Orphaned;
+    if !node_lost {
+        let allowed = match policy.condition {
+            RestartCondition::None => false,
+            RestartCondition::OnFailure => state.is_failure() || state == TaskState::Shutdown,
+            RestartCondition::Any => true,
+        };
+        if !allowed {
+            return;
+        }
+        if policy.max_attempts > 0 {
+            let window_start = if policy.window.is_zero() {
+                Timestamp(0)
+            } else {
+                Timestamp(now.0.saturating_sub(policy.window.as_millis()))
+            };
+            let restarts = history
+                .iter()
+                .filter(|t| is_restart(t, history) && t.created_at >= window_start)
+                .count() as u64;
+            if restarts >= policy.max_attempts {
+                return;
+            }
+        }
+        let ready = dead.status.since.after(policy.delay);
+        if now < ready {
+            plan.wake(ready);
+            return;
+        }
+    }
+    stop(dead, &mut plan.ops);
+    plan.ops.push(TaskOp::Create(Box::new(new_task(
+        service,
+        key,
+        Some(dead),
+        now,
+        ids,
+    ))));
+}
+
+/// True when `t` replaced an earlier task of the same spec in its slot (a restart, not an update).
+fn is_restart(t: &Task, history: &[&Task]) -> bool {
+    history
+        .iter()
+        .any(|h| h.created_at < t.created_at && h.spec == t.spec && h.status.state.is_terminal())
+}
+
+/// Deletes finished tasks beyond the history kept per slot.
+fn reap(service: &Service, by_slot: &BTreeMap<SlotKey, Vec<&Task>>, plan: &mut Plan) {
+    let keep = TASK_HISTORY.max(service.spec.task.restart_policy.max_attempts as usize + 1);
+    for list in by_slot.values() {
+        let dead: Vec<&&Task> = list
+            .iter()
+            .filter(|t| !t.wanted() && t.status.state.is_terminal())
+            .collect();
+        if dead.len() > keep {
+            for t in &dead[..dead.len() - keep] {
+                plan.ops.push(TaskOp::Delete { id: t.id.clone() });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_api::node::*;
+    use shoal_api::service::*;
+    use shoal_api::units::Duration;
+    use shoal_api::ServiceId;
+
+    struct Counter(u128);
+    impl IdSource for Counter {
+        fn task_id(&mut self) -> TaskId {
+            self.0 += 1;
+            TaskId::from_bits(self.0)
+        }
+    }
+
+    fn node(n: u128) -> Node {
+        Node {
+            id: NodeId::from_bits(n),
+            version: 1,
+            created_at: Timestamp(0),
+            spec: NodeSpec::default(),
+            description: NodeDescription {
+                hostname: format!("h{n}"),
+                ..Default::default()
+            },
+            status: NodeStatus {
+                state: NodeState::Ready,
+                ..Default::default()
+            },
+            manager_status: None,
+        }
+    }
+
+    fn service(replicas: u64) -> Service {
+        let mut spec = ServiceSpec {
+            name: "web".into(),
+            mode: ServiceMode::Replicated { replicas },
+            ..Default::default()
+        };
+        spec.task.container.image = "img".into();
+        spec.task.restart_policy.delay = Duration::from_secs(5);
+        Service {
+            id: ServiceId::from_bits(1),
+            spec_version: 1,
+            version: 1,
+            created_at: Timestamp(0),
+            updated_at: Timestamp(0),
+            spec,
+            previous_spec: None,
+            update_status: None,
+            removing: false,
+        }
+    }
+
+    /// Applies a plan the way the store would, for multi-pass tests.
+    fn apply(tasks: &mut Vec<Task>, plan: &Plan) {
+        for op in &plan.ops {
+            match op {
+                TaskOp::Create(t) => tasks.push((**t).clone()),
+                TaskOp::SetDesired { id, state } => tasks
+                    .iter_mut()
+                    .filter(|t| &t.id == id)
+                    .for_each(|t| t.desired_state = *state),
+                TaskOp::Delete { id } => tasks.retain(|t| &t.id != id),
+                _ => {}
+            }
+        }
+    }
+
+    fn set_state(tasks: &mut [Task], pred: impl Fn(&Task) -> bool, state: TaskState, at: u64) {
+        for t in tasks.iter_mut().filter(|t| pred(t)) {
+            t.status = TaskStatus::new(state, Timestamp(at), "");
+            if t.node_id.is_none() {
+                t.node_id = Some(NodeId::from_bits(1));
+            }
+        }
+    }
+
+    fn run(s: &Service, tasks: &[Task], nodes: &[Node], now: u64, ids: &mut Counter) -> Plan {
+        let refs: Vec<&Task> = tasks.iter().collect();
+        reconcile(s, &refs, nodes, Timestamp(now), ids)
+    }
+
+    fn creates(p: &Plan) -> usize {
+        p.ops
+            .iter()
+            .filter(|o| matches!(o, TaskOp::Create(_)))
+            .count()
+    }
+
+    #[test]
+    fn creates_one_task_per_slot_and_scales_down_from_the_top() {
+        let mut ids = Counter(0);
+        let nodes = [node(1)];
+        let s = service(3);
+        let mut tasks = Vec::new();
+        let p = run(&s, &tasks, &nodes, 0, &mut ids);
+        assert_eq!(creates(&p), 3);
+        apply(&mut tasks, &p);
+        assert!(
+            run(&s, &tasks, &nodes, 1, &mut ids).ops.is_empty(),
+            "converged"
+        );
+        let s1 = service(1);
+        let p = run(&s1, &tasks, &nodes, 2, &mut ids);
+        let stopped: Vec<u64> = p
+            .ops
+            .iter()
+            .filter_map(|o| match o {
+                TaskOp::Delete { id } => tasks.iter().find(|t| &t.id == id).map(|t| t.slot),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(stopped, vec![2, 3]);
+    }
+
+    #[test]
+    fn restart_waits_for_the_delay_and_stops_at_max_attempts() {
+        let mut ids = Counter(0);
+        let nodes = [node(1)];
+        let mut s = service(1);
+        s.spec.task.restart_policy = RestartPolicy {
+            condition: RestartCondition::OnFailure,
+            delay: Duration::from_secs(5),
+            max_attempts: 2,
+            window: Duration::default(),
+        };
+        let mut tasks = Vec::new();
+        let p = run(&s, &tasks, &nodes, 0, &mut ids);
+        apply(&mut tasks, &p);
+        let mut now = 1_000;
+        for attempt in 0..3 {
+            set_state(
+                &mut tasks,
+                |t| t.wanted() && !t.status.state.is_terminal(),
+                TaskState::Failed,
+                now,
+            );
+            let early = run(&s, &tasks, &nodes, now + 1_000, &mut ids);
+            if attempt < 2 {
+                assert_eq!(creates(&early), 0, "too early");
+                assert_eq!(early.wake_at, Some(Timestamp(now + 5_000)));
+                let p = run(&s, &tasks, &nodes, now + 5_000, &mut ids);
+                assert_eq!(creates(&p), 1, "attempt {attempt}");
+                apply(&mut tasks, &p);
+            } else {
+                assert!(
+                    early.ops.is_empty(),
+                    "max_attempts reached: {:?}",
+                    early.ops
+                );
+                assert_eq!(early.wake_at, None);
+            }
+            now += 10_000;
+        }
+    }
+
+    #[test]
+    fn restart_conditions_decide_which_ends_restart() {
+        for (condition, ended, restarts) in [
+            (RestartCondition::OnFailure, TaskState::Complete, false),
+            (RestartCondition::OnFailure, TaskState::Failed, true),
+            (RestartCondition::Any, TaskState::Complete, true),
+            (RestartCondition::None, TaskState::Failed, false),
+        ] {
+            let mut ids = Counter(0);
+            let nodes = [node(1)];
+            let mut s = service(1);
+            s.spec.task.restart_policy = RestartPolicy {
+                condition,
+                delay: Duration::default(),
+                max_attempts: 0,
+                window: Duration::default(),
+            };
+            let mut tasks = Vec::new();
+            let p = run(&s, &tasks, &nodes, 0, &mut ids);
+            apply(&mut tasks, &p);
+            set_state(&mut tasks, |_| true, ended, 10);
+            let p = run(&s, &tasks, &nodes, 20, &mut ids);
+            assert_eq!(
+                creates(&p) == 1,
+                restarts,
+                "{condition:?} after {ended}: {:?}",
+                p.ops
+            );
+        }
+    }
+
+    #[test]
+    fn orphaned_tasks_are_replaced_at_once_whatever_the_policy() {
+        let mut ids = Counter(0);
+        let nodes = [node(1)];
+        let mut s = service(2);
+        s.spec.task.restart_policy.condition = RestartCondition::None;
+        let mut tasks = Vec::new();
+        let p = run(&s, &tasks, &nodes, 0, &mut ids);
+        apply(&mut tasks, &p);
+        set_state(&mut tasks, |t| t.slot == 1, TaskState::Orphaned, 10);
+        let p = run(&s, &tasks, &nodes, 10, &mut ids);
+        assert_eq!(creates(&p), 1);
+    }
+
+    #[test]
+    fn rolling_update_goes_in_batches_with_delay() {
+        let mut ids = Counter(0);
+        let nodes = [node(1)];
+        let mut s = service(4);
+        let mut tasks = Vec::new();
+        let p = run(&s, &tasks, &nodes, 0, &mut ids);
+        apply(&mut tasks, &p);
+        set_state(&mut tasks, |_| true, TaskState::Running, 1);
+        s.spec.task.container.image = "img:2".into();
+        s.spec.update_config.parallelism = 2;
+        s.spec.update_config.delay = Duration::from_secs(10);
+        s.update_status = Some(UpdateStatus {
+            state: UpdateState::Updating,
+            started_at: Timestamp(100),
+            completed_at: None,
+        });
+        let p = run(&s, &tasks, &nodes, 100, &mut ids);
+        assert_eq!(creates(&p), 2, "first batch");
+        apply(&mut tasks, &p);
+        // Stop-first: the old tasks stop; nothing more while the batch is in flight.
+        assert_eq!(creates(&run(&s, &tasks, &nodes, 101, &mut ids)), 0);
+        set_state(&mut tasks, |t| !t.wanted(), TaskState::Shutdown, 102);
+        set_state(
+            &mut tasks,
+            |t| t.wanted() && t.spec.container.image == "img:2",
+            TaskState::Running,
+            200,
+        );
+        let p = run(&s, &tasks, &nodes, 205, &mut ids);
+        assert_eq!(creates(&p), 0, "delay not over");
+        assert_eq!(p.wake_at, Some(Timestamp(10_200)));
+        let p = run(&s, &tasks, &nodes, 10_200, &mut ids);
+        assert_eq!(creates(&p), 2, "second batch");
+        apply(&mut tasks, &p);
+        set_state(&mut tasks, |t| !t.wanted(), TaskState::Shutdown, 10_300);
+        set_state(
+            &mut tasks,
+            |t| t.wanted() && t.status.state < TaskState::Running,
+            TaskState::Running,
+            10_300,
+        );
+        let p = run(&s, &tasks, &nodes, 10_400, &mut ids);
+        assert!(p.ops.iter().any(|o| matches!(o, TaskOp::UpdateStatus { status, .. } if status.state == UpdateState::Completed)), "{:?}", p.ops);
+    }
+
+    #[test]
+    fn start_first_stops_the_old_task_once_the_new_one_runs() {
+        let mut ids = Counter(0);
+        let nodes = [node(1)];
+        let mut s = service(1);
+        let mut tasks = Vec::new();
+        let p = run(&s, &tasks, &nodes, 0, &mut ids);
+        apply(&mut tasks, &p);
+        set_state(&mut tasks, |_| true, TaskState::Running, 1);
+        s.spec.task.container.image = "img:2".into();
+        s.spec.update_config.order = UpdateOrder::StartFirst;
+        s.update_status = Some(UpdateStatus {
+            state: UpdateState::Updating,
+            started_at: Timestamp(5),
+            completed_at: None,
+        });
+        let p = run(&s, &tasks, &nodes, 5, &mut ids);
+        assert_eq!(creates(&p), 1);
+        assert!(
+            !p.ops.iter().any(|o| matches!(o, TaskOp::SetDesired { .. })),
+            "old keeps running"
+        );
+        apply(&mut tasks, &p);
+        set_state(
+            &mut tasks,
+            |t| t.spec.container.image == "img:2",
+            TaskState::Running,
+            6,
+        );
+        let p = run(&s, &tasks, &nodes, 7, &mut ids);
+        assert!(p.ops.iter().any(|o| matches!(
+            o,
+            TaskOp::SetDesired {
+                state: TaskState::Shutdown,
+                ..
+            }
+        )));
+    }
+
+    #[test]
+    fn global_services_follow_eligible_nodes() {
+        let mut ids = Counter(0);
+        let mut nodes = vec![node(1), node(2), node(3)];
+        nodes[1].spec.labels.insert("disk".into(), "ssd".into());
+        nodes[2].spec.availability = Availability::Drain;
+        let mut s = service(0);
+        s.spec.mode = ServiceMode::Global;
+        let mut tasks = Vec::new();
+        let p = run(&s, &tasks, &nodes, 0, &mut ids);
+        assert_eq!(creates(&p), 2);
+        apply(&mut tasks, &p);
+        s.spec.task.placement.constraints = vec!["node.labels.disk==ssd".into()];
+        // Node 1 lacks the label: its task goes. Node 2's task is replaced (the template
+        // changed).
+        let p = run(&s, &tasks, &nodes, 1, &mut ids);
+        let on_node1 = tasks
+            .iter()
+            .find(|t| t.node_id == Some(NodeId::from_bits(1)))
+            .unwrap()
+            .id
+            .clone();
+        assert!(p.ops.contains(&TaskOp::Delete { id: on_node1 }));
+        let created: Vec<_> = p
+            .ops
+            .iter()
+            .filter_map(|o| match o {
+                TaskOp::Create(t) => t.node_id.clone(),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(created, vec![NodeId::from_bits(2)]);
+    }
+
+    #[test]
+    fn removal_shuts_down_then_deletes_the_service() {
+        let mut ids = Counter(0);
+        let nodes = [node(1)];
+        let mut s = service(2);
+        let mut tasks = Vec::new();
+        let p = run(&s, &tasks, &nodes, 0, &mut ids);
+        apply(&mut tasks, &p);
+        set_state(&mut tasks, |_| true, TaskState::Running, 1);
+        s.removing = true;
+        let p = run(&s, &tasks, &nodes, 2, &mut ids);
+        assert_eq!(
+            p.ops
+                .iter()
+                .filter(|o| matches!(o, TaskOp::SetDesired { .. }))
+                .count(),
+            2
+        );
+        apply(&mut tasks, &p);
+        set_state(&mut tasks, |_| true, TaskState::Shutdown, 3);
+        let p = run(&s, &tasks, &nodes, 4, &mut ids);
+        assert!(p
+            .ops
+            .iter()
+            .any(|o| matches!(o, TaskOp::DeleteService { .. })));
+    }
+
+    #[test]
+    fn history_is_reaped() {
+        let mut ids = Counter(0);
+        let nodes = [node(1)];
+        let mut s = service(1);
+        s.spec.task.restart_policy.delay = Duration::default();
+        let mut tasks = Vec::new();
+        let p = run(&s, &tasks, &nodes, 0, &mut ids);
+        apply(&mut tasks, &p);
+        for i in 0..8 {
+            set_state(
+                &mut tasks,
+                |t| t.wanted() && !t.status.state.is_terminal(),
+                TaskState::Failed,
+                10 + i,
+            );
+            let p = run(&s, &tasks, &nodes, 10 + i, &mut ids);
+            apply(&mut tasks, &p);
+        }
+        // The kept history, plus the task stopped in the last pass and the running one.
+        assert!(tasks.len() <= TASK_HISTORY + 2, "{}", tasks.len());
+    }
+}

@@ -1,0 +1,452 @@
+//! Raft's durable storage: log entries, hard state, configuration and the latest snapshot in a
+//! redb database under the data root. Every append is one redb transaction committed with
+//! fsync, so an acknowledged write survives `kill -9`. The log since the last snapshot is also
+//! kept in memory, which is what raft-rs reads.
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use redb::{Database, Durability, ReadableTable, TableDefinition};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// A storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageFault {
+    /// The database could not be opened or written.
+    #[error("raft store {path}: {message}")]
+    Db {
+        /// Database file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// A record did not decode.
+    #[error("raft store {path}: corrupt record {key}")]
+    Corrupt {
+        /// Database file.
+        path: PathBuf,
+        /// Which record.
+        key: String,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Core {
+    hard_state: HardState,
+    conf_state: ConfState,
+    snapshot_meta: SnapshotMetadata,
+    snapshot_data: Vec<u8>,
+    /// Entries after the snapshot, in order.
+    entries: Vec<Entry>,
+}
+
+impl Core {
+    fn first_index(&self) -> u64 {
+        self.snapshot_meta.index + 1
+    }
+    fn last_index(&self) -> u64 {
+        self.entries
+            .last()
+            .map_or(self.snapshot_meta.index, |e| e.index)
+    }
+}
+
+/// The durable log. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct DurableLog {
+    db: Arc<Database>,
+    path: PathBuf,
+    core: Arc<RwLock<Core>>,
+}
+
+impl std::fmt::Debug for DurableLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DurableLog")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn db_err(path: &Path, e: impl std::fmt::Display) -> StorageFault {
+    StorageFault::Db {
+        path: path.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+impl DurableLog {
+    /// Opens (or creates) the log at `path`.
+    pub fn open(path: &Path) -> Result<DurableLog, StorageFault> {
+        let db = Database::create(path).map_err(|e| db_err(path, e))?;
+        let mut core = Core::default();
+        {
+            let txn = db.begin_write().map_err(|e| db_err(path, e))?;
+            txn.open_table(ENTRIES).map_err(|e| db_err(path, e))?;
+            txn.open_table(META).map_err(|e| db_err(path, e))?;
+            txn.commit().map_err(|e| db_err(path, e))?;
+        }
+        let txn = db.begin_read().map_err(|e| db_err(path, e))?;
+        let meta = txn.open_table(META).map_err(|e| db_err(path, e))?;
+        let corrupt = |key: &str| StorageFault::Corrupt {
+            path: path.to_owned(),
+            key: key.to_owned(),
+        };
+        if let Some(v) = meta.get("hard_state").map_err(|e| db_err(path, e))? {
+            core.hard_state =
+                HardState::parse_from_bytes(v.value()).map_err(|_| corrupt("hard_state"))?;
+        }
+        if let Some(v) = meta.get("conf_state").map_err(|e| db_err(path, e))? {
+            core.conf_state =
+                ConfState::parse_from_bytes(v.value()).map_err(|_| corrupt("conf_state"))?;
+        }
+        if let Some(v) = meta.get("snapshot_meta").map_err(|e| db_err(path, e))? {
+            core.snapshot_meta = SnapshotMetadata::parse_from_bytes(v.value())
+                .map_err(|_| corrupt("snapshot_meta"))?;
+        }
+        if let Some(v) = meta.get("snapshot_data").map_err(|e| db_err(path, e))? {
+            core.snapshot_data = v.value().to_vec();
+        }
+        let entries = txn.open_table(ENTRIES).map_err(|e| db_err(path, e))?;
+        for row in entries
+            .range(core.snapshot_meta.index + 1..)
+            .map_err(|e| db_err(path, e))?
+        {
+            let (k, v) = row.map_err(|e| db_err(path, e))?;
+            let entry = Entry::parse_from_bytes(v.value())
+                .map_err(|_| corrupt(&format!("entry {}", k.value())))?;
+            core.entries.push(entry);
+        }
+        drop(entries);
+        drop(meta);
+        drop(txn);
+        Ok(DurableLog {
+            db: Arc::new(db),
+            path: path.to_owned(),
+            core: Arc::new(RwLock::new(core)),
+        })
+    }
+
+    /// True once the log belongs to a cluster (it has a voter configuration).
+    pub fn is_initialized(&self) -> bool {
+        !self
+            .core
+            .read()
+            .expect("raft core lock")
+            .conf_state
+            .voters
+            .is_empty()
+    }
+
+    /// Makes a fresh log the first log of a cluster whose only voter is `id`.
+    pub fn bootstrap(&self, id: u64) -> Result<(), StorageFault> {
+        let mut cs = ConfState::default();
+        cs.voters = vec![id];
+        let mut meta = SnapshotMetadata::default();
+        meta.set_conf_state(cs.clone());
+        let txn = self.begin()?;
+        {
+            let mut t = txn.open_table(META).map_err(|e| db_err(&self.path, e))?;
+            self.put(&mut t, "conf_state", &cs.write_to_bytes().expect("encode"))?;
+            self.put(
+                &mut t,
+                "snapshot_meta",
+                &meta.write_to_bytes().expect("encode"),
+            )?;
+        }
+        txn.commit().map_err(|e| db_err(&self.path, e))?;
+        let mut core = self.core.write().expect("raft core lock");
+        core.conf_state = cs;
+        core.snapshot_meta = meta;
+        Ok(())
+    }
+
+    fn begin(&self) -> Result<redb::WriteTransaction, StorageFault> {
+        let mut txn = self.db.begin_write().map_err(|e| db_err(&self.path, e))?;
+        txn.set_durability(Durability::Immediate);
+        Ok(txn)
+    }
+
+    fn put(
+        &self,
+        t: &mut redb::Table<&str, &[u8]>,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), StorageFault> {
+        t.insert(key, value).map_err(|e| db_err(&self.path, e))?;
+        Ok(())
+    }
+
+    /// Appends entries (replacing any conflicting tail) and records the hard state, durably, in
+    /// one transaction.
+    pub fn append(
+        &self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<(), StorageFault> {
+        if entries.is_empty() && hard_state.is_none() {
+            return Ok(());
+        }
+        let last = self.core.read().expect("raft core lock").last_index();
+        let txn = self.begin()?;
+        {
+            let mut t = txn.open_table(ENTRIES).map_err(|e| db_err(&self.path, e))?;
+            if let Some(first) = entries.first() {
+                for idx in first.index..=last {
+                    t.remove(idx).map_err(|e| db_err(&self.path, e))?;
+                }
+            }
+            for e in entries {
+                t.insert(e.index, e.write_to_bytes().expect("encode").as_slice())
+                    .map_err(|e| db_err(&self.path, e))?;
+            }
+            if let Some(hs) = hard_state {
+                let mut m = txn.open_table(META).map_err(|e| db_err(&self.path, e))?;
+                self.put(&mut m, "hard_state", &hs.write_to_bytes().expect("encode"))?;
+            }
+        }
+        txn.commit().map_err(|e| db_err(&self.path, e))?;
+        let mut core = self.core.write().expect("raft core lock");
+        if let Some(first) = entries.first() {
+            let keep = core
+                .entries
+                .iter()
+                .take_while(|e| e.index < first.index)
+                .count();
+            core.entries.truncate(keep);
+            core.entries.extend_from_slice(entries);
+        }
+        if let Some(hs) = hard_state {
+            core.hard_state = hs.clone();
+        }
+        Ok(())
+    }
+
+    /// Records a new commit index (with the rest of the hard state) durably.
+    pub fn set_commit(&self, commit: u64) -> Result<(), StorageFault> {
+        let mut hs = self.core.read().expect("raft core lock").hard_state.clone();
+        if hs.commit >= commit {
+            return Ok(());
+        }
+        hs.commit = commit;
+        self.append(&[], Some(&hs))
+    }
+
+    /// Records a new voter configuration.
+    pub fn set_conf_state(&self, cs: ConfState) -> Result<(), StorageFault> {
+        let txn = self.begin()?;
+        {
+            let mut t = txn.open_table(META).map_err(|e| db_err(&self.path, e))?;
+            self.put(&mut t, "conf_state", &cs.write_to_bytes().expect("encode"))?;
+        }
+        txn.commit().map_err(|e| db_err(&self.path, e))?;
+        self.core.write().expect("raft core lock").conf_state = cs;
+        Ok(())
+    }
+
+    /// Stores a snapshot of the state at `index` and drops the log up to it.
+    pub fn compact(&self, index: u64, data: Vec<u8>) -> Result<(), StorageFault> {
+        let (meta, first) = {
+            let core = self.core.read().expect("raft core lock");
+            if index <= core.snapshot_meta.index || index > core.last_index() {
+                return Ok(());
+            }
+            let term = core
+                .entries
+                .iter()
+                .find(|e| e.index == index)
+                .map(|e| e.term)
+                .unwrap_or(core.snapshot_meta.term);
+            let mut meta = SnapshotMetadata::default();
+            meta.index = index;
+            meta.term = term;
+            meta.set_conf_state(core.conf_state.clone());
+            (meta, core.first_index())
+        };
+        let txn = self.begin()?;
+        {
+            let mut m = txn.open_table(META).map_err(|e| db_err(&self.path, e))?;
+            self.put(
+                &mut m,
+                "snapshot_meta",
+                &meta.write_to_bytes().expect("encode"),
+            )?;
+            self.put(&mut m, "snapshot_data", &data)?;
+            let mut t = txn.open_table(ENTRIES).map_err(|e| db_err(&self.path, e))?;
+            for idx in first..=index {
+                t.remove(idx).map_err(|e| db_err(&self.path, e))?;
+            }
+        }
+        txn.commit().map_err(|e| db_err(&self.path, e))?;
+        let mut core = self.core.write().expect("raft core lock");
+        core.entries.retain(|e| e.index > index);
+        core.snapshot_meta = meta;
+        core.snapshot_data = data;
+        Ok(())
+    }
+
+    /// Replaces everything with a snapshot received from the leader.
+    pub fn install_snapshot(&self, snap: &Snapshot) -> Result<(), StorageFault> {
+        let meta = snap.get_metadata().clone();
+        let txn = self.begin()?;
+        {
+            let mut m = txn.open_table(META).map_err(|e| db_err(&self.path, e))?;
+            self.put(
+                &mut m,
+                "snapshot_meta",
+                &meta.write_to_bytes().expect("encode"),
+            )?;
+            self.put(&mut m, "snapshot_data", snap.get_data())?;
+            self.put(
+                &mut m,
+                "conf_state",
+                &meta.get_conf_state().write_to_bytes().expect("encode"),
+            )?;
+            let mut t = txn.open_table(ENTRIES).map_err(|e| db_err(&self.path, e))?;
+            let keys: Vec<u64> = t
+                .iter()
+                .map_err(|e| db_err(&self.path, e))?
+                .filter_map(|r| r.ok().map(|(k, _)| k.value()))
+                .collect();
+            for k in keys {
+                t.remove(k).map_err(|e| db_err(&self.path, e))?;
+            }
+        }
+        txn.commit().map_err(|e| db_err(&self.path, e))?;
+        let mut core = self.core.write().expect("raft core lock");
+        core.entries.clear();
+        core.conf_state = meta.get_conf_state().clone();
+        core.hard_state.commit = core.hard_state.commit.max(meta.index);
+        core.snapshot_meta = meta;
+        core.snapshot_data = snap.get_data().to_vec();
+        Ok(())
+    }
+
+    /// The latest snapshot's index and data (empty data for none).
+    pub fn snapshot_data(&self) -> (u64, Vec<u8>) {
+        let core = self.core.read().expect("raft core lock");
+        (core.snapshot_meta.index, core.snapshot_data.clone())
+    }
+
+    /// Entries in the log (after the snapshot).
+    pub fn len(&self) -> u64 {
+        self.core.read().expect("raft core lock").entries.len() as u64
+    }
+
+    /// True when the log holds no entries after the snapshot.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl raft::Storage for DurableLog {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let core = self.core.read().expect("raft core lock");
+        Ok(RaftState {
+            hard_state: core.hard_state.clone(),
+            conf_state: core.conf_state.clone(),
+        })
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _ctx: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let core = self.core.read().expect("raft core lock");
+        if low < core.first_index() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > core.last_index() + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let offset = core.first_index();
+        let mut out = core.entries[(low - offset) as usize..(high - offset) as usize].to_vec();
+        raft::util::limit_size(&mut out, max_size.into());
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let core = self.core.read().expect("raft core lock");
+        if idx == core.snapshot_meta.index {
+            return Ok(core.snapshot_meta.term);
+        }
+        if idx < core.first_index() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > core.last_index() {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(core.entries[(idx - core.first_index()) as usize].term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.core.read().expect("raft core lock").first_index())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.core.read().expect("raft core lock").last_index())
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let core = self.core.read().expect("raft core lock");
+        let mut snap = Snapshot::default();
+        snap.set_metadata(core.snapshot_meta.clone());
+        snap.set_data(core.snapshot_data.clone().into());
+        Ok(snap)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = format!("e{index}").into_bytes().into();
+        e
+    }
+
+    #[test]
+    fn survives_reopen_and_truncates_conflicts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        let log = DurableLog::open(&path).unwrap();
+        log.bootstrap(1).unwrap();
+        log.append(&[entry(1, 1), entry(2, 1), entry(3, 1)], None)
+            .unwrap();
+        log.append(
+            &[entry(3, 2)],
+            Some(&{
+                let mut h = HardState::default();
+                h.term = 2;
+                h.commit = 2;
+                h
+            }),
+        )
+        .unwrap();
+        drop(log);
+        let log = DurableLog::open(&path).unwrap();
+        assert!(log.is_initialized());
+        assert_eq!(log.last_index().unwrap(), 3);
+        assert_eq!(log.term(3).unwrap(), 2);
+        assert_eq!(log.initial_state().unwrap().hard_state.commit, 2);
+        log.compact(2, b"state".to_vec()).unwrap();
+        drop(log);
+        let log = DurableLog::open(&path).unwrap();
+        assert_eq!(log.first_index().unwrap(), 3);
+        assert_eq!(log.term(2).unwrap(), 1);
+        assert!(log
+            .entries(1, 3, None, GetEntriesContext::empty(false))
+            .is_err());
+        assert_eq!(log.snapshot_data(), (2, b"state".to_vec()));
+    }
+}

@@ -1,0 +1,1079 @@
+//! The cluster's state: nodes, services, tasks and networks, changed only by applying
+//! [`Command`]s in Raft-log order. Applying is deterministic (ids and timestamps come inside the
+//! command), so every manager that applies the same log holds the same store. The revision is
+//! the Raft index of the last applied command.
+//!
+//! A user command is checked in full before anything changes, so a refused command leaves the
+//! store as it was. Batches from the leader loops ([`TaskOp`]) skip what no longer applies
+//! (a task deleted meanwhile) instead of failing, since they are recomputed from state anyway.
+
+use serde::{Deserialize, Serialize};
+use shoal_api::constraint::Constraint;
+use shoal_api::network::{Network, NetworkSpec};
+use shoal_api::node::{
+    Availability, Node, NodeDescription, NodeRole, NodeSpec, NodeState, NodeStatus,
+};
+use shoal_api::service::{Service, ServiceMode, ServiceSpec, UpdateState, UpdateStatus};
+use shoal_api::task::{Task, TaskState, TaskStatus};
+use shoal_api::units::Timestamp;
+use shoal_api::wire::{Action, Event, Object};
+use shoal_api::{NetworkId, NodeId, ServiceId, TaskId};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Cluster-wide settings, set once by `cluster init`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterObject {
+    /// Cluster id.
+    pub id: String,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// Token workers present to join.
+    pub worker_join_token: String,
+}
+
+/// A network to create, with what the proposer allocated for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewNetwork {
+    /// Its id.
+    pub id: NetworkId,
+    /// What was asked for.
+    pub spec: NetworkSpec,
+    /// Allocated VXLAN id.
+    pub vni: u32,
+    /// Allocated or requested subnet.
+    pub subnet: String,
+    /// Gateway of the subnet.
+    pub gateway: String,
+}
+
+/// One low-level change from a leader loop or the dispatcher.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskOp {
+    /// Orchestrator: a new task.
+    Create(Box<Task>),
+    /// Orchestrator: change what a task should be doing.
+    SetDesired {
+        /// The task.
+        id: TaskId,
+        /// Shutdown or remove.
+        state: TaskState,
+    },
+    /// Orchestrator (reaper): forget a task.
+    Delete {
+        /// The task.
+        id: TaskId,
+    },
+    /// Scheduler: place a task on a node.
+    Assign {
+        /// The task.
+        id: TaskId,
+        /// The node.
+        node: NodeId,
+        /// When.
+        at: Timestamp,
+    },
+    /// Scheduler: the task cannot be placed, and why.
+    Pending {
+        /// The task.
+        id: TaskId,
+        /// Why it waits.
+        reason: String,
+        /// When.
+        at: Timestamp,
+    },
+    /// Dispatcher: a node's report (or, for a node that went down, the dispatcher's verdict).
+    Status {
+        /// The task.
+        id: TaskId,
+        /// The node reporting; the report is ignored unless the task is on it.
+        node: NodeId,
+        /// The new status.
+        status: TaskStatus,
+    },
+    /// Orchestrator: progress of a rolling update.
+    UpdateStatus {
+        /// The service.
+        service: ServiceId,
+        /// Its new update status.
+        status: UpdateStatus,
+    },
+    /// Orchestrator: a removed service whose tasks are all gone.
+    DeleteService {
+        /// The service.
+        id: ServiceId,
+    },
+}
+
+/// A change to the cluster, as written to the Raft log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// First command of a cluster.
+    InitCluster(ClusterObject),
+    /// Create a service.
+    CreateService {
+        /// New id.
+        id: ServiceId,
+        /// Its spec.
+        spec: Box<ServiceSpec>,
+        /// When.
+        at: Timestamp,
+    },
+    /// Replace a service's spec.
+    UpdateService {
+        /// The service.
+        id: ServiceId,
+        /// New spec.
+        spec: Box<ServiceSpec>,
+        /// Refuse unless the service is at this version.
+        expected_version: Option<u64>,
+        /// When.
+        at: Timestamp,
+    },
+    /// Mark a service for removal (its tasks shut down, then it is deleted).
+    RemoveService {
+        /// The service.
+        id: ServiceId,
+    },
+    /// Create a network.
+    CreateNetwork(Box<NewNetwork>),
+    /// Remove a network no service uses.
+    RemoveNetwork {
+        /// The network.
+        id: NetworkId,
+    },
+    /// Everything of one `stack deploy`, applied together or not at all.
+    DeployStack {
+        /// Networks to create.
+        networks: Vec<NewNetwork>,
+        /// Services to create.
+        create: Vec<(ServiceId, ServiceSpec)>,
+        /// Services to update.
+        update: Vec<(ServiceId, ServiceSpec)>,
+        /// Services to remove.
+        remove: Vec<ServiceId>,
+        /// When.
+        at: Timestamp,
+    },
+    /// Remove a stack's services and networks.
+    RemoveStack {
+        /// Stack name.
+        name: String,
+    },
+    /// A node registers (new) or re-registers (known id).
+    RegisterNode {
+        /// Its id.
+        id: NodeId,
+        /// What it reported.
+        description: Box<NodeDescription>,
+        /// Its address.
+        addr: String,
+        /// Manager or worker (for a new node).
+        role: NodeRole,
+        /// When.
+        at: Timestamp,
+    },
+    /// An operator changes a node.
+    UpdateNode {
+        /// The node.
+        id: NodeId,
+        /// New availability.
+        availability: Option<Availability>,
+        /// Labels to set.
+        labels_add: BTreeMap<String, String>,
+        /// Labels to drop.
+        labels_rm: Vec<String>,
+    },
+    /// The dispatcher marks a node down: it and its unfinished tasks, which become orphaned.
+    NodeDown {
+        /// The node.
+        id: NodeId,
+        /// Why.
+        message: String,
+        /// When.
+        at: Timestamp,
+    },
+    /// A batch from a leader loop or the dispatcher.
+    Tasks(Vec<TaskOp>),
+}
+
+/// A command the store refuses. Nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// Not found.
+    #[error("{kind} {id} not found")]
+    NotFound {
+        /// Kind of object.
+        kind: &'static str,
+        /// What was looked for.
+        id: String,
+    },
+    /// Name taken.
+    #[error("{kind} name {name:?} is already in use")]
+    NameInUse {
+        /// Kind of object.
+        kind: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// The object changed since the caller read it.
+    #[error("service {id} is at version {actual}, not {expected}: read it again and retry")]
+    VersionMismatch {
+        /// The service.
+        id: ServiceId,
+        /// What the caller expected.
+        expected: u64,
+        /// What it is.
+        actual: u64,
+    },
+    /// Anything else a person must fix.
+    #[error("{0}")]
+    Invalid(String),
+    /// `cluster init` ran already.
+    #[error("this node is already part of a cluster")]
+    AlreadyInitialized,
+}
+
+/// The cluster's objects at one revision.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Store {
+    /// Raft index of the last applied command.
+    pub revision: u64,
+    /// Set by `cluster init`.
+    pub cluster: Option<ClusterObject>,
+    /// Nodes by id.
+    pub nodes: BTreeMap<NodeId, Node>,
+    /// Services by id.
+    pub services: BTreeMap<ServiceId, Service>,
+    /// Tasks by id.
+    pub tasks: BTreeMap<TaskId, Task>,
+    /// Networks by id.
+    pub networks: BTreeMap<NetworkId, Network>,
+}
+
+/// Validates a service spec against the store (`except` is the service being updated).
+fn check_service_spec(
+    store: &Store,
+    spec: &ServiceSpec,
+    except: Option<&ServiceId>,
+    new_networks: &[NewNetwork],
+) -> Result<(), StoreError> {
+    if spec.name.is_empty() {
+        return Err(StoreError::Invalid("a service needs a name".into()));
+    }
+    if !spec
+        .name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        || spec.name.len() > 63
+    {
+        return Err(StoreError::Invalid(format!(
+            "invalid service name {:?}: use at most 63 letters, digits, '-', '_' and '.'",
+            spec.name
+        )));
+    }
+    if spec.task.container.image.is_empty() {
+        return Err(StoreError::Invalid(format!(
+            "service {:?} needs an image",
+            spec.name
+        )));
+    }
+    Constraint::parse_all(&spec.task.placement.constraints)
+        .map_err(|e| StoreError::Invalid(format!("service {:?}: {e}", spec.name)))?;
+    if let Some(other) = store
+        .services
+        .values()
+        .find(|s| s.spec.name == spec.name && Some(&s.id) != except)
+    {
+        if !other.removing {
+            return Err(StoreError::NameInUse {
+                kind: "service",
+                name: spec.name.clone(),
+            });
+        }
+        return Err(StoreError::Invalid(format!(
+            "service {:?} is still being removed: try again once it is gone",
+            spec.name
+        )));
+    }
+    for attachment in &spec.task.networks {
+        let known = store.network_by_ref(&attachment.target).is_some()
+            || new_networks
+                .iter()
+                .any(|n| n.spec.name == attachment.target || n.id.as_str() == attachment.target);
+        if !known {
+            return Err(StoreError::Invalid(format!(
+                "service {:?} attaches to network {:?}, which does not exist",
+                spec.name, attachment.target
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_network(store: &Store, n: &NewNetwork, others: &[NewNetwork]) -> Result<(), StoreError> {
+    if n.spec.driver != "overlay" {
+        return Err(StoreError::Invalid(format!(
+            "network {:?}: driver {:?} is not supported (use overlay)",
+            n.spec.name, n.spec.driver
+        )));
+    }
+    let clash = store.networks.values().any(|e| e.spec.name == n.spec.name)
+        || others.iter().filter(|o| o.spec.name == n.spec.name).count() > 1;
+    if clash {
+        return Err(StoreError::NameInUse {
+            kind: "network",
+            name: n.spec.name.clone(),
+        });
+    }
+    if store
+        .networks
+        .values()
+        .any(|e| e.vni == n.vni || e.subnet == n.subnet)
+    {
+        return Err(StoreError::Invalid(format!(
+            "network {:?}: its VNI or subnet is taken; retry",
+            n.spec.name
+        )));
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Finds a node by id or hostname.
+    pub fn node_by_ref(&self, r: &str) -> Option<&Node> {
+        self.nodes
+            .values()
+            .find(|n| n.id.as_str() == r)
+            .or_else(|| self.nodes.values().find(|n| n.description.hostname == r))
+            .or_else(|| {
+                let hits: Vec<_> = self
+                    .nodes
+                    .values()
+                    .filter(|n| n.id.as_str().starts_with(r))
+                    .collect();
+                (hits.len() == 1).then(|| hits[0])
+            })
+    }
+
+    /// Finds a service by id, name, or unique id prefix.
+    pub fn service_by_ref(&self, r: &str) -> Option<&Service> {
+        self.services
+            .values()
+            .find(|s| s.id.as_str() == r)
+            .or_else(|| self.services.values().find(|s| s.spec.name == r))
+            .or_else(|| {
+                let hits: Vec<_> = self
+                    .services
+                    .values()
+                    .filter(|s| s.id.as_str().starts_with(r))
+                    .collect();
+                (hits.len() == 1).then(|| hits[0])
+            })
+    }
+
+    /// Finds a network by id or name.
+    pub fn network_by_ref(&self, r: &str) -> Option<&Network> {
+        self.networks
+            .values()
+            .find(|n| n.id.as_str() == r || n.spec.name == r)
+    }
+
+    /// Tasks of one service.
+    pub fn tasks_of(&self, service: &ServiceId) -> impl Iterator<Item = &Task> {
+        let service = service.clone();
+        self.tasks.values().filter(move |t| t.service_id == service)
+    }
+
+    /// Applies one command at `revision`. On error nothing changed; on success, returns the
+    /// events describing every change.
+    pub fn apply(&mut self, revision: u64, cmd: Command) -> Result<Vec<Event>, StoreError> {
+        let mut events = Vec::new();
+        let result = self.apply_inner(revision, cmd, &mut events);
+        // The revision moves with the log even for refused commands: the index was used.
+        self.revision = revision;
+        result.map(|_| events)
+    }
+
+    fn apply_inner(
+        &mut self,
+        rev: u64,
+        cmd: Command,
+        ev: &mut Vec<Event>,
+    ) -> Result<(), StoreError> {
+        match cmd {
+            Command::InitCluster(c) => {
+                if self.cluster.is_some() {
+                    return Err(StoreError::AlreadyInitialized);
+                }
+                self.cluster = Some(c);
+            }
+            Command::CreateService { id, spec, at } => {
+                check_service_spec(self, &spec, None, &[])?;
+                self.insert_service(rev, id, *spec, at, ev);
+            }
+            Command::UpdateService {
+                id,
+                spec,
+                expected_version,
+                at,
+            } => {
+                let current = self.services.get(&id).ok_or_else(|| StoreError::NotFound {
+                    kind: "service",
+                    id: id.to_string(),
+                })?;
+                if let Some(v) = expected_version {
+                    if v != current.version {
+                        return Err(StoreError::VersionMismatch {
+                            id,
+                            expected: v,
+                            actual: current.version,
+                        });
+                    }
+                }
+                if current.removing {
+                    return Err(StoreError::Invalid(format!(
+                        "service {} is being removed",
+                        current.spec.name
+                    )));
+                }
+                check_service_spec(self, &spec, Some(&id), &[])?;
+                self.replace_spec(rev, &id, *spec, at, ev);
+            }
+            Command::RemoveService { id } => {
+                let s = self
+                    .services
+                    .get_mut(&id)
+                    .ok_or_else(|| StoreError::NotFound {
+                        kind: "service",
+                        id: id.to_string(),
+                    })?;
+                if !s.removing {
+                    s.removing = true;
+                    s.version = rev;
+                    ev.push(Event {
+                        revision: rev,
+                        action: Action::Update,
+                        object: Object::Service(Box::new(s.clone())),
+                    });
+                }
+            }
+            Command::CreateNetwork(n) => {
+                check_network(self, &n, &[])?;
+                self.insert_network(rev, *n, ev);
+            }
+            Command::RemoveNetwork { id } => {
+                let n = self.networks.get(&id).ok_or_else(|| StoreError::NotFound {
+                    kind: "network",
+                    id: id.to_string(),
+                })?;
+                let users: Vec<_> = self
+                    .services
+                    .values()
+                    .filter(|s| {
+                        s.spec
+                            .task
+                            .networks
+                            .iter()
+                            .any(|a| a.target == n.spec.name || a.target == n.id.as_str())
+                    })
+                    .map(|s| s.spec.name.clone())
+                    .collect();
+                if !users.is_empty() {
+                    return Err(StoreError::Invalid(format!(
+                        "network {} is in use by {}",
+                        n.spec.name,
+                        users.join(", ")
+                    )));
+                }
+                let n = self.networks.remove(&id).expect("checked above");
+                ev.push(Event {
+                    revision: rev,
+                    action: Action::Delete,
+                    object: Object::Network(Box::new(n)),
+                });
+            }
+            Command::DeployStack {
+                networks,
+                create,
+                update,
+                remove,
+                at,
+            } => {
+                for n in &networks {
+                    check_network(self, n, &networks)?;
+                }
+                let mut names = BTreeSet::new();
+                for (id, spec) in create.iter().chain(update.iter()) {
+                    if !names.insert(spec.name.clone()) {
+                        return Err(StoreError::Invalid(format!(
+                            "service {:?} appears twice",
+                            spec.name
+                        )));
+                    }
+                    let existing = update.iter().any(|(u, _)| u == id).then_some(id);
+                    if let Some(id) = existing {
+                        if !self.services.contains_key(id) {
+                            return Err(StoreError::NotFound {
+                                kind: "service",
+                                id: id.to_string(),
+                            });
+                        }
+                    }
+                    check_service_spec(self, spec, existing, &networks)?;
+                }
+                for id in &remove {
+                    if !self.services.contains_key(id) {
+                        return Err(StoreError::NotFound {
+                            kind: "service",
+                            id: id.to_string(),
+                        });
+                    }
+                }
+                for n in networks {
+                    self.insert_network(rev, n, ev);
+                }
+                for (id, spec) in create {
+                    self.insert_service(rev, id, spec, at, ev);
+                }
+                for (id, spec) in update {
+                    self.replace_spec(rev, &id, spec, at, ev);
+                }
+                for id in remove {
+                    self.apply_inner(rev, Command::RemoveService { id }, ev)?;
+                }
+            }
+            Command::RemoveStack { name } => {
+                let in_stack = |labels: &BTreeMap<String, String>| {
+                    labels.get(shoal_api::service::STACK_LABEL) == Some(&name)
+                };
+                let services: Vec<ServiceId> = self
+                    .services
+                    .values()
+                    .filter(|s| in_stack(&s.spec.labels))
+                    .map(|s| s.id.clone())
+                    .collect();
+                let networks: Vec<NetworkId> = self
+                    .networks
+                    .values()
+                    .filter(|n| in_stack(&n.spec.labels))
+                    .map(|n| n.id.clone())
+                    .collect();
+                if services.is_empty() && networks.is_empty() {
+                    return Err(StoreError::NotFound {
+                        kind: "stack",
+                        id: name,
+                    });
+                }
+                for id in services {
+                    self.apply_inner(rev, Command::RemoveService { id }, ev)?;
+                }
+                for id in networks {
+                    let n = self.networks.remove(&id).expect("listed above");
+                    ev.push(Event {
+                        revision: rev,
+                        action: Action::Delete,
+                        object: Object::Network(Box::new(n)),
+                    });
+                }
+            }
+            Command::RegisterNode {
+                id,
+                description,
+                addr,
+                role,
+                at,
+            } => {
+                let created = !self.nodes.contains_key(&id);
+                let node = self.nodes.entry(id.clone()).or_insert_with(|| Node {
+                    id: id.clone(),
+                    version: rev,
+                    created_at: at,
+                    spec: NodeSpec {
+                        role,
+                        availability: Availability::Active,
+                        labels: BTreeMap::new(),
+                    },
+                    description: NodeDescription::default(),
+                    status: NodeStatus::default(),
+                    manager_status: None,
+                });
+                node.description = *description;
+                node.status = NodeStatus {
+                    state: NodeState::Ready,
+                    message: String::new(),
+                    addr,
+                    since: at,
+                };
+                node.version = rev;
+                let action = if created {
+                    Action::Create
+                } else {
+                    Action::Update
+                };
+                ev.push(Event {
+                    revision: rev,
+                    action,
+                    object: Object::Node(Box::new(node.clone())),
+                });
+            }
+            Command::UpdateNode {
+                id,
+                availability,
+                labels_add,
+                labels_rm,
+            } => {
+                let node = self
+                    .nodes
+                    .get_mut(&id)
+                    .ok_or_else(|| StoreError::NotFound {
+                        kind: "node",
+                        id: id.to_string(),
+                    })?;
+                if let Some(a) = availability {
+                    node.spec.availability = a;
+                }
+                for k in labels_rm {
+                    node.spec.labels.remove(&k);
+                }
+                node.spec.labels.extend(labels_add);
+                node.version = rev;
+                ev.push(Event {
+                    revision: rev,
+                    action: Action::Update,
+                    object: Object::Node(Box::new(node.clone())),
+                });
+            }
+            Command::NodeDown { id, message, at } => {
+                let node = self
+                    .nodes
+                    .get_mut(&id)
+                    .ok_or_else(|| StoreError::NotFound {
+                        kind: "node",
+                        id: id.to_string(),
+                    })?;
+                node.status.state = NodeState::Down;
+                node.status.message = message;
+                node.status.since = at;
+                node.version = rev;
+                ev.push(Event {
+                    revision: rev,
+                    action: Action::Update,
+                    object: Object::Node(Box::new(node.clone())),
+                });
+                for t in self.tasks.values_mut() {
+                    if t.node_id.as_ref() == Some(&id) && !t.status.state.is_terminal() {
+                        t.status = TaskStatus::new(TaskState::Orphaned, at, "node down");
+                        t.version = rev;
+                        ev.push(Event {
+                            revision: rev,
+                            action: Action::Update,
+                            object: Object::Task(Box::new(t.clone())),
+                        });
+                    }
+                }
+            }
+            Command::Tasks(ops) => {
+                for op in ops {
+                    self.apply_task_op(rev, op, ev);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn insert_service(
+        &mut self,
+        rev: u64,
+        id: ServiceId,
+        spec: ServiceSpec,
+        at: Timestamp,
+        ev: &mut Vec<Event>,
+    ) {
+        let s = Service {
+            id: id.clone(),
+            spec_version: rev,
+            version: rev,
+            created_at: at,
+            updated_at: at,
+            spec,
+            previous_spec: None,
+            update_status: None,
+            removing: false,
+        };
+        ev.push(Event {
+            revision: rev,
+            action: Action::Create,
+            object: Object::Service(Box::new(s.clone())),
+        });
+        self.services.insert(id, s);
+    }
+
+    fn replace_spec(
+        &mut self,
+        rev: u64,
+        id: &ServiceId,
+        spec: ServiceSpec,
+        at: Timestamp,
+        ev: &mut Vec<Event>,
+    ) {
+        let s = self.services.get_mut(id).expect("caller checked");
+        if s.spec == spec {
+            return;
+        }
+        let template_changed = s.spec.task != spec.task;
+        let old = std::mem::replace(&mut s.spec, spec);
+        s.previous_spec = Some(old);
+        s.spec_version = rev;
+        s.version = rev;
+        s.updated_at = at;
+        if template_changed {
+            s.update_status = Some(UpdateStatus {
+                state: UpdateState::Updating,
+                started_at: at,
+                completed_at: None,
+            });
+        }
+        ev.push(Event {
+            revision: rev,
+            action: Action::Update,
+            object: Object::Service(Box::new(s.clone())),
+        });
+    }
+
+    fn insert_network(&mut self, rev: u64, n: NewNetwork, ev: &mut Vec<Event>) {
+        let net = Network {
+            id: n.id.clone(),
+            version: rev,
+            created_at: Timestamp(0),
+            spec: n.spec,
+            vni: n.vni,
+            subnet: n.subnet,
+            gateway: n.gateway,
+        };
+        ev.push(Event {
+            revision: rev,
+            action: Action::Create,
+            object: Object::Network(Box::new(net.clone())),
+        });
+        self.networks.insert(n.id, net);
+    }
+
+    fn apply_task_op(&mut self, rev: u64, op: TaskOp, ev: &mut Vec<Event>) {
+        let mut touched: Option<TaskId> = None;
+        match op {
+            TaskOp::Create(task) => {
+                if self.services.contains_key(&task.service_id)
+                    && !self.tasks.contains_key(&task.id)
+                {
+                    let mut task = *task;
+                    task.version = rev;
+                    let id = task.id.clone();
+                    ev.push(Event {
+                        revision: rev,
+                        action: Action::Create,
+                        object: Object::Task(Box::new(task.clone())),
+                    });
+                    self.tasks.insert(id, task);
+                }
+            }
+            TaskOp::SetDesired { id, state } => {
+                if let Some(t) = self.tasks.get_mut(&id) {
+                    if state > t.desired_state {
+                        t.desired_state = state;
+                        touched = Some(id);
+                    }
+                }
+            }
+            TaskOp::Delete { id } => {
+                if let Some(t) = self.tasks.remove(&id) {
+                    ev.push(Event {
+                        revision: rev,
+                        action: Action::Delete,
+                        object: Object::Task(Box::new(t)),
+                    });
+                }
+            }
+            TaskOp::Assign { id, node, at } => {
+                if let Some(t) = self.tasks.get_mut(&id) {
+                    if t.status.state <= TaskState::Pending && self.nodes.contains_key(&node) {
+                        t.node_id = Some(node);
+                        t.status = TaskStatus::new(TaskState::Assigned, at, "scheduled");
+                        touched = Some(id);
+                    }
+                }
+            }
+            TaskOp::Pending { id, reason, at } => {
+                if let Some(t) = self.tasks.get_mut(&id) {
+                    if t.status.state <= TaskState::Pending
+                        && (t.status.state != TaskState::Pending || t.status.err != reason)
+                    {
+                        let mut status =
+                            TaskStatus::new(TaskState::Pending, at, "pending task scheduling");
+                        status.err = reason;
+                        t.status = status;
+                        touched = Some(id);
+                    }
+                }
+            }
+            TaskOp::Status { id, node, status } => {
+                if let Some(t) = self.tasks.get_mut(&id) {
+                    let forward = status.state > t.status.state
+                        || (status.state == t.status.state
+                            && status != t.status
+                            && status.state > TaskState::Assigned);
+                    if t.node_id.as_ref() == Some(&node) && forward && !t.status.state.is_terminal()
+                    {
+                        t.status = status;
+                        touched = Some(id);
+                    }
+                }
+            }
+            TaskOp::UpdateStatus { service, status } => {
+                if let Some(s) = self.services.get_mut(&service) {
+                    s.update_status = Some(status);
+                    s.version = rev;
+                    ev.push(Event {
+                        revision: rev,
+                        action: Action::Update,
+                        object: Object::Service(Box::new(s.clone())),
+                    });
+                }
+            }
+            TaskOp::DeleteService { id } => {
+                if let Some(s) = self.services.remove(&id) {
+                    ev.push(Event {
+                        revision: rev,
+                        action: Action::Delete,
+                        object: Object::Service(Box::new(s)),
+                    });
+                }
+            }
+        }
+        if let Some(id) = touched {
+            let t = self.tasks.get_mut(&id).expect("touched exists");
+            t.version = rev;
+            ev.push(Event {
+                revision: rev,
+                action: Action::Update,
+                object: Object::Task(Box::new(t.clone())),
+            });
+        }
+    }
+
+    /// How many of a service's tasks run, and how many are wanted (as `service ls` counts).
+    pub fn replica_counts(&self, s: &Service) -> (u64, u64) {
+        let running = self
+            .tasks_of(&s.id)
+            .filter(|t| t.status.state == TaskState::Running && t.wanted())
+            .count() as u64;
+        let desired = match s.spec.mode {
+            ServiceMode::Replicated { replicas } => replicas,
+            ServiceMode::Global => self
+                .tasks_of(&s.id)
+                .filter(|t| t.wanted() && !t.status.state.is_terminal())
+                .filter_map(|t| t.node_id.clone())
+                .collect::<BTreeSet<_>>()
+                .len() as u64,
+        };
+        if s.removing {
+            (running, 0)
+        } else {
+            (running, desired)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_api::service::TaskTemplate;
+
+    fn spec(name: &str) -> ServiceSpec {
+        let mut s = ServiceSpec {
+            name: name.into(),
+            ..Default::default()
+        };
+        s.task.container.image = "busybox".into();
+        s
+    }
+
+    fn sid(n: u128) -> ServiceId {
+        ServiceId::from_bits(n)
+    }
+
+    #[test]
+    fn a_refused_command_changes_nothing() {
+        let mut store = Store::default();
+        store
+            .apply(
+                1,
+                Command::CreateService {
+                    id: sid(1),
+                    spec: Box::new(spec("a")),
+                    at: Timestamp(1),
+                },
+            )
+            .unwrap();
+        let before = store.clone();
+        let deploy = Command::DeployStack {
+            networks: vec![],
+            create: vec![(sid(2), spec("b")), (sid(3), spec("a"))],
+            update: vec![],
+            remove: vec![],
+            at: Timestamp(2),
+        };
+        let err = store.apply(2, deploy).unwrap_err();
+        assert!(matches!(err, StoreError::NameInUse { .. }));
+        assert_eq!(store.services, before.services);
+    }
+
+    #[test]
+    fn task_states_only_move_forward_and_only_from_their_node() {
+        let mut store = Store::default();
+        store
+            .apply(
+                1,
+                Command::CreateService {
+                    id: sid(1),
+                    spec: Box::new(spec("a")),
+                    at: Timestamp(1),
+                },
+            )
+            .unwrap();
+        let node = NodeId::from_bits(9);
+        let other = NodeId::from_bits(8);
+        store
+            .apply(
+                2,
+                Command::RegisterNode {
+                    id: node.clone(),
+                    description: Box::default(),
+                    addr: String::new(),
+                    role: NodeRole::Manager,
+                    at: Timestamp(2),
+                },
+            )
+            .unwrap();
+        let task = Task {
+            id: TaskId::from_bits(5),
+            version: 0,
+            service_id: sid(1),
+            service_name: "a".into(),
+            slot: 1,
+            node_id: None,
+            spec_version: 1,
+            spec: TaskTemplate::default(),
+            desired_state: TaskState::Running,
+            status: TaskStatus::new(TaskState::New, Timestamp(3), "created"),
+            created_at: Timestamp(3),
+        };
+        let id = task.id.clone();
+        store
+            .apply(
+                3,
+                Command::Tasks(vec![
+                    TaskOp::Create(Box::new(task)),
+                    TaskOp::Assign {
+                        id: id.clone(),
+                        node: node.clone(),
+                        at: Timestamp(3),
+                    },
+                ]),
+            )
+            .unwrap();
+        let report = |state| TaskOp::Status {
+            id: id.clone(),
+            node: node.clone(),
+            status: TaskStatus::new(state, Timestamp(4), ""),
+        };
+        store
+            .apply(4, Command::Tasks(vec![report(TaskState::Running)]))
+            .unwrap();
+        store
+            .apply(5, Command::Tasks(vec![report(TaskState::Starting)]))
+            .unwrap();
+        assert_eq!(store.tasks[&id].status.state, TaskState::Running);
+        store
+            .apply(
+                6,
+                Command::Tasks(vec![TaskOp::Status {
+                    id: id.clone(),
+                    node: other,
+                    status: TaskStatus::new(TaskState::Failed, Timestamp(5), ""),
+                }]),
+            )
+            .unwrap();
+        assert_eq!(store.tasks[&id].status.state, TaskState::Running);
+        store
+            .apply(
+                7,
+                Command::NodeDown {
+                    id: node,
+                    message: "gone".into(),
+                    at: Timestamp(6),
+                },
+            )
+            .unwrap();
+        assert_eq!(store.tasks[&id].status.state, TaskState::Orphaned);
+        assert_eq!(store.revision, 7);
+    }
+
+    #[test]
+    fn scaling_does_not_start_an_update_but_a_template_change_does() {
+        let mut store = Store::default();
+        store
+            .apply(
+                1,
+                Command::CreateService {
+                    id: sid(1),
+                    spec: Box::new(spec("a")),
+                    at: Timestamp(1),
+                },
+            )
+            .unwrap();
+        let mut scaled = spec("a");
+        scaled.mode = ServiceMode::Replicated { replicas: 5 };
+        store
+            .apply(
+                2,
+                Command::UpdateService {
+                    id: sid(1),
+                    spec: Box::new(scaled.clone()),
+                    expected_version: Some(1),
+                    at: Timestamp(2),
+                },
+            )
+            .unwrap();
+        assert!(store.services[&sid(1)].update_status.is_none());
+        scaled.task.container.image = "other".into();
+        let stale = store.apply(
+            3,
+            Command::UpdateService {
+                id: sid(1),
+                spec: Box::new(scaled.clone()),
+                expected_version: Some(1),
+                at: Timestamp(3),
+            },
+        );
+        assert!(matches!(stale, Err(StoreError::VersionMismatch { .. })));
+        store
+            .apply(
+                4,
+                Command::UpdateService {
+                    id: sid(1),
+                    spec: Box::new(scaled),
+                    expected_version: None,
+                    at: Timestamp(4),
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            store.services[&sid(1)]
+                .update_status
+                .as_ref()
+                .unwrap()
+                .state,
+            UpdateState::Updating
+        );
+    }
+}

@@ -1,0 +1,150 @@
+//! The event hub: every change applied to the store is published here, with its revision.
+//! Subscribers start from any revision still held in memory (the last [`RETAINED`] events) and
+//! then follow live changes, with no gap between the two. Leader loops only need to know that
+//! something changed, which [`EventHub::revision`] tells.
+
+use shoal_api::wire::Event;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{broadcast, watch};
+
+/// Events kept for subscribers that start in the past.
+pub const RETAINED: usize = 100_000;
+
+/// A subscriber asked for events that are no longer held.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("events before revision {oldest} are no longer held: start from {oldest} or later, or from 0 for live events only")]
+pub struct Compacted {
+    /// Oldest revision still available as a starting point.
+    pub oldest: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    ring: VecDeque<Event>,
+    /// Revision before the first held event: `since` must be at least this.
+    floor: u64,
+}
+
+/// Publishes store changes.
+#[derive(Debug)]
+pub struct EventHub {
+    inner: Mutex<Inner>,
+    live: broadcast::Sender<Arc<Vec<Event>>>,
+    revision: watch::Sender<u64>,
+}
+
+/// A subscription: the held events after `since`, then live batches.
+#[derive(Debug)]
+pub struct Subscription {
+    /// Events already applied after the requested revision.
+    pub backlog: Vec<Event>,
+    /// Later batches, in order.
+    pub live: broadcast::Receiver<Arc<Vec<Event>>>,
+}
+
+impl EventHub {
+    /// A hub whose store is at `revision`.
+    pub fn new(revision: u64) -> Arc<EventHub> {
+        let (live, _) = broadcast::channel(4096);
+        let (rev, _) = watch::channel(revision);
+        Arc::new(EventHub {
+            inner: Mutex::new(Inner {
+                ring: VecDeque::new(),
+                floor: revision,
+            }),
+            live,
+            revision: rev,
+        })
+    }
+
+    /// Publishes the events of one applied command, then moves the revision.
+    pub fn publish(&self, revision: u64, events: Vec<Event>) {
+        if !events.is_empty() {
+            let mut inner = self.inner.lock().expect("hub lock");
+            inner.ring.extend(events.iter().cloned());
+            while inner.ring.len() > RETAINED {
+                let dropped = inner.ring.pop_front().expect("not empty");
+                inner.floor = dropped.revision;
+            }
+            // Sent under the lock so a new subscriber sees each event exactly once.
+            let _ = self.live.send(Arc::new(events));
+        }
+        self.revision.send_replace(revision);
+    }
+
+    /// Subscribes to events after `since` (0: live events only).
+    pub fn subscribe(&self, since: u64) -> Result<Subscription, Compacted> {
+        let inner = self.inner.lock().expect("hub lock");
+        let live = self.live.subscribe();
+        if since == 0 {
+            return Ok(Subscription {
+                backlog: Vec::new(),
+                live,
+            });
+        }
+        if since < inner.floor {
+            return Err(Compacted {
+                oldest: inner.floor,
+            });
+        }
+        let backlog = inner
+            .ring
+            .iter()
+            .filter(|e| e.revision > since)
+            .cloned()
+            .collect();
+        Ok(Subscription { backlog, live })
+    }
+
+    /// Watches the store revision.
+    pub fn revision(&self) -> watch::Receiver<u64> {
+        self.revision.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_api::network::{Network, NetworkSpec};
+    use shoal_api::wire::{Action, Object};
+
+    fn ev(revision: u64) -> Event {
+        let net = Network {
+            id: shoal_api::NetworkId::from_bits(revision as u128),
+            version: revision,
+            created_at: Default::default(),
+            spec: NetworkSpec::default(),
+            vni: 4096,
+            subnet: String::new(),
+            gateway: String::new(),
+        };
+        Event {
+            revision,
+            action: Action::Create,
+            object: Object::Network(Box::new(net)),
+        }
+    }
+
+    #[test]
+    fn subscribers_get_backlog_then_live_events_without_gaps() {
+        let hub = EventHub::new(0);
+        hub.publish(1, vec![ev(1)]);
+        hub.publish(2, vec![ev(2)]);
+        let mut sub = hub.subscribe(1).unwrap();
+        assert_eq!(
+            sub.backlog.iter().map(|e| e.revision).collect::<Vec<_>>(),
+            vec![2]
+        );
+        hub.publish(3, vec![ev(3)]);
+        assert_eq!(sub.live.try_recv().unwrap()[0].revision, 3);
+        assert_eq!(*hub.revision().borrow(), 3);
+    }
+
+    #[test]
+    fn a_restarted_hub_refuses_history_it_does_not_hold() {
+        let hub = EventHub::new(10);
+        assert_eq!(hub.subscribe(5).unwrap_err(), Compacted { oldest: 10 });
+        assert!(hub.subscribe(10).unwrap().backlog.is_empty());
+    }
+}
