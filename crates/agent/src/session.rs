@@ -1,0 +1,374 @@
+//! The agent's session with the leader: register (with the join token; the node id is kept in
+//! the state directory so a restarted agent is the same node), heartbeat, follow assignments
+//! (the full set, then changes), run one worker per task, and report statuses in batches.
+//! When the session breaks (leader restarted, network), the agent registers again; its task
+//! workers and containers carry on meanwhile.
+
+use crate::executor::{ExecError, Executor};
+use crate::reconcile::{self, Op};
+use shoal_api::node::NodeDescription;
+use shoal_api::task::{Task, TaskState, TaskStatus};
+use shoal_api::units::{Duration as ApiDuration, Timestamp};
+use shoal_api::wire::*;
+use shoal_api::{NodeId, TaskId};
+use shoal_client::{Client, ClientError};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, RwLock};
+use tokio_util::sync::CancellationToken;
+
+/// How the agent reaches its manager and describes its host.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The manager's API client.
+    pub manager: Client,
+    /// The cluster's join token.
+    pub join_token: String,
+    /// Where the agent keeps its node id.
+    pub state_dir: PathBuf,
+    /// What the host is.
+    pub description: NodeDescription,
+    /// Underlay address of the host.
+    pub addr: String,
+    /// True on a manager host.
+    pub manager_role: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Session {
+    node_id: NodeId,
+    session_id: String,
+    heartbeat: Duration,
+}
+
+fn now() -> Timestamp {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp(d.as_millis() as u64)
+}
+
+/// The running agent.
+pub struct Agent {
+    config: AgentConfig,
+    executor: Arc<dyn Executor>,
+    session: RwLock<Option<Session>>,
+    reports: mpsc::UnboundedSender<(TaskId, TaskStatus)>,
+    workers: std::sync::Mutex<HashMap<TaskId, watch::Sender<Task>>>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("executor", &self.executor.name())
+            .finish()
+    }
+}
+
+impl Agent {
+    /// Runs the agent until `shutdown`.
+    pub async fn run(
+        config: AgentConfig,
+        executor: Arc<dyn Executor>,
+        shutdown: CancellationToken,
+    ) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let agent = Arc::new(Agent {
+            config,
+            executor,
+            session: RwLock::new(None),
+            reports: tx,
+            workers: std::sync::Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(agent.clone().report_loop(rx, shutdown.clone()));
+        loop {
+            match agent.register().await {
+                Ok(session) => {
+                    tracing::info!(node_id = %session.node_id, "agent session opened");
+                    *agent.session.write().await = Some(session.clone());
+                    let hb = agent.clone().heartbeat_loop(session.clone());
+                    let asg = agent.clone().assignment_loop(session.clone());
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        e = hb => tracing::warn!(error = %e, "heartbeat failed; registering again"),
+                        e = asg => tracing::warn!(error = %e, "assignments failed; registering again"),
+                    }
+                    *agent.session.write().await = None;
+                }
+                Err(e) => tracing::warn!(error = %e, "registration failed; retrying"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
+    }
+
+    fn node_id_file(&self) -> PathBuf {
+        self.config.state_dir.join("node-id")
+    }
+
+    async fn register(&self) -> Result<Session, ClientError> {
+        let known: Option<NodeId> = std::fs::read_to_string(self.node_id_file())
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        let mut description = self.config.description.clone();
+        description.executor = self.executor.name().to_owned();
+        let req = RegisterRequest {
+            node_id: known,
+            join_token: self.config.join_token.clone(),
+            description,
+            addr: self.config.addr.clone(),
+            manager: self.config.manager_role,
+        };
+        let resp: RegisterResponse = self
+            .config
+            .manager
+            .post("/v1/dispatcher/register", &req)
+            .await?;
+        if let Err(e) = std::fs::create_dir_all(&self.config.state_dir)
+            .and_then(|_| std::fs::write(self.node_id_file(), resp.node_id.as_str()))
+        {
+            tracing::warn!(error = %e, "node id not saved: a restart will register a new node");
+        }
+        Ok(Session {
+            node_id: resp.node_id,
+            session_id: resp.session_id,
+            heartbeat: Duration::from_millis(resp.heartbeat_period_ms.max(10)),
+        })
+    }
+
+    async fn heartbeat_loop(self: Arc<Self>, s: Session) -> ClientError {
+        let mut period = s.heartbeat;
+        loop {
+            tokio::time::sleep(period).await;
+            let hb = Heartbeat {
+                node_id: s.node_id.clone(),
+                session_id: s.session_id.clone(),
+            };
+            match self
+                .config
+                .manager
+                .post::<_, HeartbeatResponse>("/v1/dispatcher/heartbeat", &hb)
+                .await
+            {
+                Ok(r) => period = Duration::from_millis(r.heartbeat_period_ms.max(10)),
+                Err(e) => return e,
+            }
+        }
+    }
+
+    async fn assignment_loop(self: Arc<Self>, s: Session) -> ClientError {
+        let mut since = 0;
+        loop {
+            let path = format!(
+                "/v1/dispatcher/assignments?node_id={}&session_id={}&since={since}&wait_ms=10000",
+                s.node_id, s.session_id
+            );
+            let a: Assignments = match self.config.manager.get(&path).await {
+                Ok(a) => a,
+                Err(e) => return e,
+            };
+            since = a.revision;
+            self.apply(a);
+        }
+    }
+
+    /// Starts, updates or retires task workers from an assignment message.
+    fn apply(self: &Arc<Self>, a: Assignments) {
+        let mut workers = self.workers.lock().expect("workers lock");
+        if a.full {
+            let keep: Vec<&TaskId> = a.tasks.iter().map(|t| &t.id).collect();
+            for (id, tx) in workers.iter() {
+                if !keep.contains(&id) {
+                    retire(tx);
+                }
+            }
+        }
+        for id in &a.removed {
+            if let Some(tx) = workers.get(id) {
+                retire(tx);
+            }
+        }
+        for task in a.tasks {
+            match workers.get(&task.id) {
+                Some(tx) if !tx.is_closed() => {
+                    tx.send_replace(task);
+                }
+                _ => {
+                    let (tx, rx) = watch::channel(task.clone());
+                    workers.insert(task.id.clone(), tx);
+                    tokio::spawn(self.clone().work(rx));
+                }
+            }
+        }
+        workers.retain(|_, tx| !tx.is_closed());
+    }
+
+    fn report(&self, id: &TaskId, status: TaskStatus) {
+        let _ = self.reports.send((id.clone(), status));
+    }
+
+    /// One task's worker: asks the reconciler for the next step and does it, until the task is
+    /// finished and no longer assigned.
+    async fn work(self: Arc<Self>, mut rx: watch::Receiver<Task>) {
+        let mut known: Option<TaskStatus> = None;
+        loop {
+            let task = rx.borrow_and_update().clone();
+            let status = match &known {
+                Some(k) => reconcile::newest(&task.status, k),
+                None => task.status.clone(),
+            };
+            let observed = self.executor.observe(&task.id);
+            let op = reconcile::step(&task, &status, &observed);
+            tracing::debug!(task_id = %task.id, ?op, "task step");
+            let mut set = |s: TaskStatus| {
+                self.report(&task.id, s.clone());
+                known = Some(s);
+            };
+            match op {
+                Op::Start => {
+                    set(TaskStatus::new(TaskState::Starting, now(), "starting"));
+                    match self.executor.start(&task).await {
+                        Ok(container) => {
+                            let mut s = TaskStatus::new(TaskState::Running, now(), "started");
+                            s.container_id = container;
+                            set(s);
+                        }
+                        Err(ExecError::Rejected(reason)) => {
+                            let mut s = TaskStatus::new(TaskState::Rejected, now(), "rejected");
+                            s.err = reason;
+                            set(s);
+                        }
+                        Err(e) => {
+                            let mut s = TaskStatus::new(TaskState::Failed, now(), "starting");
+                            s.err = e.to_string();
+                            set(s);
+                        }
+                    }
+                    continue;
+                }
+                Op::Watch { container } => {
+                    if status.state < TaskState::Running {
+                        let mut s = TaskStatus::new(TaskState::Running, now(), "started");
+                        s.container_id = container.clone();
+                        set(s);
+                    }
+                    tokio::select! {
+                        exit = self.executor.wait(&container) => {
+                            if let Ok(code) = exit {
+                                if task.desired_state <= TaskState::Running {
+                                    set(reconcile::exit_status(code, &container, now()));
+                                }
+                            }
+                            continue;
+                        }
+                        changed = rx.changed() => if changed.is_err() { return } else { continue },
+                    }
+                }
+                Op::ReportExit { container, code } => {
+                    set(reconcile::exit_status(code, &container, now()));
+                    continue;
+                }
+                Op::Stop { container } => {
+                    let grace = task
+                        .spec
+                        .container
+                        .stop_grace_period
+                        .unwrap_or(ApiDuration::from_secs(10));
+                    if let Err(e) = self.executor.stop(&container, grace).await {
+                        tracing::warn!(task_id = %task.id, error = %e, "stop failed");
+                    }
+                    let mut s = TaskStatus::new(TaskState::Shutdown, now(), "shutdown");
+                    s.container_id = container;
+                    set(s);
+                    continue;
+                }
+                Op::ReportShutdown => {
+                    set(TaskStatus::new(TaskState::Shutdown, now(), "shutdown"));
+                    continue;
+                }
+                Op::ReportLost => {
+                    let mut s = TaskStatus::new(TaskState::Failed, now(), "lost");
+                    s.err = "the container disappeared".into();
+                    set(s);
+                    continue;
+                }
+                Op::Remove { container } => {
+                    if let Err(e) = self.executor.remove(&container) {
+                        tracing::warn!(task_id = %task.id, error = %e, "remove failed");
+                    }
+                    return;
+                }
+                Op::Wait => {
+                    // A retired task with nothing left to stop or remove is done.
+                    if task.desired_state == TaskState::Remove || rx.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends statuses in batches: whatever queued while the previous batch was in flight.
+    async fn report_loop(
+        self: Arc<Self>,
+        mut rx: mpsc::UnboundedReceiver<(TaskId, TaskStatus)>,
+        shutdown: CancellationToken,
+    ) {
+        let mut pending: BTreeMap<TaskId, TaskStatus> = BTreeMap::new();
+        loop {
+            if pending.is_empty() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    item = rx.recv() => match item {
+                        Some((id, s)) => { pending.insert(id, s); }
+                        None => return,
+                    },
+                }
+            }
+            while let Ok((id, s)) = rx.try_recv() {
+                let keep = pending.get(&id).is_none_or(|p| s.state >= p.state);
+                if keep {
+                    pending.insert(id, s);
+                }
+            }
+            let session = self.session.read().await.clone();
+            let Some(session) = session else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let updates: Vec<TaskStatusUpdate> = pending
+                .iter()
+                .map(|(id, s)| TaskStatusUpdate {
+                    task_id: id.clone(),
+                    status: s.clone(),
+                })
+                .collect();
+            let report = StatusReport {
+                node_id: session.node_id.clone(),
+                session_id: session.session_id.clone(),
+                updates,
+            };
+            match self
+                .config
+                .manager
+                .send_no_content(hyper::Method::POST, "/v1/dispatcher/status", Some(&report))
+                .await
+            {
+                Ok(()) => pending.clear(),
+                Err(e) => {
+                    tracing::warn!(error = %e, batch = pending.len(), "status report failed; will retry");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Tells a worker its task is no longer assigned: stop it and remove its container.
+fn retire(tx: &watch::Sender<Task>) {
+    tx.send_modify(|t| t.desired_state = TaskState::Remove);
+}

@@ -1,0 +1,686 @@
+//! `shoal`: the command-line client. It turns commands (and stack files) into API calls and
+//! prints the answers as tables or JSON; it never does the cluster's work itself.
+
+mod output;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hyper::Method;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use shoal_api::node::{Availability, Node};
+use shoal_api::service::{Service, ServiceMode, ServiceSpec, UpdateOrder, UpdateState};
+use shoal_api::stack::{self, convert, LoadOptions, SourceFile};
+use shoal_api::task::Task;
+use shoal_api::wire::*;
+use shoal_client::{Client, Endpoint, Lines};
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "shoal",
+    version,
+    about = "Run Compose stacks on a shoal cluster"
+)]
+struct Cli {
+    /// Daemon to talk to: unix:///path or tcp://host:port.
+    #[arg(short = 'H', long = "host", env = "SHOAL_HOST", global = true)]
+    host: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
+    format: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create or inspect the cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Deploy and manage stacks.
+    #[command(subcommand)]
+    Stack(StackCmd),
+    /// Manage services.
+    #[command(subcommand)]
+    Service(ServiceCmd),
+    /// Manage nodes.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Follow the cluster's changes.
+    Events {
+        /// Start after this revision (0: from now).
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCmd {
+    /// Make this daemon the first manager of a new cluster.
+    Init,
+    /// Show the cluster.
+    Info,
+}
+
+#[derive(Debug, Subcommand)]
+enum StackCmd {
+    /// Create or update a stack from Compose files.
+    Deploy {
+        /// Compose file (repeat to merge; later files override earlier ones).
+        #[arg(short = 'c', long = "compose-file", required = true)]
+        files: Vec<String>,
+        /// Remove services no longer in the files.
+        #[arg(long)]
+        prune: bool,
+        /// Wait until every service has converged, showing progress.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long.
+        #[arg(long, default_value = "5m")]
+        timeout: shoal_api::units::Duration,
+        /// Stack name.
+        name: String,
+    },
+    /// List stacks.
+    Ls,
+    /// List a stack's tasks.
+    Ps {
+        /// Stack name.
+        name: String,
+    },
+    /// Remove stacks.
+    Rm {
+        /// Stack names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Print the normalized stack (after interpolation and merging), as docker stack config.
+    Config {
+        /// Compose file (repeat to merge).
+        #[arg(short = 'c', long = "compose-file", required = true)]
+        files: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceCmd {
+    /// List services.
+    Ls,
+    /// List a service's tasks.
+    Ps {
+        /// Service name or id.
+        service: String,
+    },
+    /// Show services in full.
+    Inspect {
+        /// Service names or ids.
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+    /// Set replica counts: SERVICE=N ...
+    Scale {
+        /// SERVICE=REPLICAS pairs.
+        #[arg(required = true)]
+        pairs: Vec<String>,
+    },
+    /// Change a service.
+    Update(UpdateArgs),
+    /// Remove services.
+    Rm {
+        /// Service names or ids.
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct UpdateArgs {
+    /// New image.
+    #[arg(long)]
+    image: Option<String>,
+    /// New replica count.
+    #[arg(long)]
+    replicas: Option<u64>,
+    /// Add or change an environment variable (KEY=VALUE).
+    #[arg(long = "env-add")]
+    env_add: Vec<String>,
+    /// Remove an environment variable.
+    #[arg(long = "env-rm")]
+    env_rm: Vec<String>,
+    /// Add a placement constraint.
+    #[arg(long = "constraint-add")]
+    constraint_add: Vec<String>,
+    /// Remove a placement constraint.
+    #[arg(long = "constraint-rm")]
+    constraint_rm: Vec<String>,
+    /// Tasks updated at once.
+    #[arg(long = "update-parallelism")]
+    parallelism: Option<u64>,
+    /// Delay between batches.
+    #[arg(long = "update-delay")]
+    delay: Option<shoal_api::units::Duration>,
+    /// stop-first or start-first.
+    #[arg(long = "update-order")]
+    order: Option<String>,
+    /// Replace every task even if nothing changed.
+    #[arg(long)]
+    force: bool,
+    /// Service name or id.
+    service: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCmd {
+    /// List nodes.
+    Ls,
+    /// Show nodes in full.
+    Inspect {
+        /// Node ids or hostnames.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Change a node.
+    Update {
+        /// active, pause or drain.
+        #[arg(long)]
+        availability: Option<String>,
+        /// Add a label (KEY=VALUE).
+        #[arg(long = "label-add")]
+        label_add: Vec<String>,
+        /// Remove a label.
+        #[arg(long = "label-rm")]
+        label_rm: Vec<String>,
+        /// Node id or hostname.
+        node: String,
+    },
+}
+
+fn client(cli: &Cli) -> Result<Client> {
+    let host = cli
+        .host
+        .clone()
+        .unwrap_or_else(|| format!("unix://{}", shoal_client::DEFAULT_SOCKET));
+    Ok(Client::new(host.parse::<Endpoint>()?))
+}
+
+fn path_part(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Stack(StackCmd::Config { files }) => {
+            let loaded = load_files(files)?;
+            for w in &loaded.warnings {
+                eprintln!("{w}");
+            }
+            match cli.format {
+                Format::Json => print_json(&loaded.config)?,
+                Format::Table => print!("{}", serde_yaml::to_string(&loaded.config)?),
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
+    let c = client(&cli)?;
+    let json = cli.format == Format::Json;
+    match cli.command {
+        Command::Cluster(ClusterCmd::Init) => {
+            let info: ClusterInfo = c.post("/v1/cluster/init", &InitRequest::default()).await?;
+            if json {
+                print_json(&info)?;
+            } else {
+                println!(
+                    "Cluster {} initialized: this node is its first manager.",
+                    info.id
+                );
+                println!("Worker join token: {}", info.worker_join_token);
+            }
+        }
+        Command::Cluster(ClusterCmd::Info) => {
+            let info: ClusterInfo = c.get("/v1/cluster").await?;
+            if json {
+                print_json(&info)?;
+            } else {
+                output::cluster_info(&info);
+            }
+        }
+        Command::Stack(StackCmd::Deploy {
+            files,
+            prune,
+            wait,
+            timeout,
+            name,
+        }) => deploy(&c, &files, prune, wait, timeout.0, &name, json).await?,
+        Command::Stack(StackCmd::Ls) => {
+            let stacks: Vec<StackSummary> = c.get("/v1/stacks").await?;
+            if json {
+                print_json(&stacks)?;
+            } else {
+                output::table(
+                    &["NAME", "SERVICES", "NETWORKS"],
+                    stacks.iter().map(|s| {
+                        vec![
+                            s.name.clone(),
+                            s.services.to_string(),
+                            s.networks.to_string(),
+                        ]
+                    }),
+                );
+            }
+        }
+        Command::Stack(StackCmd::Ps { name }) => {
+            let tasks: Vec<Task> = c
+                .get(&format!("/v1/stacks/{}/tasks", path_part(&name)))
+                .await?;
+            show_tasks(&c, &tasks, json).await?;
+        }
+        Command::Stack(StackCmd::Rm { names }) => {
+            for name in names {
+                c.send_no_content::<()>(
+                    Method::DELETE,
+                    &format!("/v1/stacks/{}", path_part(&name)),
+                    None,
+                )
+                .await
+                .with_context(|| format!("removing stack {name}"))?;
+                println!("Removing stack {name}");
+            }
+        }
+        Command::Stack(StackCmd::Config { .. }) => unreachable!("handled above"),
+        Command::Service(cmd) => service(&c, cmd, json).await?,
+        Command::Node(cmd) => node(&c, cmd, json).await?,
+        Command::Events { since } => {
+            let mut lines = Lines::new(c.stream(&format!("/v1/events?since={since}")).await?);
+            while let Some(e) = lines.next::<serde_json::Value>().await? {
+                if json {
+                    println!("{e}");
+                } else {
+                    output::event(&e);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn load_files(files: &[String]) -> Result<stack::Loaded> {
+    let mut sources = Vec::new();
+    for f in files {
+        let content = if f == "-" {
+            std::io::read_to_string(std::io::stdin()).context("reading the stack from stdin")?
+        } else {
+            std::fs::read_to_string(f).with_context(|| format!("reading {f}"))?
+        };
+        sources.push(SourceFile {
+            name: f.clone(),
+            content,
+        });
+    }
+    let first = std::path::Path::new(&files[0]);
+    let dir = match first.parent() {
+        Some(p) if !p.as_os_str().is_empty() && files[0] != "-" => p
+            .canonicalize()
+            .with_context(|| format!("resolving {}", p.display()))?,
+        _ => std::env::current_dir()?,
+    };
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let read = |p: &str| std::fs::read_to_string(p).map_err(|e| e.to_string());
+    let opts = LoadOptions {
+        env: &env,
+        working_dir: &dir.to_string_lossy(),
+        read_file: &read,
+        skip_interpolation: false,
+    };
+    Ok(stack::load(&sources, &opts)?)
+}
+
+async fn deploy(
+    c: &Client,
+    files: &[String],
+    prune: bool,
+    wait: bool,
+    timeout: Duration,
+    name: &str,
+    json: bool,
+) -> Result<()> {
+    let loaded = load_files(files)?;
+    for w in &loaded.warnings {
+        eprintln!("{w}");
+    }
+    let spec =
+        convert::convert(name, &loaded.config).with_context(|| format!("{}", files.join(", ")))?;
+    let wanted: Vec<String> = spec.services.iter().map(|s| s.name.clone()).collect();
+    let result: StackDeployResult = c
+        .post(
+            &format!("/v1/stacks/{}/deploy", path_part(name)),
+            &StackDeploy { stack: spec, prune },
+        )
+        .await?;
+    if json {
+        print_json(&result)?;
+    } else {
+        for n in &result.networks_created {
+            println!("Creating network {n}");
+        }
+        for s in &result.created {
+            println!("Creating service {s}");
+        }
+        for s in &result.updated {
+            println!("Updating service {s}");
+        }
+        for s in &result.removed {
+            println!("Removing service {s}");
+        }
+    }
+    if wait {
+        wait_converged(c, &wanted, result.revision, timeout, json).await?;
+    }
+    Ok(())
+}
+
+/// Follows events until every named service runs its desired tasks on its current spec.
+async fn wait_converged(
+    c: &Client,
+    names: &[String],
+    since: u64,
+    timeout: Duration,
+    quiet: bool,
+) -> Result<()> {
+    let started = Instant::now();
+    let bars = MultiProgress::new();
+    if quiet {
+        bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let style = ProgressStyle::with_template("{prefix:>24} [{bar:30}] {pos}/{len} {msg}")
+        .expect("valid template")
+        .progress_chars("=> ");
+    let mut progress: BTreeMap<String, ProgressBar> = BTreeMap::new();
+    for n in names {
+        let bar = bars.add(ProgressBar::new(0));
+        bar.set_style(style.clone());
+        bar.set_prefix(n.clone());
+        progress.insert(n.clone(), bar);
+    }
+    let mut lines = Lines::new(c.stream(&format!("/v1/events?since={since}")).await?);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let services: Vec<ServiceSummary> = c.get("/v1/services").await?;
+        let mut done = true;
+        for (name, bar) in &progress {
+            let Some(s) = services.iter().find(|s| &s.service.spec.name == name) else {
+                done = false;
+                continue;
+            };
+            bar.set_length(s.desired);
+            bar.set_position(s.running.min(s.desired));
+            let updating = s
+                .service
+                .update_status
+                .as_ref()
+                .is_some_and(|u| u.state == UpdateState::Updating);
+            let ok = s.running == s.desired && !updating;
+            bar.set_message(if ok {
+                "converged"
+            } else if updating {
+                "updating"
+            } else {
+                ""
+            });
+            if ok {
+                bar.finish();
+            }
+            done &= ok;
+        }
+        if done {
+            if !quiet {
+                eprintln!(
+                    "All {} services converged in {:.2}s",
+                    names.len(),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            return Ok(());
+        }
+        // Wait for the next change (at least one event), then drain what else arrived.
+        match tokio::time::timeout_at(deadline, lines.next::<serde_json::Value>()).await {
+            Ok(Ok(Some(_))) => {}
+            Ok(Ok(None)) => bail!("the event stream ended before the stack converged"),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => {
+                let tasks: Vec<Task> = c.get("/v1/tasks").await?;
+                let problems: Vec<String> = tasks
+                    .iter()
+                    .filter(|t| {
+                        names.contains(&t.service_name) && t.wanted() && !t.status.err.is_empty()
+                    })
+                    .map(|t| format!("{}: {}", t.name(), t.status.err))
+                    .collect();
+                bail!(
+                    "not converged after {}s{}",
+                    timeout.as_secs(),
+                    if problems.is_empty() {
+                        String::new()
+                    } else {
+                        format!(":\n  {}", problems.join("\n  "))
+                    }
+                );
+            }
+        }
+    }
+}
+
+async fn show_tasks(c: &Client, tasks: &[Task], json: bool) -> Result<()> {
+    if json {
+        return print_json(&tasks);
+    }
+    let nodes: Vec<Node> = c.get("/v1/nodes").await?;
+    output::tasks(tasks, &nodes);
+    Ok(())
+}
+
+async fn find_service(c: &Client, name: &str) -> Result<Service> {
+    Ok(c.get(&format!("/v1/services/{}", path_part(name))).await?)
+}
+
+async fn service(c: &Client, cmd: ServiceCmd, json: bool) -> Result<()> {
+    match cmd {
+        ServiceCmd::Ls => {
+            let services: Vec<ServiceSummary> = c.get("/v1/services").await?;
+            if json {
+                return print_json(&services);
+            }
+            output::services(&services);
+        }
+        ServiceCmd::Ps { service } => {
+            let s = find_service(c, &service).await?;
+            let tasks: Vec<Task> = c.get(&format!("/v1/services/{}/tasks", s.id)).await?;
+            show_tasks(c, &tasks, json).await?;
+        }
+        ServiceCmd::Inspect { services } => {
+            let mut out = Vec::new();
+            for s in services {
+                out.push(find_service(c, &s).await?);
+            }
+            print_json(&out)?;
+        }
+        ServiceCmd::Scale { pairs } => {
+            for pair in pairs {
+                let (name, n) = pair
+                    .split_once('=')
+                    .with_context(|| format!("{pair:?}: use SERVICE=REPLICAS"))?;
+                let replicas: u64 = n
+                    .parse()
+                    .with_context(|| format!("{pair:?}: {n:?} is not a number"))?;
+                let _: Service = c
+                    .post(
+                        &format!("/v1/services/{}/scale", path_part(name)),
+                        &ScaleRequest { replicas },
+                    )
+                    .await?;
+                println!("{name} scaled to {replicas}");
+            }
+        }
+        ServiceCmd::Update(args) => {
+            let s = find_service(c, &args.service).await?;
+            let spec = updated_spec(s.spec.clone(), &args)?;
+            let updated: Service = c
+                .post(
+                    &format!("/v1/services/{}/update", s.id),
+                    &ServiceUpdate {
+                        spec,
+                        version: Some(s.version),
+                    },
+                )
+                .await?;
+            if json {
+                print_json(&updated)?;
+            } else {
+                println!("{}", updated.spec.name);
+            }
+        }
+        ServiceCmd::Rm { services } => {
+            for name in services {
+                c.send_no_content::<()>(
+                    Method::DELETE,
+                    &format!("/v1/services/{}", path_part(&name)),
+                    None,
+                )
+                .await
+                .with_context(|| format!("removing service {name}"))?;
+                println!("{name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn updated_spec(mut spec: ServiceSpec, a: &UpdateArgs) -> Result<ServiceSpec> {
+    if let Some(image) = &a.image {
+        spec.task.container.image = image.clone();
+    }
+    if let Some(r) = a.replicas {
+        match spec.mode {
+            ServiceMode::Replicated { .. } => spec.mode = ServiceMode::Replicated { replicas: r },
+            ServiceMode::Global => bail!("--replicas works on replicated services only"),
+        }
+    }
+    let env = &mut spec.task.container.env;
+    for rm in &a.env_rm {
+        env.retain(|e| e.split('=').next() != Some(rm.as_str()));
+    }
+    for add in &a.env_add {
+        let key = add.split('=').next().unwrap_or_default();
+        env.retain(|e| e.split('=').next() != Some(key));
+        env.push(add.clone());
+    }
+    let constraints = &mut spec.task.placement.constraints;
+    constraints.retain(|c| !a.constraint_rm.contains(c));
+    for add in &a.constraint_add {
+        shoal_api::constraint::Constraint::parse(add)?;
+        constraints.push(add.clone());
+    }
+    if let Some(p) = a.parallelism {
+        spec.update_config.parallelism = p;
+    }
+    if let Some(d) = a.delay {
+        spec.update_config.delay = d;
+    }
+    if let Some(o) = &a.order {
+        spec.update_config.order = match o.as_str() {
+            "stop-first" => UpdateOrder::StopFirst,
+            "start-first" => UpdateOrder::StartFirst,
+            other => bail!("--update-order {other:?}: use stop-first or start-first"),
+        };
+    }
+    if a.force {
+        spec.task.force_update += 1;
+    }
+    Ok(spec)
+}
+
+async fn node(c: &Client, cmd: NodeCmd, json: bool) -> Result<()> {
+    match cmd {
+        NodeCmd::Ls => {
+            let nodes: Vec<Node> = c.get("/v1/nodes").await?;
+            if json {
+                return print_json(&nodes);
+            }
+            output::nodes(&nodes);
+        }
+        NodeCmd::Inspect { nodes } => {
+            let mut out = Vec::new();
+            for n in nodes {
+                out.push(
+                    c.get::<Node>(&format!("/v1/nodes/{}", path_part(&n)))
+                        .await?,
+                );
+            }
+            print_json(&out)?;
+        }
+        NodeCmd::Update {
+            availability,
+            label_add,
+            label_rm,
+            node,
+        } => {
+            let availability = match availability.as_deref() {
+                None => None,
+                Some("active") => Some(Availability::Active),
+                Some("pause") => Some(Availability::Pause),
+                Some("drain") => Some(Availability::Drain),
+                Some(other) => bail!("--availability {other:?}: use active, pause or drain"),
+            };
+            let mut labels_add = BTreeMap::new();
+            for l in label_add {
+                let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+                labels_add.insert(k.to_owned(), v.to_owned());
+            }
+            let n: Node = c
+                .post(
+                    &format!("/v1/nodes/{}/update", path_part(&node)),
+                    &NodeUpdate {
+                        availability,
+                        labels_add,
+                        labels_rm: label_rm,
+                    },
+                )
+                .await?;
+            if json {
+                print_json(&n)?;
+            } else {
+                println!("{}", n.id);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,383 @@
+//! A real `shoald` (simulated executor) in a temporary directory, driven through the `shoal`
+//! CLI: deploy the example stacks, scale, update, watch the restart policy act on failing
+//! tasks, lose a node, kill the daemon with SIGKILL and restart it.
+//!
+//! Every wait polls a condition with a generous bound that only a real fault reaches.
+
+use serde_json::Value;
+use shoal_api::node::NodeDescription;
+use shoal_api::wire::*;
+use shoal_client::{Client, Endpoint};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BOUND: Duration = Duration::from_secs(30);
+
+fn bin(name: &str) -> PathBuf {
+    let shoal = PathBuf::from(env!("CARGO_BIN_EXE_shoal"));
+    let path = shoal.with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (cargo build --workspace)",
+        path.display()
+    );
+    path
+}
+
+/// A daemon in a temporary directory, killed when dropped.
+struct Daemon {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    fn start() -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = Daemon { dir, child: None };
+        d.spawn();
+        d
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("shoal.sock")
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("shoald.log"))
+            .unwrap();
+        let child = Command::new(bin("shoald"))
+            .args(["--data-root"])
+            .arg(self.dir.path().join("data"))
+            .arg("--socket")
+            .arg(self.socket())
+            .args(["--hostname", "test-node", "--log", "info,raft=warn"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_for("the daemon's socket", || {
+            std::os::unix::net::UnixStream::connect(self.socket()).is_ok()
+        });
+    }
+
+    fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        child.wait().unwrap();
+    }
+
+    fn shoal(&self, args: &[&str]) -> Output {
+        Command::new(bin("shoal"))
+            .env("SHOAL_HOST", format!("unix://{}", self.socket().display()))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs the CLI and expects success.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.shoal(args);
+        assert!(
+            out.status.success(),
+            "shoal {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--format", "json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&all)).unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("shoald.log")).unwrap_or_default()
+    }
+
+    fn client(&self) -> Client {
+        Client::new(Endpoint::Unix(self.socket()))
+    }
+
+    /// (running, desired) of a service, from `service ls`.
+    fn replicas(&self, name: &str) -> (u64, u64) {
+        let list = self.json(&["service", "ls"]);
+        let s = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["service"]["spec"]["name"] == name)
+            .unwrap_or_else(|| panic!("no service {name}"));
+        (
+            s["running"].as_u64().unwrap(),
+            s["desired"].as_u64().unwrap(),
+        )
+    }
+
+    fn tasks(&self, service: &str) -> Vec<Value> {
+        self.json(&["service", "ps", service])
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < BOUND, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/stacks")
+}
+
+#[test]
+fn deploy_scale_fail_restart_and_survive_sigkill() {
+    let mut d = Daemon::start();
+    let out = d.shoal(&["service", "ls"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("shoal cluster init"),
+        "a clear error before init"
+    );
+    d.ok(&["cluster", "init"]);
+    assert!(
+        !d.shoal(&["cluster", "init"]).status.success(),
+        "a second init is refused"
+    );
+
+    // Every example stack deploys and converges.
+    let mut stacks = Vec::new();
+    for entry in std::fs::read_dir(examples()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        d.ok(&[
+            "stack",
+            "deploy",
+            "--wait",
+            "--timeout",
+            "30s",
+            "-c",
+            path.to_str().unwrap(),
+            &name,
+        ]);
+        stacks.push(name);
+    }
+    assert!(stacks.contains(&"web".to_owned()));
+    assert_eq!(d.replicas("web_web"), (3, 3));
+    let listed = d.json(&["stack", "ls"]);
+    assert_eq!(listed.as_array().unwrap().len(), stacks.len());
+
+    // A bad file changes nothing and says where it is wrong.
+    let bad = d.dir.path().join("bad.yml");
+    std::fs::write(
+        &bad,
+        "services:\n  web:\n    image: x\n    deploy:\n      replicas: many\n",
+    )
+    .unwrap();
+    let out = d.shoal(&["stack", "deploy", "-c", bad.to_str().unwrap(), "web"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.yml:5: services.web.deploy.replicas"),
+        "{err}"
+    );
+
+    // Scale.
+    d.ok(&["service", "scale", "web_web=5"]);
+    wait_for("5 web replicas", || d.replicas("web_web") == (5, 5));
+
+    // Rolling update: every running task ends up on the new image.
+    d.ok(&["service", "update", "--image", "busybox:2", "web_web"]);
+    wait_for("the update to complete", || {
+        let s = &d.json(&["service", "inspect", "web_web"])[0];
+        s["update_status"]["state"] == "completed" && d.replicas("web_web") == (5, 5)
+    });
+    let running: Vec<Value> = d
+        .tasks("web_web")
+        .into_iter()
+        .filter(|t| t["status"]["state"] == "running")
+        .collect();
+    assert_eq!(running.len(), 5);
+    assert!(running
+        .iter()
+        .all(|t| t["spec"]["container"]["image"] == "busybox:2"));
+
+    // Restart policy: on-failure, two attempts; the tasks exit 3 after 100 ms.
+    let failing = d.dir.path().join("failing.yml");
+    std::fs::write(
+        &failing,
+        "services:\n  crash:\n    image: x\n    environment: {SHOAL_SIM_EXIT_AFTER: 100ms, SHOAL_SIM_EXIT_CODE: '3'}\n    deploy:\n      restart_policy: {condition: on-failure, delay: 50ms, max_attempts: 2}\n",
+    )
+    .unwrap();
+    d.ok(&["stack", "deploy", "-c", failing.to_str().unwrap(), "fail"]);
+    wait_for("three failed attempts", || {
+        let tasks = d.tasks("fail_crash");
+        tasks.len() == 3
+            && tasks
+                .iter()
+                .all(|t| t["status"]["state"] == "failed" && t["status"]["exit_code"] == 3)
+    });
+    let ps = d.ok(&["stack", "ps", "fail"]);
+    assert!(ps.contains("task: non-zero exit (3)"), "{ps}");
+
+    // SIGKILL and restart: state is all there, the same tasks run, nothing is duplicated.
+    let before: Vec<String> = d
+        .tasks("web_web")
+        .iter()
+        .filter(|t| t["status"]["state"] == "running")
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect();
+    let revision = d.json(&["cluster", "info"])["revision"].as_u64().unwrap();
+    d.kill9();
+    d.spawn();
+    wait_for("the cluster to answer again", || {
+        d.shoal(&["cluster", "info"]).status.success()
+    });
+    assert!(d.json(&["cluster", "info"])["revision"].as_u64().unwrap() >= revision);
+    wait_for("web to run 5 again", || d.replicas("web_web") == (5, 5));
+    let mut after: Vec<String> = d
+        .tasks("web_web")
+        .iter()
+        .filter(|t| t["status"]["state"] == "running")
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect();
+    let mut before = before;
+    before.sort();
+    after.sort();
+    assert_eq!(
+        before, after,
+        "the running tasks were re-adopted, not replaced"
+    );
+    assert_eq!(
+        d.tasks("fail_crash").len(),
+        3,
+        "no new attempts after the restart"
+    );
+    for s in &stacks {
+        let name = format!("{s}_");
+        let list = d.json(&["service", "ls"]);
+        for svc in list.as_array().unwrap().iter().filter(|x| {
+            x["service"]["spec"]["name"]
+                .as_str()
+                .unwrap()
+                .starts_with(&name)
+        }) {
+            assert_eq!(svc["running"], svc["desired"], "{svc}");
+        }
+    }
+
+    // Removal.
+    d.ok(&["stack", "rm", "web"]);
+    wait_for("web's services to go", || {
+        !d.json(&["service", "ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["service"]["spec"]["name"] == "web_web")
+    });
+}
+
+#[test]
+fn a_node_that_stops_heartbeating_is_marked_down_and_its_tasks_replaced() {
+    let d = Daemon::start();
+    d.ok(&["cluster", "init"]);
+    wait_for("the local node", || {
+        d.json(&["node", "ls"]).as_array().unwrap().len() == 1
+    });
+    let token = d.json(&["cluster", "info"])["worker_join_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A second node joins, heartbeats for a while, then falls silent.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = d.client();
+    let reg: RegisterResponse = rt
+        .block_on(client.post(
+            "/v1/dispatcher/register",
+            &RegisterRequest {
+                node_id: None,
+                join_token: token,
+                description: NodeDescription {
+                    hostname: "ghost".into(),
+                    os: "linux".into(),
+                    arch: "amd64".into(),
+                    ..Default::default()
+                },
+                addr: String::new(),
+                manager: false,
+            },
+        ))
+        .unwrap();
+    let beating = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let beat = beating.clone();
+    let hb = Heartbeat {
+        node_id: reg.node_id.clone(),
+        session_id: reg.session_id.clone(),
+    };
+    let heart = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        while beat.load(std::sync::atomic::Ordering::SeqCst) {
+            let _: Result<HeartbeatResponse, _> =
+                rt.block_on(client.post("/v1/dispatcher/heartbeat", &hb));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+
+    let stack = d.dir.path().join("spread.yml");
+    std::fs::write(
+        &stack,
+        "services:\n  app:\n    image: x\n    deploy:\n      replicas: 4\n",
+    )
+    .unwrap();
+    d.ok(&["stack", "deploy", "-c", stack.to_str().unwrap(), "s"]);
+    let ghost = reg.node_id.to_string();
+    wait_for("tasks placed on both nodes", || {
+        d.tasks("s_app")
+            .iter()
+            .filter(|t| t["node_id"] == ghost.as_str())
+            .count()
+            == 2
+    });
+
+    beating.store(false, std::sync::atomic::Ordering::SeqCst);
+    heart.join().unwrap();
+    wait_for("the silent node to be marked down", || {
+        d.json(&["node", "inspect", &ghost])[0]["status"]["state"] == "down"
+    });
+    wait_for("its tasks to be replaced on the live node", || {
+        d.replicas("s_app") == (4, 4)
+    });
+    let tasks = d.tasks("s_app");
+    assert_eq!(
+        tasks
+            .iter()
+            .filter(|t| t["node_id"] == ghost.as_str())
+            .map(|t| t["status"]["state"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        vec!["orphaned", "orphaned"]
+    );
+}

@@ -1,0 +1,309 @@
+//! A client of shoal's REST API, over a Unix socket (`unix:///run/shoal/shoal.sock`) or TCP
+//! (`tcp://host:port`). The CLI and the agent both use it, so an agent reaches its manager the
+//! same way whether the manager runs on its host or elsewhere.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use shoal_api::wire::ErrorBody;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// Default socket of the local daemon.
+pub const DEFAULT_SOCKET: &str = "/run/shoal/shoal.sock";
+
+/// Where the API is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A Unix socket.
+    Unix(PathBuf),
+    /// A TCP address, `host:port`.
+    Tcp(String),
+}
+
+impl FromStr for Endpoint {
+    type Err = ClientError;
+    fn from_str(s: &str) -> Result<Self, ClientError> {
+        if let Some(path) = s.strip_prefix("unix://") {
+            if path.is_empty() {
+                return Err(ClientError::Endpoint(s.to_owned()));
+            }
+            Ok(Endpoint::Unix(PathBuf::from(path)))
+        } else if let Some(addr) = s.strip_prefix("tcp://") {
+            if !addr.contains(':') {
+                return Err(ClientError::Endpoint(s.to_owned()));
+            }
+            Ok(Endpoint::Tcp(addr.to_owned()))
+        } else {
+            Err(ClientError::Endpoint(s.to_owned()))
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Unix(p) => write!(f, "unix://{}", p.display()),
+            Endpoint::Tcp(a) => write!(f, "tcp://{a}"),
+        }
+    }
+}
+
+/// A request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Not an endpoint.
+    #[error("invalid host {0:?}: use unix:///path/to/socket or tcp://host:port")]
+    Endpoint(String),
+    /// Could not connect.
+    #[error("cannot connect to shoald at {endpoint}: {source} (is shoald running?)")]
+    Connect {
+        /// Where.
+        endpoint: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP exchange broke.
+    #[error("talking to shoald at {endpoint}: {message}")]
+    Transport {
+        /// Where.
+        endpoint: String,
+        /// What broke.
+        message: String,
+    },
+    /// The API answered with an error.
+    #[error("{message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The API's message.
+        message: String,
+    },
+    /// The answer did not decode.
+    #[error("unexpected answer from shoald: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    /// The HTTP status of an API error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A client. Each request uses its own connection.
+#[derive(Debug, Clone)]
+pub struct Client {
+    endpoint: Endpoint,
+}
+
+/// The body of a response, read as it arrives.
+pub type Incoming = hyper::body::Incoming;
+
+impl Client {
+    /// A client of the API at `endpoint`.
+    pub fn new(endpoint: Endpoint) -> Client {
+        Client { endpoint }
+    }
+
+    /// Where it connects.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<hyper::Response<Incoming>, ClientError> {
+        let endpoint = self.endpoint.to_string();
+        let transport = |e: &dyn fmt::Display| ClientError::Transport {
+            endpoint: endpoint.clone(),
+            message: e.to_string(),
+        };
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "shoal")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| transport(&e))?;
+        macro_rules! exchange {
+            ($stream:expr) => {{
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new($stream))
+                        .await
+                        .map_err(|e| transport(&e))?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                sender.send_request(req).await.map_err(|e| transport(&e))?
+            }};
+        }
+        let resp = match &self.endpoint {
+            Endpoint::Unix(path) => {
+                let stream = tokio::net::UnixStream::connect(path)
+                    .await
+                    .map_err(|source| ClientError::Connect {
+                        endpoint: endpoint.clone(),
+                        source,
+                    })?;
+                exchange!(stream)
+            }
+            Endpoint::Tcp(addr) => {
+                let stream = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|source| ClientError::Connect {
+                        endpoint: endpoint.clone(),
+                        source,
+                    })?;
+                stream.set_nodelay(true).ok();
+                exchange!(stream)
+            }
+        };
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| transport(&e))?
+            .to_bytes();
+        let message = serde_json::from_slice::<ErrorBody>(&bytes)
+            .map(|b| b.message)
+            .unwrap_or_else(|_| format!("{status}: {}", String::from_utf8_lossy(&bytes)));
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            message,
+        })
+    }
+
+    /// Sends a request and decodes a JSON answer.
+    pub async fn call<B: Serialize, R: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<R, ClientError> {
+        let body = body.map(|b| serde_json::to_vec(b).expect("request bodies serialize"));
+        let resp = self.send(method, path, body).await?;
+        let endpoint = self.endpoint.to_string();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Transport {
+                endpoint,
+                message: e.to_string(),
+            })?
+            .to_bytes();
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// GET and decode.
+    pub async fn get<R: DeserializeOwned>(&self, path: &str) -> Result<R, ClientError> {
+        self.call::<(), R>(Method::GET, path, None).await
+    }
+
+    /// POST a JSON body and decode the answer.
+    pub async fn post<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<R, ClientError> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    /// POST (or DELETE) expecting no body back.
+    pub async fn send_no_content<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<(), ClientError> {
+        let body = body.map(|b| serde_json::to_vec(b).expect("request bodies serialize"));
+        let resp = self.send(method, path, body).await?;
+        if resp.status() != StatusCode::NO_CONTENT {
+            let _ = resp.into_body().collect().await;
+        }
+        Ok(())
+    }
+
+    /// GET a streaming answer (`/v1/events`): its body, read frame by frame.
+    pub async fn stream(&self, path: &str) -> Result<Incoming, ClientError> {
+        Ok(self.send(Method::GET, path, None).await?.into_body())
+    }
+}
+
+/// Reads newline-delimited JSON values from a streaming body.
+#[derive(Debug)]
+pub struct Lines {
+    body: Incoming,
+    buf: Vec<u8>,
+}
+
+impl Lines {
+    /// Wraps a body.
+    pub fn new(body: Incoming) -> Lines {
+        Lines {
+            body,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next value, or `None` at the end of the stream.
+    pub async fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, ClientError> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                return serde_json::from_slice(&line[..line.len() - 1])
+                    .map(Some)
+                    .map_err(|e| ClientError::Decode(e.to_string()));
+            }
+            match self.body.frame().await {
+                None => return Ok(None),
+                Some(Err(e)) => {
+                    return Err(ClientError::Transport {
+                        endpoint: "stream".into(),
+                        message: e.to_string(),
+                    })
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse() {
+        assert_eq!(
+            "unix:///run/x.sock".parse::<Endpoint>().unwrap(),
+            Endpoint::Unix("/run/x.sock".into())
+        );
+        assert_eq!(
+            "tcp://127.0.0.1:2377".parse::<Endpoint>().unwrap(),
+            Endpoint::Tcp("127.0.0.1:2377".into())
+        );
+        assert!("http://x".parse::<Endpoint>().is_err());
+        assert!("tcp://nohost".parse::<Endpoint>().is_err());
+    }
+}

@@ -1,0 +1,242 @@
+//! `shoald`: the shoal daemon. Wiring only: it serves the REST API on a Unix socket (and
+//! optionally TCP), runs the manager role (Raft, store, leader loops) and, once the node belongs
+//! to a cluster, the agent role with its executor.
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use shoal_agent::executor::{Executor, SimExecutor};
+use shoal_agent::session::{Agent, AgentConfig};
+use shoal_api::node::{NodeDescription, NodeResources};
+use shoal_client::{Client, Endpoint};
+use shoal_controller::dispatcher::DispatcherSettings;
+use shoal_controller::raft::node::RaftSettings;
+use shoal_controller::{Manager, ManagerConfig};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The shoal daemon.
+#[derive(Debug, Parser)]
+#[command(
+    name = "shoald",
+    version,
+    about = "shoal daemon: manager and agent of a shoal cluster"
+)]
+struct Args {
+    /// Raft log, agent state and containers live here.
+    #[arg(long, env = "SHOAL_DATA_ROOT", default_value = "/var/lib/shoal")]
+    data_root: PathBuf,
+    /// The local API socket.
+    #[arg(long, env = "SHOAL_SOCKET", default_value = shoal_client::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Group allowed to use the socket (default: root only).
+    #[arg(long)]
+    socket_group: Option<String>,
+    /// Also serve the API on this TCP address (host:port). Not authenticated yet: bind it to
+    /// loopback or a trusted network only.
+    #[arg(long)]
+    listen: Option<String>,
+    /// What runs tasks: `sim` (simulated containers).
+    #[arg(long, default_value = "sim")]
+    executor: String,
+    /// Node name (default: the host name).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Agent heartbeat period.
+    #[arg(long, default_value = "500ms")]
+    heartbeat_period: shoal_api::units::Duration,
+    /// Silence after which a node is marked down.
+    #[arg(long, default_value = "2s")]
+    node_down_after: shoal_api::units::Duration,
+    /// Applied Raft entries between snapshots.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_every: u64,
+    /// CPUs the node offers (default: the host's).
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Memory the node offers, as 4G (default: the host's).
+    #[arg(long)]
+    memory: Option<String>,
+    /// Log filter (tracing's EnvFilter syntax).
+    #[arg(long, env = "SHOAL_LOG", default_value = "info")]
+    log: String,
+}
+
+fn host_resources(args: &Args) -> Result<NodeResources> {
+    let cpus = match args.cpus {
+        Some(c) => c,
+        None => std::thread::available_parallelism()
+            .map(|n| n.get() as f64)
+            .unwrap_or(1.0),
+    };
+    let memory = match &args.memory {
+        Some(m) => shoal_api::units::parse_bytes(m).context("--memory")?,
+        None => std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|k| k.parse::<u64>().ok())
+            })
+            .map(|kb| kb * 1024)
+            .unwrap_or(0),
+    };
+    Ok(NodeResources {
+        nano_cpus: (cpus * 1e9) as u64,
+        memory_bytes: memory,
+    })
+}
+
+fn arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+fn prepare_socket(args: &Args) -> Result<tokio::net::UnixListener> {
+    if let Some(dir) = args.socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if args.socket.exists() {
+        if std::os::unix::net::UnixStream::connect(&args.socket).is_ok() {
+            bail!("another shoald is serving {}", args.socket.display());
+        }
+        std::fs::remove_file(&args.socket)
+            .with_context(|| format!("removing stale {}", args.socket.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(&args.socket)
+        .with_context(|| format!("binding {}", args.socket.display()))?;
+    let mode = match &args.socket_group {
+        Some(group) => {
+            let g = nix::unistd::Group::from_name(group)?
+                .with_context(|| format!("no group {group}"))?;
+            nix::unistd::chown(&args.socket, None, Some(g.gid))?;
+            0o660
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(&args.socket, std::fs::Permissions::from_mode(mode))?;
+    Ok(listener)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
+        .with_writer(std::io::stderr)
+        .init();
+    if args.executor != "sim" {
+        bail!(
+            "unknown executor {:?}: this build runs tasks on the simulated executor (`sim`) only",
+            args.executor
+        );
+    }
+    std::fs::create_dir_all(&args.data_root)
+        .with_context(|| format!("creating {}", args.data_root.display()))?;
+    let shutdown = CancellationToken::new();
+    let config = ManagerConfig {
+        data_root: args.data_root.clone(),
+        raft: RaftSettings {
+            snapshot_every: args.snapshot_every.max(1),
+            ..Default::default()
+        },
+        dispatcher: DispatcherSettings {
+            heartbeat_period: args.heartbeat_period.0,
+            down_after: args.node_down_after.0,
+        },
+    };
+    let manager = Manager::open(config, shutdown.clone())
+        .await
+        .context("starting the manager")?;
+    let router = shoal_controller::api::router(manager.clone());
+
+    let listener = prepare_socket(&args)?;
+    tracing::info!(socket = %args.socket.display(), "API listening");
+    let sd = shutdown.clone();
+    let router_unix = router.clone();
+    let unix = tokio::spawn(async move {
+        axum::serve(listener, router_unix)
+            .with_graceful_shutdown(async move { sd.cancelled().await })
+            .await
+    });
+    if let Some(addr) = &args.listen {
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        tracing::info!(%addr, "API listening on TCP");
+        let sd = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(tcp, router)
+                .with_graceful_shutdown(async move { sd.cancelled().await })
+                .await
+        });
+    }
+
+    // The agent role starts once this node belongs to a cluster; it talks to the manager
+    // through the API, as it would to a manager on another host.
+    let executor: Arc<dyn Executor> = Arc::new(
+        SimExecutor::open(&args.data_root.join("agent/sim"))
+            .context("opening the simulated executor")?,
+    );
+    let hostname = match &args.hostname {
+        Some(h) => h.clone(),
+        None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
+    };
+    let description = NodeDescription {
+        hostname,
+        os: std::env::consts::OS.into(),
+        arch: arch().into(),
+        resources: host_resources(&args)?,
+        ..Default::default()
+    };
+    let agent_manager = manager.clone();
+    let agent_shutdown = shutdown.clone();
+    let socket = args.socket.clone();
+    let state_dir = args.data_root.join("agent");
+    tokio::spawn(async move {
+        let cluster = loop {
+            if let Some(c) = agent_manager.cluster().await {
+                let token = c
+                    .store
+                    .read()
+                    .expect("store lock")
+                    .cluster
+                    .as_ref()
+                    .map(|o| o.worker_join_token.clone());
+                if let Some(token) = token {
+                    break token;
+                }
+            }
+            tokio::select! {
+                _ = agent_shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        };
+        let config = AgentConfig {
+            manager: Client::new(Endpoint::Unix(socket)),
+            join_token: cluster,
+            state_dir,
+            description,
+            addr: String::new(),
+            manager_role: true,
+        };
+        Agent::run(config, executor, agent_shutdown).await;
+    });
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), unix).await;
+    let _ = std::fs::remove_file(&args.socket);
+    Ok(())
+}
