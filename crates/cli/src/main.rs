@@ -237,8 +237,8 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    match &cli.command {
-        Command::Stack(StackCmd::Config { files }) => {
+    if let Command::Stack(StackCmd::Config { files }) = &cli.command {
+        {
             let loaded = load_files(files)?;
             for w in &loaded.warnings {
                 eprintln!("{w}");
@@ -249,7 +249,6 @@ async fn run(cli: Cli) -> Result<()> {
             }
             return Ok(());
         }
-        _ => {}
     }
     let c = client(&cli)?;
     let json = cli.format == Format::Json;
@@ -377,8 +376,7 @@ async fn deploy(
     for w in &loaded.warnings {
         eprintln!("{w}");
     }
-    let spec =
-        convert::convert(name, &loaded.config).with_context(|| format!("{}", files.join(", ")))?;
+    let spec = convert::convert(name, &loaded.config).with_context(|| files.join(", "))?;
     let wanted: Vec<String> = spec.services.iter().map(|s| s.name.clone()).collect();
     let result: StackDeployResult = c
         .post(

@@ -518,13 +518,7 @@ async fn stack_deploy(
                 return Err(ApiError::bad(format!("network {ext:?} is declared as external, but could not be found: create it first")));
             }
         }
-        for spec in req.stack.networks.iter().chain(
-            req.stack
-                .services
-                .iter()
-                .map(|_| None::<&NetworkSpec>)
-                .flatten(),
-        ) {
+        for spec in &req.stack.networks {
             if spec.labels.get(STACK_LABEL) != Some(&name) {
                 return Err(ApiError::bad(format!(
                     "network {} is not labelled with stack {name}",
@@ -642,19 +636,10 @@ async fn events(State(m): State<Shared>, Query(q): Query<EventsQuery>) -> Result
             .map(Ok::<_, std::convert::Infallible>),
     );
     let live = futures::stream::unfold(sub.live, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(batch) => {
-                    return Some((
-                        futures::stream::iter(batch.iter().cloned().map(Ok).collect::<Vec<_>>()),
-                        rx,
-                    ))
-                }
-                // A subscriber that falls behind is cut off; it resumes from its last revision.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_))
-                | Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-            }
-        }
+        // A subscriber that falls behind is cut off; it resumes from its last revision.
+        let batch = rx.recv().await.ok()?;
+        let events: Vec<_> = batch.iter().cloned().map(Ok).collect();
+        Some((futures::stream::iter(events), rx))
     });
     use futures::StreamExt;
     let lines = backlog.chain(live.flatten()).map(|e| {

@@ -231,13 +231,11 @@ pub fn reconcile(
         let current = occupants
             .iter()
             .copied()
-            .filter(|t| t.spec == service.spec.task)
-            .next_back();
+            .rfind(|t| t.spec == service.spec.task);
         let old = occupants
             .iter()
             .copied()
-            .filter(|t| t.spec != service.spec.task)
-            .next_back();
+            .rfind(|t| t.spec != service.spec.task);
         let is_stopping = list.iter().any(|t| stopping(t, &node_map));
 
         match (current, old) {

@@ -143,8 +143,10 @@ impl DurableLog {
 
     /// Makes a fresh log the first log of a cluster whose only voter is `id`.
     pub fn bootstrap(&self, id: u64) -> Result<(), StorageFault> {
-        let mut cs = ConfState::default();
-        cs.voters = vec![id];
+        let cs = ConfState {
+            voters: vec![id],
+            ..Default::default()
+        };
         let mut meta = SnapshotMetadata::default();
         meta.set_conf_state(cs.clone());
         let txn = self.begin()?;
@@ -260,9 +262,11 @@ impl DurableLog {
                 .find(|e| e.index == index)
                 .map(|e| e.term)
                 .unwrap_or(core.snapshot_meta.term);
-            let mut meta = SnapshotMetadata::default();
-            meta.index = index;
-            meta.term = term;
+            let mut meta = SnapshotMetadata {
+                index,
+                term,
+                ..Default::default()
+            };
             meta.set_conf_state(core.conf_state.clone());
             (meta, core.first_index())
         };
@@ -408,11 +412,12 @@ mod tests {
     use raft::Storage;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = format!("e{index}").into_bytes().into();
-        e
+        Entry {
+            index,
+            term,
+            data: format!("e{index}").into_bytes().into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -425,11 +430,10 @@ mod tests {
             .unwrap();
         log.append(
             &[entry(3, 2)],
-            Some(&{
-                let mut h = HardState::default();
-                h.term = 2;
-                h.commit = 2;
-                h
+            Some(&HardState {
+                term: 2,
+                commit: 2,
+                ..Default::default()
             }),
         )
         .unwrap();
