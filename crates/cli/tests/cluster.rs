@@ -29,12 +29,21 @@ fn bin(name: &str) -> PathBuf {
 struct Daemon {
     dir: tempfile::TempDir,
     child: Option<Child>,
+    extra: Vec<String>,
 }
 
 impl Daemon {
     fn start() -> Daemon {
+        Daemon::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
-        let mut d = Daemon { dir, child: None };
+        let mut d = Daemon {
+            dir,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
         d.spawn();
         d
     }
@@ -55,6 +64,7 @@ impl Daemon {
             .arg("--socket")
             .arg(self.socket())
             .args(["--hostname", "test-node", "--log", "info,raft=warn"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -155,7 +165,8 @@ fn examples() -> PathBuf {
 
 #[test]
 fn deploy_scale_fail_restart_and_survive_sigkill() {
-    let mut d = Daemon::start();
+    // Frequent snapshots, so the restart below restores a snapshot and replays the log after it.
+    let mut d = Daemon::start_with(&["--snapshot-every", "20"]);
     let out = d.shoal(&["service", "ls"]);
     assert!(!out.status.success());
     assert!(
