@@ -95,7 +95,8 @@ pub struct SimExecutor {
     state: Arc<Mutex<SimState>>,
 }
 
-fn now() -> Timestamp {
+/// The current wall-clock time.
+pub(crate) fn now() -> Timestamp {
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();

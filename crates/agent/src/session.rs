@@ -4,11 +4,11 @@
 //! When the session breaks (leader restarted, network), the agent registers again; its task
 //! workers and containers carry on meanwhile.
 
-use crate::executor::{ExecError, Executor};
+use crate::executor::{now, ExecError, Executor};
 use crate::reconcile::{self, Op};
 use shoal_api::node::NodeDescription;
 use shoal_api::task::{Task, TaskState, TaskStatus};
-use shoal_api::units::{Duration as ApiDuration, Timestamp};
+use shoal_api::units::Duration as ApiDuration;
 use shoal_api::wire::*;
 use shoal_api::{NodeId, TaskId};
 use shoal_client::{Client, ClientError};
