@@ -43,13 +43,6 @@ struct Session {
     heartbeat: Duration,
 }
 
-fn now() -> Timestamp {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp(d.as_millis() as u64)
-}
-
 /// The running agent.
 pub struct Agent {
     config: AgentConfig,
