@@ -1,0 +1,292 @@
+//! `probe`: a statically linked test program the project imports as an image. It reports what
+//! a container sees (`report`), serves that over HTTP (`serve`), exits with a chosen code
+//! (`exit`), allocates memory (`alloc`), starts processes (`spawn`) and sleeps (`sleep`).
+//! std only, so `rustc -C target-feature=+crt-static` builds it in seconds.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+fn status_field(name: &str) -> String {
+    read("/proc/self/status")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(name)
+                .map(|v| v.trim_start_matches(':').trim().to_owned())
+        })
+        .unwrap_or_default()
+}
+
+/// Local IPv4 addresses, from /proc/net/fib_trie (no libc needed).
+fn addresses() -> Vec<String> {
+    let text = read("/proc/net/fib_trie");
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for w in lines.windows(2) {
+        if w[1].contains("/32 host LOCAL") {
+            if let Some(a) = w[0].trim().strip_prefix("|-- ") {
+                if !out.contains(&a.to_owned()) {
+                    out.push(a.to_owned());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn json_str(s: &str) -> String {
+    let mut o = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+fn json_list(items: &[String]) -> String {
+    format!(
+        "[{}]",
+        items
+            .iter()
+            .map(|s| json_str(s))
+            .collect::<Vec<_>>()
+            .join(",")
+    )
+}
+
+/// What the process observes, as one JSON object.
+fn report() -> String {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let mounts: Vec<String> = read("/proc/self/mountinfo")
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let sep = f.iter().position(|x| *x == "-")?;
+            Some(format!("{} {}", f.get(4)?, f.get(sep + 1)?))
+        })
+        .collect();
+    let mut fields = vec![
+        ("pid", std::process::id().to_string()),
+        ("hostname", json_str(&read("/proc/sys/kernel/hostname"))),
+        ("uid", json_str(&status_field("Uid"))),
+        ("gid", json_str(&status_field("Gid"))),
+        ("groups", json_str(&status_field("Groups"))),
+        ("cap_eff", json_str(&status_field("CapEff"))),
+        ("cap_bnd", json_str(&status_field("CapBnd"))),
+        ("cap_prm", json_str(&status_field("CapPrm"))),
+        ("no_new_privs", json_str(&status_field("NoNewPrivs"))),
+        (
+            "cwd",
+            json_str(
+                &std::env::current_dir()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            ),
+        ),
+        ("addresses", json_list(&addresses())),
+        ("mounts", json_list(&mounts)),
+        ("cgroup", json_str(&read("/proc/self/cgroup"))),
+    ];
+    fields.push((
+        "env",
+        format!(
+            "{{{}}}",
+            env.iter()
+                .map(|(k, v)| format!("{}:{}", json_str(k), json_str(v)))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    ));
+    format!(
+        "{{{}}}",
+        fields
+            .iter()
+            .map(|(k, v)| format!("{}:{v}", json_str(k)))
+            .collect::<Vec<_>>()
+            .join(",")
+    )
+}
+
+fn resolve(name: &str) -> Vec<String> {
+    let mut out: Vec<String> = read("/etc/hosts")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let addr = f.next()?;
+            f.any(|n| n == name).then(|| addr.to_owned())
+        })
+        .collect();
+    if out.is_empty() {
+        if let Ok(addrs) = (name, 0).to_socket_addrs() {
+            out.extend(addrs.map(|a| a.ip().to_string()));
+        }
+    }
+    out
+}
+
+fn alloc(mb: usize) -> Vec<u8> {
+    let mut v = vec![0u8; mb << 20];
+    // Touch every page so the memory is really used.
+    for i in (0..v.len()).step_by(4096) {
+        v[i] = 1;
+    }
+    v
+}
+
+fn respond(mut s: TcpStream) {
+    let mut line = String::new();
+    let mut r = BufReader::new(s.try_clone().expect("clone"));
+    if r.read_line(&mut line).is_err() {
+        return;
+    }
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" || h == "\n" {
+            break;
+        }
+    }
+    let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    let (code, body) = if path == "/" {
+        (200, report())
+    } else if let Some(n) = path.strip_prefix("/exit/") {
+        let code: i32 = n.parse().unwrap_or(1);
+        let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nbye");
+        std::process::exit(code);
+    } else if let Some(n) = path.strip_prefix("/alloc/") {
+        let mb: usize = n.parse().unwrap_or(1);
+        std::mem::forget(alloc(mb));
+        (200, format!("{{\"allocated_mb\":{mb}}}"))
+    } else if let Some(n) = path.strip_prefix("/resolve/") {
+        (200, json_list(&resolve(n)))
+    } else {
+        (404, "{\"error\":\"not found\"}".to_owned())
+    };
+    let reason = if code == 200 { "OK" } else { "Not Found" };
+    let _ = write!(
+        s,
+        "HTTP/1.0 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+fn usage() -> ExitCode {
+    eprintln!("usage: probe report | serve [PORT] | exit CODE | alloc MB [SECS] | spawn N | sleep SECS | get HOST:PORT [PATH] | cat FILE | write FILE TEXT");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |i: usize| args.get(i).map(String::as_str);
+    match arg(1) {
+        Some("report") => {
+            println!("{}", report());
+            ExitCode::SUCCESS
+        }
+        Some("serve") => {
+            let port = arg(2).unwrap_or("8080");
+            let listener = match TcpListener::bind(format!("0.0.0.0:{port}")) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("probe: bind :{port}: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            println!(
+                "probe: serving on :{port} as {}",
+                read("/proc/sys/kernel/hostname")
+            );
+            for s in listener.incoming().flatten() {
+                std::thread::spawn(move || respond(s));
+            }
+            ExitCode::SUCCESS
+        }
+        Some("exit") => {
+            let code: u8 = arg(2).and_then(|c| c.parse().ok()).unwrap_or(0);
+            println!("probe: exiting with {code}");
+            eprintln!("probe: to stderr");
+            ExitCode::from(code)
+        }
+        Some("alloc") => {
+            let mb: usize = arg(2).and_then(|c| c.parse().ok()).unwrap_or(1);
+            let v = alloc(mb);
+            println!("probe: allocated {mb} MiB");
+            let secs: u64 = arg(3).and_then(|c| c.parse().ok()).unwrap_or(0);
+            std::thread::sleep(Duration::from_secs(secs));
+            drop(v);
+            ExitCode::SUCCESS
+        }
+        Some("spawn") => {
+            let n: usize = arg(2).and_then(|c| c.parse().ok()).unwrap_or(1);
+            let mut children = Vec::new();
+            for _ in 0..n {
+                match Command::new("/proc/self/exe").args(["sleep", "30"]).spawn() {
+                    Ok(c) => children.push(c),
+                    Err(_) => break,
+                }
+            }
+            println!("probe: spawned {}", children.len());
+            for mut c in children {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            ExitCode::SUCCESS
+        }
+        Some("sleep") => {
+            let secs: f64 = arg(2).and_then(|c| c.parse().ok()).unwrap_or(3600.0);
+            std::thread::sleep(Duration::from_secs_f64(secs));
+            ExitCode::SUCCESS
+        }
+        Some("get") => {
+            let Some(addr) = arg(2) else { return usage() };
+            let path = arg(3).unwrap_or("/");
+            match TcpStream::connect(addr) {
+                Ok(mut s) => {
+                    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+                    let mut body = String::new();
+                    let _ = s.read_to_string(&mut body);
+                    let body = body.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or(&body);
+                    println!("{body}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("probe: connect {addr}: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Some("cat") => match arg(2).map(std::fs::read_to_string) {
+            Some(Ok(t)) => {
+                print!("{t}");
+                ExitCode::SUCCESS
+            }
+            _ => ExitCode::from(1),
+        },
+        Some("write") => match (arg(2), arg(3)) {
+            (Some(p), Some(t)) => match std::fs::write(p, t) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("probe: write {p}: {e}");
+                    ExitCode::from(1)
+                }
+            },
+            _ => usage(),
+        },
+        _ => usage(),
+    }
+}

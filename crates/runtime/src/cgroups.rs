@@ -1,0 +1,252 @@
+//! Control groups for containers, v1 (one directory per controller, as on hosts that mount the
+//! hybrid layout) and v2 (one unified directory, controllers enabled in the parents'
+//! `cgroup.subtree_control`). The mode is read off /sys/fs/cgroup.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The cgroup mount point.
+pub const ROOT: &str = "/sys/fs/cgroup";
+
+/// v1 controllers a container gets a directory in.
+const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "pids", "devices", "freezer"];
+
+/// Which hierarchy the host uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Controllers in separate v1 hierarchies.
+    V1,
+    /// The unified v2 hierarchy.
+    V2,
+}
+
+/// The host's mode: v2 only when /sys/fs/cgroup itself is the unified hierarchy.
+pub fn mode() -> Mode {
+    if Path::new(ROOT).join("cgroup.controllers").exists() {
+        Mode::V2
+    } else {
+        Mode::V1
+    }
+}
+
+/// Limits applied to a container's cgroup.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Memory limit in bytes.
+    pub memory: Option<i64>,
+    /// CPU quota and period, in microseconds.
+    pub cpu: Option<(i64, u64)>,
+    /// Maximum number of tasks.
+    pub pids: Option<i64>,
+    /// Device rules (v1 `devices.allow`/`devices.deny` lines), in order: (allow, rule).
+    pub devices: Vec<(bool, String)>,
+}
+
+/// One container's cgroup.
+#[derive(Debug, Clone)]
+pub struct Cgroup {
+    mode: Mode,
+    /// Leaf directories: one per controller (v1) or one (v2).
+    dirs: Vec<PathBuf>,
+}
+
+fn write(path: &Path, value: &str) -> io::Result<()> {
+    std::fs::write(path, value).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("writing {value:?} to {}: {e}", path.display()),
+        )
+    })
+}
+
+impl Cgroup {
+    /// The cgroup at `path` (relative to the hierarchy root, e.g. `/shoal/abc`), not created.
+    pub fn at(path: &str) -> Cgroup {
+        let rel = path.trim_start_matches('/');
+        let mode = mode();
+        let dirs = match mode {
+            Mode::V2 => vec![Path::new(ROOT).join(rel)],
+            Mode::V1 => V1_CONTROLLERS
+                .iter()
+                .map(|c| Path::new(ROOT).join(c))
+                .filter(|d| d.exists())
+                .map(|d| d.join(rel))
+                .collect(),
+        };
+        Cgroup { mode, dirs }
+    }
+
+    /// Its mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    fn dir_of(&self, controller: &str) -> Option<&PathBuf> {
+        match self.mode {
+            Mode::V2 => self.dirs.first(),
+            Mode::V1 => self.dirs.iter().find(|d| {
+                d.strip_prefix(ROOT)
+                    .is_ok_and(|r| r.starts_with(controller))
+            }),
+        }
+    }
+
+    /// Creates the cgroup and applies `limits`.
+    pub fn create(path: &str, limits: &Limits) -> io::Result<Cgroup> {
+        let cg = Cgroup::at(path);
+        if cg.mode == Mode::V2 {
+            enable_v2_controllers(&cg.dirs[0])?;
+        }
+        for d in &cg.dirs {
+            std::fs::create_dir_all(d)
+                .map_err(|e| io::Error::new(e.kind(), format!("creating {}: {e}", d.display())))?;
+        }
+        if let Err(e) = cg.apply(limits) {
+            let _ = cg.remove(Duration::from_millis(100));
+            return Err(e);
+        }
+        Ok(cg)
+    }
+
+    fn apply(&self, limits: &Limits) -> io::Result<()> {
+        match self.mode {
+            Mode::V1 => {
+                if let (Some(m), Some(d)) = (limits.memory, self.dir_of("memory")) {
+                    write(&d.join("memory.limit_in_bytes"), &m.to_string())?;
+                    let sw = d.join("memory.memsw.limit_in_bytes");
+                    if sw.exists() {
+                        write(&sw, &m.to_string())?;
+                    }
+                }
+                if let (Some((quota, period)), Some(d)) = (limits.cpu, self.dir_of("cpu")) {
+                    write(&d.join("cpu.cfs_period_us"), &period.to_string())?;
+                    write(&d.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                }
+                if let (Some(p), Some(d)) = (limits.pids, self.dir_of("pids")) {
+                    write(&d.join("pids.max"), &p.to_string())?;
+                }
+                if let Some(d) = self.dir_of("devices") {
+                    for (allow, rule) in &limits.devices {
+                        let file = if *allow {
+                            "devices.allow"
+                        } else {
+                            "devices.deny"
+                        };
+                        write(&d.join(file), rule)?;
+                    }
+                }
+            }
+            Mode::V2 => {
+                let d = &self.dirs[0];
+                if let Some(m) = limits.memory {
+                    write(&d.join("memory.max"), &m.to_string())?;
+                    let sw = d.join("memory.swap.max");
+                    if sw.exists() {
+                        write(&sw, "0")?;
+                    }
+                }
+                if let Some((quota, period)) = limits.cpu {
+                    write(&d.join("cpu.max"), &format!("{quota} {period}"))?;
+                }
+                if let Some(p) = limits.pids {
+                    write(&d.join("pids.max"), &p.to_string())?;
+                }
+                // v2 controls devices with eBPF programs; not applied here.
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves `pid` into the cgroup.
+    pub fn add(&self, pid: i32) -> io::Result<()> {
+        for d in &self.dirs {
+            write(&d.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Processes in the cgroup.
+    pub fn pids(&self) -> Vec<i32> {
+        let Some(d) = self.dirs.first() else {
+            return Vec::new();
+        };
+        std::fs::read_to_string(d.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// How many times the kernel's OOM killer killed a process of this cgroup.
+    pub fn oom_kills(&self) -> u64 {
+        let (dir, file) = match self.mode {
+            Mode::V1 => (self.dir_of("memory"), "memory.oom_control"),
+            Mode::V2 => (self.dirs.first(), "memory.events"),
+        };
+        let Some(dir) = dir else { return 0 };
+        std::fs::read_to_string(dir.join(file))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Whether any of its directories exists.
+    pub fn exists(&self) -> bool {
+        self.dirs.iter().any(|d| d.exists())
+    }
+
+    /// Removes the cgroup, waiting up to `wait` for its processes to be gone.
+    pub fn remove(&self, wait: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + wait;
+        for d in &self.dirs {
+            loop {
+                match std::fs::remove_dir(d) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => {
+                        return Err(io::Error::new(
+                            e.kind(),
+                            format!("removing {}: {e}", d.display()),
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Enables memory, cpu and pids in every ancestor's `cgroup.subtree_control` down to `leaf`.
+fn enable_v2_controllers(leaf: &Path) -> io::Result<()> {
+    let available = std::fs::read_to_string(Path::new(ROOT).join("cgroup.controllers"))?;
+    let wanted: Vec<&str> = ["memory", "cpu", "pids"]
+        .into_iter()
+        .filter(|c| available.split_whitespace().any(|a| a == *c))
+        .collect();
+    let rel = leaf.strip_prefix(ROOT).unwrap_or(leaf);
+    let mut dir = PathBuf::from(ROOT);
+    let parents: Vec<_> = rel.components().collect();
+    for (i, c) in parents.iter().enumerate() {
+        if i + 1 == parents.len() {
+            break;
+        }
+        for w in &wanted {
+            // Already enabled, or not delegable here: either way the leaf gets what it can.
+            let _ = std::fs::write(dir.join("cgroup.subtree_control"), format!("+{w}"));
+        }
+        dir.push(c);
+        std::fs::create_dir_all(&dir)?;
+    }
+    for w in &wanted {
+        let _ = std::fs::write(dir.join("cgroup.subtree_control"), format!("+{w}"));
+    }
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! Container logs in Docker's json-file format: one JSON object a line, with the text (ending in
+//! its newline), the stream (`stdout` or `stderr`) and the time (RFC 3339 with nanoseconds).
+
+use serde::{Deserialize, Serialize};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::Path;
+
+/// Longest line kept whole; longer output is cut into entries of this size, as Docker does.
+const MAX_LINE: usize = 16 * 1024;
+
+/// One log entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// The text, with its newline when it had one.
+    pub log: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// When it was read (RFC 3339, nanoseconds).
+    pub time: String,
+}
+
+/// The current time in RFC 3339 with nanoseconds, UTC.
+pub fn rfc3339_nanos_now() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let (y, mo, day, h, mi, s) = crate::image::civil(d.as_secs());
+    format!(
+        "{y:04}-{mo:02}-{day:02}T{h:02}:{mi:02}:{s:02}.{:09}Z",
+        d.subsec_nanos()
+    )
+}
+
+/// Turns chunks of a stream into complete entries.
+#[derive(Debug, Default)]
+pub struct LineSplitter {
+    partial: Vec<u8>,
+}
+
+impl LineSplitter {
+    /// Adds a chunk; returns the complete lines it finished.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<String> {
+        self.partial.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        while let Some(i) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=i).collect();
+            out.push(String::from_utf8_lossy(&line).into_owned());
+        }
+        while self.partial.len() >= MAX_LINE {
+            let line: Vec<u8> = self.partial.drain(..MAX_LINE).collect();
+            out.push(String::from_utf8_lossy(&line).into_owned());
+        }
+        out
+    }
+
+    /// What is left at the end of the stream (a last line without newline).
+    pub fn finish(&mut self) -> Option<String> {
+        (!self.partial.is_empty()).then(|| {
+            let rest = std::mem::take(&mut self.partial);
+            String::from_utf8_lossy(&rest).into_owned()
+        })
+    }
+}
+
+/// Appends entries to a log file.
+#[derive(Debug)]
+pub struct LogWriter {
+    file: std::fs::File,
+}
+
+impl LogWriter {
+    /// Opens `path` for appending (creating it, mode 0640).
+    pub fn open(path: &Path) -> io::Result<LogWriter> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .open(path)?;
+        Ok(LogWriter { file })
+    }
+
+    /// Writes lines of `stream`, all stamped now.
+    pub fn write(&mut self, stream: &str, lines: &[String]) -> io::Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let time = rfc3339_nanos_now();
+        let mut buf = Vec::new();
+        for l in lines {
+            let e = LogEntry {
+                log: l.clone(),
+                stream: stream.to_owned(),
+                time: time.clone(),
+            };
+            serde_json::to_writer(&mut buf, &e).expect("entry serializes");
+            buf.push(b'\n');
+        }
+        self.file.write_all(&buf)
+    }
+}
+
+/// Reads the entries of a log file; `tail` keeps only the last N.
+pub fn read(path: &Path, tail: Option<usize>) -> io::Result<Vec<LogEntry>> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for line in BufReader::new(file).lines() {
+        let line = line?;
+        if let Ok(e) = serde_json::from_str::<LogEntry>(&line) {
+            out.push(e);
+        }
+    }
+    if let Some(n) = tail {
+        let skip = out.len().saturating_sub(n);
+        out.drain(..skip);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_split_and_kept_in_order() {
+        let mut s = LineSplitter::default();
+        assert_eq!(s.push(b"a\nb"), ["a\n"]);
+        assert_eq!(s.push(b"c\n\n"), ["bc\n", "\n"]);
+        assert_eq!(s.push(b"tail"), Vec::<String>::new());
+        assert_eq!(s.finish().as_deref(), Some("tail"));
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.log");
+        let mut w = LogWriter::open(&p).unwrap();
+        w.write("stdout", &["1\n".into(), "2\n".into()]).unwrap();
+        w.write("stderr", &["3\n".into()]).unwrap();
+        let all = read(&p, None).unwrap();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[2].stream, "stderr");
+        assert!(all[0].time.ends_with('Z'));
+        assert_eq!(read(&p, Some(1)).unwrap()[0].log, "3\n");
+    }
+}
