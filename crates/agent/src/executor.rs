@@ -68,6 +68,10 @@ pub trait Executor: Send + Sync + 'static {
     fn stop(&self, container: &str, grace: Duration) -> BoxFuture<'static, Result<(), ExecError>>;
     /// Removes a stopped container and what it used.
     fn remove(&self, container: &str) -> Result<(), ExecError>;
+    /// Why an exited container ended, when its code alone does not say (the OOM killer).
+    fn exit_reason(&self, _container: &str) -> Option<String> {
+        None
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -7,6 +7,8 @@
 //! - [`reconcile`]: the pure core: given a task and what the executor observes, what to do.
 //! - [`session`]: registration, heartbeats, assignments and batched status reports.
 
+pub mod container;
 pub mod executor;
+pub mod local_api;
 pub mod reconcile;
 pub mod session;

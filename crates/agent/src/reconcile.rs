@@ -82,13 +82,22 @@ pub fn step(task: &Task, status: &TaskStatus, observed: &Observed) -> Op {
     }
 }
 
-/// The status for a container that exited with `code`.
-pub fn exit_status(code: i32, container: &str, at: Timestamp) -> TaskStatus {
+/// The status for a container that exited with `code`; `reason` says why when the executor
+/// knows more than the code (the OOM killer).
+pub fn exit_status(
+    code: i32,
+    reason: Option<String>,
+    container: &str,
+    at: Timestamp,
+) -> TaskStatus {
     let mut s = if code == 0 {
         TaskStatus::new(TaskState::Complete, at, "finished")
     } else {
         let mut s = TaskStatus::new(TaskState::Failed, at, "started");
-        s.err = format!("task: non-zero exit ({code})");
+        s.err = match reason {
+            Some(r) => format!("task: non-zero exit ({code}): {r}"),
+            None => format!("task: non-zero exit ({code})"),
+        };
         s
     };
     s.exit_code = Some(code);
@@ -240,12 +249,17 @@ mod tests {
 
     #[test]
     fn exit_codes_become_complete_or_failed() {
-        assert_eq!(exit_status(0, "c", Timestamp(1)).state, TaskState::Complete);
-        let failed = exit_status(3, "c", Timestamp(1));
+        assert_eq!(
+            exit_status(0, None, "c", Timestamp(1)).state,
+            TaskState::Complete
+        );
+        let failed = exit_status(3, None, "c", Timestamp(1));
         assert_eq!(
             (failed.state, failed.exit_code),
             (TaskState::Failed, Some(3))
         );
         assert_eq!(failed.err, "task: non-zero exit (3)");
+        let oom = exit_status(137, Some("OOMKilled".into()), "c", Timestamp(1));
+        assert_eq!(oom.err, "task: non-zero exit (137): OOMKilled");
     }
 }

@@ -253,7 +253,8 @@ impl Agent {
                         exit = self.executor.wait(&container) => {
                             if let Ok(code) = exit {
                                 if task.desired_state <= TaskState::Running {
-                                    set(reconcile::exit_status(code, &container, now()));
+                                    let reason = self.executor.exit_reason(&container);
+                                    set(reconcile::exit_status(code, reason, &container, now()));
                                 }
                             }
                             continue;
@@ -262,7 +263,8 @@ impl Agent {
                     }
                 }
                 Op::ReportExit { container, code } => {
-                    set(reconcile::exit_status(code, &container, now()));
+                    let reason = self.executor.exit_reason(&container);
+                    set(reconcile::exit_status(code, reason, &container, now()));
                     continue;
                 }
                 Op::Stop { container } => {

@@ -280,3 +280,119 @@ pub struct StatusReport {
     /// The updates, oldest first.
     pub updates: Vec<TaskStatusUpdate>,
 }
+
+/// An image in a node's store (`GET /v1/images`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    /// Image id (`sha256:` digest of its config).
+    pub id: String,
+    /// Digest of its manifest.
+    pub manifest: String,
+    /// Tags (`name:tag`).
+    pub tags: Vec<String>,
+    /// Unpacked size in bytes.
+    pub size: u64,
+    /// When it was imported.
+    pub imported: crate::units::Timestamp,
+    /// Diff ids of its layers, base first.
+    pub layers: Vec<String>,
+    /// Entrypoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entrypoint: Vec<String>,
+    /// Command.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cmd: Vec<String>,
+    /// Environment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    /// Working directory.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub working_dir: String,
+    /// User.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user: String,
+    /// Containers on the node using it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<String>,
+}
+
+/// The result of an image import or removal: one line per thing done.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageResult {
+    /// Images imported.
+    #[serde(default)]
+    pub images: Vec<ImageInfo>,
+    /// What was done (`Untagged: x`, `Deleted: sha256:…`).
+    #[serde(default)]
+    pub done: Vec<String>,
+}
+
+/// A named volume on a node (`GET /v1/volumes`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    /// Name.
+    pub name: String,
+    /// Driver (`local`).
+    pub driver: String,
+    /// Where its data is on the node.
+    pub mountpoint: String,
+    /// When it was created.
+    pub created: crate::units::Timestamp,
+    /// Labels.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Containers on the node using it.
+    #[serde(default)]
+    pub containers: Vec<String>,
+}
+
+/// One line of a task's output (`GET /v1/services/{id}/logs`, NDJSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// The task.
+    pub task_id: crate::TaskId,
+    /// Its service's name.
+    pub service: String,
+    /// Its slot.
+    pub slot: u64,
+    /// The node it ran on.
+    pub node_id: crate::NodeId,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// When it was written (RFC 3339 with nanoseconds).
+    pub time: String,
+    /// The text, with its newline.
+    pub line: String,
+}
+
+/// What a client asks of a service's logs; what the manager asks of an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogSubscription {
+    /// Subscription id.
+    pub id: String,
+    /// Tasks (on the agent's node) whose logs are wanted.
+    pub tasks: Vec<crate::TaskId>,
+    /// Keep sending new lines until the subscription ends.
+    pub follow: bool,
+    /// Only the last N lines of each task.
+    #[serde(default)]
+    pub tail: Option<usize>,
+}
+
+/// A batch of lines an agent publishes for a subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPublish {
+    /// The agent's session.
+    pub session: String,
+    /// Lines.
+    pub lines: Vec<LogLine>,
+    /// The agent has sent everything (not following, or its tasks ended).
+    pub done: bool,
+}
+
+/// The manager's answer to a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPublishResponse {
+    /// False once nobody reads the subscription: the agent stops.
+    pub active: bool,
+}

@@ -53,6 +53,12 @@ enum Command {
     /// Manage nodes.
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Manage this node's images.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Manage this node's volumes.
+    #[command(subcommand)]
+    Volume(VolumeCmd),
     /// Follow the cluster's changes.
     Events {
         /// Start after this revision (0: from now).
@@ -110,6 +116,62 @@ enum StackCmd {
 }
 
 #[derive(Debug, Subcommand)]
+enum ImageCmd {
+    /// Import an image: a root-filesystem tarball (as `docker import`), a `docker save`
+    /// archive or an OCI image-layout archive, plain or gzip.
+    Import {
+        /// The archive (`-` reads stdin).
+        file: String,
+        /// Name for the image (required for a root-filesystem tarball).
+        #[arg(long, short = 't')]
+        tag: Option<String>,
+        /// Dockerfile instruction for a tarball's config: CMD, ENTRYPOINT, ENV, WORKDIR, USER,
+        /// LABEL, STOPSIGNAL.
+        #[arg(long, short = 'c')]
+        change: Vec<String>,
+    },
+    /// List images.
+    Ls,
+    /// Show images in full.
+    Inspect {
+        /// Image references or ids.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Add a tag to an image.
+    Tag {
+        /// The image.
+        source: String,
+        /// The new tag.
+        target: String,
+    },
+    /// Remove images (refused while a container uses one).
+    Rm {
+        /// Image references or ids.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum VolumeCmd {
+    /// List volumes.
+    Ls,
+    /// Show volumes in full.
+    Inspect {
+        /// Volume names.
+        #[arg(required = true)]
+        volumes: Vec<String>,
+    },
+    /// Remove volumes (refused while a container uses one).
+    Rm {
+        /// Volume names.
+        #[arg(required = true)]
+        volumes: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ServiceCmd {
     /// List services.
     Ls,
@@ -137,6 +199,20 @@ enum ServiceCmd {
         /// Service names or ids.
         #[arg(required = true)]
         services: Vec<String>,
+    },
+    /// Show what a service's tasks printed, from every node they ran on.
+    Logs {
+        /// Keep printing new output.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only the last N lines of each task.
+        #[arg(long, short = 'n')]
+        tail: Option<usize>,
+        /// Leave out the task name prefix.
+        #[arg(long)]
+        no_task_ids: bool,
+        /// Service name or id.
+        service: String,
     },
 }
 
@@ -318,6 +394,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Stack(StackCmd::Config { .. }) => unreachable!("handled above"),
         Command::Service(cmd) => service(&c, cmd, json).await?,
         Command::Node(cmd) => node(&c, cmd, json).await?,
+        Command::Image(cmd) => image(&c, cmd, json).await?,
+        Command::Volume(cmd) => volume(&c, cmd, json).await?,
         Command::Events { since } => {
             let mut lines = Lines::new(c.stream(&format!("/v1/events?since={since}")).await?);
             while let Some(e) = lines.next::<serde_json::Value>().await? {
@@ -566,6 +644,12 @@ async fn service(c: &Client, cmd: ServiceCmd, json: bool) -> Result<()> {
                 println!("{}", updated.spec.name);
             }
         }
+        ServiceCmd::Logs {
+            follow,
+            tail,
+            no_task_ids,
+            service,
+        } => logs(c, &service, follow, tail, !no_task_ids, json).await?,
         ServiceCmd::Rm { services } => {
             for name in services {
                 c.send_no_content::<()>(
@@ -577,6 +661,196 @@ async fn service(c: &Client, cmd: ServiceCmd, json: bool) -> Result<()> {
                 .with_context(|| format!("removing service {name}"))?;
                 println!("{name}");
             }
+        }
+    }
+    Ok(())
+}
+
+fn query(s: &str) -> String {
+    path_part(s)
+}
+
+async fn image(c: &Client, cmd: ImageCmd, json: bool) -> Result<()> {
+    match cmd {
+        ImageCmd::Import { file, tag, change } => {
+            let bytes = if file == "-" {
+                let mut b = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
+                    .context("reading stdin")?;
+                b
+            } else {
+                std::fs::read(&file).with_context(|| format!("reading {file}"))?
+            };
+            let mut path = "/v1/images/import?".to_owned();
+            if let Some(t) = &tag {
+                path.push_str(&format!("tag={}&", query(t)));
+            }
+            for ch in &change {
+                path.push_str(&format!("change={}&", query(ch)));
+            }
+            let r: ImageResult = c.upload(&path, bytes).await?;
+            if json {
+                return print_json(&r);
+            }
+            for line in r.done {
+                println!("{line}");
+            }
+        }
+        ImageCmd::Ls => {
+            let list: Vec<ImageInfo> = c.get("/v1/images").await?;
+            if json {
+                return print_json(&list);
+            }
+            output::images(&list);
+        }
+        ImageCmd::Inspect { images } => {
+            let mut out = Vec::new();
+            for i in images {
+                let info: ImageInfo = c
+                    .get(&format!("/v1/images/inspect?ref={}", query(&i)))
+                    .await?;
+                out.push(info);
+            }
+            print_json(&out)?;
+        }
+        ImageCmd::Tag { source, target } => {
+            let _: ImageResult = c
+                .call::<(), _>(
+                    Method::POST,
+                    &format!(
+                        "/v1/images/tag?ref={}&tag={}",
+                        query(&source),
+                        query(&target)
+                    ),
+                    None,
+                )
+                .await?;
+        }
+        ImageCmd::Rm { images } => {
+            let mut failed = false;
+            for i in images {
+                match c
+                    .call::<(), ImageResult>(
+                        Method::DELETE,
+                        &format!("/v1/images?ref={}", query(&i)),
+                        None,
+                    )
+                    .await
+                {
+                    Ok(r) => r.done.iter().for_each(|l| println!("{l}")),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                bail!("some images were not removed");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn volume(c: &Client, cmd: VolumeCmd, json: bool) -> Result<()> {
+    match cmd {
+        VolumeCmd::Ls => {
+            let list: Vec<VolumeInfo> = c.get("/v1/volumes").await?;
+            if json {
+                return print_json(&list);
+            }
+            output::table(
+                &["DRIVER", "VOLUME NAME"],
+                list.iter().map(|v| vec![v.driver.clone(), v.name.clone()]),
+            );
+        }
+        VolumeCmd::Inspect { volumes } => {
+            let mut out = Vec::new();
+            for v in volumes {
+                let info: VolumeInfo = c.get(&format!("/v1/volumes/{}", path_part(&v))).await?;
+                out.push(info);
+            }
+            print_json(&out)?;
+        }
+        VolumeCmd::Rm { volumes } => {
+            let mut failed = false;
+            for v in volumes {
+                match c
+                    .send_no_content::<()>(
+                        Method::DELETE,
+                        &format!("/v1/volumes/{}", path_part(&v)),
+                        None,
+                    )
+                    .await
+                {
+                    Ok(()) => println!("{v}"),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                bail!("some volumes were not removed");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn logs(
+    c: &Client,
+    service: &str,
+    follow: bool,
+    tail: Option<usize>,
+    prefix: bool,
+    json: bool,
+) -> Result<()> {
+    let s = find_service(c, service).await?;
+    let mut path = format!("/v1/services/{}/logs?follow={follow}", s.id);
+    if let Some(n) = tail {
+        path.push_str(&format!("&tail={n}"));
+    }
+    let mut lines = Lines::new(c.stream(&path).await?);
+    let nodes: Vec<Node> = c.get("/v1/nodes").await.unwrap_or_default();
+    let host = |id: &shoal_api::NodeId| {
+        nodes
+            .iter()
+            .find(|n| &n.id == id)
+            .map(|n| n.description.hostname.clone())
+            .unwrap_or_else(|| id.short().to_owned())
+    };
+    use std::io::Write;
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    while let Some(l) = lines.next::<LogLine>().await? {
+        if json {
+            println!("{}", serde_json::to_string(&l)?);
+            continue;
+        }
+        let text = if prefix {
+            format!(
+                "{}.{}.{}@{}    | {}",
+                l.service,
+                l.slot,
+                l.task_id.short(),
+                host(&l.node_id),
+                l.line
+            )
+        } else {
+            l.line.clone()
+        };
+        let text = if text.ends_with('\n') {
+            text
+        } else {
+            format!("{text}\n")
+        };
+        if l.stream == "stderr" {
+            let _ = stderr.lock().write_all(text.as_bytes());
+        } else {
+            let mut out = stdout.lock();
+            let _ = out.write_all(text.as_bytes());
+            let _ = out.flush();
         }
     }
     Ok(())

@@ -163,3 +163,50 @@ pub fn event(e: &serde_json::Value) {
         name.unwrap_or_default()
     );
 }
+
+/// A size as docker prints it (`1.23MB`).
+pub fn size(bytes: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i + 1 < units.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{v:.3}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_owned()
+            + units[i]
+    }
+}
+
+/// `image ls`.
+pub fn images(list: &[shoal_api::wire::ImageInfo]) {
+    let mut rows = Vec::new();
+    for i in list {
+        let id =
+            i.id.trim_start_matches("sha256:")
+                .chars()
+                .take(12)
+                .collect::<String>();
+        let tags: Vec<(String, String)> = if i.tags.is_empty() {
+            vec![("<none>".into(), "<none>".into())]
+        } else {
+            i.tags
+                .iter()
+                .map(|t| match t.rsplit_once(':') {
+                    Some((r, tag)) if !tag.contains('/') => (r.to_owned(), tag.to_owned()),
+                    _ => (t.clone(), "<none>".into()),
+                })
+                .collect()
+        };
+        for (repo, tag) in tags {
+            rows.push(vec![repo, tag, id.clone(), size(i.size)]);
+        }
+    }
+    table(&["REPOSITORY", "TAG", "IMAGE ID", "SIZE"], rows.into_iter());
+}

@@ -211,6 +211,26 @@ impl Client {
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
+    /// POST raw bytes (an archive) and decode the JSON answer.
+    pub async fn upload<R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<R, ClientError> {
+        let resp = self.send(Method::POST, path, Some(body)).await?;
+        let endpoint = self.endpoint.to_string();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Transport {
+                endpoint,
+                message: e.to_string(),
+            })?
+            .to_bytes();
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
     /// GET and decode.
     pub async fn get<R: DeserializeOwned>(&self, path: &str) -> Result<R, ClientError> {
         self.call::<(), R>(Method::GET, path, None).await

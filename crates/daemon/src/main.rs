@@ -4,6 +4,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use shoal_agent::container::{default_shim_path, ContainerConfig, ContainerExecutor};
 use shoal_agent::executor::{Executor, SimExecutor};
 use shoal_agent::session::{Agent, AgentConfig};
 use shoal_api::node::{NodeDescription, NodeResources};
@@ -11,6 +12,7 @@ use shoal_client::{Client, Endpoint};
 use shoal_controller::dispatcher::DispatcherSettings;
 use shoal_controller::raft::node::RaftSettings;
 use shoal_controller::{Manager, ManagerConfig};
+use shoal_runtime::oci::{which, OciRuntime};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,9 +40,20 @@ struct Args {
     /// loopback or a trusted network only.
     #[arg(long)]
     listen: Option<String>,
-    /// What runs tasks: `sim` (simulated containers).
-    #[arg(long, default_value = "sim")]
+    /// What runs tasks: `container` (real containers) or `sim` (simulated ones, which only
+    /// keep time: for tests and trying the control plane on any machine).
+    #[arg(long, default_value = "container")]
     executor: String,
+    /// The OCI runtime that runs containers: `builtin` (shoal-runtime, beside shoald), `runc`,
+    /// `crun`, or a path to a runtime binary with runc's command line.
+    #[arg(long, default_value = "builtin")]
+    oci_runtime: String,
+    /// Runtime state (the OCI runtime's state directory lives under it).
+    #[arg(long, env = "SHOAL_EXEC_ROOT", default_value = "/run/shoal")]
+    exec_root: PathBuf,
+    /// Parent of the containers' cgroups.
+    #[arg(long, default_value = "/shoal")]
+    cgroup_parent: String,
     /// Node name (default: the host name).
     #[arg(long)]
     hostname: Option<String>,
@@ -124,6 +137,36 @@ fn prepare_socket(args: &Args) -> Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
+/// The container executor with the chosen OCI runtime.
+fn container_executor(args: &Args) -> Result<ContainerExecutor> {
+    let shim = default_shim_path();
+    if !shim.is_file() {
+        bail!(
+            "{} is missing: shoal-runtime must be installed beside shoald (or set SHOAL_RUNTIME_BIN)",
+            shim.display()
+        );
+    }
+    let (name, binary) = match args.oci_runtime.as_str() {
+        "builtin" => ("builtin".to_owned(), shim.clone()),
+        other => {
+            let bin = which(other).with_context(|| {
+                format!("OCI runtime {other:?} not found (apt-get install {other}, or give a path)")
+            })?;
+            (other.rsplit('/').next().unwrap_or(other).to_owned(), bin)
+        }
+    };
+    let root = args.exec_root.join("runtime").join(&name);
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    let config = ContainerConfig {
+        data_root: args.data_root.clone(),
+        runtime: OciRuntime::new(&name, &binary, &root),
+        shim,
+        cgroup_parent: args.cgroup_parent.clone(),
+    };
+    ContainerExecutor::open(config)
+        .map_err(|e| anyhow::anyhow!("opening the container executor: {e}"))
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -131,9 +174,9 @@ async fn main() -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
         .with_writer(std::io::stderr)
         .init();
-    if args.executor != "sim" {
+    if args.executor != "sim" && args.executor != "container" {
         bail!(
-            "unknown executor {:?}: this build runs tasks on the simulated executor (`sim`) only",
+            "unknown executor {:?}: use `container` (real containers) or `sim` (simulated)",
             args.executor
         );
     }
@@ -154,7 +197,17 @@ async fn main() -> Result<()> {
     let manager = Manager::open(config, shutdown.clone())
         .await
         .context("starting the manager")?;
-    let router = shoal_controller::api::router(manager.clone());
+    let mut router = shoal_controller::api::router(manager.clone());
+    let executor: Arc<dyn Executor> = if args.executor == "sim" {
+        Arc::new(
+            SimExecutor::open(&args.data_root.join("agent/sim"))
+                .context("opening the simulated executor")?,
+        )
+    } else {
+        let containers = container_executor(&args)?;
+        router = router.merge(shoal_agent::local_api::router(containers.clone()));
+        Arc::new(containers)
+    };
 
     let listener = prepare_socket(&args)?;
     tracing::info!(socket = %args.socket.display(), "API listening");
@@ -180,10 +233,6 @@ async fn main() -> Result<()> {
 
     // The agent role starts once this node belongs to a cluster; it talks to the manager
     // through the API, as it would to a manager on another host.
-    let executor: Arc<dyn Executor> = Arc::new(
-        SimExecutor::open(&args.data_root.join("agent/sim"))
-            .context("opening the simulated executor")?,
-    );
     let hostname = match &args.hostname {
         Some(h) => h.clone(),
         None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),

@@ -1,0 +1,555 @@
+//! The container executor: tasks run as real containers through `shoal-runtime`'s pieces.
+//!
+//! Per task: the image must be in the node's store (else the task is rejected with that
+//! reason); its layers are mounted with overlayfs under a writable layer in
+//! `<data-root>/containers/<task id>/`, the OCI spec is written beside them, and a shim
+//! (`shoal-runtime shim`) runs the configured OCI runtime (built-in, runc, crun) on that bundle.
+//! The shim outlives the daemon: everything the executor needs to re-adopt a container after a
+//! restart (`meta.json`, `shim.pid`, `exit.json`, `container.log`) is in its directory, so
+//! [`Executor::observe`] reads only the disk. Exits are awaited with a pidfd on the shim.
+
+use crate::executor::{ExecError, Executor, Observed};
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use shoal_api::service::MountKind;
+use shoal_api::task::Task;
+use shoal_api::units::Duration;
+use shoal_api::TaskId;
+use shoal_runtime::digest::Digest;
+use shoal_runtime::image::{ImageError, ImageStore};
+use shoal_runtime::oci::OciRuntime;
+use shoal_runtime::rootfs::Overlay;
+use shoal_runtime::shim::{files, read_exit, ExitRecord};
+use shoal_runtime::spec::{self, MountInput, SpecInput};
+use shoal_runtime::volume::VolumeStore;
+use std::collections::BTreeMap;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::io::AsyncBufReadExt;
+
+/// How the node runs containers.
+#[derive(Debug, Clone)]
+pub struct ContainerConfig {
+    /// `<data-root>`: images, volumes and containers live under it.
+    pub data_root: PathBuf,
+    /// The OCI runtime (its `--root` under the node's run directory).
+    pub runtime: OciRuntime,
+    /// The `shoal-runtime` binary (the shim).
+    pub shim: PathBuf,
+    /// Parent of the containers' cgroups (`/shoal`).
+    pub cgroup_parent: String,
+}
+
+/// What the executor records of a container (`meta.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerMeta {
+    /// Container id (the task id).
+    pub id: String,
+    /// The task.
+    pub task: TaskId,
+    /// `service.slot` name, for messages.
+    pub name: String,
+    /// The image as the task names it.
+    pub image: String,
+    /// The image's id.
+    pub image_id: Digest,
+    /// Named volumes it mounts.
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// Signal that asks it to stop.
+    pub stop_signal: String,
+    /// When it was created (ms).
+    pub created: u64,
+}
+
+/// Runs tasks as containers.
+#[derive(Debug, Clone)]
+pub struct ContainerExecutor {
+    config: Arc<ContainerConfig>,
+    images: Arc<ImageStore>,
+    volumes: VolumeStore,
+}
+
+fn failed(context: &str) -> impl Fn(std::io::Error) -> ExecError + '_ {
+    move |e| ExecError::Failed(format!("{context}: {e}"))
+}
+
+impl ContainerExecutor {
+    /// Opens the node's stores.
+    pub fn open(config: ContainerConfig) -> Result<ContainerExecutor, ExecError> {
+        let images = ImageStore::open(&config.data_root.join("images"))
+            .map_err(|e| ExecError::Failed(e.to_string()))?;
+        let volumes = VolumeStore::open(&config.data_root.join("volumes"))
+            .map_err(failed("opening the volume store"))?;
+        std::fs::create_dir_all(config.data_root.join("containers"))
+            .map_err(failed("creating the containers directory"))?;
+        Ok(ContainerExecutor {
+            config: Arc::new(config),
+            images: Arc::new(images),
+            volumes,
+        })
+    }
+
+    /// The node's image store.
+    pub fn images(&self) -> &Arc<ImageStore> {
+        &self.images
+    }
+
+    /// The node's volumes.
+    pub fn volumes(&self) -> &VolumeStore {
+        &self.volumes
+    }
+
+    /// The OCI runtime in use.
+    pub fn runtime(&self) -> &OciRuntime {
+        &self.config.runtime
+    }
+
+    fn dir(&self, id: &str) -> PathBuf {
+        self.config.data_root.join("containers").join(id)
+    }
+
+    /// The directory of the task's container.
+    pub fn container_dir(&self, task: &TaskId) -> PathBuf {
+        self.dir(&task.to_string())
+    }
+
+    /// Every container on this node.
+    pub fn containers(&self) -> Vec<ContainerMeta> {
+        std::fs::read_dir(self.config.data_root.join("containers"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("meta.json")).ok())
+            .filter_map(|b| serde_json::from_slice(&b).ok())
+            .collect()
+    }
+
+    /// Containers using the image.
+    pub fn using_image(&self, image: &Digest) -> Vec<String> {
+        self.containers()
+            .into_iter()
+            .filter(|c| &c.image_id == image)
+            .map(|c| c.name)
+            .collect()
+    }
+
+    /// Containers using the volume.
+    pub fn using_volume(&self, volume: &str) -> Vec<String> {
+        self.containers()
+            .into_iter()
+            .filter(|c| c.volumes.iter().any(|v| v == volume))
+            .map(|c| c.name)
+            .collect()
+    }
+
+    /// The log file of the task's container.
+    pub fn log_path(&self, task: &TaskId) -> PathBuf {
+        self.container_dir(task).join(files::LOG)
+    }
+
+    /// Whether the task's container has ended (or never existed here).
+    pub fn has_exited(&self, task: &TaskId) -> bool {
+        !matches!(self.observe(task), Observed::Running { .. })
+    }
+
+    /// Makes the bundle: directory, overlay root, spec. Blocking.
+    fn prepare(&self, task: &Task) -> Result<(), ExecError> {
+        let c = &task.spec.container;
+        let id = task.id.to_string();
+        let dir = self.dir(&id);
+        let image = self.images.get(&c.image).map_err(|e| match e {
+            ImageError::NotFound(r) => ExecError::Rejected(format!("No such image: {r}")),
+            other => ExecError::Rejected(other.to_string()),
+        })?;
+        let run = image.run_config();
+        let args = spec::process_args(&c.command, &c.args, &run)
+            .map_err(|e| ExecError::Rejected(e.to_string()))?;
+        std::fs::create_dir_all(&dir).map_err(failed("creating the container directory"))?;
+        let overlay = Overlay::under(&dir);
+        overlay
+            .mount(&self.images.lower_dirs(&image))
+            .map_err(failed("mounting the root filesystem"))?;
+        let user_spec = if c.user.is_empty() {
+            &run.user
+        } else {
+            &c.user
+        };
+        let user = shoal_runtime::user::resolve(user_spec, &overlay.merged)
+            .map_err(|e| ExecError::Rejected(e.to_string()))?;
+        let hostname = if c.hostname.is_empty() {
+            task.id.short().to_owned()
+        } else {
+            c.hostname.clone()
+        };
+        let mut mounts = Vec::new();
+        let mut volumes = Vec::new();
+        for (i, m) in c.mounts.iter().enumerate() {
+            match m.kind {
+                MountKind::Volume => {
+                    let name = if m.source.is_empty() {
+                        format!("{}-{i}", task.id)
+                    } else {
+                        m.source.clone()
+                    };
+                    let v = self
+                        .volumes
+                        .ensure(&name, &BTreeMap::new())
+                        .map_err(|e| ExecError::Rejected(e.to_string()))?;
+                    volumes.push(name);
+                    mounts.push(MountInput::Bind {
+                        source: v.mountpoint,
+                        target: m.target.clone(),
+                        read_only: m.read_only,
+                    });
+                }
+                MountKind::Bind => {
+                    let source = PathBuf::from(&m.source);
+                    if !source.is_absolute() || !source.exists() {
+                        return Err(ExecError::Rejected(format!(
+                            "invalid mount config for type \"bind\": bind source path does not exist: {}",
+                            m.source
+                        )));
+                    }
+                    mounts.push(MountInput::Bind {
+                        source,
+                        target: m.target.clone(),
+                        read_only: m.read_only,
+                    });
+                }
+                MountKind::Tmpfs => mounts.push(MountInput::Tmpfs {
+                    target: m.target.clone(),
+                    size: m.tmpfs_size,
+                }),
+            }
+        }
+        // The container's own /etc/hostname and /etc/hosts, as Docker gives them.
+        std::fs::write(dir.join("hostname"), format!("{hostname}\n"))
+            .map_err(failed("writing hostname"))?;
+        std::fs::write(
+            dir.join("hosts"),
+            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"),
+        )
+        .map_err(failed("writing hosts"))?;
+        for f in ["hostname", "hosts"] {
+            mounts.push(MountInput::Bind {
+                source: dir.join(f),
+                target: format!("/etc/{f}"),
+                read_only: false,
+            });
+        }
+        let limits = &task.spec.resources.limits;
+        let nonzero = |n: u64| (n > 0).then_some(n);
+        let input = SpecInput {
+            rootfs: overlay.merged.clone(),
+            read_only_rootfs: c.read_only,
+            env: spec::process_env(&c.env, &run, &hostname, &user.home),
+            args,
+            cwd: if !c.dir.is_empty() {
+                c.dir.clone()
+            } else if !run.working_dir.is_empty() {
+                run.working_dir.clone()
+            } else {
+                "/".into()
+            },
+            uid: user.uid,
+            gid: user.gid,
+            additional_gids: user.additional_gids,
+            hostname,
+            mounts,
+            memory: nonzero(limits.memory_bytes),
+            nano_cpus: nonzero(limits.nano_cpus),
+            pids: nonzero(limits.pids).map(|p| p as i64),
+            cgroups_path: format!("{}/{id}", self.config.cgroup_parent.trim_end_matches('/')),
+            netns_path: None,
+        };
+        let oci = spec::build(&input).map_err(|e| ExecError::Rejected(e.to_string()))?;
+        oci.save(dir.join("config.json"))
+            .map_err(|e| ExecError::Failed(format!("writing config.json: {e}")))?;
+        let stop_signal = if !c.stop_signal.is_empty() {
+            c.stop_signal.clone()
+        } else if !run.stop_signal.is_empty() {
+            run.stop_signal.clone()
+        } else {
+            "TERM".into()
+        };
+        let meta = ContainerMeta {
+            id: id.clone(),
+            task: task.id.clone(),
+            name: format!("{}.{}.{}", task.service_name, task.slot, task.id.short()),
+            image: c.image.clone(),
+            image_id: image.record.id.clone(),
+            volumes,
+            stop_signal: stop_signal.trim_start_matches("SIG").to_owned(),
+            created: shoal_runtime::now_ms(),
+        };
+        let bytes = serde_json::to_vec_pretty(&meta).expect("meta serializes");
+        shoal_runtime::write_atomic(&dir.join("meta.json"), &bytes)
+            .map_err(failed("writing meta.json"))?;
+        Ok(())
+    }
+
+    /// Removes what [`prepare`](Self::prepare) made (and the runtime's state, if any). Blocking.
+    fn cleanup(&self, id: &str) -> Result<(), ExecError> {
+        let dir = self.dir(id);
+        if let Err(e) = self.config.runtime.delete(id, true) {
+            if !e.message.contains("does not exist") && !e.message.contains("not exist") {
+                tracing::debug!(container = id, error = %e, "runtime delete");
+            }
+        }
+        Overlay::under(&dir)
+            .unmount()
+            .map_err(failed("unmounting the root filesystem"))?;
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(failed("removing the container directory")(e)),
+        }
+    }
+
+    fn meta(&self, id: &str) -> Option<ContainerMeta> {
+        std::fs::read(self.dir(id).join("meta.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    /// The shim's pid, if that process still is this container's shim.
+    fn live_shim(&self, id: &str) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(self.dir(id).join(files::SHIM_PID))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let needle = id.as_bytes();
+        let ours = cmdline.windows(needle.len()).any(|w| w == needle);
+        (ours && shoal_runtime::linux::live_start_time(pid).is_some()).then_some(pid)
+    }
+
+    /// The exit of a container whose shim is gone; records one if the shim died without.
+    fn settle(&self, id: &str) -> ExitRecord {
+        if let Some(e) = read_exit(&self.dir(id)) {
+            return e;
+        }
+        let record = ExitRecord {
+            code: 255,
+            signal: None,
+            oom_killed: false,
+            finished: shoal_runtime::now_ms(),
+            error: Some("the container's monitor ended without recording its exit".into()),
+        };
+        let bytes = serde_json::to_vec(&record).expect("serializes");
+        let _ = shoal_runtime::write_atomic(&self.dir(id).join(files::EXIT), &bytes);
+        record
+    }
+
+    async fn spawn_shim(&self, id: &str) -> Result<(), ExecError> {
+        let rt = &self.config.runtime;
+        let mut child = tokio::process::Command::new(&self.config.shim)
+            .arg("shim")
+            .arg("--runtime")
+            .arg(&rt.binary)
+            .arg("--runtime-name")
+            .arg(&rt.name)
+            .arg("--runtime-root")
+            .arg(&rt.root)
+            .arg("--bundle")
+            .arg(self.dir(id))
+            .arg(id)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                ExecError::Failed(format!(
+                    "cannot run the shim {}: {e}",
+                    self.config.shim.display()
+                ))
+            })?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut line = String::new();
+        tokio::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .await
+            .map_err(|e| ExecError::Failed(format!("reading the shim: {e}")))?;
+        // The shim runs on after reporting; tokio reaps it when it ends.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        let line = line.trim();
+        if line.starts_with("ok ") {
+            Ok(())
+        } else {
+            let msg = line.strip_prefix("error ").unwrap_or(line);
+            let msg = if msg.is_empty() {
+                "the shim ended without a word"
+            } else {
+                msg
+            };
+            Err(ExecError::Failed(format!(
+                "starting container failed: {msg}"
+            )))
+        }
+    }
+}
+
+/// A pidfd for `pid`: readable once the process ends.
+fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+impl Executor for ContainerExecutor {
+    fn name(&self) -> &'static str {
+        "container"
+    }
+
+    fn observe(&self, task: &TaskId) -> Observed {
+        let id = task.to_string();
+        if self.meta(&id).is_none() {
+            return Observed::Absent;
+        }
+        if let Some(e) = read_exit(&self.dir(&id)) {
+            return Observed::Exited {
+                container: id,
+                code: e.code,
+            };
+        }
+        if self.live_shim(&id).is_some() {
+            return Observed::Running { container: id };
+        }
+        if !self.dir(&id).join(files::SHIM_PID).exists() {
+            // Prepared but never started (the daemon stopped in between): start afresh.
+            return Observed::Absent;
+        }
+        let e = self.settle(&id);
+        Observed::Exited {
+            container: id,
+            code: e.code,
+        }
+    }
+
+    fn start(&self, task: &Task) -> BoxFuture<'static, Result<String, ExecError>> {
+        let this = self.clone();
+        let task = task.clone();
+        Box::pin(async move {
+            let id = task.id.to_string();
+            let prep = {
+                let this = this.clone();
+                let task = task.clone();
+                tokio::task::spawn_blocking(move || {
+                    // Leftovers of an attempt the daemon did not finish.
+                    this.cleanup(&task.id.to_string())?;
+                    this.prepare(&task)
+                })
+                .await
+                .map_err(|e| ExecError::Failed(format!("preparing: {e}")))?
+            };
+            let result = match prep {
+                Ok(()) => this.spawn_shim(&id).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(()) => {
+                    tracing::info!(task_id = %task.id, runtime = %this.config.runtime.name, "container started");
+                    Ok(id)
+                }
+                Err(e) => {
+                    let this2 = this.clone();
+                    let id2 = id.clone();
+                    let _ = tokio::task::spawn_blocking(move || this2.cleanup(&id2)).await;
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    fn wait(&self, container: &str) -> BoxFuture<'static, Result<i32, ExecError>> {
+        let this = self.clone();
+        let id = container.to_owned();
+        Box::pin(async move {
+            loop {
+                if let Some(e) = read_exit(&this.dir(&id)) {
+                    return Ok(e.code);
+                }
+                if this.meta(&id).is_none() {
+                    return Err(ExecError::NotFound(id));
+                }
+                let Some(pid) = this.live_shim(&id) else {
+                    return Ok(this.settle(&id).code);
+                };
+                match pidfd_open(pid) {
+                    Ok(fd) => {
+                        // SAFETY: the OwnedFd moves into the AsyncFd, which keeps it open and
+                        // unchanged until it is dropped.
+                        let afd = unsafe {
+                            tokio::io::unix::AsyncFd::register_with_interest(
+                                fd,
+                                tokio::io::Interest::READABLE,
+                            )
+                        }
+                        .map_err(|e| ExecError::Failed(format!("watching the shim: {e}")))?;
+                        let _ = afd.readable().await;
+                    }
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                }
+            }
+        })
+    }
+
+    fn stop(&self, container: &str, grace: Duration) -> BoxFuture<'static, Result<(), ExecError>> {
+        let this = self.clone();
+        let id = container.to_owned();
+        Box::pin(async move {
+            if read_exit(&this.dir(&id)).is_some() || this.live_shim(&id).is_none() {
+                return Ok(());
+            }
+            let signal = this
+                .meta(&id)
+                .map(|m| m.stop_signal)
+                .unwrap_or_else(|| "TERM".into());
+            let rt = this.config.runtime.clone();
+            let id2 = id.clone();
+            let _ = tokio::task::spawn_blocking(move || rt.kill(&id2, &signal)).await;
+            let waited = tokio::time::timeout(grace.0, this.wait(&id)).await;
+            if waited.is_err() {
+                tracing::info!(container = %id, grace = %grace, "stop grace period over: SIGKILL");
+                let rt = this.config.runtime.clone();
+                let id2 = id.clone();
+                let _ = tokio::task::spawn_blocking(move || rt.kill(&id2, "KILL")).await;
+                this.wait(&id).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn remove(&self, container: &str) -> Result<(), ExecError> {
+        self.cleanup(container)
+    }
+
+    fn exit_reason(&self, container: &str) -> Option<String> {
+        let e = read_exit(&self.dir(container))?;
+        if e.oom_killed {
+            Some("OOMKilled: the container exceeded its memory limit".into())
+        } else {
+            e.error
+        }
+    }
+}
+
+/// Where a daemon finds `shoal-runtime`: `$SHOAL_RUNTIME_BIN`, or beside its own binary.
+pub fn default_shim_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("SHOAL_RUNTIME_BIN") {
+        return PathBuf::from(p);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("shoal-runtime")))
+        .unwrap_or_else(|| Path::new("shoal-runtime").to_owned())
+}

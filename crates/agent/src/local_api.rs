@@ -1,0 +1,232 @@
+//! The node's own API: what lives on this node only, not in the cluster's state, as with
+//! Docker's image and volume commands. Merged into the daemon's API router.
+//!
+//! - `GET /v1/images`, `POST /v1/images/import?tag=&change=` (body: the archive),
+//!   `GET /v1/images/inspect?ref=`, `POST /v1/images/tag?ref=&tag=`, `DELETE /v1/images?ref=`;
+//! - `GET /v1/volumes`, `GET|DELETE /v1/volumes/{name}`.
+
+use crate::container::ContainerExecutor;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use shoal_api::units::Timestamp;
+use shoal_api::wire::{ErrorBody, ImageInfo, ImageResult, VolumeInfo};
+use shoal_runtime::image::{Image, ImageError, ImageRecord, ImportOptions};
+use shoal_runtime::volume::{Volume, VolumeError};
+use std::collections::HashMap;
+use std::io::Write;
+
+/// An error of the node API.
+#[derive(Debug)]
+struct LocalError(StatusCode, String);
+
+impl IntoResponse for LocalError {
+    fn into_response(self) -> Response {
+        (self.0, Json(ErrorBody { message: self.1 })).into_response()
+    }
+}
+
+impl From<ImageError> for LocalError {
+    fn from(e: ImageError) -> Self {
+        let code = match &e {
+            ImageError::NotFound(_) => StatusCode::NOT_FOUND,
+            ImageError::InUse { .. } => StatusCode::CONFLICT,
+            ImageError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        LocalError(code, e.to_string())
+    }
+}
+
+impl From<VolumeError> for LocalError {
+    fn from(e: VolumeError) -> Self {
+        let code = match &e {
+            VolumeError::NotFound(_) => StatusCode::NOT_FOUND,
+            VolumeError::InUse { .. } => StatusCode::CONFLICT,
+            VolumeError::BadName(_) => StatusCode::BAD_REQUEST,
+            VolumeError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        LocalError(code, e.to_string())
+    }
+}
+
+type Result<T> = std::result::Result<T, LocalError>;
+
+fn internal(e: impl std::fmt::Display) -> LocalError {
+    LocalError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+/// The node API's routes, over the node's container executor.
+pub fn router(exec: ContainerExecutor) -> Router {
+    Router::new()
+        .route("/v1/images", get(image_list).delete(image_remove))
+        .route(
+            "/v1/images/import",
+            post(image_import).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/images/inspect", get(image_inspect))
+        .route("/v1/images/tag", post(image_tag))
+        .route("/v1/volumes", get(volume_list))
+        .route(
+            "/v1/volumes/{name}",
+            get(volume_inspect).delete(volume_remove),
+        )
+        .with_state(exec)
+}
+
+fn info(exec: &ContainerExecutor, r: &ImageRecord, image: Option<&Image>) -> ImageInfo {
+    let run = image.map(|i| i.run_config()).unwrap_or_default();
+    ImageInfo {
+        id: r.id.to_string(),
+        manifest: r.manifest.to_string(),
+        tags: r.tags.clone(),
+        size: r.size,
+        imported: Timestamp(r.imported),
+        layers: r.layers.iter().map(|l| l.to_string()).collect(),
+        entrypoint: run.entrypoint,
+        cmd: run.cmd,
+        env: run.env,
+        working_dir: run.working_dir,
+        user: run.user,
+        containers: exec.using_image(&r.id),
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(internal)?
+}
+
+async fn image_list(State(exec): State<ContainerExecutor>) -> Result<Json<Vec<ImageInfo>>> {
+    blocking(move || {
+        let list = exec.images().list()?;
+        Ok(Json(list.iter().map(|r| info(&exec, r, None)).collect()))
+    })
+    .await
+}
+
+async fn image_inspect(
+    State(exec): State<ContainerExecutor>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<ImageInfo>> {
+    let reference = q.get("ref").cloned().unwrap_or_default();
+    blocking(move || {
+        let img = exec.images().get(&reference)?;
+        Ok(Json(info(&exec, &img.record, Some(&img))))
+    })
+    .await
+}
+
+async fn image_tag(
+    State(exec): State<ContainerExecutor>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<ImageResult>> {
+    let reference = q.get("ref").cloned().unwrap_or_default();
+    let tag = q.get("tag").cloned().unwrap_or_default();
+    blocking(move || {
+        exec.images().tag(&reference, &tag)?;
+        Ok(Json(ImageResult {
+            images: vec![],
+            done: vec![format!("Tagged: {tag}")],
+        }))
+    })
+    .await
+}
+
+async fn image_remove(
+    State(exec): State<ContainerExecutor>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<ImageResult>> {
+    let reference = q.get("ref").cloned().unwrap_or_default();
+    blocking(move || {
+        let e2 = exec.clone();
+        let done = exec
+            .images()
+            .remove(&reference, &move |id| e2.using_image(id))?;
+        Ok(Json(ImageResult {
+            images: vec![],
+            done,
+        }))
+    })
+    .await
+}
+
+async fn image_import(
+    State(exec): State<ContainerExecutor>,
+    Query(q): Query<Vec<(String, String)>>,
+    body: bytes::Bytes,
+) -> Result<Json<ImageResult>> {
+    let tag = q.iter().find(|(k, _)| k == "tag").map(|(_, v)| v.clone());
+    let changes: Vec<String> = q
+        .iter()
+        .filter(|(k, _)| k == "change")
+        .map(|(_, v)| v.clone())
+        .collect();
+    blocking(move || {
+        let tmp_dir = exec.images().root().join("tmp");
+        let mut file = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(internal)?;
+        file.write_all(&body).map_err(internal)?;
+        file.flush().map_err(internal)?;
+        let records = exec
+            .images()
+            .import(file.path(), &ImportOptions { tag, changes })?;
+        let images = records
+            .iter()
+            .map(|r| {
+                let img = exec.images().get(r.id.as_str()).ok();
+                info(&exec, r, img.as_ref())
+            })
+            .collect();
+        let done = records
+            .iter()
+            .map(|r| format!("Loaded image: {} ({})", r.tags.join(", "), r.id))
+            .collect();
+        Ok(Json(ImageResult { images, done }))
+    })
+    .await
+}
+
+fn volume_info(exec: &ContainerExecutor, v: Volume) -> VolumeInfo {
+    VolumeInfo {
+        containers: exec.using_volume(&v.name),
+        name: v.name,
+        driver: v.driver,
+        mountpoint: v.mountpoint.to_string_lossy().into_owned(),
+        created: Timestamp(v.created),
+        labels: v.labels,
+    }
+}
+
+async fn volume_list(State(exec): State<ContainerExecutor>) -> Result<Json<Vec<VolumeInfo>>> {
+    blocking(move || {
+        let list = exec.volumes().list();
+        Ok(Json(
+            list.into_iter().map(|v| volume_info(&exec, v)).collect(),
+        ))
+    })
+    .await
+}
+
+async fn volume_inspect(
+    State(exec): State<ContainerExecutor>,
+    Path(name): Path<String>,
+) -> Result<Json<VolumeInfo>> {
+    blocking(move || {
+        let v = exec.volumes().get(&name)?;
+        Ok(Json(volume_info(&exec, v)))
+    })
+    .await
+}
+
+async fn volume_remove(
+    State(exec): State<ContainerExecutor>,
+    Path(name): Path<String>,
+) -> Result<StatusCode> {
+    blocking(move || {
+        let users = exec.using_volume(&name);
+        exec.volumes().remove(&name, &users)?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
