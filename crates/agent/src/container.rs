@@ -145,7 +145,7 @@ impl ContainerExecutor {
     }
 
     /// The log file of the task's container.
-    pub fn log_path(&self, task: &TaskId) -> PathBuf {
+    pub fn log_file(&self, task: &TaskId) -> PathBuf {
         self.container_dir(task).join(files::LOG)
     }
 
@@ -531,6 +531,10 @@ impl Executor for ContainerExecutor {
 
     fn remove(&self, container: &str) -> Result<(), ExecError> {
         self.cleanup(container)
+    }
+
+    fn log_path(&self, task: &TaskId) -> Option<PathBuf> {
+        Some(self.log_file(task))
     }
 
     fn exit_reason(&self, container: &str) -> Option<String> {

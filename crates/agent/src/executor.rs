@@ -68,6 +68,10 @@ pub trait Executor: Send + Sync + 'static {
     fn stop(&self, container: &str, grace: Duration) -> BoxFuture<'static, Result<(), ExecError>>;
     /// Removes a stopped container and what it used.
     fn remove(&self, container: &str) -> Result<(), ExecError>;
+    /// The json-file log of the task's container, when the executor keeps one.
+    fn log_path(&self, _task: &TaskId) -> Option<std::path::PathBuf> {
+        None
+    }
     /// Why an exited container ended, when its code alone does not say (the OOM killer).
     fn exit_reason(&self, _container: &str) -> Option<String> {
         None

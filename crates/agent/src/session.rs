@@ -83,8 +83,10 @@ impl Agent {
                     *agent.session.write().await = Some(session.clone());
                     let hb = agent.clone().heartbeat_loop(session.clone());
                     let asg = agent.clone().assignment_loop(session.clone());
+                    let logs = agent.clone().log_loop(session.clone());
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
+                        e = logs => tracing::warn!(error = %e, "log subscriptions failed; registering again"),
                         e = hb => tracing::warn!(error = %e, "heartbeat failed; registering again"),
                         e = asg => tracing::warn!(error = %e, "assignments failed; registering again"),
                     }
@@ -166,6 +168,102 @@ impl Agent {
             };
             since = a.revision;
             self.apply(a);
+        }
+    }
+
+    /// Picks up `service logs` subscriptions for this node and serves each.
+    async fn log_loop(self: Arc<Self>, s: Session) -> ClientError {
+        loop {
+            let path = format!(
+                "/v1/dispatcher/logs?node_id={}&session_id={}&wait_ms=10000",
+                s.node_id, s.session_id
+            );
+            let subs: Vec<LogSubscription> = match self.config.manager.get(&path).await {
+                Ok(subs) => subs,
+                Err(e) => return e,
+            };
+            for sub in subs {
+                tokio::spawn(self.clone().serve_logs(s.clone(), sub));
+            }
+        }
+    }
+
+    /// Sends the subscription's lines: what the logs hold (the last `tail` of each task), then,
+    /// when following, new lines as they are written, until the manager says nobody reads.
+    async fn serve_logs(self: Arc<Self>, s: Session, sub: LogSubscription) {
+        const BATCH: usize = 500;
+        let mut offsets: Vec<(TaskId, Option<PathBuf>, u64)> = sub
+            .tasks
+            .iter()
+            .map(|t| (t.clone(), self.executor.log_path(t), 0))
+            .collect();
+        let mut first = true;
+        let mut idle = 0u32;
+        loop {
+            let mut lines = Vec::new();
+            for (task, path, offset) in offsets.iter_mut() {
+                let Some(path) = path else { continue };
+                let (entries, next) = match shoal_runtime::logs::read_from(path, *offset) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(task_id = %task, error = %e, "reading logs");
+                        continue;
+                    }
+                };
+                *offset = next;
+                let skip = match (first, sub.tail) {
+                    (true, Some(n)) => entries.len().saturating_sub(n),
+                    _ => 0,
+                };
+                lines.extend(entries.into_iter().skip(skip).map(|e| LogLine {
+                    task_id: task.clone(),
+                    service: String::new(),
+                    slot: 0,
+                    node_id: s.node_id.clone(),
+                    stream: e.stream,
+                    time: e.time,
+                    line: e.log,
+                }));
+            }
+            first = false;
+            let done = !sub.follow;
+            // Publish what there is; while following and quiet, a keepalive every 2 s tells
+            // whether anyone still reads.
+            idle = if lines.is_empty() { idle + 1 } else { 0 };
+            if !lines.is_empty() || done || idle >= 10 {
+                idle = 0;
+                let mut chunks: Vec<Vec<LogLine>> =
+                    lines.chunks(BATCH).map(|c| c.to_vec()).collect();
+                if chunks.is_empty() {
+                    chunks.push(Vec::new());
+                }
+                let n = chunks.len();
+                for (i, chunk) in chunks.into_iter().enumerate() {
+                    let body = LogPublish {
+                        session: s.session_id.clone(),
+                        lines: chunk,
+                        done: done && i + 1 == n,
+                    };
+                    let path = format!("/v1/dispatcher/logs/{}?node_id={}", sub.id, s.node_id);
+                    match self
+                        .config
+                        .manager
+                        .post::<_, LogPublishResponse>(&path, &body)
+                        .await
+                    {
+                        Ok(r) if r.active => {}
+                        Ok(_) => return,
+                        Err(e) => {
+                            tracing::debug!(subscription = %sub.id, error = %e, "log publish failed");
+                            return;
+                        }
+                    }
+                }
+            }
+            if done {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 

@@ -19,8 +19,8 @@ use shoal_api::node::{Node, NodeRole};
 use shoal_api::service::{Service, ServiceMode, ServiceSpec, STACK_LABEL};
 use shoal_api::task::Task;
 use shoal_api::wire::*;
-use shoal_api::{NodeId, ServiceId};
-use std::collections::BTreeMap;
+use shoal_api::{NodeId, ServiceId, TaskId};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -150,6 +150,7 @@ pub fn router(manager: Shared) -> Router {
         .route("/v1/services/{id}/update", post(service_update))
         .route("/v1/services/{id}/scale", post(service_scale))
         .route("/v1/services/{id}/tasks", get(service_tasks))
+        .route("/v1/services/{id}/logs", get(service_logs))
         .route("/v1/tasks", get(task_list))
         .route("/v1/tasks/{id}", get(task_inspect))
         .route("/v1/networks", get(network_list).post(network_create))
@@ -166,6 +167,8 @@ pub fn router(manager: Shared) -> Router {
         .route("/v1/dispatcher/heartbeat", post(agent_heartbeat))
         .route("/v1/dispatcher/assignments", get(agent_assignments))
         .route("/v1/dispatcher/status", post(agent_status))
+        .route("/v1/dispatcher/logs", get(agent_log_subscriptions))
+        .route("/v1/dispatcher/logs/{id}", post(agent_log_publish))
         .fallback(|| async { ApiError::not_found("route", "(see docs/api.md)") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(manager)
@@ -652,6 +655,135 @@ async fn events(State(m): State<Shared>, Query(q): Query<EventsQuery>) -> Result
         .header("content-type", "application/x-ndjson")
         .body(axum::body::Body::from_stream(lines))
         .expect("valid response"))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    follow: Option<bool>,
+    tail: Option<usize>,
+}
+
+/// How long a node may stay silent before a `service logs` without `--follow` gives up on it.
+const LOG_NODE_SILENCE: Duration = Duration::from_secs(10);
+
+async fn service_logs(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response> {
+    let c = cluster(&m).await?;
+    let follow = q.follow.unwrap_or(false);
+    let mut names: BTreeMap<TaskId, (String, u64)> = BTreeMap::new();
+    let per_node = {
+        let store = c.store.read().expect("store lock");
+        let s = find_service(&store, &id)?;
+        let mut per_node: BTreeMap<NodeId, Vec<TaskId>> = BTreeMap::new();
+        for t in sorted_tasks(store.tasks_of(&s.id)) {
+            names.insert(t.id.clone(), (t.service_name.clone(), t.slot));
+            let Some(node) = &t.node_id else { continue };
+            // Tasks that never reached their node have no output.
+            if t.status.state < shoal_api::task::TaskState::Assigned {
+                continue;
+            }
+            let down = store
+                .nodes
+                .get(node)
+                .is_none_or(|n| n.status.state == shoal_api::node::NodeState::Down);
+            if down {
+                tracing::info!(node_id = %node, task_id = %t.id, "logs: node is down, skipped");
+                continue;
+            }
+            per_node.entry(node.clone()).or_default().push(t.id.clone());
+        }
+        per_node
+    };
+    let names = Arc::new(names);
+    let remaining: BTreeSet<NodeId> = per_node.keys().cloned().collect();
+    let (sub, rx) = c.logs.subscribe(per_node, follow, q.tail);
+    let guard = c.logs.guard(&sub);
+    // The guard travels with the stream: when the client goes away, the subscription ends.
+    let lines = futures::stream::unfold(
+        (rx, guard, remaining),
+        move |(mut rx, guard, mut remaining)| {
+            let names = names.clone();
+            async move {
+                loop {
+                    if !follow && remaining.is_empty() {
+                        return None;
+                    }
+                    let next = if follow {
+                        rx.recv().await
+                    } else {
+                        match tokio::time::timeout(LOG_NODE_SILENCE, rx.recv()).await {
+                            Ok(n) => n,
+                            Err(_) => {
+                                tracing::warn!(nodes = ?remaining, "logs: nodes did not answer");
+                                None
+                            }
+                        }
+                    };
+                    match next? {
+                        crate::logs::LogEvent::Line(mut l) => {
+                            if let Some((service, slot)) = names.get(&l.task_id) {
+                                l.service = service.clone();
+                                l.slot = *slot;
+                            }
+                            let mut bytes = serde_json::to_vec(&l).expect("log lines serialize");
+                            bytes.push(b'\n');
+                            return Some((
+                                Ok::<_, std::convert::Infallible>(bytes::Bytes::from(bytes)),
+                                (rx, guard, remaining),
+                            ));
+                        }
+                        crate::logs::LogEvent::NodeDone(n) => {
+                            remaining.remove(&n);
+                        }
+                    }
+                }
+            }
+        },
+    );
+    Ok(Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(axum::body::Body::from_stream(lines))
+        .expect("valid response"))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogSubQuery {
+    node_id: NodeId,
+    session_id: String,
+    wait_ms: Option<u64>,
+}
+
+async fn agent_log_subscriptions(
+    State(m): State<Shared>,
+    Query(q): Query<LogSubQuery>,
+) -> Result<Json<Vec<LogSubscription>>> {
+    let c = cluster(&m).await?;
+    c.dispatcher.touch(&q.node_id, &q.session_id)?;
+    let wait = Duration::from_millis(q.wait_ms.unwrap_or(10_000).min(60_000));
+    Ok(Json(c.logs.wait_pending(&q.node_id, wait).await))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogPublishQuery {
+    node_id: NodeId,
+}
+
+async fn agent_log_publish(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    Query(q): Query<LogPublishQuery>,
+    Body(req): Body<LogPublish>,
+) -> Result<Json<LogPublishResponse>> {
+    let c = cluster(&m).await?;
+    c.dispatcher.touch(&q.node_id, &req.session)?;
+    let active = c.logs.publish(&id, &q.node_id, req.lines, req.done).await;
+    Ok(Json(LogPublishResponse { active }))
 }
 
 async fn agent_register(

@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod dispatcher;
+pub mod logs;
 pub mod manager;
 pub mod orchestrator;
 pub mod raft;

@@ -82,6 +82,8 @@ pub struct Cluster {
     pub raft: RaftHandle,
     /// Agent sessions (used while leading).
     pub dispatcher: Arc<Dispatcher>,
+    /// `service logs` subscriptions in flight.
+    pub logs: Arc<crate::logs::LogBroker>,
 }
 
 /// The manager role of a daemon.
@@ -141,6 +143,7 @@ impl Manager {
             hub,
             raft,
             dispatcher: Arc::new(Dispatcher::new(self.config.dispatcher)),
+            logs: Arc::new(crate::logs::LogBroker::new()),
         });
         tokio::spawn(supervise_leader_loops(
             cluster.clone(),

@@ -121,6 +121,27 @@ pub fn read(path: &Path, tail: Option<usize>) -> io::Result<Vec<LogEntry>> {
     Ok(out)
 }
 
+/// Reads the complete entries written after byte `offset`; returns them and the offset just
+/// past the last one (a line still being written is left for the next read).
+pub fn read_from(path: &Path, offset: u64) -> io::Result<(Vec<LogEntry>, u64)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), offset)),
+        Err(e) => return Err(e),
+    };
+    file.seek(SeekFrom::Start(offset))?;
+    let mut buf = Vec::new();
+    file.read_to_end(&mut buf)?;
+    let complete = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let entries = buf[..complete]
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| serde_json::from_slice(l).ok())
+        .collect();
+    Ok((entries, offset + complete as u64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,5 +163,11 @@ mod tests {
         assert_eq!(all[2].stream, "stderr");
         assert!(all[0].time.ends_with('Z'));
         assert_eq!(read(&p, Some(1)).unwrap()[0].log, "3\n");
+        let (first, at) = read_from(&p, 0).unwrap();
+        assert_eq!(first.len(), 3);
+        w.write("stdout", &["4\n".into()]).unwrap();
+        let (next, _) = read_from(&p, at).unwrap();
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].log, "4\n");
     }
 }
