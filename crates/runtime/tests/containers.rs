@@ -159,6 +159,20 @@ impl Drop for Node {
         for b in self.bundles.lock().unwrap().iter() {
             let _ = Overlay::under(b).unmount();
         }
+        // runc makes the parent in every controller's hierarchy, not only those shoal uses.
+        for base in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let dir = base.path().join(self.cgroup_parent.trim_start_matches('/'));
+            for c in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if c.path().is_dir() {
+                    let _ = std::fs::remove_dir(c.path());
+                }
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
         let _ = Cgroup::at(&self.cgroup_parent).remove(std::time::Duration::from_secs(2));
     }
 }

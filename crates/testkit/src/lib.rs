@@ -180,3 +180,21 @@ pub fn probe_tar(path: &Path) -> io::Result<()> {
     b.append_data(&mut h, "probe", &probe[..])?;
     b.finish()
 }
+
+/// A binary of the workspace (`shoal-runtime`, `shoald`) beside the running test's profile
+/// directory (`target/debug/deps/test-… → target/debug/NAME`); build the workspace's binaries
+/// first (`cargo build --workspace --bins`).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_owned();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}

@@ -1,0 +1,256 @@
+//! A real `shoald` running real containers (built-in runtime), driven through the `shoal` CLI:
+//! stacks of the project's busybox and probe images answer requests, write logs, hit their
+//! memory limit, keep named volumes, are refused when their image is missing, and survive a
+//! SIGKILL of the daemon. Root only: each test says why it skips elsewhere. The harness kills
+//! and removes every container, mount and cgroup when a test ends, also when it fails.
+
+mod common;
+
+use common::{bin, containers_supported, wait_for, Daemon};
+use serde_json::Value;
+use std::process::Command;
+
+fn write_stack(d: &Daemon, name: &str, yaml: &str) -> String {
+    let p = d.dir.path().join(format!("{name}.yml"));
+    std::fs::write(&p, yaml).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+fn deploy(d: &Daemon, name: &str, yaml: &str) {
+    let file = write_stack(d, name, yaml);
+    d.ok(&[
+        "stack",
+        "deploy",
+        "--wait",
+        "--timeout",
+        "60s",
+        "-c",
+        &file,
+        name,
+    ]);
+}
+
+fn running_ids(d: &Daemon, service: &str) -> Vec<String> {
+    let mut ids: Vec<String> = d
+        .tasks(service)
+        .iter()
+        .filter(|t| t["status"]["state"] == "running")
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Runs the host's copy of the probe inside the container's network namespace.
+fn probe_get(pid: i32, path: &str) -> String {
+    let probe = shoal_testkit::probe_binary().unwrap();
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .arg(probe)
+        .args(["get", "127.0.0.1:8080", path])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+const PROBES: &str = r#"
+services:
+  api:
+    image: probe
+    command: ["serve", "8080"]
+    hostname: probe-api
+    environment:
+      ROLE: api
+    deploy:
+      replicas: 2
+"#;
+
+#[test]
+fn a_stack_of_probes_serves_http_and_logs() {
+    if !containers_supported() {
+        return;
+    }
+    let d = Daemon::with_containers(&[]);
+    d.ok(&["cluster", "init"]);
+    d.import_images();
+    deploy(&d, "p", PROBES);
+    let ids = running_ids(&d, "p_api");
+    assert_eq!(ids.len(), 2);
+    for id in &ids {
+        let report: Value =
+            serde_json::from_str(probe_get(d.container_pid(id), "/").trim()).unwrap();
+        assert_eq!(report["hostname"], "probe-api");
+        assert_eq!(report["pid"], 1);
+        assert_eq!(report["env"]["ROLE"], "api");
+    }
+    // Its output is in the service's logs, with the task named.
+    wait_for("the serving line in the logs", || {
+        d.ok(&["service", "logs", "p_api"])
+            .matches("probe: serving on :8080")
+            .count()
+            == 2
+    });
+    let tail = d.ok(&["service", "logs", "--tail", "1", "p_api"]);
+    assert_eq!(tail.lines().count(), 2, "{tail}");
+    assert!(tail.lines().all(|l| l.starts_with("p_api.")), "{tail}");
+    // The image cannot go while containers use it.
+    let out = d.shoal(&["image", "rm", "probe"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in use"),
+        "{out:?}"
+    );
+    d.ok(&["stack", "rm", "p"]);
+    wait_for("containers removed", || d.shims().is_empty());
+    wait_for("container directories removed", || {
+        std::fs::read_dir(d.dir.path().join("data/containers"))
+            .unwrap()
+            .count()
+            == 0
+    });
+    let cg = std::path::Path::new("/sys/fs/cgroup/memory")
+        .join(d.cgroup_parent().trim_start_matches('/'));
+    let left: Vec<_> = std::fs::read_dir(&cg)
+        .map(|r| r.flatten().filter(|e| e.path().is_dir()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "cgroups left: {left:?}");
+    d.ok(&["image", "rm", "probe"]);
+}
+
+#[test]
+fn missing_images_reject_and_the_oom_killer_fails_tasks() {
+    if !containers_supported() {
+        return;
+    }
+    let d = Daemon::with_containers(&[]);
+    d.ok(&["cluster", "init"]);
+    d.import_images();
+    let file = write_stack(
+        &d,
+        "bad",
+        r#"
+services:
+  ghost:
+    image: nope:1
+    deploy:
+      restart_policy: {condition: none}
+  hog:
+    image: probe
+    command: ["alloc", "256", "60"]
+    deploy:
+      restart_policy: {condition: none}
+      resources:
+        limits: {memory: 32M}
+"#,
+    );
+    d.ok(&["stack", "deploy", "-c", &file, "bad"]);
+    wait_for("the ghost task rejected", || {
+        d.tasks("bad_ghost").iter().any(|t| {
+            t["status"]["state"] == "rejected" && t["status"]["err"] == "No such image: nope:1"
+        })
+    });
+    wait_for("the hog task failed", || {
+        d.tasks("bad_hog")
+            .iter()
+            .any(|t| t["status"]["state"] == "failed")
+    });
+    let hog = d.tasks("bad_hog");
+    let err = hog[0]["status"]["err"].as_str().unwrap();
+    assert!(err.contains("OOMKilled"), "{err}");
+    assert_eq!(hog[0]["status"]["exit_code"], 137);
+}
+
+#[test]
+fn a_named_volume_outlives_its_container() {
+    if !containers_supported() {
+        return;
+    }
+    let d = Daemon::with_containers(&[]);
+    d.ok(&["cluster", "init"]);
+    d.import_images();
+    // The first task writes a file and fails; its replacement finds the file and stays up.
+    deploy(
+        &d,
+        "v",
+        r#"
+services:
+  keeper:
+    image: busybox
+    command: ["sh", "-c", "trap 'exit 0' TERM; if [ -f /data/seen ]; then echo found $$(cat /data/seen); while true; do sleep 1; done; else echo first > /data/seen; exit 3; fi"]
+    volumes:
+      - state:/data
+    deploy:
+      restart_policy: {condition: on-failure, delay: 0s}
+volumes:
+  state:
+"#,
+    );
+    wait_for("a replacement running", || {
+        let tasks = d.tasks("v_keeper");
+        tasks.iter().any(|t| t["status"]["state"] == "failed")
+            && tasks.iter().any(|t| t["status"]["state"] == "running")
+    });
+    wait_for("the replacement saw the file", || {
+        d.ok(&["service", "logs", "v_keeper"])
+            .contains("found first")
+    });
+    let vols = d.json(&["volume", "ls"]);
+    assert_eq!(vols[0]["name"], "v_state");
+    assert!(
+        !d.shoal(&["volume", "rm", "v_state"]).status.success(),
+        "in use"
+    );
+    d.ok(&["stack", "rm", "v"]);
+    wait_for("containers removed", || d.shims().is_empty());
+    wait_for("volume unused", || {
+        d.shoal(&["volume", "rm", "v_state"]).status.success()
+    });
+}
+
+#[test]
+fn containers_survive_a_daemon_sigkill_and_are_readopted() {
+    if !containers_supported() {
+        return;
+    }
+    let mut d = Daemon::with_containers(&[]);
+    d.ok(&["cluster", "init"]);
+    d.import_images();
+    deploy(&d, "p", PROBES);
+    let before = running_ids(&d, "p_api");
+    let shims = d.shims();
+    assert_eq!(shims.len(), 2);
+    d.kill9();
+    // The containers run on without the daemon.
+    for id in &before {
+        let pid = d.container_pid(id);
+        assert!(probe_get(pid, "/").contains("probe-api"));
+    }
+    d.spawn();
+    wait_for("the agent back", || {
+        d.shoal(&["service", "ls"]).status.success()
+    });
+    // Re-adopted: the same tasks run, nothing new was started.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(running_ids(&d, "p_api"), before);
+    let mut after = d.shims();
+    after.sort();
+    let mut shims = shims;
+    shims.sort();
+    assert_eq!(after, shims, "no new containers");
+    // An exit after the restart is still seen and acted on.
+    let pid = d.container_pid(&before[0]);
+    probe_get(pid, "/exit/5");
+    wait_for("the exit recorded", || {
+        d.tasks("p_api").iter().any(|t| {
+            t["id"] == before[0].as_str()
+                && t["status"]["state"] == "failed"
+                && t["status"]["exit_code"] == 5
+        })
+    });
+    let _ = bin("shoal-runtime");
+}
