@@ -29,6 +29,8 @@ pub struct OciRuntime {
     pub binary: PathBuf,
     /// Its `--root`.
     pub root: PathBuf,
+    /// Global options given before every command (such as crun's `--cgroup-manager=disabled`).
+    pub global_args: Vec<String>,
 }
 
 /// Finds `name` in PATH (or takes it as a path when it has a `/`).
@@ -58,12 +60,13 @@ impl OciRuntime {
             name: name.to_owned(),
             binary: binary.to_owned(),
             root: root.to_owned(),
+            global_args: Vec::new(),
         }
     }
 
     fn command(&self) -> Command {
         let mut c = Command::new(&self.binary);
-        c.arg("--root").arg(&self.root);
+        c.args(&self.global_args).arg("--root").arg(&self.root);
         c
     }
 
