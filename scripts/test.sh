@@ -4,10 +4,21 @@
 # repository for the stack-file corpus (tests print "skipped" without it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v docker >/dev/null 2>&1; then
-  # `docker stack config` is the reference loader of the differential test (no daemon needed).
-  if [ "$(id -u)" = 0 ]; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null) || echo "docker.io not installed: the differential test will be skipped"
+# What the tests use from Debian: `docker stack config` (the reference loader of the
+# differential stack-file test; no daemon needed), busybox-static (the busybox image), runc (the
+# differential runtime test), skopeo (OCI image layouts), nsenter. Container tests need root;
+# as a user they print "skipped" with the reason.
+if [ "$(id -u)" = 0 ]; then
+  need=()
+  command -v docker >/dev/null 2>&1 || need+=(docker.io)
+  [ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q static || need+=(busybox-static file)
+  command -v runc >/dev/null 2>&1 || need+=(runc)
+  command -v crun >/dev/null 2>&1 || need+=(crun)
+  command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
+  command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
+  if [ ${#need[@]} -gt 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null) \
+      || echo "could not install ${need[*]}: the tests that need them will say they skipped"
   fi
 fi
 export SHOAL_COMPAT_DIR="${SHOAL_COMPAT_DIR:-$(pwd)/../shared/compat}"

@@ -64,6 +64,8 @@ services:
     image: probe
     command: ["serve", "8080"]
     hostname: probe-api
+    # The probe has no SIGTERM handler and is PID 1: TERM does nothing, SIGKILL follows.
+    stop_grace_period: 1s
     environment:
       ROLE: api
     deploy:
