@@ -167,6 +167,41 @@ impl ContainerExecutor {
         let args = spec::process_args(&c.command, &c.args, &run)
             .map_err(|e| ExecError::Rejected(e.to_string()))?;
         std::fs::create_dir_all(&dir).map_err(failed("creating the container directory"))?;
+        // Recorded before anything is mounted: from here on `image rm` and `volume rm` see the
+        // container as a user of its image and volumes.
+        let volume_name = |i: usize, m: &shoal_api::service::Mount| {
+            if m.source.is_empty() {
+                format!("{}-{i}", task.id)
+            } else {
+                m.source.clone()
+            }
+        };
+        let stop_signal = if !c.stop_signal.is_empty() {
+            c.stop_signal.clone()
+        } else if !run.stop_signal.is_empty() {
+            run.stop_signal.clone()
+        } else {
+            "TERM".into()
+        };
+        let meta = ContainerMeta {
+            id: id.clone(),
+            task: task.id.clone(),
+            name: format!("{}.{}.{}", task.service_name, task.slot, task.id.short()),
+            image: c.image.clone(),
+            image_id: image.record.id.clone(),
+            volumes: c
+                .mounts
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.kind == MountKind::Volume)
+                .map(|(i, m)| volume_name(i, m))
+                .collect(),
+            stop_signal: stop_signal.trim_start_matches("SIG").to_owned(),
+            created: shoal_runtime::now_ms(),
+        };
+        let bytes = serde_json::to_vec_pretty(&meta).expect("meta serializes");
+        shoal_runtime::write_atomic(&dir.join("meta.json"), &bytes)
+            .map_err(failed("writing meta.json"))?;
         let overlay = Overlay::under(&dir);
         overlay
             .mount(&self.images.lower_dirs(&image))
@@ -184,20 +219,13 @@ impl ContainerExecutor {
             c.hostname.clone()
         };
         let mut mounts = Vec::new();
-        let mut volumes = Vec::new();
         for (i, m) in c.mounts.iter().enumerate() {
             match m.kind {
                 MountKind::Volume => {
-                    let name = if m.source.is_empty() {
-                        format!("{}-{i}", task.id)
-                    } else {
-                        m.source.clone()
-                    };
                     let v = self
                         .volumes
-                        .ensure(&name, &BTreeMap::new())
+                        .ensure(&volume_name(i, m), &BTreeMap::new())
                         .map_err(|e| ExecError::Rejected(e.to_string()))?;
-                    volumes.push(name);
                     mounts.push(MountInput::Bind {
                         source: v.mountpoint,
                         target: m.target.clone(),
@@ -267,26 +295,6 @@ impl ContainerExecutor {
         let oci = spec::build(&input).map_err(|e| ExecError::Rejected(e.to_string()))?;
         oci.save(dir.join("config.json"))
             .map_err(|e| ExecError::Failed(format!("writing config.json: {e}")))?;
-        let stop_signal = if !c.stop_signal.is_empty() {
-            c.stop_signal.clone()
-        } else if !run.stop_signal.is_empty() {
-            run.stop_signal.clone()
-        } else {
-            "TERM".into()
-        };
-        let meta = ContainerMeta {
-            id: id.clone(),
-            task: task.id.clone(),
-            name: format!("{}.{}.{}", task.service_name, task.slot, task.id.short()),
-            image: c.image.clone(),
-            image_id: image.record.id.clone(),
-            volumes,
-            stop_signal: stop_signal.trim_start_matches("SIG").to_owned(),
-            created: shoal_runtime::now_ms(),
-        };
-        let bytes = serde_json::to_vec_pretty(&meta).expect("meta serializes");
-        shoal_runtime::write_atomic(&dir.join("meta.json"), &bytes)
-            .map_err(failed("writing meta.json"))?;
         Ok(())
     }
 

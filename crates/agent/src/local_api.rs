@@ -16,7 +16,6 @@ use shoal_api::wire::{ErrorBody, ImageInfo, ImageResult, VolumeInfo};
 use shoal_runtime::image::{Image, ImageError, ImageRecord, ImportOptions};
 use shoal_runtime::volume::{Volume, VolumeError};
 use std::collections::HashMap;
-use std::io::Write;
 
 /// An error of the node API.
 #[derive(Debug)]
@@ -155,7 +154,7 @@ async fn image_remove(
 async fn image_import(
     State(exec): State<ContainerExecutor>,
     Query(q): Query<Vec<(String, String)>>,
-    body: bytes::Bytes,
+    body: axum::body::Body,
 ) -> Result<Json<ImageResult>> {
     let tag = q.iter().find(|(k, _)| k == "tag").map(|(_, v)| v.clone());
     let changes: Vec<String> = q
@@ -163,14 +162,27 @@ async fn image_import(
         .filter(|(k, _)| k == "change")
         .map(|(_, v)| v.clone())
         .collect();
+    // The archive streams to a file in the store's tmp directory, never whole in memory.
+    let tmp_dir = exec.images().root().join("tmp");
+    let file = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(internal)?;
+    let (std_file, path) = file.into_parts();
+    let mut out = tokio::fs::File::from_std(std_file);
+    let mut stream = body.into_data_stream();
+    use futures::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            LocalError(StatusCode::BAD_REQUEST, format!("reading the archive: {e}"))
+        })?;
+        out.write_all(&chunk).await.map_err(internal)?;
+    }
+    out.flush().await.map_err(internal)?;
+    drop(out);
     blocking(move || {
-        let tmp_dir = exec.images().root().join("tmp");
-        let mut file = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(internal)?;
-        file.write_all(&body).map_err(internal)?;
-        file.flush().map_err(internal)?;
+        let file = path;
         let records = exec
             .images()
-            .import(file.path(), &ImportOptions { tag, changes })?;
+            .import(&file, &ImportOptions { tag, changes })?;
         let images = records
             .iter()
             .map(|r| {

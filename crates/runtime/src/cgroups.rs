@@ -23,7 +23,11 @@ pub enum Mode {
 
 /// The host's mode: v2 only when /sys/fs/cgroup itself is the unified hierarchy.
 pub fn mode() -> Mode {
-    if Path::new(ROOT).join("cgroup.controllers").exists() {
+    mode_at(Path::new(ROOT))
+}
+
+fn mode_at(root: &Path) -> Mode {
+    if root.join("cgroup.controllers").exists() {
         Mode::V2
     } else {
         Mode::V1
@@ -46,6 +50,7 @@ pub struct Limits {
 /// One container's cgroup.
 #[derive(Debug, Clone)]
 pub struct Cgroup {
+    root: PathBuf,
     mode: Mode,
     /// Leaf directories: one per controller (v1) or one (v2).
     dirs: Vec<PathBuf>,
@@ -63,18 +68,27 @@ fn write(path: &Path, value: &str) -> io::Result<()> {
 impl Cgroup {
     /// The cgroup at `path` (relative to the hierarchy root, e.g. `/shoal/abc`), not created.
     pub fn at(path: &str) -> Cgroup {
+        Cgroup::at_root(Path::new(ROOT), path)
+    }
+
+    /// The same under another cgroup mount point (tests use a plain directory).
+    pub fn at_root(root: &Path, path: &str) -> Cgroup {
         let rel = path.trim_start_matches('/');
-        let mode = mode();
+        let mode = mode_at(root);
         let dirs = match mode {
-            Mode::V2 => vec![Path::new(ROOT).join(rel)],
+            Mode::V2 => vec![root.join(rel)],
             Mode::V1 => V1_CONTROLLERS
                 .iter()
-                .map(|c| Path::new(ROOT).join(c))
+                .map(|c| root.join(c))
                 .filter(|d| d.exists())
                 .map(|d| d.join(rel))
                 .collect(),
         };
-        Cgroup { mode, dirs }
+        Cgroup {
+            root: root.to_owned(),
+            mode,
+            dirs,
+        }
     }
 
     /// Its mode.
@@ -86,7 +100,7 @@ impl Cgroup {
         match self.mode {
             Mode::V2 => self.dirs.first(),
             Mode::V1 => self.dirs.iter().find(|d| {
-                d.strip_prefix(ROOT)
+                d.strip_prefix(&self.root)
                     .is_ok_and(|r| r.starts_with(controller))
             }),
         }
@@ -94,9 +108,14 @@ impl Cgroup {
 
     /// Creates the cgroup and applies `limits`.
     pub fn create(path: &str, limits: &Limits) -> io::Result<Cgroup> {
-        let cg = Cgroup::at(path);
+        Cgroup::create_at(Path::new(ROOT), path, limits)
+    }
+
+    /// The same under another cgroup mount point.
+    pub fn create_at(root: &Path, path: &str, limits: &Limits) -> io::Result<Cgroup> {
+        let cg = Cgroup::at_root(root, path);
         if cg.mode == Mode::V2 {
-            enable_v2_controllers(&cg.dirs[0])?;
+            enable_v2_controllers(root, &cg.dirs[0])?;
         }
         for d in &cg.dirs {
             std::fs::create_dir_all(d)
@@ -225,14 +244,14 @@ impl Cgroup {
 }
 
 /// Enables memory, cpu and pids in every ancestor's `cgroup.subtree_control` down to `leaf`.
-fn enable_v2_controllers(leaf: &Path) -> io::Result<()> {
-    let available = std::fs::read_to_string(Path::new(ROOT).join("cgroup.controllers"))?;
+fn enable_v2_controllers(root: &Path, leaf: &Path) -> io::Result<()> {
+    let available = std::fs::read_to_string(root.join("cgroup.controllers"))?;
     let wanted: Vec<&str> = ["memory", "cpu", "pids"]
         .into_iter()
         .filter(|c| available.split_whitespace().any(|a| a == *c))
         .collect();
-    let rel = leaf.strip_prefix(ROOT).unwrap_or(leaf);
-    let mut dir = PathBuf::from(ROOT);
+    let rel = leaf.strip_prefix(root).unwrap_or(leaf);
+    let mut dir = root.to_owned();
     let parents: Vec<_> = rel.components().collect();
     for (i, c) in parents.iter().enumerate() {
         if i + 1 == parents.len() {
@@ -249,4 +268,73 @@ fn enable_v2_controllers(leaf: &Path) -> io::Result<()> {
         let _ = std::fs::write(dir.join("cgroup.subtree_control"), format!("+{w}"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(p: &Path) -> String {
+        std::fs::read_to_string(p).unwrap_or_default()
+    }
+
+    /// A directory laid out like a cgroup v2 mount (plain files stand in for the kernel's).
+    #[test]
+    fn v2_enables_controllers_down_the_tree_and_writes_limits() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::write(
+            root.join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        let limits = Limits {
+            memory: Some(64 << 20),
+            cpu: Some((50_000, 100_000)),
+            pids: Some(20),
+            devices: vec![(false, "a *:* rwm".into())],
+        };
+        let cg = Cgroup::create_at(root, "/shoal/c1", &limits).unwrap();
+        assert_eq!(cg.mode(), Mode::V2);
+        assert_eq!(read(&root.join("cgroup.subtree_control")), "+pids");
+        assert_eq!(read(&root.join("shoal/cgroup.subtree_control")), "+pids");
+        let leaf = root.join("shoal/c1");
+        assert_eq!(read(&leaf.join("memory.max")), (64u64 << 20).to_string());
+        assert_eq!(read(&leaf.join("cpu.max")), "50000 100000");
+        assert_eq!(read(&leaf.join("pids.max")), "20");
+        std::fs::write(leaf.join("memory.events"), "oom 1\noom_kill 2\n").unwrap();
+        assert_eq!(cg.oom_kills(), 2);
+    }
+
+    #[test]
+    fn v1_writes_each_controller() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        for c in ["memory", "cpu", "pids", "devices"] {
+            std::fs::create_dir_all(root.join(c)).unwrap();
+        }
+        let limits = Limits {
+            memory: Some(1 << 20),
+            cpu: Some((10_000, 100_000)),
+            pids: Some(5),
+            devices: vec![(false, "a *:* rwm".into()), (true, "c 1:3 rwm".into())],
+        };
+        let cg = Cgroup::create_at(root, "/shoal/c1", &limits).unwrap();
+        assert_eq!(cg.mode(), Mode::V1);
+        assert_eq!(
+            read(&root.join("memory/shoal/c1/memory.limit_in_bytes")),
+            "1048576"
+        );
+        assert_eq!(read(&root.join("cpu/shoal/c1/cpu.cfs_quota_us")), "10000");
+        assert_eq!(read(&root.join("pids/shoal/c1/pids.max")), "5");
+        // The last rule written is what a plain file keeps.
+        assert_eq!(
+            read(&root.join("devices/shoal/c1/devices.allow")),
+            "c 1:3 rwm"
+        );
+        assert!(
+            !root.join("freezer").exists(),
+            "controllers the host lacks are skipped"
+        );
+    }
 }
