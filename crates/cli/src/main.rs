@@ -673,14 +673,6 @@ fn query(s: &str) -> String {
 async fn image(c: &Client, cmd: ImageCmd, json: bool) -> Result<()> {
     match cmd {
         ImageCmd::Import { file, tag, change } => {
-            let bytes = if file == "-" {
-                let mut b = Vec::new();
-                std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
-                    .context("reading stdin")?;
-                b
-            } else {
-                std::fs::read(&file).with_context(|| format!("reading {file}"))?
-            };
             let mut path = "/v1/images/import?".to_owned();
             if let Some(t) = &tag {
                 path.push_str(&format!("tag={}&", query(t)));
@@ -688,7 +680,17 @@ async fn image(c: &Client, cmd: ImageCmd, json: bool) -> Result<()> {
             for ch in &change {
                 path.push_str(&format!("change={}&", query(ch)));
             }
-            let r: ImageResult = c.upload(&path, bytes).await?;
+            let r: ImageResult = if file == "-" {
+                let mut b = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
+                    .context("reading stdin")?;
+                c.upload(&path, b).await?
+            } else {
+                let f = tokio::fs::File::open(&file)
+                    .await
+                    .with_context(|| format!("opening {file}"))?;
+                c.upload_file(&path, f).await?
+            };
             if json {
                 return print_json(&r);
             }

@@ -3,7 +3,8 @@
 //! same way whether the manager runs on its host or elsewhere.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
@@ -125,6 +126,18 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<hyper::Response<Incoming>, ClientError> {
+        let body = Full::new(Bytes::from(body.unwrap_or_default()))
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        self.send_body(method, path, body).await
+    }
+
+    async fn send_body(
+        &self,
+        method: Method,
+        path: &str,
+        body: UnsyncBoxBody<Bytes, std::io::Error>,
+    ) -> Result<hyper::Response<Incoming>, ClientError> {
         let endpoint = self.endpoint.to_string();
         let transport = |e: &dyn fmt::Display| ClientError::Transport {
             endpoint: endpoint.clone(),
@@ -135,7 +148,7 @@ impl Client {
             .uri(path)
             .header("host", "shoal")
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .body(body)
             .map_err(|e| transport(&e))?;
         macro_rules! exchange {
             ($stream:expr) => {{
@@ -218,6 +231,36 @@ impl Client {
         body: Vec<u8>,
     ) -> Result<R, ClientError> {
         let resp = self.send(Method::POST, path, Some(body)).await?;
+        self.decode(resp).await
+    }
+
+    /// POST a file's bytes as they are read (an archive of any size) and decode the answer.
+    pub async fn upload_file<R: DeserializeOwned>(
+        &self,
+        path: &str,
+        file: tokio::fs::File,
+    ) -> Result<R, ClientError> {
+        let chunks = futures::stream::unfold(file, |mut f| async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = vec![0u8; 256 * 1024];
+            match f.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(hyper::body::Frame::data(Bytes::from(buf))), f))
+                }
+                Err(e) => Some((Err(e), f)),
+            }
+        });
+        let body = BodyExt::boxed_unsync(StreamBody::new(chunks));
+        let resp = self.send_body(Method::POST, path, body).await?;
+        self.decode(resp).await
+    }
+
+    async fn decode<R: DeserializeOwned>(
+        &self,
+        resp: hyper::Response<Incoming>,
+    ) -> Result<R, ClientError> {
         let endpoint = self.endpoint.to_string();
         let bytes = resp
             .into_body()
