@@ -157,6 +157,10 @@ async fn image_import(
     body: axum::body::Body,
 ) -> Result<Json<ImageResult>> {
     let tag = q.iter().find(|(k, _)| k == "tag").map(|(_, v)| v.clone());
+    let source_name = q
+        .iter()
+        .find(|(k, _)| k == "source")
+        .map(|(_, v)| v.clone());
     let changes: Vec<String> = q
         .iter()
         .filter(|(k, _)| k == "change")
@@ -180,9 +184,14 @@ async fn image_import(
     drop(out);
     blocking(move || {
         let file = path;
-        let records = exec
-            .images()
-            .import(&file, &ImportOptions { tag, changes })?;
+        let records = exec.images().import(
+            &file,
+            &ImportOptions {
+                tag,
+                changes,
+                source_name,
+            },
+        )?;
         let images = records
             .iter()
             .map(|r| {

@@ -48,6 +48,7 @@ impl Node {
                 &ImportOptions {
                     tag: Some("busybox".into()),
                     changes: vec![],
+                    source_name: None,
                 },
             )
             .unwrap();

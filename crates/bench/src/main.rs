@@ -325,6 +325,7 @@ fn runtime_bench() {
             &shoal_runtime::image::ImportOptions {
                 tag: Some("busybox".into()),
                 changes: vec![],
+                source_name: None,
             },
         )
         .expect("import");

@@ -673,7 +673,7 @@ fn query(s: &str) -> String {
 async fn image(c: &Client, cmd: ImageCmd, json: bool) -> Result<()> {
     match cmd {
         ImageCmd::Import { file, tag, change } => {
-            let mut path = "/v1/images/import?".to_owned();
+            let mut path = format!("/v1/images/import?source={}&", query(&file));
             if let Some(t) = &tag {
                 path.push_str(&format!("tag={}&", query(t)));
             }

@@ -132,6 +132,18 @@ fn missing_images_reject_and_the_oom_killer_fails_tasks() {
     let d = Daemon::with_containers(&[]);
     d.ok(&["cluster", "init"]);
     d.import_images();
+    // A file that is no image archive is refused with its name, and nothing changes.
+    let before = d.ok(&["image", "ls"]);
+    let junk = d.dir.path().join("junk.tar");
+    std::fs::write(&junk, "not an archive").unwrap();
+    let out = d.shoal(&["image", "import", junk.to_str().unwrap(), "--tag", "junk"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("junk.tar") && err.contains("not a tar archive"),
+        "{err}"
+    );
+    assert_eq!(d.ok(&["image", "ls"]), before);
     let file = write_stack(
         &d,
         "bad",

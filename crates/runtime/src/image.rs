@@ -273,6 +273,8 @@ pub struct ImportOptions {
     /// Dockerfile instructions applied to the config of a root-filesystem tarball: `CMD`,
     /// `ENTRYPOINT`, `ENV`, `WORKDIR`, `USER`, `LABEL`, `STOPSIGNAL`.
     pub changes: Vec<String>,
+    /// How messages name the archive (the user's file name when the store reads a copy).
+    pub source_name: Option<String>,
 }
 
 /// Turns a user's reference into the form tags are stored in: `name:tag`, with docker.io's
@@ -515,7 +517,11 @@ impl ImageStore {
             .tempdir_in(self.root.join("tmp"))
             .map_err(io_err("creating a staging directory"))?;
         let before = self.read_index()?;
-        let result = self.import_staged(file, tag, options, staging.path());
+        let name = options
+            .source_name
+            .clone()
+            .unwrap_or_else(|| file.display().to_string());
+        let result = self.import_staged(file, &name, tag, options, staging.path());
         if result.is_err() {
             // Whatever the failed import wrote is referenced by no image.
             self.collect_garbage(&before);
@@ -527,40 +533,38 @@ impl ImageStore {
     fn import_staged(
         &self,
         file: &Path,
+        name: &str,
         tag: Option<String>,
         options: &ImportOptions,
         staging: &Path,
     ) -> Result<Vec<ImageRecord>, ImageError> {
-        let names = archive_names(file)?;
+        let names = archive_names(file, name)?;
         let top = |n: &str| names.iter().any(|x| x.trim_start_matches("./") == n);
         let found = if top("oci-layout") && top("index.json") {
-            extract(file, staging)?;
+            extract(file, name, staging)?;
             self.import_oci_layout(staging)?
         } else if top("manifest.json") && !names.iter().any(|n| is_rootfs_marker(n)) {
-            extract(file, staging)?;
+            extract(file, name, staging)?;
             self.import_docker_save(staging)?
         } else {
             let Some(tag) = tag.clone() else {
                 return Err(ImageError::BadArchive(format!(
                     "{} is a root-filesystem tarball: give the image a name with --tag",
-                    file.display()
+                    name
                 )));
             };
             vec![(
-                self.import_rootfs(file, &options.changes, staging)?,
+                self.import_rootfs(file, name, &options.changes, staging)?,
                 vec![tag],
             )]
         };
         if found.is_empty() {
-            return Err(ImageError::BadArchive(format!(
-                "{} holds no image",
-                file.display()
-            )));
+            return Err(ImageError::BadArchive(format!("{} holds no image", name)));
         }
         if tag.is_some() && found.len() > 1 {
             return Err(ImageError::BadArchive(format!(
                 "{} holds {} images: --tag names one",
-                file.display(),
+                name,
                 found.len()
             )));
         }
@@ -700,6 +704,7 @@ impl ImageStore {
     fn import_rootfs(
         &self,
         file: &Path,
+        name: &str,
         changes: &[String],
         staging: &Path,
     ) -> Result<ImageRecord, ImageError> {
@@ -710,14 +715,14 @@ impl ImageStore {
         for c in changes {
             apply_change(&mut run, c)?;
         }
-        let mut f = File::open(file).map_err(io_err(format!("opening {}", file.display())))?;
+        let mut f = File::open(file).map_err(io_err(format!("opening {name}")))?;
         let gzip = {
             let mut magic = [0u8; 2];
             let n = f.read(&mut magic).map_err(io_err("reading"))?;
             n == 2 && magic == [0x1f, 0x8b]
         };
-        let mut f = File::open(file).map_err(io_err(format!("opening {}", file.display())))?;
-        let what = format!("{}", file.display());
+        let mut f = File::open(file).map_err(io_err(format!("opening {name}")))?;
+        let what = name.to_owned();
         let (blob, size) = self.put_blob(&mut f, None, &what)?;
         let diff_id = self.unpack_layer(&blob, None, &what, staging)?;
         let config = ImageConfig {
@@ -1006,15 +1011,13 @@ fn inside(dir: &Path, rel: &str) -> Result<PathBuf, ImageError> {
 }
 
 /// Names of the entries of a (maybe gzip) tar archive.
-fn archive_names(file: &Path) -> Result<Vec<String>, ImageError> {
-    let f = File::open(file).map_err(io_err(format!("opening {}", file.display())))?;
-    let reader = layer::decompressed(BufReader::new(f))
-        .map_err(io_err(format!("reading {}", file.display())))?;
+fn archive_names(file: &Path, name: &str) -> Result<Vec<String>, ImageError> {
+    let f = File::open(file).map_err(io_err(format!("opening {}", name)))?;
+    let reader =
+        layer::decompressed(BufReader::new(f)).map_err(io_err(format!("reading {}", name)))?;
     let mut archive = tar::Archive::new(reader);
     let mut names = Vec::new();
-    let bad = |e: io::Error| {
-        ImageError::BadArchive(format!("{} is not a tar archive: {e}", file.display()))
-    };
+    let bad = |e: io::Error| ImageError::BadArchive(format!("{} is not a tar archive: {e}", name));
     for entry in archive.entries().map_err(bad)? {
         let entry = entry.map_err(bad)?;
         names.push(entry.path().map_err(bad)?.to_string_lossy().into_owned());
@@ -1022,21 +1025,21 @@ fn archive_names(file: &Path) -> Result<Vec<String>, ImageError> {
     if names.is_empty() {
         return Err(ImageError::BadArchive(format!(
             "{} is empty or not a tar archive",
-            file.display()
+            name
         )));
     }
     Ok(names)
 }
 
 /// Extracts an image archive (regular files, directories, symlinks) into `dir`.
-fn extract(file: &Path, dir: &Path) -> Result<(), ImageError> {
-    let f = File::open(file).map_err(io_err(format!("opening {}", file.display())))?;
-    let reader = layer::decompressed(BufReader::new(f))
-        .map_err(io_err(format!("reading {}", file.display())))?;
+fn extract(file: &Path, name: &str, dir: &Path) -> Result<(), ImageError> {
+    let f = File::open(file).map_err(io_err(format!("opening {}", name)))?;
+    let reader =
+        layer::decompressed(BufReader::new(f)).map_err(io_err(format!("reading {}", name)))?;
     let mut archive = tar::Archive::new(reader);
     archive
         .unpack(dir)
-        .map_err(|e| ImageError::BadArchive(format!("{}: {}", file.display(), layer::describe(&e))))
+        .map_err(|e| ImageError::BadArchive(format!("{}: {}", name, layer::describe(&e))))
 }
 
 fn note_size(staging: &Path, diff: &Digest, size: u64) {

@@ -49,6 +49,7 @@ impl Node {
                     &ImportOptions {
                         tag: Some(name.into()),
                         changes: vec![],
+                        source_name: None,
                     },
                 )
                 .unwrap();

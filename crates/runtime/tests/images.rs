@@ -119,6 +119,7 @@ fn rootfs_tarballs_need_a_tag_and_take_changes() {
             &ImportOptions {
                 tag: Some("app:1".into()),
                 changes: vec![r#"CMD ["/bin/app"]"#.into(), "ENV MODE=prod".into()],
+                source_name: None,
             },
         )
         .unwrap();
@@ -139,6 +140,7 @@ fn rootfs_tarballs_need_a_tag_and_take_changes() {
             &ImportOptions {
                 tag: Some("app:1".into()),
                 changes: vec![r#"CMD ["/bin/app"]"#.into(), "ENV MODE=prod".into()],
+                source_name: None,
             },
         )
         .unwrap();
@@ -211,6 +213,7 @@ fn bad_archives_are_refused_and_leave_the_store_as_it_was() {
             &ImportOptions {
                 tag: Some("x".into()),
                 changes: vec![],
+                source_name: None,
             },
         )
         .unwrap_err();
