@@ -226,6 +226,13 @@ impl ContainerExecutor {
                         .volumes
                         .ensure(&volume_name(i, m), &BTreeMap::new())
                         .map_err(|e| ExecError::Rejected(e.to_string()))?;
+                    // As Docker: a new (empty) volume starts with the image's files there.
+                    let inside =
+                        shoal_runtime::linux::secure_join(&overlay.merged, Path::new(&m.target))
+                            .map_err(failed("resolving the volume's mount point"))?;
+                    self.volumes
+                        .populate(&v, &inside)
+                        .map_err(failed("copying the image's files into the volume"))?;
                     mounts.push(MountInput::Bind {
                         source: v.mountpoint,
                         target: m.target.clone(),
@@ -301,6 +308,13 @@ impl ContainerExecutor {
     /// Removes what [`prepare`](Self::prepare) made (and the runtime's state, if any). Blocking.
     fn cleanup(&self, id: &str) -> Result<(), ExecError> {
         let dir = self.dir(id);
+        let anonymous: Vec<String> = self
+            .meta(id)
+            .map(|m| m.volumes)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|v| v.starts_with(&format!("{id}-")))
+            .collect();
         if let Err(e) = self.config.runtime.delete(id, true) {
             if !e.message.contains("does not exist") && !e.message.contains("not exist") {
                 tracing::debug!(container = id, error = %e, "runtime delete");
@@ -310,10 +324,17 @@ impl ContainerExecutor {
             .unmount()
             .map_err(failed("unmounting the root filesystem"))?;
         match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(failed("removing the container directory")(e)),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(failed("removing the container directory")(e)),
         }
+        // Anonymous volumes go with their container, as Swarm removes its tasks' containers.
+        for v in anonymous {
+            if let Err(e) = self.volumes.remove(&v, &[]) {
+                tracing::warn!(container = id, volume = %v, error = %e, "anonymous volume not removed");
+            }
+        }
+        Ok(())
     }
 
     fn meta(&self, id: &str) -> Option<ContainerMeta> {

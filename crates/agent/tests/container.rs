@@ -237,3 +237,42 @@ async fn a_new_executor_readopts_running_containers() {
     assert_eq!(log[0].log, "up\n");
     again.remove(&c).unwrap();
 }
+
+#[tokio::test]
+async fn volumes_start_with_the_image_files_and_anonymous_ones_go_with_the_container() {
+    let Some(node) = Node::new() else { return };
+    let volume = |source: &str, target: &str| Mount {
+        kind: MountKind::Volume,
+        source: source.into(),
+        target: target.into(),
+        read_only: false,
+        tmpfs_size: None,
+    };
+    let spec = ContainerSpec {
+        mounts: vec![volume("", "/etc"), volume("kept", "/var")],
+        ..sh("head -1 /etc/passwd; ls /var")
+    };
+    let t = task(40, spec);
+    let c = node.exec.start(&t).await.unwrap();
+    assert_eq!(node.exec.wait(&c).await.unwrap(), 0);
+    let log = shoal_runtime::logs::read(&node.exec.log_file(&t.id), None).unwrap();
+    let out: Vec<&str> = log.iter().map(|e| e.log.as_str()).collect();
+    assert_eq!(
+        out,
+        ["root:x:0:0:root:/root:/bin/sh\n", "www\n"],
+        "copied from the image"
+    );
+    let names = |e: &ContainerExecutor| -> Vec<String> {
+        e.volumes().list().into_iter().map(|v| v.name).collect()
+    };
+    assert_eq!(
+        names(&node.exec),
+        [format!("{}-0", t.id), "kept".to_string()]
+    );
+    node.exec.remove(&c).unwrap();
+    assert_eq!(
+        names(&node.exec),
+        ["kept"],
+        "the anonymous volume went with its container"
+    );
+}

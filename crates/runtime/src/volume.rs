@@ -119,6 +119,24 @@ impl VolumeStore {
         })
     }
 
+    /// Fills an empty volume with what the image has at its mount point, as Docker does when
+    /// a volume is first mounted; returns whether it copied anything.
+    pub fn populate(&self, volume: &Volume, from: &Path) -> io::Result<bool> {
+        let io_err =
+            |e: io::Error| io::Error::new(e.kind(), format!("volume {}: {e}", volume.name));
+        let empty = std::fs::read_dir(&volume.mountpoint)
+            .map_err(io_err)?
+            .next()
+            .is_none();
+        if !empty || !from.is_dir() {
+            return Ok(false);
+        }
+        copy_tree(from, &volume.mountpoint).map_err(io_err)?;
+        let meta = std::fs::metadata(from)?;
+        copy_owner_and_mode(&meta, &volume.mountpoint)?;
+        Ok(true)
+    }
+
     /// Every volume, by name.
     pub fn list(&self) -> Vec<Volume> {
         let mut out: Vec<Volume> = std::fs::read_dir(&self.root)
@@ -147,6 +165,48 @@ impl VolumeStore {
     }
 }
 
+fn copy_owner_and_mode(meta: &std::fs::Metadata, dst: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if nix::unistd::geteuid().is_root() {
+        nix::unistd::chown(
+            dst,
+            Some(nix::unistd::Uid::from_raw(meta.uid())),
+            Some(nix::unistd::Gid::from_raw(meta.gid())),
+        )?;
+    }
+    std::fs::set_permissions(dst, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+}
+
+/// Copies directories, files and symlinks (with owners and modes) from `src` into `dst`.
+fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    for entry in std::fs::read_dir(src)? {
+        let entry = entry?;
+        let from = entry.path();
+        let to = dst.join(entry.file_name());
+        let meta = std::fs::symlink_metadata(&from)?;
+        let kind = meta.file_type();
+        if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;
+            if nix::unistd::geteuid().is_root() {
+                let _ = std::os::unix::fs::lchown(&to, Some(meta.uid()), Some(meta.gid()));
+            }
+            continue;
+        }
+        if kind.is_dir() {
+            std::fs::create_dir(&to)?;
+            copy_tree(&from, &to)?;
+        } else if kind.is_file() {
+            std::fs::copy(&from, &to)?;
+        } else {
+            // Device nodes, fifos and sockets are not copied into volumes.
+            continue;
+        }
+        copy_owner_and_mode(&meta, &to)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,5 +231,30 @@ mod tests {
             s.ensure("../x", &BTreeMap::new()),
             Err(VolumeError::BadName(_))
         ));
+    }
+
+    #[test]
+    fn an_empty_volume_takes_the_image_content_once() {
+        let d = tempfile::tempdir().unwrap();
+        let s = VolumeStore::open(&d.path().join("vols")).unwrap();
+        let image = d.path().join("image/srv");
+        std::fs::create_dir_all(image.join("sub")).unwrap();
+        std::fs::write(image.join("sub/conf"), "default").unwrap();
+        std::os::unix::fs::symlink("sub/conf", image.join("link")).unwrap();
+        let v = s.ensure("data", &BTreeMap::new()).unwrap();
+        assert!(s.populate(&v, &image).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(v.mountpoint.join("link")).unwrap(),
+            "default"
+        );
+        std::fs::write(v.mountpoint.join("sub/conf"), "changed").unwrap();
+        assert!(
+            !s.populate(&v, &image).unwrap(),
+            "a volume with data is left alone"
+        );
+        assert_eq!(
+            std::fs::read_to_string(v.mountpoint.join("sub/conf")).unwrap(),
+            "changed"
+        );
     }
 }
