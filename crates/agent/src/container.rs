@@ -439,6 +439,10 @@ impl Executor for ContainerExecutor {
         "container"
     }
 
+    fn describe(&self) -> String {
+        format!("container ({})", self.config.runtime.name)
+    }
+
     fn observe(&self, task: &TaskId) -> Observed {
         let id = task.to_string();
         if self.meta(&id).is_none() {

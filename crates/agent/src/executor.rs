@@ -58,6 +58,10 @@ pub enum Observed {
 pub trait Executor: Send + Sync + 'static {
     /// Its name, reported with the node (`simulated`, `builtin`, `runc`).
     fn name(&self) -> &'static str;
+    /// How the node reports it (`container (runc)`); the name by default.
+    fn describe(&self) -> String {
+        self.name().to_owned()
+    }
     /// What runs for `task`.
     fn observe(&self, task: &TaskId) -> Observed;
     /// Creates and starts the task's container; returns its id.

@@ -110,7 +110,7 @@ impl Agent {
             .ok()
             .and_then(|s| s.trim().parse().ok());
         let mut description = self.config.description.clone();
-        description.executor = self.executor.name().to_owned();
+        description.executor = self.executor.describe();
         let req = RegisterRequest {
             node_id: known,
             join_token: self.config.join_token.clone(),
