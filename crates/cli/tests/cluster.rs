@@ -241,3 +241,134 @@ fn a_node_that_stops_heartbeating_is_marked_down_and_its_tasks_replaced() {
         vec!["orphaned", "orphaned"]
     );
 }
+
+#[test]
+fn service_logs_gather_lines_from_every_node() {
+    let d = Daemon::start();
+    d.ok(&["cluster", "init"]);
+    wait_for("the local node", || {
+        d.json(&["node", "ls"]).as_array().unwrap().len() == 1
+    });
+    let token = d.json(&["cluster", "info"])["worker_join_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A second node, played by this test: it heartbeats and answers log subscriptions for its
+    // tasks with a line each, as an agent does.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = d.client();
+    let reg: RegisterResponse = rt
+        .block_on(client.post(
+            "/v1/dispatcher/register",
+            &RegisterRequest {
+                node_id: None,
+                join_token: token,
+                description: NodeDescription {
+                    hostname: "remote".into(),
+                    os: "linux".into(),
+                    arch: "amd64".into(),
+                    ..Default::default()
+                },
+                addr: String::new(),
+                manager: false,
+            },
+        ))
+        .unwrap();
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let agent = {
+        let running = running.clone();
+        let client = client.clone();
+        let reg = reg.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async move {
+                let hb = Heartbeat {
+                    node_id: reg.node_id.clone(),
+                    session_id: reg.session_id.clone(),
+                };
+                let beat_client = client.clone();
+                let beat_running = running.clone();
+                tokio::spawn(async move {
+                    while beat_running.load(std::sync::atomic::Ordering::SeqCst) {
+                        let _: Result<HeartbeatResponse, _> =
+                            beat_client.post("/v1/dispatcher/heartbeat", &hb).await;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                });
+                while running.load(std::sync::atomic::Ordering::SeqCst) {
+                    let path = format!(
+                        "/v1/dispatcher/logs?node_id={}&session_id={}&wait_ms=200",
+                        reg.node_id, reg.session_id
+                    );
+                    let Ok(subs) = client.get::<Vec<LogSubscription>>(&path).await else {
+                        return;
+                    };
+                    for sub in subs {
+                        let lines = sub
+                            .tasks
+                            .iter()
+                            .map(|t| LogLine {
+                                task_id: t.clone(),
+                                service: String::new(),
+                                slot: 0,
+                                node_id: reg.node_id.clone(),
+                                stream: "stdout".into(),
+                                time: "2026-11-22T00:00:00.000000000Z".into(),
+                                line: format!("hello from {t}\n"),
+                            })
+                            .collect();
+                        let body = LogPublish {
+                            session: reg.session_id.clone(),
+                            lines,
+                            done: true,
+                        };
+                        let _: LogPublishResponse = client
+                            .post(
+                                &format!("/v1/dispatcher/logs/{}?node_id={}", sub.id, reg.node_id),
+                                &body,
+                            )
+                            .await
+                            .unwrap();
+                    }
+                }
+            });
+        })
+    };
+    let stack = d.dir.path().join("spread.yml");
+    std::fs::write(
+        &stack,
+        "services:\n  app:\n    image: x\n    deploy:\n      replicas: 4\n",
+    )
+    .unwrap();
+    d.ok(&["stack", "deploy", "-c", stack.to_str().unwrap(), "s"]);
+    let remote = reg.node_id.to_string();
+    wait_for("tasks placed on both nodes", || {
+        d.tasks("s_app")
+            .iter()
+            .filter(|t| t["node_id"] == remote.as_str())
+            .count()
+            == 2
+    });
+    let remote_tasks: Vec<String> = d
+        .tasks("s_app")
+        .iter()
+        .filter(|t| t["node_id"] == remote.as_str())
+        .map(|t| t["id"].as_str().unwrap().to_owned())
+        .collect();
+    // Both nodes answer (the local one has no output: its executor is simulated), and the
+    // command ends once they have.
+    let out = d.ok(&["service", "logs", "s_app"]);
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort();
+    assert_eq!(lines.len(), 2, "{out}");
+    for task in &remote_tasks {
+        let line = lines
+            .iter()
+            .find(|l| l.ends_with(&format!("| hello from {task}")))
+            .unwrap_or_else(|| panic!("no line from {task}: {out}"));
+        assert!(line.starts_with("s_app."), "{line}");
+        assert!(line.contains(&format!(".{}@remote", &task[..12])), "{line}");
+    }
+    running.store(false, std::sync::atomic::Ordering::SeqCst);
+    agent.join().unwrap();
+}
