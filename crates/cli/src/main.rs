@@ -831,10 +831,15 @@ async fn logs(
             continue;
         }
         let text = if prefix {
+            // Global tasks have no slot: docker names them by node.
+            let slot = if l.slot == 0 {
+                l.node_id.short().to_owned()
+            } else {
+                l.slot.to_string()
+            };
             format!(
-                "{}.{}.{}@{}    | {}",
+                "{}.{slot}.{}@{}    | {}",
                 l.service,
-                l.slot,
                 l.task_id.short(),
                 host(&l.node_id),
                 l.line
