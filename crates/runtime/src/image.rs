@@ -672,6 +672,21 @@ impl ImageStore {
     ) -> Result<Digest, ImageError> {
         if let Some(e) = expected {
             if self.layer_dir(e).exists() {
+                // Already unpacked: the archive's copy must still be the same layer.
+                let file =
+                    File::open(self.blob_path(blob)).map_err(io_err(format!("opening {what}")))?;
+                let plain = layer::decompressed(BufReader::new(file))
+                    .map_err(io_err(format!("reading {what}")))?;
+                let (actual, _) = crate::digest::HashingReader::new(plain)
+                    .finish()
+                    .map_err(|e| ImageError::BadArchive(format!("{what}: {e}")))?;
+                if &actual != e {
+                    return Err(ImageError::DigestMismatch {
+                        what: format!("{what} (diff id)"),
+                        expected: e.to_string(),
+                        actual: actual.to_string(),
+                    });
+                }
                 return Ok(e.clone());
             }
         }

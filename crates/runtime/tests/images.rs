@@ -205,6 +205,17 @@ fn bad_archives_are_refused_and_leave_the_store_as_it_was() {
     assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
     assert!(err.to_string().contains("digest mismatch"), "{err}");
     assert_eq!((contents(&store), store.list().unwrap()), before);
+    // A layer that claims the diff id of one already unpacked is checked all the same.
+    let liar = d.path().join("liar.tar");
+    docker_save(
+        &liar,
+        "demo:liar",
+        &[top_layer()],
+        Some(vec![Digest::of(&base_layer()).to_string()]),
+    );
+    let err = store.import(&liar, &ImportOptions::default()).unwrap_err();
+    assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
+    assert_eq!((contents(&store), store.list().unwrap()), before);
     let junk = d.path().join("junk.tar");
     std::fs::write(&junk, b"this is not a tar archive at all").unwrap();
     let err = store
