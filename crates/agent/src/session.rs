@@ -191,7 +191,8 @@ impl Agent {
     /// Sends the subscription's lines: what the logs hold (the last `tail` of each task), then,
     /// when following, new lines as they are written, until the manager says nobody reads.
     async fn serve_logs(self: Arc<Self>, s: Session, sub: LogSubscription) {
-        const BATCH: usize = 500;
+        // Well under the API's 4 MiB body limit, with JSON's overhead.
+        const BATCH_BYTES: usize = 1 << 20;
         let mut offsets: Vec<(TaskId, Option<PathBuf>, u64)> = sub
             .tasks
             .iter()
@@ -232,10 +233,16 @@ impl Agent {
             idle = if lines.is_empty() { idle + 1 } else { 0 };
             if !lines.is_empty() || done || idle >= 10 {
                 idle = 0;
-                let mut chunks: Vec<Vec<LogLine>> =
-                    lines.chunks(BATCH).map(|c| c.to_vec()).collect();
-                if chunks.is_empty() {
-                    chunks.push(Vec::new());
+                let mut chunks: Vec<Vec<LogLine>> = vec![Vec::new()];
+                let mut size = 0;
+                for l in lines {
+                    let n = l.line.len() * 2 + 200;
+                    if size + n > BATCH_BYTES && !chunks.last().is_some_and(|c| c.is_empty()) {
+                        chunks.push(Vec::new());
+                        size = 0;
+                    }
+                    size += n;
+                    chunks.last_mut().expect("one chunk at least").push(l);
                 }
                 let n = chunks.len();
                 for (i, chunk) in chunks.into_iter().enumerate() {
@@ -390,8 +397,16 @@ impl Agent {
                     continue;
                 }
                 Op::Remove { container } => {
-                    if let Err(e) = self.executor.remove(&container) {
-                        tracing::warn!(task_id = %task.id, error = %e, "remove failed");
+                    // Removing runs the OCI runtime and unmounts: off the async threads.
+                    let exec = self.executor.clone();
+                    let removed =
+                        tokio::task::spawn_blocking(move || exec.remove(&container)).await;
+                    match removed {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(task_id = %task.id, error = %e, "remove failed")
+                        }
+                        Err(e) => tracing::warn!(task_id = %task.id, error = %e, "remove failed"),
                     }
                     return;
                 }
