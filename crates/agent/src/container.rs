@@ -28,6 +28,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::io::AsyncBufReadExt;
 
+/// `shoal-init`, built statically by the build script (init/main.rs).
+const INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/shoal-init"));
+
+/// Where `init: true` puts it inside a container.
+pub const INIT_PATH: &str = "/sbin/shoal-init";
+
 /// How the node runs containers.
 #[derive(Debug, Clone)]
 pub struct ContainerConfig {
@@ -84,6 +90,13 @@ impl ContainerExecutor {
             .map_err(failed("opening the volume store"))?;
         std::fs::create_dir_all(config.data_root.join("containers"))
             .map_err(failed("creating the containers directory"))?;
+        let init = config.data_root.join("shoal-init");
+        if std::fs::read(&init).ok().as_deref() != Some(INIT) {
+            use std::os::unix::fs::PermissionsExt;
+            shoal_runtime::write_atomic(&init, INIT).map_err(failed("writing shoal-init"))?;
+            std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))
+                .map_err(failed("writing shoal-init"))?;
+        }
         Ok(ContainerExecutor {
             config: Arc::new(config),
             images: Arc::new(images),
@@ -164,8 +177,11 @@ impl ContainerExecutor {
             other => ExecError::Rejected(other.to_string()),
         })?;
         let run = image.run_config();
-        let args = spec::process_args(&c.command, &c.args, &run)
+        let mut args = spec::process_args(&c.command, &c.args, &run)
             .map_err(|e| ExecError::Rejected(e.to_string()))?;
+        if c.init == Some(true) {
+            args.splice(0..0, [INIT_PATH.to_owned(), "--".to_owned()]);
+        }
         std::fs::create_dir_all(&dir).map_err(failed("creating the container directory"))?;
         // Recorded before anything is mounted: from here on `image rm` and `volume rm` see the
         // container as a user of its image and volumes.
@@ -258,6 +274,13 @@ impl ContainerExecutor {
                     size: m.tmpfs_size,
                 }),
             }
+        }
+        if c.init == Some(true) {
+            mounts.push(MountInput::Bind {
+                source: self.config.data_root.join("shoal-init"),
+                target: INIT_PATH.into(),
+                read_only: true,
+            });
         }
         // The container's own /etc/hostname and /etc/hosts, as Docker gives them.
         std::fs::write(dir.join("hostname"), format!("{hostname}\n"))

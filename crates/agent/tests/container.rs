@@ -276,3 +276,44 @@ async fn volumes_start_with_the_image_files_and_anonymous_ones_go_with_the_conta
         "the anonymous volume went with its container"
     );
 }
+
+#[tokio::test]
+async fn init_forwards_the_stop_signal() {
+    let Some(node) = Node::new() else { return };
+    // busybox sleep as PID 1 would ignore SIGTERM; under shoal-init it is PID 2 and dies of it.
+    let spec = ContainerSpec {
+        init: Some(true),
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "echo pid $$; exec sleep 1000".into(),
+        ],
+        ..sh("")
+    };
+    let t = task(50, spec);
+    let c = node.exec.start(&t).await.unwrap();
+    let log = node.exec.log_file(&t.id);
+    let mut seen = String::new();
+    for _ in 0..500 {
+        seen = shoal_runtime::logs::read(&log, None)
+            .unwrap()
+            .iter()
+            .map(|e| e.log.clone())
+            .collect();
+        if !seen.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen, "pid 2\n");
+    node.exec.stop(&c, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(
+        node.exec.observe(&t.id),
+        Observed::Exited {
+            container: c.clone(),
+            code: 143
+        },
+        "SIGTERM reached sleep through the init"
+    );
+    node.exec.remove(&c).unwrap();
+}
