@@ -399,15 +399,41 @@ impl ImageStore {
         Ok(Image { record, config })
     }
 
-    /// The layer directories of an image, top first (overlayfs `lowerdir` order).
+    /// The layer directories of an image, top first (overlayfs `lowerdir` order), each by a
+    /// short link (`l/<16 hex>`, as Docker's overlay2 does) so that images of many layers fit
+    /// in the page the kernel reads mount options from.
     pub fn lower_dirs(&self, image: &Image) -> Vec<PathBuf> {
         image
             .record
             .layers
             .iter()
             .rev()
-            .map(|l| self.layer_dir(l))
+            .map(|l| self.short_link(l).unwrap_or_else(|_| self.layer_dir(l)))
             .collect()
+    }
+
+    fn short_link(&self, diff_id: &Digest) -> io::Result<PathBuf> {
+        let links = self.root.join("l");
+        let link = links.join(&diff_id.hex()[..16]);
+        let target = Path::new("../layers").join(diff_id.hex());
+        match std::fs::read_link(&link) {
+            Ok(t) if t == target => return Ok(link),
+            // Another layer with the same prefix: use the full path for this one.
+            Ok(_) => return Ok(self.layer_dir(diff_id)),
+            Err(_) => {}
+        }
+        std::fs::create_dir_all(&links)?;
+        match std::os::unix::fs::symlink(&target, &link) {
+            Ok(()) => Ok(link),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                if std::fs::read_link(&link)? == target {
+                    Ok(link)
+                } else {
+                    Ok(self.layer_dir(diff_id))
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Adds a tag to an image.
@@ -502,6 +528,16 @@ impl ImageStore {
         };
         sweep(self.root.join("blobs/sha256"), &blobs);
         sweep(self.root.join("layers"), &layers);
+        // Links whose layer is gone.
+        for e in std::fs::read_dir(self.root.join("l"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if !e.path().exists() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 
     /// Imports an archive; see the module docs for the kinds. Returns the images it added.

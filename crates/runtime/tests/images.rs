@@ -330,3 +330,30 @@ fn removal_untags_refuses_while_used_and_collects_layers() {
         "blobs and layers are collected"
     );
 }
+
+#[test]
+fn images_of_many_layers_mount() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: mounting overlayfs needs root");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    // A data root as long as a real one, so the layer paths are as long as they will be.
+    let store = ImageStore::open(&d.path().join("var/lib/shoal/images")).unwrap();
+    let layers: Vec<Vec<u8>> = (0..60)
+        .map(|i| {
+            let name = format!("f{i}");
+            let content = format!("{i}\n");
+            layer(&[(name.as_str(), Some(content.as_str()))])
+        })
+        .collect();
+    let archive = d.path().join("tall.tar");
+    docker_save(&archive, "tall:1", &layers, None);
+    store.import(&archive, &ImportOptions::default()).unwrap();
+    let img = store.get("tall:1").unwrap();
+    let o = Overlay::under(&d.path().join("c"));
+    o.mount(&store.lower_dirs(&img)).unwrap();
+    let seen = (0..60).all(|i| o.merged.join(format!("f{i}")).exists());
+    o.unmount().unwrap();
+    assert!(seen, "every layer's file is in the merged tree");
+}
