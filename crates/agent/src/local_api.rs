@@ -75,6 +75,19 @@ pub fn router(exec: ContainerExecutor) -> Router {
         .with_state(exec)
 }
 
+/// The same routes on a node without container storage (`--executor sim`): each answers 501
+/// with `reason`, instead of a bare 404.
+pub fn unavailable_router(reason: &'static str) -> Router {
+    let refuse = move || async move { LocalError(StatusCode::NOT_IMPLEMENTED, reason.to_owned()) };
+    Router::new()
+        .route("/v1/images", get(refuse).delete(refuse))
+        .route("/v1/images/import", post(refuse))
+        .route("/v1/images/inspect", get(refuse))
+        .route("/v1/images/tag", post(refuse))
+        .route("/v1/volumes", get(refuse))
+        .route("/v1/volumes/{name}", get(refuse).delete(refuse))
+}
+
 fn info(exec: &ContainerExecutor, r: &ImageRecord, image: Option<&Image>) -> ImageInfo {
     let run = image.map(|i| i.run_config()).unwrap_or_default();
     ImageInfo {

@@ -27,6 +27,12 @@ fn deploy_scale_fail_restart_and_survive_sigkill() {
         !d.shoal(&["cluster", "init"]).status.success(),
         "a second init is refused"
     );
+    let out = d.shoal(&["image", "ls"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("simulated executor"),
+        "{out:?}"
+    );
 
     // Every example stack deploys and converges.
     let mut stacks = Vec::new();

@@ -213,6 +213,34 @@ volumes:
         d.ok(&["service", "logs", "v_keeper"])
             .contains("found first")
     });
+    // Bind mounts and tmpfs from the stack file.
+    let host = d.dir.path().join("shared");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("greeting"), "hi from the host\n").unwrap();
+    deploy(
+        &d,
+        "m",
+        &format!(
+            r#"
+services:
+  reader:
+    image: busybox
+    command: ["sh", "-c", "trap 'exit 0' TERM; cat /host/greeting; echo t > /scratch/t && echo tmpfs ok; touch /host/x 2>/dev/null || echo read-only; while true; do sleep 1; done"]
+    volumes:
+      - type: bind
+        source: {}
+        target: /host
+        read_only: true
+    tmpfs:
+      - /scratch
+"#,
+            host.display()
+        ),
+    );
+    wait_for("the reader's output", || {
+        let out = d.ok(&["service", "logs", "--no-task-ids", "m_reader"]);
+        out.contains("hi from the host") && out.contains("tmpfs ok") && out.contains("read-only")
+    });
     let vols = d.json(&["volume", "ls"]);
     assert_eq!(vols[0]["name"], "v_state");
     assert!(
@@ -220,6 +248,7 @@ volumes:
         "in use"
     );
     d.ok(&["stack", "rm", "v"]);
+    d.ok(&["stack", "rm", "m"]);
     wait_for("containers removed", || d.shims().is_empty());
     wait_for("volume unused", || {
         d.shoal(&["volume", "rm", "v_state"]).status.success()

@@ -199,6 +199,9 @@ async fn main() -> Result<()> {
         .context("starting the manager")?;
     let mut router = shoal_controller::api::router(manager.clone());
     let executor: Arc<dyn Executor> = if args.executor == "sim" {
+        router = router.merge(shoal_agent::local_api::unavailable_router(
+            "this node runs the simulated executor (--executor sim): it keeps no images or volumes",
+        ));
         Arc::new(
             SimExecutor::open(&args.data_root.join("agent/sim"))
                 .context("opening the simulated executor")?,
