@@ -304,3 +304,40 @@ fn containers_survive_a_daemon_sigkill_and_are_readopted() {
         "no new container was started"
     );
 }
+
+#[test]
+fn runc_runs_the_same_stack() {
+    if !containers_supported() {
+        return;
+    }
+    if shoal_runtime_which("runc").is_none() {
+        eprintln!("skipped: runc is not installed (apt-get install runc)");
+        return;
+    }
+    let d = Daemon::with_containers(&["--oci-runtime", "runc"]);
+    d.ok(&["cluster", "init"]);
+    d.import_images();
+    deploy(&d, "p", PROBES);
+    assert_eq!(
+        d.json(&["node", "ls"])[0]["description"]["executor"],
+        "container (runc)"
+    );
+    for id in running_ids(&d, "p_api") {
+        let report: Value =
+            serde_json::from_str(probe_get(d.container_pid(&id), "/").trim()).unwrap();
+        assert_eq!(report["hostname"], "probe-api");
+        assert_eq!(report["pid"], 1);
+    }
+    d.ok(&["stack", "rm", "p"]);
+    wait_for("containers removed", || d.shims().is_empty());
+}
+
+fn shoal_runtime_which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(["/usr/sbin".into(), "/usr/bin".into()])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
