@@ -466,6 +466,10 @@ impl Executor for ContainerExecutor {
         format!("container ({})", self.config.runtime.name)
     }
 
+    fn tasks(&self) -> Vec<TaskId> {
+        self.containers().into_iter().map(|c| c.task).collect()
+    }
+
     fn observe(&self, task: &TaskId) -> Observed {
         let id = task.to_string();
         if self.meta(&id).is_none() {

@@ -58,6 +58,10 @@ pub enum Observed {
 pub trait Executor: Send + Sync + 'static {
     /// Its name, reported with the node (`simulated`, `builtin`, `runc`).
     fn name(&self) -> &'static str;
+    /// Tasks that have a container here (running or not).
+    fn tasks(&self) -> Vec<TaskId> {
+        Vec::new()
+    }
     /// How the node reports it (`container (runc)`); the name by default.
     fn describe(&self) -> String {
         self.name().to_owned()
@@ -191,6 +195,14 @@ impl SimExecutor {
 impl Executor for SimExecutor {
     fn name(&self) -> &'static str {
         "simulated"
+    }
+
+    fn tasks(&self) -> Vec<TaskId> {
+        let state = self.state.lock().expect("sim lock");
+        let mut ids: Vec<TaskId> = state.containers.values().map(|c| c.task.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        ids
     }
 
     fn observe(&self, task: &TaskId) -> Observed {

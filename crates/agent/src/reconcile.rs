@@ -5,6 +5,7 @@
 use crate::executor::Observed;
 use shoal_api::task::{Task, TaskState, TaskStatus};
 use shoal_api::units::Timestamp;
+use shoal_api::TaskId;
 
 /// The next step for one task.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +104,17 @@ pub fn exit_status(
     s.exit_code = Some(code);
     s.container_id = container.to_owned();
     s
+}
+
+/// Tasks with a container on this node that the node's full assignment no longer names: the
+/// cluster forgot them (removed while the node was away); their containers are stopped and
+/// removed.
+pub fn strays(local: &[TaskId], assigned: &[TaskId]) -> Vec<TaskId> {
+    local
+        .iter()
+        .filter(|t| !assigned.contains(t))
+        .cloned()
+        .collect()
 }
 
 /// The newer of two statuses (by state; the later one on a tie).
@@ -245,6 +257,20 @@ mod tests {
                 container: "c".into()
             }
         );
+    }
+
+    #[test]
+    fn containers_of_forgotten_tasks_are_strays() {
+        let (a, b, c) = (
+            TaskId::from_bits(1),
+            TaskId::from_bits(2),
+            TaskId::from_bits(3),
+        );
+        assert_eq!(
+            strays(&[a.clone(), b.clone()], &[b.clone(), c.clone()]),
+            vec![a]
+        );
+        assert!(strays(&[], &[c]).is_empty());
     }
 
     #[test]

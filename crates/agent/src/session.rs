@@ -4,7 +4,7 @@
 //! When the session breaks (leader restarted, network), the agent registers again; its task
 //! workers and containers carry on meanwhile.
 
-use crate::executor::{now, ExecError, Executor};
+use crate::executor::{now, ExecError, Executor, Observed};
 use crate::reconcile::{self, Op};
 use shoal_api::node::NodeDescription;
 use shoal_api::task::{Task, TaskState, TaskStatus};
@@ -171,6 +171,32 @@ impl Agent {
         }
     }
 
+    /// Stops and removes the container of a task the cluster no longer has.
+    async fn remove_stray(self: Arc<Self>, task: TaskId) {
+        if let Observed::Running { container } = self.executor.observe(&task) {
+            tracing::info!(task_id = %task, "stopping the container of a task the cluster no longer has");
+            if let Err(e) = self
+                .executor
+                .stop(&container, ApiDuration::from_secs(10))
+                .await
+            {
+                tracing::warn!(task_id = %task, error = %e, "stop failed");
+            }
+        }
+        let container = match self.executor.observe(&task) {
+            Observed::Exited { container, .. } | Observed::Running { container } => container,
+            Observed::Absent => return,
+        };
+        let exec = self.executor.clone();
+        match tokio::task::spawn_blocking(move || exec.remove(&container)).await {
+            Ok(Ok(())) => {
+                tracing::info!(task_id = %task, "removed the container of a forgotten task")
+            }
+            Ok(Err(e)) => tracing::warn!(task_id = %task, error = %e, "remove failed"),
+            Err(e) => tracing::warn!(task_id = %task, error = %e, "remove failed"),
+        }
+    }
+
     /// Picks up `service logs` subscriptions for this node and serves each.
     async fn log_loop(self: Arc<Self>, s: Session) -> ClientError {
         loop {
@@ -282,6 +308,12 @@ impl Agent {
             for (id, tx) in workers.iter() {
                 if !keep.contains(&id) {
                     retire(tx);
+                }
+            }
+            let assigned: Vec<TaskId> = a.tasks.iter().map(|t| t.id.clone()).collect();
+            for stray in reconcile::strays(&self.executor.tasks(), &assigned) {
+                if !workers.contains_key(&stray) {
+                    tokio::spawn(self.clone().remove_stray(stray));
                 }
             }
         }

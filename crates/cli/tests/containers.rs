@@ -282,7 +282,28 @@ fn containers_survive_a_daemon_sigkill_and_are_readopted() {
     for id in &before {
         assert!(probe_get(d.container_pid(id), "/").contains("probe-api"));
     }
+    // A container of a task the cluster does not know (as one whose task was removed while
+    // its node was away) is removed once the node is back.
+    let stray = shoal_api::TaskId::from_bits(0xdead).to_string();
+    let stray_dir = d.dir.path().join("data/containers").join(&stray);
+    std::fs::create_dir_all(&stray_dir).unwrap();
+    std::fs::write(
+        stray_dir.join("meta.json"),
+        serde_json::json!({
+            "id": stray, "task": stray, "name": "gone.1", "image": "probe",
+            "image_id": format!("sha256:{}", "0".repeat(64)), "volumes": [],
+            "stop_signal": "TERM", "created": 0
+        })
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        stray_dir.join("exit.json"),
+        r#"{"code":0,"signal":null,"oom_killed":false,"finished":0,"error":null}"#,
+    )
+    .unwrap();
     d.spawn();
+    wait_for("the stray container removed", || !stray_dir.exists());
     wait_for("the node ready again", || {
         d.shoal(&["node", "ls"]).status.success()
             && d.json(&["node", "ls"])[0]["status"]["state"] == "ready"
