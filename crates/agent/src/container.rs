@@ -396,10 +396,11 @@ impl ContainerExecutor {
         record
     }
 
-    async fn spawn_shim(&self, id: &str) -> Result<(), ExecError> {
+    async fn spawn_shim(&self, id: &str, logging: &[String]) -> Result<(), ExecError> {
         let rt = &self.config.runtime;
         let mut child = tokio::process::Command::new(&self.config.shim)
             .arg("shim")
+            .args(logging)
             .arg("--runtime")
             .arg(&rt.binary)
             .arg("--runtime-name")
@@ -444,6 +445,33 @@ impl ContainerExecutor {
             )))
         }
     }
+}
+
+/// The shim's options for the task's logging driver: json-file's `max-size` and `max-file`,
+/// or none. Other drivers log to json-file (the stack loader warns).
+fn shim_log_args(task: &Task) -> Vec<String> {
+    let Some(d) = &task.spec.log_driver else {
+        return Vec::new();
+    };
+    if d.name == "none" {
+        return vec!["--no-log".into()];
+    }
+    let mut out = Vec::new();
+    if let Some(size) = d
+        .options
+        .get("max-size")
+        .and_then(|s| shoal_api::units::parse_bytes(s).ok())
+    {
+        out.extend(["--log-max-size".to_owned(), size.to_string()]);
+    }
+    if let Some(n) = d
+        .options
+        .get("max-file")
+        .and_then(|s| s.parse::<u32>().ok())
+    {
+        out.extend(["--log-max-file".to_owned(), n.to_string()]);
+    }
+    out
 }
 
 /// A pidfd for `pid`: readable once the process ends.
@@ -512,7 +540,7 @@ impl Executor for ContainerExecutor {
                 .map_err(|e| ExecError::Failed(format!("preparing: {e}")))?
             };
             let result = match prep {
-                Ok(()) => this.spawn_shim(&id).await,
+                Ok(()) => this.spawn_shim(&id, &shim_log_args(&task)).await,
                 Err(e) => Err(e),
             };
             match result {

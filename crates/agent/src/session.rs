@@ -230,7 +230,12 @@ impl Agent {
             let mut lines = Vec::new();
             for (task, path, offset) in offsets.iter_mut() {
                 let Some(path) = path else { continue };
-                let (entries, next) = match shoal_runtime::logs::read_from(path, *offset) {
+                let read = if first {
+                    shoal_runtime::logs::read_all(path)
+                } else {
+                    shoal_runtime::logs::read_from(path, *offset)
+                };
+                let (entries, next) = match read {
                     Ok(r) => r,
                     Err(e) => {
                         tracing::warn!(task_id = %task, error = %e, "reading logs");

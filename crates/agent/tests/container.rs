@@ -317,3 +317,34 @@ async fn init_forwards_the_stop_signal() {
     );
     node.exec.remove(&c).unwrap();
 }
+
+#[tokio::test]
+async fn json_file_logs_rotate_at_max_size() {
+    let Some(node) = Node::new() else { return };
+    let mut t = task(
+        60,
+        sh("i=0; while [ $i -lt 200 ]; do echo line $i; i=$((i+1)); done"),
+    );
+    t.spec.log_driver = Some(shoal_api::service::LogDriver {
+        name: "json-file".into(),
+        options: [
+            ("max-size".to_string(), "2k".to_string()),
+            ("max-file".to_string(), "2".to_string()),
+        ]
+        .into(),
+    });
+    let c = node.exec.start(&t).await.unwrap();
+    assert_eq!(node.exec.wait(&c).await.unwrap(), 0);
+    let log = node.exec.log_file(&t.id);
+    let rotated = shoal_runtime::logs::rotated(&log, 1);
+    assert!(rotated.exists(), "rotated once at least");
+    assert!(
+        !shoal_runtime::logs::rotated(&log, 2).exists(),
+        "max-file 2 keeps two files"
+    );
+    assert!(std::fs::metadata(&log).unwrap().len() < 2048 + 200);
+    let (entries, _) = shoal_runtime::logs::read_all(&log).unwrap();
+    assert_eq!(entries.last().unwrap().log, "line 199\n");
+    assert!(entries.len() < 200, "older lines were dropped");
+    node.exec.remove(&c).unwrap();
+}

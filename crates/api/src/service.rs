@@ -281,7 +281,24 @@ pub struct TaskTemplate {
     /// Bumped by `service update --force` to replace tasks whose spec did not change.
     #[serde(default)]
     pub force_update: u64,
+    /// Where the containers' output goes (Swarm's `TaskTemplate.LogDriver`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_driver: Option<LogDriver>,
 }
+
+/// A logging driver and its options.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogDriver {
+    /// `json-file` (the default) or `none`; others are recorded but run as `json-file`.
+    pub name: String,
+    /// Options: `max-size` (`10m`) and `max-file` (`3`) for json-file.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+}
+
+/// The drivers a node runs.
+pub const LOG_DRIVERS: [&str; 2] = ["json-file", "none"];
 
 /// What to do when an update fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

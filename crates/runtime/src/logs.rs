@@ -62,22 +62,73 @@ impl LineSplitter {
     }
 }
 
-/// Appends entries to a log file.
+/// When a log file is rotated (json-file's `max-size` and `max-file`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rotation {
+    /// Rotate once the file reaches this many bytes (never when None).
+    pub max_size: Option<u64>,
+    /// Files kept, the current one included (1: the file is truncated instead).
+    pub max_files: u32,
+}
+
+/// Appends entries to a log file, rotating it as `rotation` says.
 #[derive(Debug)]
 pub struct LogWriter {
+    path: std::path::PathBuf,
     file: std::fs::File,
+    size: u64,
+    rotation: Rotation,
+}
+
+fn open_append(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+}
+
+/// The rotated file `n` of a log (`container.log.1` is the newest).
+pub fn rotated(path: &Path, n: u32) -> std::path::PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(format!(".{n}"));
+    p.into()
 }
 
 impl LogWriter {
-    /// Opens `path` for appending (creating it, mode 0640).
+    /// Opens `path` for appending (creating it, mode 0640), never rotated.
     pub fn open(path: &Path) -> io::Result<LogWriter> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o640)
-            .open(path)?;
-        Ok(LogWriter { file })
+        LogWriter::open_with(path, Rotation::default())
+    }
+
+    /// Opens `path` for appending, rotated as `rotation` says.
+    pub fn open_with(path: &Path, rotation: Rotation) -> io::Result<LogWriter> {
+        let file = open_append(path)?;
+        let size = file.metadata()?.len();
+        Ok(LogWriter {
+            path: path.to_owned(),
+            file,
+            size,
+            rotation,
+        })
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        if self.rotation.max_files <= 1 {
+            self.file.set_len(0)?;
+        } else {
+            for n in (1..self.rotation.max_files - 1).rev() {
+                let from = rotated(&self.path, n);
+                if from.exists() {
+                    std::fs::rename(&from, rotated(&self.path, n + 1))?;
+                }
+            }
+            std::fs::rename(&self.path, rotated(&self.path, 1))?;
+            self.file = open_append(&self.path)?;
+        }
+        self.size = 0;
+        Ok(())
     }
 
     /// Writes lines of `stream`, all stamped now.
@@ -95,23 +146,47 @@ impl LogWriter {
             };
             serde_json::to_writer(&mut buf, &e).expect("entry serializes");
             buf.push(b'\n');
+            // Rotation is checked line by line, as Docker's json-file does, even when the
+            // lines came in one read.
+            if self
+                .rotation
+                .max_size
+                .is_some_and(|m| self.size + buf.len() as u64 >= m)
+            {
+                self.file.write_all(&buf)?;
+                buf.clear();
+                self.rotate()?;
+            }
         }
-        self.file.write_all(&buf)
+        self.file.write_all(&buf)?;
+        self.size += buf.len() as u64;
+        Ok(())
     }
 }
 
-/// Reads the entries of a log file; `tail` keeps only the last N.
+/// Reads the entries of a log file and of its rotated files, oldest first; `tail` keeps only
+/// the last N.
 pub fn read(path: &Path, tail: Option<usize>) -> io::Result<Vec<LogEntry>> {
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
+    let mut files = Vec::new();
+    let mut n = 1;
+    while rotated(path, n).exists() {
+        files.push(rotated(path, n));
+        n += 1;
+    }
+    files.reverse();
+    files.push(path.to_owned());
     let mut out = Vec::new();
-    for line in BufReader::new(file).lines() {
-        let line = line?;
-        if let Ok(e) = serde_json::from_str::<LogEntry>(&line) {
-            out.push(e);
+    for p in files {
+        let file = match std::fs::File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for line in BufReader::new(file).lines() {
+            let line = line?;
+            if let Ok(e) = serde_json::from_str::<LogEntry>(&line) {
+                out.push(e);
+            }
         }
     }
     if let Some(n) = tail {
@@ -130,6 +205,12 @@ pub fn read_from(path: &Path, offset: u64) -> io::Result<(Vec<LogEntry>, u64)> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), offset)),
         Err(e) => return Err(e),
     };
+    // A file shorter than where the reader was has been rotated: start it over.
+    let offset = if file.metadata()?.len() < offset {
+        0
+    } else {
+        offset
+    };
     file.seek(SeekFrom::Start(offset))?;
     let mut buf = Vec::new();
     file.read_to_end(&mut buf)?;
@@ -142,9 +223,67 @@ pub fn read_from(path: &Path, offset: u64) -> io::Result<(Vec<LogEntry>, u64)> {
     Ok((entries, offset + complete as u64))
 }
 
+/// Everything a log holds, rotated files first, and the offset in the current file just past
+/// what was read (for [`read_from`] to go on with).
+pub fn read_all(path: &Path) -> io::Result<(Vec<LogEntry>, u64)> {
+    let mut out = Vec::new();
+    let mut n = 1;
+    while rotated(path, n).exists() {
+        n += 1;
+    }
+    for k in (1..n).rev() {
+        let (entries, _) = read_from(&rotated(path, k), 0)?;
+        out.extend(entries);
+    }
+    let (current, offset) = read_from(path, 0)?;
+    out.extend(current);
+    Ok((out, offset))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rotation_keeps_max_files_and_reads_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.log");
+        let mut w = LogWriter::open_with(
+            &p,
+            Rotation {
+                max_size: Some(300),
+                max_files: 3,
+            },
+        )
+        .unwrap();
+        for i in 0..20 {
+            w.write("stdout", &[format!("line {i}\n")]).unwrap();
+        }
+        assert!(rotated(&p, 2).exists() && !rotated(&p, 3).exists());
+        let all = read(&p, None).unwrap();
+        let nums: Vec<u32> = all
+            .iter()
+            .map(|e| e.log.trim().trim_start_matches("line ").parse().unwrap())
+            .collect();
+        assert!(nums.windows(2).all(|w| w[1] == w[0] + 1), "{nums:?}");
+        assert_eq!(*nums.last().unwrap(), 19);
+        assert!(nums.len() < 20, "the oldest lines are gone");
+        // One file: truncated in place.
+        let q = d.path().join("one.log");
+        let mut w = LogWriter::open_with(
+            &q,
+            Rotation {
+                max_size: Some(100),
+                max_files: 1,
+            },
+        )
+        .unwrap();
+        for i in 0..10 {
+            w.write("stdout", &[format!("line {i}\n")]).unwrap();
+        }
+        assert!(!rotated(&q, 1).exists());
+        assert!(std::fs::metadata(&q).unwrap().len() < 100);
+    }
 
     #[test]
     fn lines_are_split_and_kept_in_order() {

@@ -46,6 +46,10 @@ pub struct ShimArgs {
     pub id: String,
     /// The bundle (the container's directory: config.json, rootfs).
     pub bundle: PathBuf,
+    /// How the log is rotated.
+    pub rotation: crate::logs::Rotation,
+    /// Logging driver `none`: the output is read and dropped.
+    pub discard_output: bool,
 }
 
 /// Files of a container directory the shim writes.
@@ -130,8 +134,14 @@ fn run_inner(args: &ShimArgs, status: &mut Option<std::fs::File>) -> Result<(), 
         std::process::id().to_string().as_bytes(),
     )
     .map_err(|e| format!("writing shim.pid: {e}"))?;
-    let mut log =
-        LogWriter::open(&dir.join(files::LOG)).map_err(|e| format!("opening the log: {e}"))?;
+    let mut log = if args.discard_output {
+        None
+    } else {
+        Some(
+            LogWriter::open_with(&dir.join(files::LOG), args.rotation)
+                .map_err(|e| format!("opening the log: {e}"))?,
+        )
+    };
     let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     let pid_file = dir.join(files::INIT_PID);
@@ -180,7 +190,7 @@ fn run_inner(args: &ShimArgs, status: &mut Option<std::fs::File>) -> Result<(), 
 
 /// Copies the container's output to the log until it has exited and its pipes are closed (or
 /// half a second after its exit, when something else holds them); returns its exit.
-fn pump_and_reap(pid: i32, pipes: [OwnedFd; 2], log: &mut LogWriter) -> (i32, Option<i32>) {
+fn pump_and_reap(pid: i32, pipes: [OwnedFd; 2], log: &mut Option<LogWriter>) -> (i32, Option<i32>) {
     let names = ["stdout", "stderr"];
     let mut open = [true, true];
     let mut splitters = [LineSplitter::default(), LineSplitter::default()];
@@ -227,13 +237,17 @@ fn pump_and_reap(pid: i32, pipes: [OwnedFd; 2], log: &mut LogWriter) -> (i32, Op
             match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(&pipes[i]), &mut buf) {
                 Ok(0) | Err(_) => {
                     open[i] = false;
-                    if let Some(rest) = splitters[i].finish() {
+                    if let (Some(rest), Some(log)) = (splitters[i].finish(), log.as_mut()) {
                         let _ = log.write(names[i], &[rest]);
                     }
                 }
                 Ok(n) => {
                     let lines = splitters[i].push(&buf[..n]);
-                    let _ = log.write(names[i], &lines);
+                    if let Some(log) = log.as_mut() {
+                        if let Err(e) = log.write(names[i], &lines) {
+                            eprintln!("shim: writing the log: {e}");
+                        }
+                    }
                 }
             }
         }

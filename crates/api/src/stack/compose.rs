@@ -124,6 +124,9 @@ pub struct ServiceConfig {
         deserialize_with = "de_labels"
     )]
     pub labels: BTreeMap<String, String>,
+    /// Where the container's output goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logging: Option<LoggingConfig>,
     /// Networks to attach, with per-network settings.
     #[serde(
         default,
@@ -195,6 +198,22 @@ pub struct ServiceConfig {
     /// Working directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
+}
+
+/// A service's `logging`: the driver and its options.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// Driver name (`json-file` when not given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// Driver options (`max-size`, `max-file`, …).
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "de_labels"
+    )]
+    pub options: BTreeMap<String, String>,
 }
 
 fn is_false(b: &bool) -> bool {

@@ -145,6 +145,28 @@ pub fn convert(stack: &str, config: &Config) -> Result<StackSpec, ConvertError> 
     })
 }
 
+/// The service's `logging`, its json-file options checked.
+fn log_driver(path: &str, s: &ServiceConfig) -> Result<Option<LogDriver>, ConvertError> {
+    let Some(l) = &s.logging else { return Ok(None) };
+    let name = l.driver.clone().unwrap_or_else(|| "json-file".into());
+    if let Some(size) = l.options.get("max-size") {
+        crate::units::parse_bytes(size)
+            .map_err(|e| err(format!("{path}.logging.options.max-size"), e.to_string()))?;
+    }
+    if let Some(n) = l.options.get("max-file") {
+        if n.parse::<u32>().map_or(true, |n| n == 0) {
+            return Err(err(
+                format!("{path}.logging.options.max-file"),
+                format!("must be a positive integer, got {n:?}"),
+            ));
+        }
+    }
+    Ok(Some(LogDriver {
+        name,
+        options: l.options.clone(),
+    }))
+}
+
 fn restart_policy(path: &str, s: &ServiceConfig) -> Result<RestartPolicy, ConvertError> {
     let mut policy = RestartPolicy::default();
     match s.deploy.as_ref().and_then(|d| d.restart_policy.as_ref()) {
@@ -518,6 +540,7 @@ fn convert_service(
                 )?,
             },
             restart_policy: restart_policy(&path, s)?,
+            log_driver: log_driver(&path, s)?,
             placement: Placement {
                 constraints: placement.constraints.clone(),
                 preferences: placement

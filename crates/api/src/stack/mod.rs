@@ -69,7 +69,6 @@ pub const NOT_YET: &[&str] = &[
     "dns_search",
     "extra_hosts",
     "isolation",
-    "logging",
     "oom_score_adj",
 ];
 
@@ -350,6 +349,15 @@ fn set_aside_ignored(value: &mut J, warnings: &mut Vec<String>) {
             });
             if generic {
                 not_yet.push("deploy.resources.*.generic_resources".into());
+            }
+            let driver = fields
+                .get("logging")
+                .and_then(|l| l.get("driver"))
+                .and_then(J::as_str);
+            if let Some(d) = driver {
+                if !crate::service::LOG_DRIVERS.contains(&d) {
+                    not_yet.push(format!("logging.driver {d} (json-file is used)"));
+                }
             }
         }
     }

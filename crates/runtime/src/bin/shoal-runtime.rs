@@ -79,6 +79,15 @@ enum Cmd {
         /// The bundle.
         #[arg(long)]
         bundle: PathBuf,
+        /// Rotate the log at this many bytes.
+        #[arg(long)]
+        log_max_size: Option<u64>,
+        /// Log files kept, the current one included.
+        #[arg(long, default_value_t = 1)]
+        log_max_file: u32,
+        /// Drop the output (logging driver `none`).
+        #[arg(long)]
+        no_log: bool,
         /// Container id.
         id: String,
     },
@@ -107,12 +116,20 @@ fn main() -> ExitCode {
             runtime_name,
             runtime_root,
             bundle,
+            log_max_size,
+            log_max_file,
+            no_log,
             id,
         } => {
             let code = shim::run(&ShimArgs {
                 runtime: OciRuntime::new(&runtime_name, &runtime, &runtime_root),
                 id,
                 bundle,
+                rotation: shoal_runtime::logs::Rotation {
+                    max_size: log_max_size,
+                    max_files: log_max_file.max(1),
+                },
+                discard_output: no_log,
             });
             return ExitCode::from(code as u8);
         }
