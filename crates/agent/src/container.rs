@@ -162,11 +162,6 @@ impl ContainerExecutor {
         self.container_dir(task).join(files::LOG)
     }
 
-    /// Whether the task's container has ended (or never existed here).
-    pub fn has_exited(&self, task: &TaskId) -> bool {
-        !matches!(self.observe(task), Observed::Running { .. })
-    }
-
     /// Makes the bundle: directory, overlay root, spec. Blocking.
     fn prepare(&self, task: &Task) -> Result<(), ExecError> {
         let c = &task.spec.container;
@@ -202,7 +197,7 @@ impl ContainerExecutor {
         let meta = ContainerMeta {
             id: id.clone(),
             task: task.id.clone(),
-            name: format!("{}.{}.{}", task.service_name, task.slot, task.id.short()),
+            name: format!("{}.{}", task.name(), task.id.short()),
             image: c.image.clone(),
             image_id: image.record.id.clone(),
             volumes: c
