@@ -127,13 +127,17 @@ async fn start_daemon(dir: tempfile::TempDir, extra: &[String]) -> Daemon {
     }
 }
 
-async fn control() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = start_daemon(dir, &["--executor".into(), "sim".into()]).await;
-    let c = d.client.clone();
+/// `rounds` times: deploy 100 replicas until they run, scale to 50 (waiting, when `data` is
+/// given, until only 50 containers are left), time scaling back to 100, remove the stack.
+/// Returns the deploy and scale times in seconds.
+async fn deploy_then_scale(
+    c: &Client,
+    rounds: usize,
+    data: Option<&std::path::Path>,
+) -> (Vec<f64>, Vec<f64>) {
     let mut deploys = Vec::new();
     let mut scales = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..rounds {
         let start = Instant::now();
         let r: StackDeployResult = c
             .post(
@@ -146,7 +150,7 @@ async fn control() {
             .await
             .expect("deploy");
         deploys.push(
-            until_running(&c, "bench_app", 100, r.revision - 1, start)
+            until_running(c, "bench_app", 100, r.revision - 1, start)
                 .await
                 .as_secs_f64(),
         );
@@ -157,7 +161,14 @@ async fn control() {
             )
             .await
             .expect("scale down");
-        while running(&c, "bench_app").await > 50 {
+        loop {
+            let left = match data {
+                Some(d) => task_pids(d).await.len() as u64,
+                None => running(c, "bench_app").await,
+            };
+            if left <= 50 {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let rev = c
@@ -174,23 +185,20 @@ async fn control() {
             .await
             .expect("scale up");
         scales.push(
-            until_running(&c, "bench_app", 100, rev, start)
+            until_running(c, "bench_app", 100, rev, start)
                 .await
                 .as_secs_f64(),
         );
-        c.send_no_content::<()>(hyper::Method::DELETE, "/v1/stacks/bench", None)
-            .await
-            .expect("rm");
-        while c
-            .get::<Vec<ServiceSummary>>("/v1/services")
-            .await
-            .expect("ls")
-            .iter()
-            .any(|s| s.service.spec.name == "bench_app")
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        remove_stack(c).await;
     }
+    (deploys, scales)
+}
+
+async fn control() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = start_daemon(dir, &["--executor".into(), "sim".into()]).await;
+    let c = d.client.clone();
+    let (deploys, scales) = deploy_then_scale(&c, 5, None).await;
     println!("stack deploy, 100 replicas until 100 running (simulated executor), median of 5: {:.3} s   (Docker Swarm, real containers: 29.7 s)", median(deploys));
     println!("service scale 50 -> 100 until 100 running (simulated executor), median of 5: {:.3} s   (Docker Swarm, real containers: 17.1 s)", median(scales));
 
@@ -472,56 +480,8 @@ async fn containers_bench(swarm: bool) {
         .upload("/v1/images/import?tag=busybox", bytes)
         .await
         .expect("import");
-    let mut deploys = Vec::new();
-    let mut scales = Vec::new();
+    let (deploys, scales) = deploy_then_scale(&c, 3, Some(&data)).await;
     let mut heals = Vec::new();
-    for _ in 0..3 {
-        let start = Instant::now();
-        let r: StackDeployResult = c
-            .post(
-                "/v1/stacks/bench/deploy",
-                &StackDeploy {
-                    stack: stack(100),
-                    prune: false,
-                },
-            )
-            .await
-            .expect("deploy");
-        deploys.push(
-            until_running(&c, "bench_app", 100, r.revision - 1, start)
-                .await
-                .as_secs_f64(),
-        );
-        let _: Service = c
-            .post(
-                "/v1/services/bench_app/scale",
-                &ScaleRequest { replicas: 50 },
-            )
-            .await
-            .expect("scale down");
-        while task_pids(&data).await.len() > 50 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let rev = c
-            .get::<ClusterInfo>("/v1/cluster")
-            .await
-            .expect("info")
-            .revision;
-        let start = Instant::now();
-        let _: Service = c
-            .post(
-                "/v1/services/bench_app/scale",
-                &ScaleRequest { replicas: 100 },
-            )
-            .await
-            .expect("scale up");
-        scales.push(
-            until_running(&c, "bench_app", 100, rev, start)
-                .await
-                .as_secs_f64(),
-        );
-        remove_stack(&c).await;
-    }
     // A killed container until its replacement runs, restart delay 0.
     let mut heal = stack(5);
     heal.services[0].task.restart_policy.delay = shoal_api::units::Duration::from_secs(0);

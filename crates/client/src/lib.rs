@@ -211,17 +211,7 @@ impl Client {
     ) -> Result<R, ClientError> {
         let body = body.map(|b| serde_json::to_vec(b).expect("request bodies serialize"));
         let resp = self.send(method, path, body).await?;
-        let endpoint = self.endpoint.to_string();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Transport {
-                endpoint,
-                message: e.to_string(),
-            })?
-            .to_bytes();
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+        self.decode(resp).await
     }
 
     /// POST raw bytes (an archive) and decode the JSON answer.
