@@ -100,6 +100,10 @@ fn a_stack_of_probes_serves_http_and_logs() {
     let tail = d.ok(&["service", "logs", "--tail", "1", "p_api"]);
     assert_eq!(tail.lines().count(), 2, "{tail}");
     assert!(tail.lines().all(|l| l.starts_with("p_api.")), "{tail}");
+    let info = d.json(&["image", "inspect", "probe"]);
+    assert_eq!(info[0]["entrypoint"], serde_json::json!(["/probe"]));
+    assert_eq!(info[0]["tags"], serde_json::json!(["probe:latest"]));
+    assert_eq!(info[0]["containers"].as_array().unwrap().len(), 2);
     // The image cannot go while containers use it.
     let out = d.shoal(&["image", "rm", "probe"]);
     assert!(!out.status.success());
