@@ -223,6 +223,9 @@ fn the_probe_is_isolated() {
         "/dev tmpfs",
         "/dev/pts devpts",
         "/sys sysfs",
+        // Masked (/dev/null bound over it) and read-only (bound onto itself) paths.
+        "/proc/kcore tmpfs",
+        "/proc/sys proc",
     ] {
         assert!(
             mounts.contains(&m.to_string()),
@@ -363,6 +366,34 @@ fn mounts_bind_and_tmpfs() {
 }
 
 #[test]
+fn a_read_only_root_refuses_writes() {
+    if !supported() {
+        return;
+    }
+    let node = Node::new();
+    let b = node.bundle(
+        "ro",
+        "busybox",
+        &[
+            "sh",
+            "-c",
+            "touch /x 2>/dev/null || echo refused; echo ok > /scratch/y && echo tmpfs writable",
+        ],
+        |i| {
+            i.read_only_rootfs = true;
+            i.mounts = vec![MountInput::Tmpfs {
+                target: "/scratch".into(),
+                size: None,
+            }];
+        },
+    );
+    let (exit, entries) = node.run(&node.builtin(), "ro", &b);
+    let out: String = entries.iter().map(|e| e.log.as_str()).collect();
+    assert_eq!(exit.code, 0, "{entries:?}");
+    assert_eq!(out, "refused\ntmpfs writable\n");
+}
+
+#[test]
 fn delete_leaves_no_mount_cgroup_or_directory() {
     if !supported() {
         return;
@@ -370,13 +401,31 @@ fn delete_leaves_no_mount_cgroup_or_directory() {
     let node = Node::new();
     let rt = node.builtin();
     let b = node.bundle("gone", "busybox", &["sleep", "1000"], |i| {
-        i.memory = Some(64 << 20)
+        i.memory = Some(64 << 20);
+        i.nano_cpus = Some(500_000_000);
+        i.pids = Some(30);
     });
     let mut shim = node.spawn_shim(&rt, "gone", &b);
     assert!(read_status(&mut shim).starts_with("ok "));
     assert_eq!(rt.state("gone").unwrap().status, "running");
     let cgroup = Cgroup::at(&format!("{}/gone", node.cgroup_parent));
     assert!(cgroup.exists());
+    if cgroup.mode() == shoal_runtime::cgroups::Mode::V1 {
+        let rel = format!("{}/gone", node.cgroup_parent.trim_start_matches('/'));
+        let read = |f: &str| {
+            std::fs::read_to_string(format!("/sys/fs/cgroup/{f}"))
+                .unwrap()
+                .trim()
+                .to_owned()
+        };
+        assert_eq!(
+            read(&format!("memory/{rel}/memory.limit_in_bytes")),
+            (64u64 << 20).to_string()
+        );
+        assert_eq!(read(&format!("cpu/{rel}/cpu.cfs_quota_us")), "50000");
+        assert_eq!(read(&format!("cpu/{rel}/cpu.cfs_period_us")), "100000");
+        assert_eq!(read(&format!("pids/{rel}/pids.max")), "30");
+    }
     rt.kill("gone", "KILL").unwrap();
     shim.wait().unwrap();
     assert_eq!(read_exit(&b).unwrap().code, 137);
