@@ -224,7 +224,7 @@ fn the_probe_is_isolated() {
         "/dev/pts devpts",
         "/sys sysfs",
         // Masked (/dev/null bound over it) and read-only (bound onto itself) paths.
-        "/proc/kcore tmpfs",
+        "/proc/keys tmpfs",
         "/proc/sys proc",
     ] {
         assert!(
