@@ -119,9 +119,17 @@ enum StackCmd {
 enum ImageCmd {
     /// Import an image: a root-filesystem tarball (as `docker import`), a `docker save`
     /// archive or an OCI image-layout archive, plain or gzip.
+    #[command(visible_alias = "load")]
     Import {
         /// The archive (`-` reads stdin).
-        file: String,
+        #[arg(required_unless_present = "input")]
+        file: Option<String>,
+        /// Name for the image, as `docker import FILE NAME:TAG` takes it.
+        #[arg(conflicts_with = "tag")]
+        reference: Option<String>,
+        /// The archive, as `docker load -i FILE` takes it.
+        #[arg(long, short = 'i', conflicts_with = "file")]
+        input: Option<String>,
         /// Name for the image (required for a root-filesystem tarball).
         #[arg(long, short = 't')]
         tag: Option<String>,
@@ -672,7 +680,15 @@ fn query(s: &str) -> String {
 
 async fn image(c: &Client, cmd: ImageCmd, json: bool) -> Result<()> {
     match cmd {
-        ImageCmd::Import { file, tag, change } => {
+        ImageCmd::Import {
+            file,
+            reference,
+            input,
+            tag,
+            change,
+        } => {
+            let file = file.or(input).context("give the archive to import")?;
+            let tag = tag.or(reference);
             let mut path = format!("/v1/images/import?source={}&", query(&file));
             if let Some(t) = &tag {
                 path.push_str(&format!("tag={}&", query(t)));

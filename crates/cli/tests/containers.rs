@@ -148,6 +148,33 @@ fn missing_images_reject_and_the_oom_killer_fails_tasks() {
         "{err}"
     );
     assert_eq!(d.ok(&["image", "ls"]), before);
+    // docker's spellings: `import FILE NAME:TAG` and `load -i FILE`.
+    let img = d.dir.path().join("img");
+    d.ok(&[
+        "image",
+        "import",
+        img.join("busybox.tar").to_str().unwrap(),
+        "bb:2",
+    ]);
+    d.ok(&[
+        "image",
+        "load",
+        "-i",
+        img.join("probe.tar").to_str().unwrap(),
+        "--tag",
+        "pr:2",
+    ]);
+    let ls = d.ok(&["image", "ls"]);
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("bb ") && l.contains(" 2 ")),
+        "{ls}"
+    );
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("pr ") && l.contains(" 2 ")),
+        "{ls}"
+    );
     let file = write_stack(
         &d,
         "bad",
