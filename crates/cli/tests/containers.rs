@@ -104,8 +104,32 @@ fn a_stack_of_probes_serves_http_and_logs() {
     assert_eq!(info[0]["entrypoint"], serde_json::json!(["/probe"]));
     assert_eq!(info[0]["tags"], serde_json::json!(["probe:latest"]));
     assert_eq!(info[0]["containers"].as_array().unwrap().len(), 2);
-    // The image cannot go while containers use it.
-    let out = d.shoal(&["image", "rm", "probe"]);
+    // A rolling update to another tag replaces both containers.
+    d.ok(&["image", "tag", "probe", "probe:2"]);
+    d.ok(&["service", "update", "--image", "probe:2", "p_api"]);
+    wait_for("both replicas on probe:2", || {
+        let tasks = d.tasks("p_api");
+        tasks
+            .iter()
+            .filter(|t| t["status"]["state"] == "running")
+            .all(|t| t["spec"]["container"]["image"] == "probe:2")
+            && tasks
+                .iter()
+                .filter(|t| t["status"]["state"] == "running")
+                .count()
+                == 2
+    });
+    wait_for("the old containers stopped", || d.shims().len() == 2);
+    let ids = running_ids(&d, "p_api");
+    for id in &ids {
+        assert!(probe_get(d.container_pid(id), "/").contains("probe-api"));
+    }
+    // A tag goes while another remains; the image itself cannot while containers use it.
+    assert_eq!(
+        d.ok(&["image", "rm", "probe"]).trim(),
+        "Untagged: probe:latest"
+    );
+    let out = d.shoal(&["image", "rm", "probe:2"]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("in use"),
@@ -125,7 +149,8 @@ fn a_stack_of_probes_serves_http_and_logs() {
         .map(|r| r.flatten().filter(|e| e.path().is_dir()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "cgroups left: {left:?}");
-    d.ok(&["image", "rm", "probe"]);
+    let out = d.ok(&["image", "rm", "probe:2"]);
+    assert!(out.contains("Deleted: sha256:"), "{out}");
 }
 
 #[test]
