@@ -392,29 +392,23 @@ impl ContainerExecutor {
     }
 
     async fn spawn_shim(&self, id: &str, logging: &[String]) -> Result<(), ExecError> {
-        let rt = &self.config.runtime;
-        let mut child = tokio::process::Command::new(&self.config.shim)
-            .arg("shim")
-            .args(logging)
-            .arg("--runtime")
-            .arg(&rt.binary)
-            .arg("--runtime-name")
-            .arg(&rt.name)
-            .arg("--runtime-root")
-            .arg(&rt.root)
-            .arg("--bundle")
-            .arg(self.dir(id))
-            .arg(id)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                ExecError::Failed(format!(
-                    "cannot run the shim {}: {e}",
-                    self.config.shim.display()
-                ))
-            })?;
+        let mut child = tokio::process::Command::from(shoal_runtime::shim::command(
+            &self.config.shim,
+            &self.config.runtime,
+            &self.dir(id),
+            id,
+            logging,
+        ))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            ExecError::Failed(format!(
+                "cannot run the shim {}: {e}",
+                self.config.shim.display()
+            ))
+        })?;
         let stdout = child.stdout.take().expect("piped");
         let mut line = String::new();
         tokio::io::BufReader::new(stdout)

@@ -166,9 +166,8 @@ fn deploy_scale_fail_restart_and_survive_sigkill() {
     });
 }
 
-#[test]
-fn a_node_that_stops_heartbeating_is_marked_down_and_its_tasks_replaced() {
-    let d = Daemon::start();
+/// Initializes the cluster and registers a second node played by the test (no agent behind it).
+fn join_fake_node(d: &Daemon, hostname: &str) -> RegisterResponse {
     d.ok(&["cluster", "init"]);
     wait_for("the local node", || {
         d.json(&["node", "ls"]).as_array().unwrap().len() == 1
@@ -177,27 +176,32 @@ fn a_node_that_stops_heartbeating_is_marked_down_and_its_tasks_replaced() {
         .as_str()
         .unwrap()
         .to_owned();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(d.client().post(
+        "/v1/dispatcher/register",
+        &RegisterRequest {
+            node_id: None,
+            join_token: token,
+            description: NodeDescription {
+                hostname: hostname.into(),
+                os: "linux".into(),
+                arch: "amd64".into(),
+                ..Default::default()
+            },
+            addr: String::new(),
+            manager: false,
+        },
+    ))
+    .unwrap()
+}
+
+#[test]
+fn a_node_that_stops_heartbeating_is_marked_down_and_its_tasks_replaced() {
+    let d = Daemon::start();
 
     // A second node joins, heartbeats for a while, then falls silent.
-    let rt = tokio::runtime::Runtime::new().unwrap();
     let client = d.client();
-    let reg: RegisterResponse = rt
-        .block_on(client.post(
-            "/v1/dispatcher/register",
-            &RegisterRequest {
-                node_id: None,
-                join_token: token,
-                description: NodeDescription {
-                    hostname: "ghost".into(),
-                    os: "linux".into(),
-                    arch: "amd64".into(),
-                    ..Default::default()
-                },
-                addr: String::new(),
-                manager: false,
-            },
-        ))
-        .unwrap();
+    let reg = join_fake_node(&d, "ghost");
     let beating = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let beat = beating.clone();
     let hb = Heartbeat {
@@ -251,35 +255,10 @@ fn a_node_that_stops_heartbeating_is_marked_down_and_its_tasks_replaced() {
 #[test]
 fn service_logs_gather_lines_from_every_node() {
     let d = Daemon::start();
-    d.ok(&["cluster", "init"]);
-    wait_for("the local node", || {
-        d.json(&["node", "ls"]).as_array().unwrap().len() == 1
-    });
-    let token = d.json(&["cluster", "info"])["worker_join_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     // A second node, played by this test: it heartbeats and answers log subscriptions for its
     // tasks with a line each, as an agent does.
-    let rt = tokio::runtime::Runtime::new().unwrap();
     let client = d.client();
-    let reg: RegisterResponse = rt
-        .block_on(client.post(
-            "/v1/dispatcher/register",
-            &RegisterRequest {
-                node_id: None,
-                join_token: token,
-                description: NodeDescription {
-                    hostname: "remote".into(),
-                    os: "linux".into(),
-                    arch: "amd64".into(),
-                    ..Default::default()
-                },
-                addr: String::new(),
-                manager: false,
-            },
-        ))
-        .unwrap();
+    let reg = join_fake_node(&d, "remote");
     let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let agent = {
         let running = running.clone();

@@ -64,6 +64,31 @@ pub mod files {
     pub const EXIT: &str = "exit.json";
 }
 
+/// The command that starts a shim (`SHIM shim [EXTRA] --runtime … --bundle B ID`); `extra`
+/// carries the log options (`--log-max-size`, `--log-max-file`, `--no-log`). The shim reports
+/// `ok PID` or `error MESSAGE` on its stdout.
+pub fn command(
+    shim: &Path,
+    runtime: &OciRuntime,
+    bundle: &Path,
+    id: &str,
+    extra: &[String],
+) -> std::process::Command {
+    let mut c = std::process::Command::new(shim);
+    c.arg("shim")
+        .args(extra)
+        .arg("--runtime")
+        .arg(&runtime.binary)
+        .arg("--runtime-name")
+        .arg(&runtime.name)
+        .arg("--runtime-root")
+        .arg(&runtime.root)
+        .arg("--bundle")
+        .arg(bundle)
+        .arg(id);
+    c
+}
+
 /// Reads a container's exit record, if it ended.
 pub fn read_exit(dir: &Path) -> Option<ExitRecord> {
     std::fs::read(dir.join(files::EXIT))

@@ -11,7 +11,7 @@ use shoal_runtime::shim::{read_exit, ExitRecord};
 use shoal_runtime::spec::{self, MountInput, SpecInput};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 fn supported() -> bool {
@@ -121,22 +121,18 @@ impl Node {
     }
 
     fn spawn_shim(&self, rt: &OciRuntime, id: &str, bundle: &Path) -> std::process::Child {
-        Command::new(env!("CARGO_BIN_EXE_shoal-runtime"))
-            .arg("shim")
-            .arg("--runtime")
-            .arg(&rt.binary)
-            .arg("--runtime-name")
-            .arg(&rt.name)
-            .arg("--runtime-root")
-            .arg(&rt.root)
-            .arg("--bundle")
-            .arg(bundle)
-            .arg(id)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap()
+        shoal_runtime::shim::command(
+            Path::new(env!("CARGO_BIN_EXE_shoal-runtime")),
+            rt,
+            bundle,
+            id,
+            &[],
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
     }
 }
 
