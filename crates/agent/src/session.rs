@@ -11,7 +11,7 @@ use shoal_api::task::{Task, TaskState, TaskStatus};
 use shoal_api::units::Duration as ApiDuration;
 use shoal_api::wire::*;
 use shoal_api::{NodeId, TaskId};
-use shoal_client::{Client, ClientError};
+use shoal_client::{Client, ClientError, Endpoint};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,11 +19,12 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch, RwLock};
 use tokio_util::sync::CancellationToken;
 
-/// How the agent reaches its manager and describes its host.
+/// How the agent reaches its managers and describes its host.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// The manager's API client.
-    pub manager: Client,
+    /// The managers' API endpoints; the agent opens its session with whichever leads, and
+    /// follows the list the managers send with each heartbeat answer.
+    pub managers: Vec<Endpoint>,
     /// The cluster's join token.
     pub join_token: String,
     /// Where the agent keeps its node id.
@@ -41,7 +42,12 @@ struct Session {
     node_id: NodeId,
     session_id: String,
     heartbeat: Duration,
+    /// The manager (the leader) the session is with.
+    client: Client,
 }
+
+/// A full assignment set is fetched at least this often, a safety net under the deltas.
+const FULL_RESYNC: Duration = Duration::from_secs(30);
 
 /// The running agent.
 pub struct Agent {
@@ -50,6 +56,8 @@ pub struct Agent {
     session: RwLock<Option<Session>>,
     reports: mpsc::UnboundedSender<(TaskId, TaskStatus)>,
     workers: std::sync::Mutex<HashMap<TaskId, watch::Sender<Task>>>,
+    /// Managers to try, and which one to try first.
+    managers: std::sync::Mutex<(Vec<Endpoint>, usize)>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -69,11 +77,12 @@ impl Agent {
     ) {
         let (tx, rx) = mpsc::unbounded_channel();
         let agent = Arc::new(Agent {
-            config,
             executor,
             session: RwLock::new(None),
             reports: tx,
             workers: std::sync::Mutex::new(HashMap::new()),
+            managers: std::sync::Mutex::new((config.managers.clone(), 0)),
+            config,
         });
         tokio::spawn(agent.clone().report_loop(rx, shutdown.clone()));
         loop {
@@ -118,11 +127,27 @@ impl Agent {
             addr: self.config.addr.clone(),
             manager: self.config.manager_role,
         };
-        let resp: RegisterResponse = self
-            .config
-            .manager
-            .post("/v1/dispatcher/register", &req)
-            .await?;
+        let (managers, first) = self.managers.lock().expect("managers lock").clone();
+        let mut last = None;
+        let mut found = None;
+        for i in 0..managers.len() {
+            let at = (first + i) % managers.len();
+            let client = Client::new(managers[at].clone()).with_timeout(Duration::from_secs(5));
+            match client.post::<_, RegisterResponse>("/v1/dispatcher/register", &req).await {
+                Ok(resp) => {
+                    self.managers.lock().expect("managers lock").1 = at;
+                    found = Some((resp, Client::new(managers[at].clone())));
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(manager = %managers[at], error = %e, "registration refused");
+                    last = Some(e);
+                }
+            }
+        }
+        let Some((resp, client)) = found else {
+            return Err(last.unwrap_or_else(|| ClientError::Endpoint("no managers known".into())));
+        };
         if let Err(e) = std::fs::create_dir_all(&self.config.state_dir)
             .and_then(|_| std::fs::write(self.node_id_file(), resp.node_id.as_str()))
         {
@@ -132,6 +157,7 @@ impl Agent {
             node_id: resp.node_id,
             session_id: resp.session_id,
             heartbeat: Duration::from_millis(resp.heartbeat_period_ms.max(10)),
+            client,
         })
     }
 
@@ -143,26 +169,54 @@ impl Agent {
                 node_id: s.node_id.clone(),
                 session_id: s.session_id.clone(),
             };
-            match self
-                .config
-                .manager
+            // A heartbeat must answer well within the time after which the node is marked
+            // down; a leader that does not is as good as gone.
+            let client = s.client.clone().with_timeout(period * 4);
+            match client
                 .post::<_, HeartbeatResponse>("/v1/dispatcher/heartbeat", &hb)
                 .await
             {
-                Ok(r) => period = Duration::from_millis(r.heartbeat_period_ms.max(10)),
+                Ok(r) => {
+                    period = Duration::from_millis(r.heartbeat_period_ms.max(10));
+                    self.follow_managers(r.managers);
+                }
                 Err(e) => return e,
+            }
+        }
+    }
+
+    /// Takes the managers' list from a heartbeat answer (a cluster on TCP only).
+    fn follow_managers(&self, addrs: Vec<String>) {
+        if addrs.is_empty() {
+            return;
+        }
+        let mut m = self.managers.lock().expect("managers lock");
+        if m.0.iter().all(|e| matches!(e, Endpoint::Tcp(_))) {
+            let new: Vec<Endpoint> = addrs.into_iter().map(Endpoint::Tcp).collect();
+            if new != m.0 {
+                tracing::info!(managers = ?new, "managers changed");
+                let current = m.0.get(m.1).cloned();
+                m.1 = current.and_then(|c| new.iter().position(|e| *e == c)).unwrap_or(0);
+                m.0 = new;
             }
         }
     }
 
     async fn assignment_loop(self: Arc<Self>, s: Session) -> ClientError {
         let mut since = 0;
+        let mut last_full = tokio::time::Instant::now();
         loop {
+            if last_full.elapsed() >= FULL_RESYNC {
+                since = 0;
+            }
+            if since == 0 {
+                last_full = tokio::time::Instant::now();
+            }
             let path = format!(
                 "/v1/dispatcher/assignments?node_id={}&session_id={}&since={since}&wait_ms=10000",
                 s.node_id, s.session_id
             );
-            let a: Assignments = match self.config.manager.get(&path).await {
+            let a: Assignments = match s.client.get(&path).await {
                 Ok(a) => a,
                 Err(e) => return e,
             };
@@ -204,7 +258,7 @@ impl Agent {
                 "/v1/dispatcher/logs?node_id={}&session_id={}&wait_ms=10000",
                 s.node_id, s.session_id
             );
-            let subs: Vec<LogSubscription> = match self.config.manager.get(&path).await {
+            let subs: Vec<LogSubscription> = match s.client.get(&path).await {
                 Ok(subs) => subs,
                 Err(e) => return e,
             };
@@ -283,9 +337,8 @@ impl Agent {
                         done: done && i + 1 == n,
                     };
                     let path = format!("/v1/dispatcher/logs/{}?node_id={}", sub.id, s.node_id);
-                    match self
-                        .config
-                        .manager
+                    match s
+                        .client
                         .post::<_, LogPublishResponse>(&path, &body)
                         .await
                     {
@@ -497,9 +550,8 @@ impl Agent {
                 session_id: session.session_id.clone(),
                 updates,
             };
-            match self
-                .config
-                .manager
+            match session
+                .client
                 .send_no_content(hyper::Method::POST, "/v1/dispatcher/status", Some(&report))
                 .await
             {

@@ -23,9 +23,74 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InitRequest {
-    /// Address other nodes reach this manager at (defaults to the daemon's cluster address).
+    /// Address other nodes reach this manager at, `host[:port]` (port: [`CLUSTER_PORT`]).
+    /// Without it the cluster has this one manager and listens on no TCP port.
     #[serde(default)]
     pub advertise_addr: Option<String>,
+    /// Address the cluster port binds, `host[:port]` (default `0.0.0.0` and the advertised
+    /// port).
+    #[serde(default)]
+    pub listen_addr: Option<String>,
+}
+
+/// The default cluster port: Raft, agent sessions and forwarded writes (as Swarm's 2377).
+pub const CLUSTER_PORT: u16 = 2377;
+
+/// `POST /v1/cluster/join` (local API): make this daemon join a cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    /// A manager's cluster address, `host[:port]`.
+    pub remote_addr: String,
+    /// The join token; it decides the role (worker or manager).
+    pub token: String,
+    /// Address other nodes reach this node at, `host[:port]`.
+    #[serde(default)]
+    pub advertise_addr: Option<String>,
+    /// Address the cluster port binds (managers only).
+    #[serde(default)]
+    pub listen_addr: Option<String>,
+}
+
+/// `POST /v1/cluster/join-request` (cluster port): a node asks a manager to join.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinClusterRequest {
+    /// The join token presented.
+    pub token: String,
+    /// The joining node's cluster address.
+    pub addr: String,
+}
+
+/// The answer to a [`JoinClusterRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinClusterResponse {
+    /// The cluster's id.
+    pub cluster_id: String,
+    /// True when the token made the node a manager.
+    pub manager: bool,
+    /// The new manager's Raft id (0 for a worker).
+    pub raft_id: u64,
+    /// The managers' Raft ids and cluster addresses.
+    pub managers: BTreeMap<u64, String>,
+}
+
+/// `GET /v1/cluster/join-token?role=worker|manager[&rotate=true]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinToken {
+    /// `worker` or `manager`.
+    pub role: String,
+    /// The token.
+    pub token: String,
+}
+
+/// `POST /v1/cluster/leave`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaveRequest {
+    /// Leave even when that loses the managers' quorum.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// Raft's view from the answering manager.
@@ -43,6 +108,9 @@ pub struct RaftInfo {
     pub applied: u64,
     /// Voters.
     pub voters: Vec<u64>,
+    /// The managers' Raft ids and cluster addresses.
+    #[serde(default)]
+    pub managers: BTreeMap<u64, String>,
 }
 
 /// `GET /v1/cluster`.
@@ -243,6 +311,9 @@ pub struct Heartbeat {
 pub struct HeartbeatResponse {
     /// Period for the next one, in milliseconds.
     pub heartbeat_period_ms: u64,
+    /// The managers' cluster addresses, so an agent follows membership changes.
+    #[serde(default)]
+    pub managers: Vec<String>,
 }
 
 /// `GET /v1/dispatcher/assignments?node_id=..&session_id=..&since=REV`: the tasks a node must

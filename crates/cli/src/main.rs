@@ -70,7 +70,47 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum ClusterCmd {
     /// Make this daemon the first manager of a new cluster.
-    Init,
+    Init {
+        /// Address other nodes reach this manager at, HOST[:PORT] (port 2377 by default).
+        /// Without it the cluster has this one manager and opens no TCP port.
+        #[arg(long)]
+        advertise_addr: Option<String>,
+        /// Address the cluster port binds, HOST[:PORT] (default 0.0.0.0 and the advertised
+        /// port).
+        #[arg(long)]
+        listen_addr: Option<String>,
+    },
+    /// Join a cluster as a worker or a manager (the token decides).
+    Join {
+        /// A join token (`shoal cluster join-token worker|manager` on a manager).
+        #[arg(long)]
+        token: String,
+        /// Address other nodes reach this node at, HOST[:PORT] (needed by a manager).
+        #[arg(long)]
+        advertise_addr: Option<String>,
+        /// Address the cluster port binds (managers only).
+        #[arg(long)]
+        listen_addr: Option<String>,
+        /// A manager's cluster address, HOST[:PORT].
+        remote_addr: String,
+    },
+    /// Print (or rotate) the token a worker or a manager joins with.
+    JoinToken {
+        /// Replace the token: the old one stops working at once.
+        #[arg(long)]
+        rotate: bool,
+        /// Print the token only.
+        #[arg(short, long)]
+        quiet: bool,
+        /// worker or manager.
+        role: String,
+    },
+    /// Leave the cluster (a manager leaves the voters first).
+    Leave {
+        /// Leave even when that loses the managers' quorum, or ends the last manager's cluster.
+        #[arg(long)]
+        force: bool,
+    },
     /// Show the cluster.
     Info,
 }
@@ -337,8 +377,19 @@ async fn run(cli: Cli) -> Result<()> {
     let c = client(&cli)?;
     let json = cli.format == Format::Json;
     match cli.command {
-        Command::Cluster(ClusterCmd::Init) => {
-            let info: ClusterInfo = c.post("/v1/cluster/init", &InitRequest::default()).await?;
+        Command::Cluster(ClusterCmd::Init {
+            advertise_addr,
+            listen_addr,
+        }) => {
+            let req = InitRequest {
+                advertise_addr,
+                listen_addr,
+            };
+            let info: ClusterInfo = c
+                .clone()
+                .with_timeout(Duration::from_secs(30))
+                .post("/v1/cluster/init", &req)
+                .await?;
             if json {
                 print_json(&info)?;
             } else {
@@ -348,6 +399,51 @@ async fn run(cli: Cli) -> Result<()> {
                 );
                 println!("Worker join token: {}", info.worker_join_token);
             }
+        }
+        Command::Cluster(ClusterCmd::Join {
+            token,
+            advertise_addr,
+            listen_addr,
+            remote_addr,
+        }) => {
+            let req = JoinRequest {
+                remote_addr,
+                token,
+                advertise_addr,
+                listen_addr,
+            };
+            c.clone()
+                .with_timeout(Duration::from_secs(60))
+                .send_no_content(hyper::Method::POST, "/v1/cluster/join", Some(&req))
+                .await?;
+            println!("This node joined the cluster.");
+        }
+        Command::Cluster(ClusterCmd::JoinToken {
+            rotate,
+            quiet,
+            role,
+        }) => {
+            let t: JoinToken = c
+                .get(&format!("/v1/cluster/join-token?role={role}&rotate={rotate}"))
+                .await?;
+            if json {
+                print_json(&t)?;
+            } else if quiet {
+                println!("{}", t.token);
+            } else {
+                if rotate {
+                    println!("The {} join token was rotated: the old one no longer works.", t.role);
+                }
+                println!("To add a {} to this cluster, run on it:\n", t.role);
+                println!("    shoal cluster join --token {} MANAGER_ADDR:2377\n", t.token);
+            }
+        }
+        Command::Cluster(ClusterCmd::Leave { force }) => {
+            c.clone()
+                .with_timeout(Duration::from_secs(30))
+                .send_no_content(hyper::Method::POST, "/v1/cluster/leave", Some(&LeaveRequest { force }))
+                .await?;
+            println!("This node left the cluster.");
         }
         Command::Cluster(ClusterCmd::Info) => {
             let info: ClusterInfo = c.get("/v1/cluster").await?;

@@ -13,6 +13,7 @@ use shoal_api::wire::ErrorBody;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 /// Default socket of the local daemon.
 pub const DEFAULT_SOCKET: &str = "/run/shoal/shoal.sock";
@@ -100,10 +101,18 @@ impl ClientError {
     }
 }
 
-/// A client. Each request uses its own connection.
+/// How long connecting may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a request may wait for the answer's headers by default (long polls answer within
+/// a minute; streams then run as long as they last).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(75);
+
+/// A client. Each request uses its own connection; connecting and waiting for an answer are
+/// bounded ([`CONNECT_TIMEOUT`], [`REQUEST_TIMEOUT`] unless [`Client::with_timeout`]).
 #[derive(Debug, Clone)]
 pub struct Client {
     endpoint: Endpoint,
+    timeout: Duration,
 }
 
 /// The body of a response, read as it arrives.
@@ -112,7 +121,16 @@ pub type Incoming = hyper::body::Incoming;
 impl Client {
     /// A client of the API at `endpoint`.
     pub fn new(endpoint: Endpoint) -> Client {
-        Client { endpoint }
+        Client {
+            endpoint,
+            timeout: REQUEST_TIMEOUT,
+        }
+    }
+
+    /// The same client with another bound on the wait for an answer.
+    pub fn with_timeout(mut self, timeout: Duration) -> Client {
+        self.timeout = timeout;
+        self
     }
 
     /// Where it connects.
@@ -150,6 +168,11 @@ impl Client {
             .header("content-type", "application/json")
             .body(body)
             .map_err(|e| transport(&e))?;
+        let timeout = self.timeout;
+        let timed_out = |what: &str, after: Duration| ClientError::Transport {
+            endpoint: endpoint.clone(),
+            message: format!("no {what} within {after:?}"),
+        };
         macro_rules! exchange {
             ($stream:expr) => {{
                 let (mut sender, conn) =
@@ -159,26 +182,32 @@ impl Client {
                 tokio::spawn(async move {
                     let _ = conn.await;
                 });
-                sender.send_request(req).await.map_err(|e| transport(&e))?
+                tokio::time::timeout(timeout, sender.send_request(req))
+                    .await
+                    .map_err(|_| timed_out("answer", timeout))?
+                    .map_err(|e| transport(&e))?
             }};
         }
+        let connect_error = |source| ClientError::Connect {
+            endpoint: endpoint.clone(),
+            source,
+        };
+        let connect_timeout = CONNECT_TIMEOUT.min(timeout);
         let resp = match &self.endpoint {
             Endpoint::Unix(path) => {
-                let stream = tokio::net::UnixStream::connect(path)
-                    .await
-                    .map_err(|source| ClientError::Connect {
-                        endpoint: endpoint.clone(),
-                        source,
-                    })?;
+                let stream =
+                    tokio::time::timeout(connect_timeout, tokio::net::UnixStream::connect(path))
+                        .await
+                        .map_err(|_| timed_out("connection", connect_timeout))?
+                        .map_err(connect_error)?;
                 exchange!(stream)
             }
             Endpoint::Tcp(addr) => {
-                let stream = tokio::net::TcpStream::connect(addr)
-                    .await
-                    .map_err(|source| ClientError::Connect {
-                        endpoint: endpoint.clone(),
-                        source,
-                    })?;
+                let stream =
+                    tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
+                        .await
+                        .map_err(|_| timed_out("connection", connect_timeout))?
+                        .map_err(connect_error)?;
                 stream.set_nodelay(true).ok();
                 exchange!(stream)
             }

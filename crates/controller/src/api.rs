@@ -81,6 +81,10 @@ impl From<ProposeError> for ApiError {
     fn from(e: ProposeError) -> Self {
         match e {
             ProposeError::Refused(s) => s.into(),
+            ProposeError::Remote { status, message } => ApiError::new(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                message,
+            ),
             other => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, other.to_string()),
         }
     }
@@ -91,6 +95,11 @@ impl From<ManagerError> for ApiError {
         match e {
             ManagerError::AlreadyInitialized => ApiError::new(StatusCode::CONFLICT, e.to_string()),
             ManagerError::Propose(p) => p.into(),
+            ManagerError::Address(_) => ApiError::bad(e.to_string()),
+            ManagerError::Join { .. } | ManagerError::Listen { .. } => {
+                ApiError::new(StatusCode::BAD_GATEWAY, e.to_string())
+            }
+            ManagerError::Raft(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
             other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
         }
     }
@@ -126,12 +135,165 @@ type Result<T, E = ApiError> = std::result::Result<T, E>;
 type Shared = Arc<Manager>;
 
 async fn cluster(m: &Manager) -> Result<Arc<Cluster>> {
-    m.cluster().await.ok_or_else(|| {
-        ApiError::new(
+    if let Some(c) = m.cluster().await {
+        if c.raft.status().borrow().removed {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this manager was removed from the cluster: it no longer serves; use another manager",
+            ));
+        }
+        return Ok(c);
+    }
+    Err(match m.membership() {
+        Some(mb) if !mb.manager => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "this node is not part of a cluster: run `shoal cluster init` first",
-        )
+            format!(
+                "this node is a worker: cluster commands go to a manager ({})",
+                mb.managers.join(", ")
+            ),
+        ),
+        _ => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node is not part of a cluster: run `shoal cluster init` or `shoal cluster join` first",
+        ),
     })
+}
+
+/// The cluster port's routes: Raft streams, forwarded proposals, joins and agent sessions.
+/// Nothing else of the API is reachable there.
+pub fn cluster_router(manager: Shared) -> Router {
+    Router::new()
+        .route(crate::raft::peer::STREAM_PATH, post(raft_stream))
+        .route(crate::raft::peer::PROPOSE_PATH, post(raft_propose))
+        .route(crate::manager::JOIN_PATH, post(join_request))
+        .merge(dispatcher_routes())
+        .fallback(|| async { ApiError::not_found("route", "(the cluster port serves nodes only)") })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(manager)
+}
+
+fn dispatcher_routes() -> Router<Shared> {
+    Router::new()
+        .route("/v1/dispatcher/register", post(agent_register))
+        .route("/v1/dispatcher/heartbeat", post(agent_heartbeat))
+        .route("/v1/dispatcher/assignments", get(agent_assignments))
+        .route("/v1/dispatcher/status", post(agent_status))
+        .route("/v1/dispatcher/logs", get(agent_log_subscriptions))
+        .route("/v1/dispatcher/logs/{id}", post(agent_log_publish))
+}
+
+async fn raft_stream(State(m): State<Shared>, body: axum::body::Body) -> Result<StatusCode> {
+    let c = m.cluster().await.ok_or_else(|| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "this node runs no raft")
+    })?;
+    crate::raft::peer::serve_stream(c.raft.clone(), body).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn raft_propose(
+    State(m): State<Shared>,
+    Body(p): Body<crate::raft::node::Proposal>,
+) -> Result<Json<crate::raft::peer::Forwarded>> {
+    let c = cluster(&m).await?;
+    let revision = c.raft.propose_local(p).await?;
+    Ok(Json(crate::raft::peer::Forwarded { revision }))
+}
+
+async fn join_request(
+    State(m): State<Shared>,
+    Body(req): Body<JoinClusterRequest>,
+) -> Result<Json<JoinClusterResponse>> {
+    let c = cluster(&m).await?;
+    let obj = c.store.read().expect("store lock").cluster.clone();
+    let Some(obj) = obj else {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the cluster is not initialized yet"));
+    };
+    let manager = if !obj.manager_join_token.is_empty() && req.token == obj.manager_join_token {
+        true
+    } else if req.token == obj.worker_join_token {
+        false
+    } else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid join token: use the token `shoal cluster join-token worker|manager` prints",
+        ));
+    };
+    let mut raft_id = 0;
+    if manager {
+        if req.addr.is_empty() {
+            return Err(ApiError::bad("a manager must give its cluster address (--advertise-addr)"));
+        }
+        raft_id = loop {
+            let id = rand::random::<u64>() >> 1;
+            if id != 0 {
+                break id;
+            }
+        };
+        c.raft
+            .change_membership(crate::raft::node::MembershipChange::Add {
+                id: raft_id,
+                addr: req.addr.clone(),
+            })
+            .await?;
+        tracing::info!(raft_id, addr = %req.addr, "manager joined");
+    }
+    let managers = c.store.read().expect("store lock").managers.clone();
+    Ok(Json(JoinClusterResponse {
+        cluster_id: obj.id,
+        manager,
+        raft_id,
+        managers,
+    }))
+}
+
+async fn cluster_join(
+    State(m): State<Shared>,
+    Body(req): Body<JoinRequest>,
+) -> Result<StatusCode> {
+    let membership = m.join(&req).await?;
+    tracing::info!(manager = membership.manager, "joined a cluster");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn cluster_leave(
+    State(m): State<Shared>,
+    Body(req): Body<LeaveRequest>,
+) -> Result<StatusCode> {
+    m.leave(req.force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinTokenQuery {
+    role: String,
+    #[serde(default)]
+    rotate: bool,
+}
+
+async fn cluster_join_token(
+    State(m): State<Shared>,
+    Query(q): Query<JoinTokenQuery>,
+) -> Result<Json<JoinToken>> {
+    let c = cluster(&m).await?;
+    let manager = match q.role.as_str() {
+        "manager" => true,
+        "worker" => false,
+        other => return Err(ApiError::bad(format!("unknown role {other:?}: use worker or manager"))),
+    };
+    let obj = c.store.read().expect("store lock").cluster.clone();
+    let obj = obj.ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the cluster is not initialized yet"))?;
+    let current = if manager { obj.manager_join_token.clone() } else { obj.worker_join_token.clone() };
+    let token = if q.rotate || current.is_empty() {
+        let token = crate::manager::new_token(&obj.id);
+        c.raft
+            .propose(Command::RotateJoinToken { manager, token: token.clone() })
+            .await?;
+        token
+    } else {
+        current
+    };
+    Ok(Json(JoinToken { role: q.role, token }))
 }
 
 /// The API's routes.
@@ -139,6 +301,9 @@ pub fn router(manager: Shared) -> Router {
     Router::new()
         .route("/v1/cluster", get(cluster_info))
         .route("/v1/cluster/init", post(cluster_init))
+        .route("/v1/cluster/join", post(cluster_join))
+        .route("/v1/cluster/leave", post(cluster_leave))
+        .route("/v1/cluster/join-token", get(cluster_join_token))
         .route("/v1/nodes", get(node_list))
         .route("/v1/nodes/{id}", get(node_inspect))
         .route("/v1/nodes/{id}/update", post(node_update))
@@ -163,12 +328,7 @@ pub fn router(manager: Shared) -> Router {
         .route("/v1/stacks/{name}/deploy", post(stack_deploy))
         .route("/v1/stacks/{name}/tasks", get(stack_tasks))
         .route("/v1/events", get(events))
-        .route("/v1/dispatcher/register", post(agent_register))
-        .route("/v1/dispatcher/heartbeat", post(agent_heartbeat))
-        .route("/v1/dispatcher/assignments", get(agent_assignments))
-        .route("/v1/dispatcher/status", post(agent_status))
-        .route("/v1/dispatcher/logs", get(agent_log_subscriptions))
-        .route("/v1/dispatcher/logs/{id}", post(agent_log_publish))
+        .merge(dispatcher_routes())
         .fallback(|| async { ApiError::not_found("route", "(see docs/api.md)") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(manager)
@@ -189,6 +349,7 @@ fn info(c: &Cluster) -> ClusterInfo {
             commit: status.commit,
             applied: status.applied,
             voters: status.voters,
+            managers: store.managers.clone(),
         },
         worker_join_token: obj.map(|o| o.worker_join_token).unwrap_or_default(),
         nodes: store.nodes.len(),
@@ -205,9 +366,9 @@ async fn cluster_info(State(m): State<Shared>) -> Result<Json<ClusterInfo>> {
 
 async fn cluster_init(
     State(m): State<Shared>,
-    Body(_req): Body<InitRequest>,
+    Body(req): Body<InitRequest>,
 ) -> Result<Json<ClusterInfo>> {
-    let c = m.init().await?;
+    let c = m.init(&req).await?;
     tracing::info!("cluster initialized");
     Ok(Json(info(&c)))
 }
@@ -791,6 +952,12 @@ async fn agent_register(
     Body(req): Body<RegisterRequest>,
 ) -> Result<Json<RegisterResponse>> {
     let c = cluster(&m).await?;
+    if !c.raft.status().borrow().is_leader() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this manager is not the leader; register with the leader",
+        ));
+    }
     let token = c
         .store
         .read()
@@ -803,12 +970,6 @@ async fn agent_register(
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid join token: use the token `shoal cluster info` shows",
-        ));
-    }
-    if !c.raft.status().borrow().is_leader() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this manager is not the leader; register with the leader",
         ));
     }
     let id = req
@@ -846,6 +1007,7 @@ async fn agent_heartbeat(
     c.dispatcher.touch(&req.node_id, &req.session_id)?;
     Ok(Json(HeartbeatResponse {
         heartbeat_period_ms: c.dispatcher.settings().heartbeat_period.as_millis() as u64,
+        managers: c.manager_addrs(),
     }))
 }
 

@@ -6,7 +6,8 @@
 
 use crate::dispatcher::{Dispatcher, DispatcherSettings};
 use crate::orchestrator::{self, IdSource};
-use crate::raft::node::{self, NoPeers, ProposeError, RaftHandle, RaftSettings};
+use crate::raft::node::{self, MembershipChange, ProposeError, RaftHandle, RaftSettings};
+use crate::raft::peer::{HttpForward, TcpTransport};
 use crate::raft::storage::DurableLog;
 use crate::scheduler::{self, Decision};
 use crate::store::{ClusterObject, Command, NewNetwork, Store, TaskOp};
@@ -15,7 +16,13 @@ use shoal_api::network::{NetworkSpec, FIRST_VNI};
 use shoal_api::node::NodeState;
 use shoal_api::task::Task;
 use shoal_api::units::Timestamp;
+use serde::{Deserialize, Serialize};
+use shoal_api::wire::{
+    InitRequest, JoinClusterRequest, JoinClusterResponse, JoinRequest, CLUSTER_PORT,
+};
 use shoal_api::{NetworkId, TaskId};
+use shoal_client::{Client, Endpoint};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -25,12 +32,14 @@ use tokio_util::sync::CancellationToken;
 /// Where and how the manager runs.
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
-    /// Directory for the Raft log (`<data_root>/raft`).
+    /// Directory for the Raft log (`<data_root>/raft`) and the membership file.
     pub data_root: PathBuf,
     /// Raft timing and snapshots.
     pub raft: RaftSettings,
     /// Agent heartbeats.
     pub dispatcher: DispatcherSettings,
+    /// `--force-new-cluster`: start as the only manager of the cluster this log belongs to.
+    pub force_new_cluster: bool,
 }
 
 /// The manager could not start or act.
@@ -47,9 +56,28 @@ pub enum ManagerError {
     /// Raft refused to start.
     #[error("raft: {0}")]
     Raft(String),
-    /// `cluster init` on a node that already has a cluster.
-    #[error("this node is already part of a cluster")]
+    /// `cluster init` or `join` on a node that already has a cluster.
+    #[error("this node is already part of a cluster (`shoal cluster leave` first)")]
     AlreadyInitialized,
+    /// The cluster port could not be bound.
+    #[error("cluster port {addr}: {message}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// What failed.
+        message: String,
+    },
+    /// An address is not `host[:port]`.
+    #[error("invalid address {0:?}: use HOST or HOST:PORT")]
+    Address(String),
+    /// Joining failed.
+    #[error("joining the cluster through {remote}: {message}")]
+    Join {
+        /// The manager asked.
+        remote: String,
+        /// Why.
+        message: String,
+    },
     /// A proposal failed.
     #[error(transparent)]
     Propose(#[from] ProposeError),
@@ -86,12 +114,82 @@ pub struct Cluster {
     pub logs: Arc<crate::logs::LogBroker>,
 }
 
+impl Cluster {
+    /// The managers' cluster addresses.
+    pub fn manager_addrs(&self) -> Vec<String> {
+        self.store
+            .read()
+            .expect("store lock")
+            .managers
+            .values()
+            .filter(|a| !a.is_empty())
+            .cloned()
+            .collect()
+    }
+}
+
+/// What this node is in its cluster; kept in `<data_root>/cluster.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    /// True on a manager.
+    pub manager: bool,
+    /// This node's cluster address (`host:port`), empty for a one-host cluster.
+    #[serde(default)]
+    pub advertise_addr: String,
+    /// What the cluster port binds.
+    #[serde(default)]
+    pub listen_addr: String,
+    /// A worker's managers (cluster addresses).
+    #[serde(default)]
+    pub managers: Vec<String>,
+    /// A worker's join token (it registers with it).
+    #[serde(default)]
+    pub join_token: String,
+}
+
+/// How this node's agent reaches the dispatcher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentTarget {
+    /// Managers' cluster addresses (`host:port`); empty: the local socket.
+    pub managers: Vec<String>,
+    /// The token to register with.
+    pub join_token: String,
+    /// True on a manager host.
+    pub manager: bool,
+    /// This node's address.
+    pub addr: String,
+}
+
 /// The manager role of a daemon.
 #[derive(Debug)]
 pub struct Manager {
     config: ManagerConfig,
     cluster: Mutex<Option<Arc<Cluster>>>,
+    membership: std::sync::RwLock<Option<Membership>>,
     shutdown: CancellationToken,
+    fatal: std::sync::Mutex<Option<String>>,
+}
+
+/// Splits `host[:port]`, with the cluster port as default.
+pub fn with_port(addr: &str, default_port: u16) -> Result<String, ManagerError> {
+    let bad = || ManagerError::Address(addr.to_owned());
+    if addr.is_empty() || addr.contains('/') {
+        return Err(bad());
+    }
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && !host.contains(':') => {
+            port.parse::<u16>().map_err(|_| bad())?;
+            Ok(addr.to_owned())
+        }
+        None => Ok(format!("{addr}:{default_port}")),
+        _ => Err(bad()),
+    }
+}
+
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(CLUSTER_PORT)
 }
 
 impl Manager {
@@ -103,14 +201,103 @@ impl Manager {
         let manager = Arc::new(Manager {
             config,
             cluster: Mutex::new(None),
+            membership: std::sync::RwLock::new(None),
             shutdown,
+            fatal: std::sync::Mutex::new(None),
         });
+        let membership = manager.read_membership()?;
+        *manager.membership.write().expect("membership lock") = membership.clone();
         let log = manager.open_log()?;
         if log.is_initialized() {
-            let cluster = manager.start(log)?;
-            *manager.cluster.lock().await = Some(cluster);
+            let membership = membership.unwrap_or(Membership {
+                manager: true,
+                ..Default::default()
+            });
+            if manager.config.force_new_cluster {
+                log.force_single_voter()
+                    .map_err(|e| ManagerError::Raft(e.to_string()))?;
+                tracing::warn!(
+                    "--force-new-cluster: this manager is now the only voter of its cluster"
+                );
+            }
+            if !membership.listen_addr.is_empty() {
+                manager.listen(&membership.listen_addr).await?;
+            }
+            let cluster = manager.start(log, BTreeMap::new())?;
+            *manager.cluster.lock().await = Some(cluster.clone());
+            if manager.config.force_new_cluster {
+                let addr = membership.advertise_addr.clone();
+                tokio::spawn(async move {
+                    let mut status = cluster.raft.status();
+                    if status.wait_for(|s| s.is_leader()).await.is_ok() {
+                        let id = status.borrow().id;
+                        let managers = BTreeMap::from([(id, addr)]);
+                        if let Err(e) = cluster.raft.propose(Command::SetManagers(managers)).await
+                        {
+                            tracing::error!(error = %e, "--force-new-cluster: managers not reset");
+                        }
+                    }
+                });
+            }
+        } else if manager.config.force_new_cluster {
+            return Err(ManagerError::Raft(
+                "--force-new-cluster: this node holds no manager state to keep".into(),
+            ));
         }
         Ok(manager)
+    }
+
+    fn membership_file(&self) -> PathBuf {
+        self.config.data_root.join("cluster.json")
+    }
+
+    fn read_membership(&self) -> Result<Option<Membership>, ManagerError> {
+        let path = self.membership_file();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| ManagerError::DataRoot {
+                    path,
+                    message: e.to_string(),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(ManagerError::DataRoot {
+                path,
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    fn write_membership(&self, m: Option<Membership>) -> Result<(), ManagerError> {
+        let path = self.membership_file();
+        let err = |e: std::io::Error| ManagerError::DataRoot {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        match &m {
+            Some(m) => {
+                let tmp = path.with_extension("json.tmp");
+                std::fs::write(&tmp, serde_json::to_vec_pretty(m).expect("serializes"))
+                    .map_err(err)?;
+                std::fs::rename(&tmp, &path).map_err(err)?;
+            }
+            None => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
+                _ => {}
+            },
+        }
+        *self.membership.write().expect("membership lock") = m;
+        Ok(())
+    }
+
+    /// What this node is in its cluster, if it belongs to one.
+    pub fn membership(&self) -> Option<Membership> {
+        self.membership.read().expect("membership lock").clone()
+    }
+
+    /// Why the manager failed for good (its Raft task died), if it did.
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.lock().expect("fatal lock").clone()
     }
 
     fn open_log(&self) -> Result<DurableLog, ManagerError> {
@@ -125,19 +312,66 @@ impl Manager {
         })
     }
 
-    fn start(&self, log: DurableLog) -> Result<Arc<Cluster>, ManagerError> {
-        let store = node::restore_store(&log).map_err(ManagerError::Raft)?;
+    /// Serves the cluster port (Raft, agent sessions, forwarded writes, joins) on `addr`.
+    async fn listen(self: &Arc<Self>, addr: &str) -> Result<(), ManagerError> {
+        let listener =
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| ManagerError::Listen {
+                    addr: addr.to_owned(),
+                    message: e.to_string(),
+                })?;
+        tracing::info!(%addr, "cluster port listening");
+        let router = crate::api::cluster_router(self.clone());
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await;
+        });
+        Ok(())
+    }
+
+    fn start(
+        self: &Arc<Self>,
+        log: DurableLog,
+        seed_managers: BTreeMap<u64, String>,
+    ) -> Result<Arc<Cluster>, ManagerError> {
+        let mut store = node::restore_store(&log).map_err(ManagerError::Raft)?;
+        if store.managers.is_empty() {
+            store.managers = seed_managers;
+        }
         let hub = EventHub::new(store.revision);
         let store = Arc::new(RwLock::new(store));
-        let (raft, _task) = node::start(
+        let forward = HttpForward {
+            timeout: self.config.raft.write_timeout,
+        };
+        let (raft, task) = node::start(
             self.config.raft.clone(),
             log,
             store.clone(),
             hub.clone(),
-            Box::new(NoPeers),
+            Box::new(TcpTransport::new(self.shutdown.clone())),
+            Some(Arc::new(forward)),
             self.shutdown.clone(),
         )
         .map_err(ManagerError::Raft)?;
+        // A Raft task that dies takes the daemon with it: never serve without Raft.
+        let me = Arc::downgrade(self);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let why = match task.await {
+                Ok(Ok(())) if shutdown.is_cancelled() => return,
+                Ok(Ok(())) => "the raft task ended".to_owned(),
+                Ok(Err(e)) => e,
+                Err(e) => format!("the raft task panicked: {e}"),
+            };
+            tracing::error!(error = %why, "raft stopped: the daemon stops");
+            if let Some(m) = me.upgrade() {
+                *m.fatal.lock().expect("fatal lock") = Some(why);
+            }
+            shutdown.cancel();
+        });
         let cluster = Arc::new(Cluster {
             store,
             hub,
@@ -157,19 +391,59 @@ impl Manager {
         self.cluster.lock().await.clone()
     }
 
+    /// How this node's agent reaches the dispatcher, once the node belongs to a cluster.
+    pub async fn agent_target(&self) -> Option<AgentTarget> {
+        let membership = self.membership();
+        if let Some(m) = &membership {
+            if !m.manager {
+                return Some(AgentTarget {
+                    managers: m.managers.clone(),
+                    join_token: m.join_token.clone(),
+                    manager: false,
+                    addr: m.advertise_addr.clone(),
+                });
+            }
+        }
+        let cluster = self.cluster().await?;
+        let token = cluster
+            .store
+            .read()
+            .expect("store lock")
+            .cluster
+            .as_ref()
+            .map(|o| o.worker_join_token.clone())?;
+        let advertise = membership.map(|m| m.advertise_addr).unwrap_or_default();
+        Some(AgentTarget {
+            managers: if advertise.is_empty() {
+                Vec::new()
+            } else {
+                cluster.manager_addrs()
+            },
+            join_token: token,
+            manager: true,
+            addr: advertise,
+        })
+    }
+
     /// Makes this daemon the first manager of a new cluster.
-    pub async fn init(&self) -> Result<Arc<Cluster>, ManagerError> {
+    pub async fn init(self: &Arc<Self>, req: &InitRequest) -> Result<Arc<Cluster>, ManagerError> {
         let mut slot = self.cluster.lock().await;
-        if slot.is_some() {
+        if slot.is_some() || self.membership().is_some() {
             return Err(ManagerError::AlreadyInitialized);
         }
         let log = self.open_log()?;
         if log.is_initialized() {
             return Err(ManagerError::AlreadyInitialized);
         }
-        log.bootstrap(self.config.raft.id)
+        let membership = self.addresses(req.advertise_addr.as_deref(), req.listen_addr.as_deref())?;
+        if !membership.listen_addr.is_empty() {
+            self.listen(&membership.listen_addr).await?;
+        }
+        let id = new_raft_id();
+        log.bootstrap(id)
             .map_err(|e| ManagerError::Raft(e.to_string()))?;
-        let cluster = self.start(log)?;
+        self.write_membership(Some(membership.clone()))?;
+        let cluster = self.start(log, BTreeMap::new())?;
         let mut status = cluster.raft.status();
         let leader = matches!(
             tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.is_leader())).await,
@@ -180,16 +454,206 @@ impl Manager {
                 "the new cluster elected no leader within 10s".into(),
             ));
         }
+        let cluster_id = shoal_api::ids::id_from_bits(rand::random());
         let object = ClusterObject {
-            id: shoal_api::ids::id_from_bits(rand::random()),
+            id: cluster_id.clone(),
             created_at: now(),
-            worker_join_token: format!("SHLTKN-1-{}", shoal_api::ids::id_from_bits(rand::random())),
+            worker_join_token: new_token(&cluster_id),
+            manager_join_token: new_token(&cluster_id),
         };
         cluster.raft.propose(Command::InitCluster(object)).await?;
+        let managers = BTreeMap::from([(id, membership.advertise_addr.clone())]);
+        let rev = cluster.raft.propose(Command::SetManagers(managers)).await?;
+        // A log that starts with a snapshot: managers that join later receive it, with the
+        // first voter in its configuration.
+        cluster.raft.compact(rev).await?;
         *slot = Some(cluster.clone());
         Ok(cluster)
     }
+
+    fn addresses(
+        &self,
+        advertise: Option<&str>,
+        listen: Option<&str>,
+    ) -> Result<Membership, ManagerError> {
+        let Some(advertise) = advertise.filter(|a| !a.is_empty()) else {
+            return Ok(Membership {
+                manager: true,
+                ..Default::default()
+            });
+        };
+        let advertise = with_port(advertise, CLUSTER_PORT)?;
+        let listen = match listen.filter(|a| !a.is_empty()) {
+            Some(l) => with_port(l, port_of(&advertise))?,
+            None => format!("0.0.0.0:{}", port_of(&advertise)),
+        };
+        Ok(Membership {
+            manager: true,
+            advertise_addr: advertise,
+            listen_addr: listen,
+            ..Default::default()
+        })
+    }
+
+    /// Joins the cluster of the manager at `req.remote_addr`, as a worker or a manager
+    /// (the token decides).
+    pub async fn join(self: &Arc<Self>, req: &JoinRequest) -> Result<Membership, ManagerError> {
+        let mut slot = self.cluster.lock().await;
+        if slot.is_some() || self.membership().is_some() {
+            return Err(ManagerError::AlreadyInitialized);
+        }
+        let log = self.open_log()?;
+        if log.is_initialized() {
+            return Err(ManagerError::AlreadyInitialized);
+        }
+        let remote = with_port(&req.remote_addr, CLUSTER_PORT)?;
+        let mut membership =
+            self.addresses(req.advertise_addr.as_deref(), req.listen_addr.as_deref())?;
+        let join_err = |message: String| ManagerError::Join {
+            remote: remote.clone(),
+            message,
+        };
+        let client = Client::new(Endpoint::Tcp(remote.clone())).with_timeout(Duration::from_secs(10));
+        let ask = JoinClusterRequest {
+            token: req.token.clone(),
+            addr: membership.advertise_addr.clone(),
+        };
+        // A manager must be reachable before it is added as a voter: bind first.
+        let resp: JoinClusterResponse = if membership.advertise_addr.is_empty() {
+            client
+                .post(JOIN_PATH, &ask)
+                .await
+                .map_err(|e| join_err(e.to_string()))?
+        } else {
+            let listener = tokio::net::TcpListener::bind(&membership.listen_addr)
+                .await
+                .map_err(|e| ManagerError::Listen {
+                    addr: membership.listen_addr.clone(),
+                    message: e.to_string(),
+                })?;
+            drop(listener);
+            client
+                .post(JOIN_PATH, &ask)
+                .await
+                .map_err(|e| join_err(e.to_string()))?
+        };
+        if !resp.manager {
+            membership.manager = false;
+            membership.listen_addr = String::new();
+            membership.managers = resp.managers.values().cloned().collect();
+            membership.join_token = req.token.clone();
+            self.write_membership(Some(membership.clone()))?;
+            tracing::info!(cluster_id = %resp.cluster_id, "joined as a worker");
+            return Ok(membership);
+        }
+        if membership.advertise_addr.is_empty() {
+            return Err(join_err(
+                "a manager needs --advertise-addr: the other managers must reach it".into(),
+            ));
+        }
+        self.listen(&membership.listen_addr).await?;
+        log.set_raft_id(resp.raft_id)
+            .map_err(|e| ManagerError::Raft(e.to_string()))?;
+        self.write_membership(Some(membership.clone()))?;
+        let cluster = self.start(log, resp.managers.clone())?;
+        // The cluster port serves Raft from now on: release the slot before waiting.
+        *slot = Some(cluster.clone());
+        drop(slot);
+        let mut rev = cluster.hub.revision();
+        let caught_up = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                if cluster.store.read().expect("store lock").cluster.is_some() {
+                    return true;
+                }
+                if rev.changed().await.is_err() {
+                    return false;
+                }
+            }
+        })
+        .await;
+        if !matches!(caught_up, Ok(true)) {
+            return Err(join_err(
+                "joined, but no state arrived from the leader within 30s".into(),
+            ));
+        }
+        tracing::info!(cluster_id = %resp.cluster_id, raft_id = resp.raft_id, "joined as a manager");
+        Ok(membership)
+    }
+
+    /// Leaves the cluster. A worker forgets it at once; a manager is removed from the voters
+    /// first, refused when that would lose the quorum unless `force`.
+    pub async fn leave(&self, force: bool) -> Result<(), ManagerError> {
+        let membership = self.membership();
+        if let Some(cluster) = self.cluster().await {
+            let status = cluster.raft.status().borrow().clone();
+            check_quorum_after_removal(&cluster, status.id, force)?;
+            if status.voters.len() > 1 {
+                cluster
+                    .raft
+                    .change_membership(MembershipChange::Remove { id: status.id })
+                    .await?;
+            } else if !force {
+                return Err(ManagerError::Raft(
+                    "this is the last manager: leaving ends the cluster and its state; use --force".into(),
+                ));
+            }
+            *self.cluster.lock().await = None;
+            let dir = self.config.data_root.join("raft");
+            let stamp = now().0;
+            let _ = std::fs::rename(&dir, self.config.data_root.join(format!("raft.left-{stamp}")));
+        } else if membership.is_none() {
+            return Err(ManagerError::Raft("this node is not part of a cluster".into()));
+        }
+        self.write_membership(None)?;
+        Ok(())
+    }
 }
+
+/// Refuses to remove manager `id` when the remaining voters could not reach a quorum
+/// (reachable = not down), unless forced.
+pub fn check_quorum_after_removal(
+    cluster: &Cluster,
+    id: u64,
+    force: bool,
+) -> Result<(), ManagerError> {
+    let status = cluster.raft.status().borrow().clone();
+    if force || !status.voters.contains(&id) {
+        return Ok(());
+    }
+    let remaining = status.voters.len() - 1;
+    if remaining == 0 {
+        return Ok(());
+    }
+    let reachable = cluster.raft.reachable_voters().saturating_sub(usize::from(status.voters.contains(&id)));
+    let quorum = remaining / 2 + 1;
+    if reachable < quorum {
+        return Err(ManagerError::Raft(format!(
+            "removing this manager would leave {remaining} managers of which only {reachable} are reachable, below the quorum of {quorum}: the cluster could not make changes; use --force to do it anyway"
+        )));
+    }
+    Ok(())
+}
+
+fn new_raft_id() -> u64 {
+    loop {
+        let id = rand::random::<u64>() >> 1;
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+/// A new join token of the cluster `cluster_id`: `SHLTKN-1-<cluster id>-<secret>`.
+pub fn new_token(cluster_id: &str) -> String {
+    format!(
+        "SHLTKN-1-{cluster_id}-{}{}",
+        shoal_api::ids::id_from_bits(rand::random()),
+        shoal_api::ids::id_from_bits(rand::random())
+    )
+}
+
+/// Path of join requests on the cluster port.
+pub const JOIN_PATH: &str = "/v1/cluster/join-request";
 
 /// Allocates VNIs and subnets for new networks, given the store and earlier allocations.
 pub fn allocate_networks(store: &Store, specs: Vec<NetworkSpec>) -> Vec<NewNetwork> {

@@ -29,6 +29,9 @@ pub struct ClusterObject {
     pub created_at: Timestamp,
     /// Token workers present to join.
     pub worker_join_token: String,
+    /// Token managers present to join.
+    #[serde(default)]
+    pub manager_join_token: String,
 }
 
 /// A network to create, with what the proposer allocated for it.
@@ -109,6 +112,16 @@ pub enum TaskOp {
 pub enum Command {
     /// First command of a cluster.
     InitCluster(ClusterObject),
+    /// Replaces the managers' addresses (at `cluster init` and `--force-new-cluster`, when
+    /// this manager is the only voter; otherwise membership changes keep them).
+    SetManagers(BTreeMap<u64, String>),
+    /// Replaces a join token (`cluster join-token --rotate`).
+    RotateJoinToken {
+        /// True for the manager token, false for the worker token.
+        manager: bool,
+        /// The new token.
+        token: String,
+    },
     /// Create a service.
     CreateService {
         /// New id.
@@ -238,6 +251,10 @@ pub enum StoreError {
 pub struct Store {
     /// Raft index of the last applied command.
     pub revision: u64,
+    /// Raft ids of the managers (the voters) and their cluster addresses (empty for a
+    /// manager started without `--advertise-addr`).
+    #[serde(default)]
+    pub managers: BTreeMap<u64, String>,
     /// Set by `cluster init`.
     pub cluster: Option<ClusterObject>,
     /// Nodes by id.
@@ -406,6 +423,17 @@ impl Store {
                     return Err(StoreError::AlreadyInitialized);
                 }
                 self.cluster = Some(c);
+            }
+            Command::SetManagers(managers) => self.managers = managers,
+            Command::RotateJoinToken { manager, token } => {
+                let c = self.cluster.as_mut().ok_or_else(|| {
+                    StoreError::Invalid("the cluster is not initialized".into())
+                })?;
+                if manager {
+                    c.manager_join_token = token;
+                } else {
+                    c.worker_join_token = token;
+                }
             }
             Command::CreateService { id, spec, at } => {
                 check_service_spec(self, &spec, None, &[])?;

@@ -73,6 +73,15 @@ impl EventHub {
         self.revision.send_replace(revision);
     }
 
+    /// Forgets the held events: the store jumped to `revision` (a snapshot from the leader), so
+    /// subscribers from before it must start again from the store.
+    pub fn reset(&self, revision: u64) {
+        let mut inner = self.inner.lock().expect("hub lock");
+        inner.ring.clear();
+        inner.floor = revision;
+        self.revision.send_replace(revision);
+    }
+
     /// Subscribes to events after `since` (0: live events only).
     pub fn subscribe(&self, since: u64) -> Result<Subscription, Compacted> {
         let inner = self.inner.lock().expect("hub lock");

@@ -8,7 +8,7 @@ use shoal_agent::container::{default_shim_path, ContainerConfig, ContainerExecut
 use shoal_agent::executor::{Executor, SimExecutor};
 use shoal_agent::session::{Agent, AgentConfig};
 use shoal_api::node::{NodeDescription, NodeResources};
-use shoal_client::{Client, Endpoint};
+use shoal_client::Endpoint;
 use shoal_controller::dispatcher::DispatcherSettings;
 use shoal_controller::raft::node::RaftSettings;
 use shoal_controller::{Manager, ManagerConfig};
@@ -63,6 +63,10 @@ struct Args {
     /// Silence after which a node is marked down.
     #[arg(long, default_value = "2s")]
     node_down_after: shoal_api::units::Duration,
+    /// Start as the only manager of the cluster this data root belongs to, keeping its state:
+    /// the way back after a majority of the managers is lost for good (docs/operations.md).
+    #[arg(long)]
+    force_new_cluster: bool,
     /// Applied Raft entries between snapshots.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
@@ -189,6 +193,7 @@ async fn main() -> Result<()> {
             snapshot_every: args.snapshot_every.max(1),
             ..Default::default()
         },
+        force_new_cluster: args.force_new_cluster,
         dispatcher: DispatcherSettings {
             heartbeat_period: args.heartbeat_period.0,
             down_after: args.node_down_after.0,
@@ -247,48 +252,83 @@ async fn main() -> Result<()> {
         resources: host_resources(&args)?,
         ..Default::default()
     };
-    let agent_manager = manager.clone();
-    let agent_shutdown = shutdown.clone();
-    let socket = args.socket.clone();
-    let state_dir = args.data_root.join("agent");
-    tokio::spawn(async move {
-        let cluster = loop {
-            if let Some(c) = agent_manager.cluster().await {
-                let token = c
-                    .store
-                    .read()
-                    .expect("store lock")
-                    .cluster
-                    .as_ref()
-                    .map(|o| o.worker_join_token.clone());
-                if let Some(token) = token {
-                    break token;
-                }
-            }
-            tokio::select! {
-                _ = agent_shutdown.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-            }
-        };
-        let config = AgentConfig {
-            manager: Client::new(Endpoint::Unix(socket)),
-            join_token: cluster,
-            state_dir,
-            description,
-            addr: String::new(),
-            manager_role: true,
-        };
-        Agent::run(config, executor, agent_shutdown).await;
-    });
+    tokio::spawn(supervise_agent(
+        manager.clone(),
+        executor,
+        args.socket.clone(),
+        args.data_root.join("agent"),
+        description,
+        shutdown.clone(),
+    ));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        _ = shutdown.cancelled() => {}
     }
     tracing::info!("shutting down");
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), unix).await;
     let _ = std::fs::remove_file(&args.socket);
+    if let Some(why) = manager.fatal() {
+        bail!("the manager failed: {why}");
+    }
     Ok(())
+}
+
+/// Runs the agent role while this node belongs to a cluster: it talks to the managers through
+/// their cluster port (or, in a one-host cluster, through this daemon's socket), as it would
+/// from any other host. It stops when the node leaves the cluster.
+async fn supervise_agent(
+    manager: Arc<Manager>,
+    executor: Arc<dyn Executor>,
+    socket: PathBuf,
+    state_dir: PathBuf,
+    description: NodeDescription,
+    shutdown: CancellationToken,
+) {
+    let poll = Duration::from_millis(100);
+    loop {
+        let target = loop {
+            if let Some(t) = manager.agent_target().await {
+                break t;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(poll) => {}
+            }
+        };
+        let managers = if target.managers.is_empty() {
+            vec![Endpoint::Unix(socket.clone())]
+        } else {
+            target.managers.iter().cloned().map(Endpoint::Tcp).collect()
+        };
+        let config = AgentConfig {
+            managers,
+            join_token: target.join_token,
+            state_dir: state_dir.clone(),
+            description: description.clone(),
+            addr: target
+                .addr
+                .rsplit_once(':')
+                .map(|(h, _)| h.to_owned())
+                .unwrap_or_default(),
+            manager_role: target.manager,
+        };
+        let running = shutdown.child_token();
+        let agent = tokio::spawn(Agent::run(config, executor.clone(), running.clone()));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(poll * 5) => {}
+            }
+            if manager.agent_target().await.is_none() {
+                tracing::info!("this node left its cluster: the agent stops");
+                running.cancel();
+                let _ = agent.await;
+                break;
+            }
+        }
+    }
 }

@@ -2,10 +2,12 @@
 //!
 //! One task owns the `RawNode` ([`node::run`]); everything else talks to it through a
 //! [`node::RaftHandle`]: proposals go in, and applied commands come out as store changes and
-//! events. Messages to other managers go through a [`node::Transport`]; with one manager there
-//! are none, and nothing here assumes there is one manager only.
+//! events. Messages to other managers go through a [`node::Transport`] ([`peer::TcpTransport`]
+//! on the cluster port); with one manager there are none, and nothing here assumes there is one
+//! manager only.
 
 pub mod node;
+pub mod peer;
 pub mod storage;
 
 /// Forwards raft-rs's slog records to tracing.

@@ -42,6 +42,11 @@ struct Core {
     snapshot_data: Vec<u8>,
     /// Entries after the snapshot, in order.
     entries: Vec<Entry>,
+    /// This manager's Raft id, once it belongs to a cluster.
+    raft_id: Option<u64>,
+    /// Configuration changes at or below this index are not applied again (set by
+    /// `--force-new-cluster`, which replaces the voters with this manager alone).
+    conf_floor: u64,
 }
 
 impl Core {
@@ -110,6 +115,17 @@ impl DurableLog {
         if let Some(v) = meta.get("snapshot_data").map_err(|e| db_err(path, e))? {
             core.snapshot_data = v.value().to_vec();
         }
+        let read_u64 = |key: &str| -> Result<Option<u64>, StorageFault> {
+            match meta.get(key).map_err(|e| db_err(path, e))? {
+                Some(v) => {
+                    let bytes: [u8; 8] = v.value().try_into().map_err(|_| corrupt(key))?;
+                    Ok(Some(u64::from_be_bytes(bytes)))
+                }
+                None => Ok(None),
+            }
+        };
+        core.raft_id = read_u64("raft_id")?;
+        core.conf_floor = read_u64("conf_floor")?.unwrap_or(0);
         let entries = txn.open_table(ENTRIES).map_err(|e| db_err(path, e))?;
         for row in entries
             .range(core.snapshot_meta.index + 1..)
@@ -130,15 +146,65 @@ impl DurableLog {
         })
     }
 
-    /// True once the log belongs to a cluster (it has a voter configuration).
+    /// True once the log belongs to a cluster: it has a Raft id (given at `cluster init` or
+    /// `cluster join`) or a voter configuration (logs written before ids were stored).
     pub fn is_initialized(&self) -> bool {
-        !self
-            .core
-            .read()
-            .expect("raft core lock")
-            .conf_state
-            .voters
-            .is_empty()
+        let core = self.core.read().expect("raft core lock");
+        core.raft_id.is_some() || !core.conf_state.voters.is_empty()
+    }
+
+    /// This manager's Raft id (1 for a log written before ids were stored).
+    pub fn raft_id(&self) -> u64 {
+        self.core.read().expect("raft core lock").raft_id.unwrap_or(1)
+    }
+
+    /// Index at or below which configuration changes are not applied again.
+    pub fn conf_floor(&self) -> u64 {
+        self.core.read().expect("raft core lock").conf_floor
+    }
+
+    /// Records this manager's Raft id: the log now belongs to a cluster, and a joining manager
+    /// that restarts before it has heard from the leader still knows who it is.
+    pub fn set_raft_id(&self, id: u64) -> Result<(), StorageFault> {
+        let txn = self.begin()?;
+        {
+            let mut t = txn.open_table(META).map_err(|e| db_err(&self.path, e))?;
+            self.put(&mut t, "raft_id", &id.to_be_bytes())?;
+        }
+        txn.commit().map_err(|e| db_err(&self.path, e))?;
+        self.core.write().expect("raft core lock").raft_id = Some(id);
+        Ok(())
+    }
+
+    /// `--force-new-cluster`: this manager becomes the only voter. Every entry already in the
+    /// log stays (it is committed by the new one-voter majority); configuration changes up to
+    /// the current last index are not applied again when the log is replayed.
+    pub fn force_single_voter(&self) -> Result<(), StorageFault> {
+        let id = self.raft_id();
+        let cs = ConfState {
+            voters: vec![id],
+            ..Default::default()
+        };
+        let floor = self.core.read().expect("raft core lock").last_index();
+        let mut meta = self.core.read().expect("raft core lock").snapshot_meta.clone();
+        meta.set_conf_state(cs.clone());
+        let txn = self.begin()?;
+        {
+            let mut t = txn.open_table(META).map_err(|e| db_err(&self.path, e))?;
+            self.put(&mut t, "conf_state", &cs.write_to_bytes().expect("encode"))?;
+            self.put(
+                &mut t,
+                "snapshot_meta",
+                &meta.write_to_bytes().expect("encode"),
+            )?;
+            self.put(&mut t, "conf_floor", &floor.to_be_bytes())?;
+        }
+        txn.commit().map_err(|e| db_err(&self.path, e))?;
+        let mut core = self.core.write().expect("raft core lock");
+        core.conf_state = cs;
+        core.snapshot_meta = meta;
+        core.conf_floor = floor;
+        Ok(())
     }
 
     /// Makes a fresh log the first log of a cluster whose only voter is `id`.
@@ -158,11 +224,13 @@ impl DurableLog {
                 "snapshot_meta",
                 &meta.write_to_bytes().expect("encode"),
             )?;
+            self.put(&mut t, "raft_id", &id.to_be_bytes())?;
         }
         txn.commit().map_err(|e| db_err(&self.path, e))?;
         let mut core = self.core.write().expect("raft core lock");
         core.conf_state = cs;
         core.snapshot_meta = meta;
+        core.raft_id = Some(id);
         Ok(())
     }
 
@@ -397,8 +465,16 @@ impl raft::Storage for DurableLog {
         Ok(self.core.read().expect("raft core lock").last_index())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, _request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let core = self.core.read().expect("raft core lock");
+        let conf = core.snapshot_meta.get_conf_state();
+        if !conf.voters.contains(&to) && !conf.learners.contains(&to) {
+            // Taken before `to` joined: it would refuse it. The leader snapshots again once
+            // the change that added it applies; raft-rs asks again later.
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
         let mut snap = Snapshot::default();
         snap.set_metadata(core.snapshot_meta.clone());
         snap.set_data(core.snapshot_data.clone().into());
