@@ -559,16 +559,17 @@ impl Manager {
         // The cluster port serves Raft from now on: release the slot before waiting.
         *slot = Some(cluster.clone());
         drop(slot);
-        let mut rev = cluster.hub.revision();
-        let caught_up = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                if cluster.store.read().expect("store lock").cluster.is_some() {
-                    return true;
-                }
-                if rev.changed().await.is_err() {
-                    return false;
-                }
-            }
+        // Joined once the leader's state arrived and this manager counts itself a voter.
+        let mut status = cluster.raft.status();
+        let store = cluster.store.clone();
+        let id = resp.raft_id;
+        let caught_up = tokio::time::timeout(Duration::from_secs(30), async move {
+            status
+                .wait_for(|s| {
+                    s.voters.contains(&id) && store.read().expect("store lock").cluster.is_some()
+                })
+                .await
+                .is_ok()
         })
         .await;
         if !matches!(caught_up, Ok(true)) {

@@ -98,6 +98,8 @@ pub struct LabConfig {
     pub managers: usize,
     /// Workers, `w1..wW`.
     pub workers: usize,
+    /// Spare hosts, `s1..sS`: their daemons run but join no cluster (for join tests).
+    pub spares: usize,
     /// The underlay, `A.B.C.0/24`.
     pub subnet: String,
     /// Where hosts keep their state.
@@ -125,6 +127,7 @@ impl LabConfig {
             name: name.to_owned(),
             managers,
             workers,
+            spares: 0,
             subnet: "198.18.0.0/24".into(),
             dir: default_dir(name),
             bin_dir,
@@ -149,6 +152,9 @@ pub struct HostInfo {
     pub addr: String,
     /// True for a manager.
     pub manager: bool,
+    /// True for a spare host (in no cluster at first).
+    #[serde(default)]
+    pub spare: bool,
 }
 
 /// The lab's state, as `lab.json` keeps it.
@@ -240,8 +246,8 @@ impl Lab {
         if config.managers == 0 {
             return Err(LabError::Config("a lab needs at least one manager".into()));
         }
-        if config.managers > 80 || config.workers > 150 {
-            return Err(LabError::Config("at most 80 managers and 150 workers".into()));
+        if config.managers > 80 || config.workers > 90 || config.spares > 50 {
+            return Err(LabError::Config("at most 80 managers, 90 workers and 50 spares".into()));
         }
         if config.name.is_empty() || config.name.len() > 6 || !config.name.chars().all(|c| c.is_ascii_alphanumeric()) {
             return Err(LabError::Config(format!(
@@ -257,6 +263,7 @@ impl Lab {
                 name: format!("m{i}"),
                 addr: format!("{prefix}.{}", 10 + i),
                 manager: true,
+                spare: false,
             });
         }
         for i in 1..=config.workers {
@@ -264,6 +271,15 @@ impl Lab {
                 name: format!("w{i}"),
                 addr: format!("{prefix}.{}", 100 + i),
                 manager: false,
+                spare: false,
+            });
+        }
+        for i in 1..=config.spares {
+            hosts.push(HostInfo {
+                name: format!("s{i}"),
+                addr: format!("{prefix}.{}", 200 + i),
+                manager: false,
+                spare: true,
             });
         }
         let state = LabState {
@@ -303,7 +319,7 @@ impl Lab {
         let manager_token = self.shoal_ok(&m1.name, &["cluster", "join-token", "-q", "manager"])?;
         let worker_token = self.shoal_ok(&m1.name, &["cluster", "join-token", "-q", "worker"])?;
         let remote = format!("{}:{}", m1.addr, shoal_api::wire::CLUSTER_PORT);
-        for h in &self.state.hosts[1..] {
+        for h in self.state.hosts[1..].iter().filter(|h| !h.spare) {
             let token = if h.manager { &manager_token } else { &worker_token };
             self.shoal_ok(
                 &h.name,
@@ -313,7 +329,7 @@ impl Lab {
         if self.state.executor == Executor::Container {
             self.import_images()?;
         }
-        let want = self.state.hosts.len();
+        let want = self.state.hosts.iter().filter(|h| !h.spare).count();
         wait_until("every node ready", BOUND, || {
             self.shoal(&m1.name, &["--format", "json", "node", "ls"])
                 .ok()
@@ -494,7 +510,13 @@ impl Lab {
                     host: h.clone(),
                     alive,
                     linked,
-                    role: if h.manager { "manager".into() } else { "worker".into() },
+                    role: if h.manager {
+                        "manager".into()
+                    } else if h.spare {
+                        "spare".into()
+                    } else {
+                        "worker".into()
+                    },
                     leader,
                 }
             })

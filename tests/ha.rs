@@ -1,0 +1,208 @@
+//! Highly available managers, through the lab: leaders killed while clients write, managers
+//! cut off and healed, the whole control plane restarted, five managers losing two, lagging
+//! managers caught up by snapshot, and join tokens.
+
+use shoal_cluster_tests::*;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Every acknowledged write is in every listed manager's store.
+fn assert_all_present(rt: &tokio::runtime::Runtime, lab: &shoal_lab::Lab, hosts: &[&str], acked: &BTreeSet<String>) {
+    for h in hosts {
+        wait(&format!("{h} to hold every acknowledged write"), || {
+            names(rt, lab, h).is_ok_and(|have| {
+                let have: BTreeSet<String> = have.into_iter().collect();
+                acked.is_subset(&have)
+            })
+        });
+    }
+}
+
+#[test]
+fn leader_killed_while_a_client_writes_loses_no_acknowledged_write() {
+    let Some(lab) = lab("ha1", 3, 0, 0, &[]) else { return };
+    let lab = Arc::new(lab);
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let leader = new_leader(&lab, None);
+    // The client writes through a follower, which forwards to whoever leads.
+    let via = lab.managers().iter().map(|h| h.name.clone()).find(|h| *h != leader).unwrap();
+    let writer = {
+        let (lab, acked, stop, via) = (lab.clone(), acked.clone(), stop.clone(), via.clone());
+        std::thread::spawn(move || {
+            let rt = rt();
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let name = format!("n{i}");
+                if write(&rt, &lab, &via, &name).is_ok() {
+                    acked.lock().unwrap().insert(name);
+                }
+                i += 1;
+            }
+        })
+    };
+    wait("some writes", || acked.lock().unwrap().len() >= 20);
+    lab.kill(&leader).unwrap();
+    let before = acked.lock().unwrap().len();
+    let next = new_leader(&lab, Some(&leader));
+    assert_ne!(next, leader);
+    wait("writes to resume after the leader died", || acked.lock().unwrap().len() >= before + 20);
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    let rt = rt();
+    let acked = acked.lock().unwrap().clone();
+    let alive: Vec<&str> = lab.managers().iter().map(|h| h.name.as_str()).filter(|h| *h != leader).collect();
+    assert_all_present(&rt, &lab, &alive, &acked);
+    // The old leader comes back and catches up.
+    lab.restart(&leader).unwrap();
+    assert_all_present(&rt, &lab, &[leader.as_str()], &acked);
+}
+
+#[test]
+fn a_cut_off_manager_accepts_no_write_and_catches_up_after_healing() {
+    let Some(lab) = lab("ha2", 3, 0, 0, &[]) else { return };
+    let rt = rt();
+    let leader = new_leader(&lab, None);
+    write_until_acked(&rt, &lab, "m1", "before");
+    // Cut the leader off: the majority elects another and goes on.
+    lab.cut(&leader).unwrap();
+    let started = Instant::now();
+    let refused = write(&rt, &lab, &leader, "lost");
+    assert!(refused.is_err(), "a manager cut off from the majority accepted a write");
+    assert!(started.elapsed() < Duration::from_secs(10), "the refusal took {:?}", started.elapsed());
+    let message = refused.unwrap_err().to_string();
+    assert!(
+        message.contains("quorum") || message.contains("leader"),
+        "the error does not say why: {message}"
+    );
+    let next = new_leader(&lab, Some(&leader));
+    write_until_acked(&rt, &lab, &next, "during");
+    // Reads still answer on the cut-off manager, from its own store.
+    assert!(names(&rt, &lab, &leader).unwrap().contains(&"before".to_owned()));
+    lab.heal(&leader).unwrap();
+    wait("the healed manager to catch up", || {
+        names(&rt, &lab, &leader).is_ok_and(|n| n.contains(&"during".to_owned()))
+    });
+    assert!(!names(&rt, &lab, &next).unwrap().contains(&"lost".to_owned()));
+}
+
+#[test]
+fn all_managers_killed_and_restarted_keep_the_state() {
+    let Some(lab) = lab("ha3", 3, 1, 0, &[]) else { return };
+    let rt = rt();
+    let mut acked = BTreeSet::new();
+    for i in 0..30 {
+        let name = format!("k{i}");
+        write_until_acked(&rt, &lab, "m2", &name);
+        acked.insert(name);
+    }
+    for m in ["m1", "m2", "m3", "w1"] {
+        lab.kill(m).unwrap();
+    }
+    for m in ["m1", "m2", "m3", "w1"] {
+        lab.restart(m).unwrap();
+    }
+    new_leader(&lab, None);
+    assert_all_present(&rt, &lab, &["m1", "m2", "m3"], &acked);
+    write_until_acked(&rt, &lab, "m3", "after");
+    // The worker is back in its session too.
+    wait("every node ready again", || {
+        lab.shoal_ok("m1", &["--format", "json", "node", "ls"])
+            .ok()
+            .and_then(|o| serde_json::from_str::<Vec<serde_json::Value>>(&o).ok())
+            .is_some_and(|ns| ns.len() == 4 && ns.iter().all(|n| n["status"]["state"] == "ready"))
+    });
+}
+
+#[test]
+fn five_managers_survive_two_failures_and_twenty_leader_kills_lose_nothing() {
+    let Some(lab) = lab("ha4", 5, 0, 0, &[]) else { return };
+    let rt = rt();
+    let mut acked = BTreeSet::new();
+    // Two managers die for good (never the same two as the later leader kills need).
+    let first = new_leader(&lab, None);
+    let followers: Vec<String> = lab.managers().iter().map(|h| h.name.clone()).filter(|h| *h != first).collect();
+    lab.kill(&followers[0]).unwrap();
+    lab.kill(&followers[1]).unwrap();
+    write_until_acked(&rt, &lab, &first, "two-down");
+    acked.insert("two-down".to_owned());
+    lab.restart(&followers[0]).unwrap();
+    lab.restart(&followers[1]).unwrap();
+    // Twenty leader kills in a row: each time a new leader, a write through it, the old
+    // leader back.
+    for round in 0..20 {
+        let leader = new_leader(&lab, None);
+        let name = format!("round{round}");
+        write_until_acked(&rt, &lab, &leader, &name);
+        acked.insert(name);
+        lab.kill(&leader).unwrap();
+        new_leader(&lab, Some(&leader));
+        lab.restart(&leader).unwrap();
+    }
+    let all: Vec<&str> = lab.managers().iter().map(|h| h.name.as_str()).collect();
+    assert_all_present(&rt, &lab, &all, &acked);
+}
+
+#[test]
+fn a_lagging_manager_catches_up_by_snapshot() {
+    let Some(lab) = lab("ha5", 3, 0, 0, &["--snapshot-every", "20"]) else { return };
+    let rt = rt();
+    let leader = new_leader(&lab, None);
+    let lagging = lab.managers().iter().map(|h| h.name.clone()).find(|h| *h != leader).unwrap();
+    // Down long enough for the leader to compact its log past what it has.
+    lab.kill(&lagging).unwrap();
+    let mut acked = BTreeSet::new();
+    for i in 0..60 {
+        let name = format!("s{i}");
+        write_until_acked(&rt, &lab, &leader, &name);
+        acked.insert(name);
+    }
+    lab.restart(&lagging).unwrap();
+    assert_all_present(&rt, &lab, &[lagging.as_str()], &acked);
+    let log = std::fs::read_to_string(lab.state().dir.join("hosts").join(&lagging).join("shoald.log")).unwrap();
+    assert!(
+        log.matches("snapshot from the leader installed").count() >= 2,
+        "{lagging} did not catch up by snapshot (at its join and after its restart):\n{log}"
+    );
+}
+
+#[test]
+fn join_tokens_decide_the_role_and_rotation_revokes_them() {
+    let Some(lab) = lab("ha6", 1, 0, 3, &[]) else { return };
+    let m1 = lab.host("m1").unwrap().addr.clone();
+    let remote = format!("{m1}:2377");
+    let worker_token = lab.shoal_ok("m1", &["cluster", "join-token", "-q", "worker"]).unwrap();
+    let manager_token = lab.shoal_ok("m1", &["cluster", "join-token", "-q", "manager"]).unwrap();
+    assert_ne!(worker_token, manager_token);
+    // A worker token makes a worker, even when the node asks to be reachable as a manager.
+    let s1 = lab.host("s1").unwrap().addr.clone();
+    lab.shoal_ok("s1", &["cluster", "join", "--token", worker_token.trim(), "--advertise-addr", &s1, &remote]).unwrap();
+    let out = lab.shoal("s1", &["service", "ls"]).unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("this node is a worker") && err.contains(&remote), "{err}");
+    let info: shoal_api::wire::ClusterInfo =
+        serde_json::from_str(&lab.shoal_ok("m1", &["--format", "json", "cluster", "info"]).unwrap()).unwrap();
+    assert_eq!(info.raft.voters.len(), 1, "a worker token added a voter");
+    // A manager token makes a voter.
+    let s2 = lab.host("s2").unwrap().addr.clone();
+    lab.shoal_ok("s2", &["cluster", "join", "--token", manager_token.trim(), "--advertise-addr", &s2, &remote]).unwrap();
+    let info: shoal_api::wire::ClusterInfo =
+        serde_json::from_str(&lab.shoal_ok("s2", &["--format", "json", "cluster", "info"]).unwrap()).unwrap();
+    assert_eq!(info.raft.voters.len(), 2);
+    // A rotated token stops working at once.
+    lab.shoal_ok("m1", &["cluster", "join-token", "--rotate", "worker"]).unwrap();
+    let s3 = lab.host("s3").unwrap().addr.clone();
+    let out = lab.shoal("s3", &["cluster", "join", "--token", worker_token.trim(), "--advertise-addr", &s3, &remote]).unwrap();
+    assert!(!out.status.success(), "a rotated token still works");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid join token"));
+    // Nodes: m1, s1 (worker), s2 (manager).
+    wait("three nodes ready", || {
+        lab.shoal_ok("m1", &["--format", "json", "node", "ls"])
+            .ok()
+            .and_then(|o| serde_json::from_str::<Vec<serde_json::Value>>(&o).ok())
+            .is_some_and(|ns| ns.iter().filter(|n| n["status"]["state"] == "ready").count() == 3)
+    });
+}

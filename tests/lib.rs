@@ -1,0 +1,113 @@
+//! Helpers of the whole-cluster tests: a lab per test (torn down by its guard, also on panic),
+//! writes through the API, and waits that poll a condition with a bound only a real fault
+//! reaches.
+
+use shoal_api::network::{Network, NetworkSpec};
+use shoal_client::ClientError;
+use shoal_lab::{Executor, Lab, LabConfig};
+use std::time::{Duration, Instant};
+
+/// Bound on every wait: only a real fault reaches it.
+pub const BOUND: Duration = Duration::from_secs(60);
+
+/// A lab of simulated-task hosts for a control-plane test, or `None` (test skipped, said so)
+/// without root; under `CI=true` a missing root fails instead.
+pub fn lab(name: &str, managers: usize, workers: usize, spares: usize, extra: &[&str]) -> Option<Lab> {
+    if !nix_is_root() {
+        let why = "whole-cluster tests need root (network namespaces, cgroups): run them with sudo";
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{why}");
+        }
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    for tool in ["ip"] {
+        if std::process::Command::new(tool).arg("-V").output().is_err() {
+            let why = format!("`{tool}` is missing: apt-get install iproute2");
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("{why}");
+            }
+            eprintln!("skipped: {why}");
+            return None;
+        }
+    }
+    let mut config = LabConfig::new(name, managers, workers);
+    config.spares = spares;
+    config.executor = Executor::Sim;
+    config.daemon_args = extra.iter().map(|s| s.to_string()).collect();
+    Some(Lab::up(config).expect("lab up"))
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A tokio runtime for API calls.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Creates network `name` through `host`; Ok once the cluster acknowledged it.
+pub fn write(rt: &tokio::runtime::Runtime, lab: &Lab, host: &str, name: &str) -> Result<(), ClientError> {
+    let spec = NetworkSpec {
+        name: name.to_owned(),
+        driver: "overlay".into(),
+        attachable: false,
+        subnet: String::new(),
+        labels: Default::default(),
+        driver_opts: Default::default(),
+    };
+    rt.block_on(
+        lab.client(host)
+            .with_timeout(Duration::from_secs(10))
+            .post::<_, shoal_api::wire::Created>("/v1/networks", &spec),
+    )
+    .map(|_| ())
+}
+
+/// The network names a host's store holds.
+pub fn names(rt: &tokio::runtime::Runtime, lab: &Lab, host: &str) -> Result<Vec<String>, ClientError> {
+    rt.block_on(lab.client(host).with_timeout(Duration::from_secs(10)).get::<Vec<Network>>("/v1/networks"))
+        .map(|ns| ns.into_iter().map(|n| n.spec.name).collect())
+}
+
+/// Polls `cond` every 50 ms until it holds; panics after [`BOUND`].
+pub fn wait(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < BOUND, "timed out after {BOUND:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until a live manager other than `not` leads, as every live manager agrees; returns it.
+pub fn new_leader(lab: &Lab, not: Option<&str>) -> String {
+    let mut found = String::new();
+    wait("a new leader", || match lab.leader() {
+        Some(l) if Some(l.as_str()) != not => {
+            found = l;
+            true
+        }
+        _ => false,
+    });
+    found
+}
+
+/// Writes through `host` until one is acknowledged (retrying while an election runs).
+pub fn write_until_acked(rt: &tokio::runtime::Runtime, lab: &Lab, host: &str, name: &str) {
+    // A retry of a write that did commit finds the name taken: that is an acknowledgement too.
+    wait(&format!("write {name} acknowledged"), || match write(rt, lab, host, name) {
+        Ok(()) => true,
+        Err(e) => e.status() == Some(409),
+    });
+}
