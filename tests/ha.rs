@@ -206,3 +206,79 @@ fn join_tokens_decide_the_role_and_rotation_revokes_them() {
             .is_some_and(|ns| ns.iter().filter(|n| n["status"]["state"] == "ready").count() == 3)
     });
 }
+
+#[test]
+fn without_quorum_writes_fail_fast_reads_answer_and_force_new_cluster_recovers() {
+    let Some(lab) = lab("ha7", 3, 0, 0, &[]) else { return };
+    let rt = rt();
+    write_until_acked(&rt, &lab, "m1", "kept");
+    lab.kill("m2").unwrap();
+    lab.kill("m3").unwrap();
+    // Give the survivor time to notice (check_quorum) if it led.
+    std::thread::sleep(Duration::from_secs(3));
+    let started = Instant::now();
+    let err = write(&rt, &lab, "m1", "refused").unwrap_err().to_string();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "the refusal took {took:?}");
+    assert!(err.contains("quorum"), "the error does not say why: {err}");
+    assert!(names(&rt, &lab, "m1").unwrap().contains(&"kept".to_owned()), "reads must still answer");
+    // The other two are gone for good: m1 starts a one-manager cluster with the state it has.
+    lab.restart_with("m1", &["--force-new-cluster"]).unwrap();
+    write_until_acked(&rt, &lab, "m1", "after");
+    let have = names(&rt, &lab, "m1").unwrap();
+    assert!(have.contains(&"kept".to_owned()) && have.contains(&"after".to_owned()));
+    let info: shoal_api::wire::ClusterInfo =
+        serde_json::from_str(&lab.shoal_ok("m1", &["--format", "json", "cluster", "info"]).unwrap()).unwrap();
+    assert_eq!(info.raft.voters, vec![info.raft.id]);
+    wait("the managers list to name m1 alone", || {
+        lab.shoal_ok("m1", &["--format", "json", "cluster", "info"])
+            .ok()
+            .and_then(|o| serde_json::from_str::<shoal_api::wire::ClusterInfo>(&o).ok())
+            .is_some_and(|i| i.raft.managers.len() == 1)
+    });
+    // A restart without the flag keeps the new configuration.
+    lab.restart("m1").unwrap();
+    write_until_acked(&rt, &lab, "m1", "again");
+}
+
+#[test]
+fn promote_and_demote_move_a_node_in_and_out_of_the_voters() {
+    let Some(lab) = lab("ha8", 3, 1, 0, &[]) else { return };
+    let voters = |host: &str| -> usize {
+        serde_json::from_str::<shoal_api::wire::ClusterInfo>(
+            &lab.shoal_ok(host, &["--format", "json", "cluster", "info"]).unwrap(),
+        )
+        .unwrap()
+        .raft
+        .voters
+        .len()
+    };
+    lab.shoal_ok("m1", &["node", "promote", "w1"]).unwrap();
+    wait("w1 to become a voter", || {
+        lab.shoal("w1", &["--format", "json", "cluster", "info"])
+            .is_ok_and(|o| o.status.success())
+    });
+    wait("four voters", || voters("m1") == 4);
+    lab.shoal_ok("m1", &["node", "demote", "m2"]).unwrap();
+    wait("three voters", || voters("m1") == 3);
+    wait("m2 to serve as a worker", || {
+        lab.shoal("m2", &["service", "ls"]).is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stderr).contains("this node is a worker")
+        })
+    });
+    // With m3 down, demoting w1 would leave m1 and m3, one reachable: refused.
+    lab.kill("m3").unwrap();
+    wait("m3 seen down", || {
+        lab.shoal_ok("m1", &["node", "ls"]).is_ok_and(|o| o.lines().any(|l| l.contains("m3") && l.contains("down")))
+    });
+    let out = lab.shoal("m1", &["node", "demote", "w1"]).unwrap();
+    assert!(!out.status.success(), "a demotion that loses the quorum was accepted");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("quorum"));
+    // A live node is not removed without --force; a manager not at all.
+    let out = lab.shoal("m1", &["node", "rm", "m2"]).unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not down"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = lab.shoal("m1", &["node", "rm", "--force", "m1"]).unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("demote it first"));
+    lab.shoal_ok("m1", &["node", "rm", "--force", "m2"]).unwrap();
+    assert!(!lab.shoal_ok("m1", &["node", "ls"]).unwrap().contains(" m2 "));
+}

@@ -35,6 +35,10 @@ pub struct AgentConfig {
     pub addr: String,
     /// True on a manager host.
     pub manager_role: bool,
+    /// The host's manager's Raft id (0 on a worker).
+    pub raft_id: u64,
+    /// Where a promotion (the manager join token) goes: the daemon makes the host a manager.
+    pub promotions: Option<mpsc::UnboundedSender<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -126,6 +130,7 @@ impl Agent {
             description,
             addr: self.config.addr.clone(),
             manager: self.config.manager_role,
+            raft_id: self.config.raft_id,
         };
         let (managers, first) = self.managers.lock().expect("managers lock").clone();
         let mut last = None;
@@ -179,6 +184,9 @@ impl Agent {
                 Ok(r) => {
                     period = Duration::from_millis(r.heartbeat_period_ms.max(10));
                     self.follow_managers(r.managers);
+                    if let (Some(token), Some(tx)) = (r.promote, &self.config.promotions) {
+                        let _ = tx.send(token);
+                    }
                 }
                 Err(e) => return e,
             }

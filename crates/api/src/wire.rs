@@ -283,6 +283,9 @@ pub struct RegisterRequest {
     /// True for the agent of a manager host.
     #[serde(default)]
     pub manager: bool,
+    /// The host's manager's Raft id (0 on a worker).
+    #[serde(default)]
+    pub raft_id: u64,
 }
 
 /// The session an agent holds.
@@ -314,6 +317,9 @@ pub struct HeartbeatResponse {
     /// The managers' cluster addresses, so an agent follows membership changes.
     #[serde(default)]
     pub managers: Vec<String>,
+    /// Set when an operator promoted this worker: the manager join token to join with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promote: Option<String>,
 }
 
 /// `GET /v1/dispatcher/assignments?node_id=..&session_id=..&since=REV`: the tasks a node must

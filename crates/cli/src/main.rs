@@ -324,6 +324,30 @@ enum NodeCmd {
         /// Node id or hostname.
         node: String,
     },
+    /// Make workers managers (they join the Raft voters).
+    Promote {
+        /// Node ids or hostnames.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Make managers workers (they leave the Raft voters).
+    Demote {
+        /// Demote even when the managers left could not reach a quorum.
+        #[arg(long)]
+        force: bool,
+        /// Node ids or hostnames.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Remove nodes from the cluster (down nodes; `--force` for live ones).
+    Rm {
+        /// Remove a node that is not down.
+        #[arg(short, long)]
+        force: bool,
+        /// Node ids or hostnames.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
 }
 
 fn client(cli: &Cli) -> Result<Client> {
@@ -1026,7 +1050,12 @@ async fn node(c: &Client, cmd: NodeCmd, json: bool) -> Result<()> {
             if json {
                 return print_json(&nodes);
             }
-            output::nodes(&nodes);
+            let leader = c
+                .get::<ClusterInfo>("/v1/cluster")
+                .await
+                .map(|i| i.raft.leader)
+                .unwrap_or(0);
+            output::nodes(&nodes, leader);
         }
         NodeCmd::Inspect { nodes } => {
             let mut out = Vec::new();
@@ -1070,6 +1099,39 @@ async fn node(c: &Client, cmd: NodeCmd, json: bool) -> Result<()> {
                 print_json(&n)?;
             } else {
                 println!("{}", n.id);
+            }
+        }
+        NodeCmd::Promote { nodes } => {
+            for n in nodes {
+                c.send_no_content::<()>(
+                    Method::POST,
+                    &format!("/v1/nodes/{}/promote", path_part(&n)),
+                    None,
+                )
+                .await?;
+                println!("Node {n} promoted to a manager in the cluster.");
+            }
+        }
+        NodeCmd::Demote { force, nodes } => {
+            for n in nodes {
+                c.send_no_content::<()>(
+                    Method::POST,
+                    &format!("/v1/nodes/{}/demote?force={force}", path_part(&n)),
+                    None,
+                )
+                .await?;
+                println!("Manager {n} demoted in the cluster.");
+            }
+        }
+        NodeCmd::Rm { force, nodes } => {
+            for n in nodes {
+                c.send_no_content::<()>(
+                    Method::DELETE,
+                    &format!("/v1/nodes/{}?force={force}", path_part(&n)),
+                    None,
+                )
+                .await?;
+                println!("{n}");
             }
         }
     }

@@ -121,7 +121,9 @@ pub fn tasks(list: &[Task], nodes: &[Node]) {
     );
 }
 
-pub fn nodes(list: &[Node]) {
+/// `node ls`; `leader` is the leader's Raft id, for the MANAGER STATUS column (as docker's:
+/// Leader, Reachable, Unreachable, empty for workers).
+pub fn nodes(list: &[Node], leader: u64) {
     table(
         &[
             "ID",
@@ -129,15 +131,23 @@ pub fn nodes(list: &[Node]) {
             "STATUS",
             "AVAILABILITY",
             "ROLE",
+            "MANAGER STATUS",
             "EXECUTOR",
         ],
         list.iter().map(|n| {
+            let manager = match &n.manager_status {
+                Some(m) if m.raft_id == leader => "Leader",
+                Some(_) if n.status.state == shoal_api::node::NodeState::Ready => "Reachable",
+                Some(_) => "Unreachable",
+                None => "",
+            };
             vec![
                 n.id.short().to_owned(),
                 n.description.hostname.clone(),
                 n.status.state.to_string(),
                 n.spec.availability.to_string(),
                 n.spec.role.to_string(),
+                manager.to_owned(),
                 n.description.executor.clone(),
             ]
         }),

@@ -190,6 +190,7 @@ fn join_fake_node(d: &Daemon, hostname: &str) -> RegisterResponse {
             },
             addr: String::new(),
             manager: false,
+            raft_id: 0,
         },
     ))
     .unwrap()

@@ -305,7 +305,9 @@ pub fn router(manager: Shared) -> Router {
         .route("/v1/cluster/leave", post(cluster_leave))
         .route("/v1/cluster/join-token", get(cluster_join_token))
         .route("/v1/nodes", get(node_list))
-        .route("/v1/nodes/{id}", get(node_inspect))
+        .route("/v1/nodes/{id}", get(node_inspect).delete(node_remove))
+        .route("/v1/nodes/{id}/promote", post(node_promote))
+        .route("/v1/nodes/{id}/demote", post(node_demote))
         .route("/v1/nodes/{id}/update", post(node_update))
         .route("/v1/services", get(service_list).post(service_create))
         .route(
@@ -397,6 +399,102 @@ async fn node_inspect(State(m): State<Shared>, Path(id): Path<String>) -> Result
     let c = cluster(&m).await?;
     let node = find_node(&c.store.read().expect("store lock"), &id)?;
     Ok(Json(node))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForceQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn node_promote(State(m): State<Shared>, Path(id): Path<String>) -> Result<StatusCode> {
+    let c = cluster(&m).await?;
+    let node = find_node(&c.store.read().expect("store lock"), &id)?;
+    if node.manager_status.is_some() {
+        return Err(ApiError::bad(format!("node {id} is already a manager")));
+    }
+    if node.status.addr.is_empty() {
+        return Err(ApiError::bad(format!(
+            "node {id} joined without --advertise-addr: the managers could not reach it"
+        )));
+    }
+    c.raft
+        .propose(Command::SetNodeRole {
+            id: node.id,
+            role: NodeRole::Manager,
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn node_demote(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    Query(q): Query<ForceQuery>,
+) -> Result<StatusCode> {
+    let c = cluster(&m).await?;
+    let node = find_node(&c.store.read().expect("store lock"), &id)?;
+    let Some(ms) = node.manager_status.clone() else {
+        if node.spec.role == NodeRole::Manager {
+            // Promoted but not joined yet: take the promotion back.
+            c.raft
+                .propose(Command::SetNodeRole {
+                    id: node.id,
+                    role: NodeRole::Worker,
+                })
+                .await?;
+            return Ok(StatusCode::NO_CONTENT);
+        }
+        return Err(ApiError::bad(format!("node {id} is already a worker")));
+    };
+    let voters = c.raft.status().borrow().voters.clone();
+    if voters == [ms.raft_id] {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("node {id} is the last manager: demoting it would leave the cluster without managers"),
+        ));
+    }
+    crate::manager::check_quorum_after_removal(&c, ms.raft_id, q.force)?;
+    c.raft
+        .propose(Command::SetNodeRole {
+            id: node.id,
+            role: NodeRole::Worker,
+        })
+        .await?;
+    c.raft
+        .change_membership(crate::raft::node::MembershipChange::Remove { id: ms.raft_id })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn node_remove(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+    Query(q): Query<ForceQuery>,
+) -> Result<StatusCode> {
+    let c = cluster(&m).await?;
+    let node = find_node(&c.store.read().expect("store lock"), &id)?;
+    if node.manager_status.is_some() || node.spec.role == NodeRole::Manager {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("node {id} is a manager: demote it first (`shoal node demote {id}`)"),
+        ));
+    }
+    if node.status.state != shoal_api::node::NodeState::Down && !q.force {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("node {id} is not down and can't be removed: stop it first, or use --force"),
+        ));
+    }
+    c.raft
+        .propose(Command::RemoveNode {
+            id: node.id.clone(),
+            at: now(),
+        })
+        .await?;
+    c.dispatcher.drop_session(&node.id);
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn node_update(
@@ -987,6 +1085,7 @@ async fn agent_register(
             description: Box::new(req.description),
             addr: req.addr,
             role,
+            raft_id: req.raft_id,
             at: now(),
         })
         .await?;
@@ -1005,9 +1104,20 @@ async fn agent_heartbeat(
 ) -> Result<Json<HeartbeatResponse>> {
     let c = cluster(&m).await?;
     c.dispatcher.touch(&req.node_id, &req.session_id)?;
+    // A worker an operator promoted learns the manager token here, once.
+    let promote = {
+        let store = c.store.read().expect("store lock");
+        store
+            .nodes
+            .get(&req.node_id)
+            .filter(|n| n.spec.role == NodeRole::Manager && n.manager_status.is_none())
+            .and_then(|_| store.cluster.as_ref().map(|o| o.manager_join_token.clone()))
+            .filter(|t| !t.is_empty())
+    };
     Ok(Json(HeartbeatResponse {
         heartbeat_period_ms: c.dispatcher.settings().heartbeat_period.as_millis() as u64,
         managers: c.manager_addrs(),
+        promote,
     }))
 }
 

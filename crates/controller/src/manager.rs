@@ -158,6 +158,8 @@ pub struct AgentTarget {
     pub manager: bool,
     /// This node's address.
     pub addr: String,
+    /// The host's manager's Raft id (0 on a worker).
+    pub raft_id: u64,
 }
 
 /// The manager role of a daemon.
@@ -168,6 +170,8 @@ pub struct Manager {
     membership: std::sync::RwLock<Option<Membership>>,
     shutdown: CancellationToken,
     fatal: std::sync::Mutex<Option<String>>,
+    /// The address the cluster port is bound to, once it is.
+    listening: std::sync::Mutex<Option<String>>,
 }
 
 /// Splits `host[:port]`, with the cluster port as default.
@@ -204,6 +208,7 @@ impl Manager {
             membership: std::sync::RwLock::new(None),
             shutdown,
             fatal: std::sync::Mutex::new(None),
+            listening: std::sync::Mutex::new(None),
         });
         let membership = manager.read_membership()?;
         *manager.membership.write().expect("membership lock") = membership.clone();
@@ -314,6 +319,9 @@ impl Manager {
 
     /// Serves the cluster port (Raft, agent sessions, forwarded writes, joins) on `addr`.
     async fn listen(self: &Arc<Self>, addr: &str) -> Result<(), ManagerError> {
+        if self.listening.lock().expect("listening lock").as_deref() == Some(addr) {
+            return Ok(());
+        }
         let listener =
             tokio::net::TcpListener::bind(addr)
                 .await
@@ -322,6 +330,7 @@ impl Manager {
                     message: e.to_string(),
                 })?;
         tracing::info!(%addr, "cluster port listening");
+        *self.listening.lock().expect("listening lock") = Some(addr.to_owned());
         let router = crate::api::cluster_router(self.clone());
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
@@ -346,22 +355,25 @@ impl Manager {
         let forward = HttpForward {
             timeout: self.config.raft.write_timeout,
         };
+        // Stops this cluster member alone: when it is demoted or removed, the daemon goes on.
+        let stop = self.shutdown.child_token();
         let (raft, task) = node::start(
             self.config.raft.clone(),
             log,
             store.clone(),
             hub.clone(),
-            Box::new(TcpTransport::new(self.shutdown.clone())),
+            Box::new(TcpTransport::new(stop.clone())),
             Some(Arc::new(forward)),
-            self.shutdown.clone(),
+            stop.clone(),
         )
         .map_err(ManagerError::Raft)?;
         // A Raft task that dies takes the daemon with it: never serve without Raft.
         let me = Arc::downgrade(self);
         let shutdown = self.shutdown.clone();
+        let stopped = stop.clone();
         tokio::spawn(async move {
             let why = match task.await {
-                Ok(Ok(())) if shutdown.is_cancelled() => return,
+                Ok(Ok(())) if stopped.is_cancelled() => return,
                 Ok(Ok(())) => "the raft task ended".to_owned(),
                 Ok(Err(e)) => e,
                 Err(e) => format!("the raft task panicked: {e}"),
@@ -379,10 +391,19 @@ impl Manager {
             dispatcher: Arc::new(Dispatcher::new(self.config.dispatcher)),
             logs: Arc::new(crate::logs::LogBroker::new()),
         });
-        tokio::spawn(supervise_leader_loops(
-            cluster.clone(),
-            self.shutdown.clone(),
-        ));
+        tokio::spawn(supervise_leader_loops(cluster.clone(), stop.clone()));
+        // A manager removed from the voters (demoted, or removed by another) becomes a worker.
+        let me = Arc::downgrade(self);
+        let mut status = cluster.raft.status();
+        tokio::spawn(async move {
+            let removed = tokio::select! {
+                _ = stop.cancelled() => false,
+                r = async { status.wait_for(|s| s.removed).await.is_ok() } => r,
+            };
+            if let (true, Some(m)) = (removed, me.upgrade()) {
+                m.step_down(stop).await;
+            }
+        });
         Ok(cluster)
     }
 
@@ -401,6 +422,7 @@ impl Manager {
                     join_token: m.join_token.clone(),
                     manager: false,
                     addr: m.advertise_addr.clone(),
+                    raft_id: 0,
                 });
             }
         }
@@ -422,6 +444,7 @@ impl Manager {
             join_token: token,
             manager: true,
             addr: advertise,
+            raft_id: cluster.raft.status().borrow().id,
         })
     }
 
@@ -498,8 +521,17 @@ impl Manager {
     /// Joins the cluster of the manager at `req.remote_addr`, as a worker or a manager
     /// (the token decides).
     pub async fn join(self: &Arc<Self>, req: &JoinRequest) -> Result<Membership, ManagerError> {
+        self.join_as(req, false).await
+    }
+
+    async fn join_as(
+        self: &Arc<Self>,
+        req: &JoinRequest,
+        promotion: bool,
+    ) -> Result<Membership, ManagerError> {
         let mut slot = self.cluster.lock().await;
-        if slot.is_some() || self.membership().is_some() {
+        let worker = self.membership().is_some_and(|m| !m.manager);
+        if slot.is_some() || (self.membership().is_some() && !(promotion && worker)) {
             return Err(ManagerError::AlreadyInitialized);
         }
         let log = self.open_log()?;
@@ -519,7 +551,10 @@ impl Manager {
             addr: membership.advertise_addr.clone(),
         };
         // A manager must be reachable before it is added as a voter: bind first.
-        let resp: JoinClusterResponse = if membership.advertise_addr.is_empty() {
+        let bound = self.listening.lock().expect("listening lock").clone();
+        let resp: JoinClusterResponse = if membership.advertise_addr.is_empty()
+            || bound.as_deref() == Some(membership.listen_addr.as_str())
+        {
             client
                 .post(JOIN_PATH, &ask)
                 .await
@@ -581,6 +616,79 @@ impl Manager {
         Ok(membership)
     }
 
+    /// This manager left the voters: stop its Raft and leader loops, keep its log aside, and
+    /// go on as a worker of the same cluster.
+    async fn step_down(self: &Arc<Self>, stop: CancellationToken) {
+        let mut slot = self.cluster.lock().await;
+        let Some(cluster) = slot.take() else { return };
+        let (managers, token) = {
+            let store = cluster.store.read().expect("store lock");
+            let me = cluster.raft.status().borrow().id;
+            (
+                store
+                    .managers
+                    .iter()
+                    .filter(|(id, a)| **id != me && !a.is_empty())
+                    .map(|(_, a)| a.clone())
+                    .collect::<Vec<_>>(),
+                store
+                    .cluster
+                    .as_ref()
+                    .map(|o| o.worker_join_token.clone())
+                    .unwrap_or_default(),
+            )
+        };
+        stop.cancel();
+        let dir = self.config.data_root.join("raft");
+        let aside = self
+            .config
+            .data_root
+            .join(format!("raft.demoted-{}", now().0));
+        if let Err(e) = std::fs::rename(&dir, &aside) {
+            tracing::error!(error = %e, "could not set the old raft log aside");
+        }
+        let membership = self.membership().map(|m| Membership {
+            manager: false,
+            listen_addr: String::new(),
+            managers,
+            join_token: token,
+            ..m
+        });
+        if let Err(e) = self.write_membership(membership) {
+            tracing::error!(error = %e, "could not record the demotion");
+        }
+        tracing::warn!("this manager was removed from the voters: it goes on as a worker");
+    }
+
+    /// Promotion: a worker joins its cluster's managers with the manager token it was given.
+    pub async fn promote(self: &Arc<Self>, token: &str) -> Result<(), ManagerError> {
+        let Some(m) = self.membership().filter(|m| !m.manager) else {
+            return Ok(());
+        };
+        if m.advertise_addr.is_empty() {
+            return Err(ManagerError::Raft(
+                "promotion needs the worker's --advertise-addr at join".into(),
+            ));
+        }
+        let mut last = None;
+        for remote in &m.managers {
+            let req = JoinRequest {
+                remote_addr: remote.clone(),
+                token: token.to_owned(),
+                advertise_addr: Some(m.advertise_addr.clone()),
+                listen_addr: None,
+            };
+            match self.join_as(&req, true).await {
+                Ok(_) => {
+                    tracing::info!("promoted: this node is a manager now");
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ManagerError::Raft("no managers known".into())))
+    }
+
     /// Leaves the cluster. A worker forgets it at once; a manager is removed from the voters
     /// first, refused when that would lose the quorum unless `force`.
     pub async fn leave(&self, force: bool) -> Result<(), ManagerError> {
@@ -625,7 +733,12 @@ pub fn check_quorum_after_removal(
     if remaining == 0 {
         return Ok(());
     }
-    let reachable = cluster.raft.reachable_voters().saturating_sub(usize::from(status.voters.contains(&id)));
+    let reachable = cluster
+        .raft
+        .reachable_voters()
+        .into_iter()
+        .filter(|v| *v != id)
+        .count();
     let quorum = remaining / 2 + 1;
     if reachable < quorum {
         return Err(ManagerError::Raft(format!(

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use shoal_api::constraint::Constraint;
 use shoal_api::network::{Network, NetworkSpec};
 use shoal_api::node::{
-    Availability, Node, NodeDescription, NodeRole, NodeSpec, NodeState, NodeStatus,
+    Availability, ManagerStatus, Node, NodeDescription, NodeRole, NodeSpec, NodeState,
+    NodeStatus,
 };
 use shoal_api::service::{Service, ServiceMode, ServiceSpec, UpdateState, UpdateStatus};
 use shoal_api::task::{Task, TaskState, TaskStatus};
@@ -182,6 +183,24 @@ pub enum Command {
         addr: String,
         /// Manager or worker (for a new node).
         role: NodeRole,
+        /// Its Raft id when it is a manager, 0 otherwise.
+        #[serde(default)]
+        raft_id: u64,
+        /// When.
+        at: Timestamp,
+    },
+    /// An operator sets a node's role (`node promote|demote`); the node follows.
+    SetNodeRole {
+        /// The node.
+        id: NodeId,
+        /// The role it must take.
+        role: NodeRole,
+    },
+    /// An operator removes a node (`node rm`): its unfinished tasks are orphaned, and it may
+    /// not register again under its id.
+    RemoveNode {
+        /// The node.
+        id: NodeId,
         /// When.
         at: Timestamp,
     },
@@ -255,6 +274,9 @@ pub struct Store {
     /// manager started without `--advertise-addr`).
     #[serde(default)]
     pub managers: BTreeMap<u64, String>,
+    /// Nodes removed by `node rm`, which may not register again.
+    #[serde(default)]
+    pub removed_nodes: BTreeSet<NodeId>,
     /// Set by `cluster init`.
     pub cluster: Option<ClusterObject>,
     /// Nodes by id.
@@ -609,8 +631,14 @@ impl Store {
                 description,
                 addr,
                 role,
+                raft_id,
                 at,
             } => {
+                if self.removed_nodes.contains(&id) {
+                    return Err(StoreError::Invalid(format!(
+                        "node {id} was removed from the cluster: it cannot register again (leave and join anew)"
+                    )));
+                }
                 let created = !self.nodes.contains_key(&id);
                 let node = self.nodes.entry(id.clone()).or_insert_with(|| Node {
                     id: id.clone(),
@@ -626,6 +654,10 @@ impl Store {
                     manager_status: None,
                 });
                 node.description = *description;
+                node.manager_status = (raft_id != 0).then(|| ManagerStatus {
+                    raft_id,
+                    addr: self.managers.get(&raft_id).cloned().unwrap_or_default(),
+                });
                 node.status = NodeStatus {
                     state: NodeState::Ready,
                     message: String::new(),
@@ -670,6 +702,41 @@ impl Store {
                     action: Action::Update,
                     object: Object::Node(Box::new(node.clone())),
                 });
+            }
+            Command::SetNodeRole { id, role } => {
+                let node = self
+                    .nodes
+                    .get_mut(&id)
+                    .ok_or_else(|| StoreError::NotFound {
+                        kind: "node",
+                        id: id.to_string(),
+                    })?;
+                node.spec.role = role;
+                node.version = rev;
+                ev.push(Event {
+                    revision: rev,
+                    action: Action::Update,
+                    object: Object::Node(Box::new(node.clone())),
+                });
+            }
+            Command::RemoveNode { id, at } => {
+                self.apply_inner(
+                    rev,
+                    Command::NodeDown {
+                        id: id.clone(),
+                        message: "removed".into(),
+                        at,
+                    },
+                    ev,
+                )?;
+                if let Some(node) = self.nodes.remove(&id) {
+                    ev.push(Event {
+                        revision: rev,
+                        action: Action::Delete,
+                        object: Object::Node(Box::new(node)),
+                    });
+                }
+                self.removed_nodes.insert(id);
             }
             Command::NodeDown { id, message, at } => {
                 let node = self
@@ -978,6 +1045,7 @@ mod tests {
                     description: Box::default(),
                     addr: String::new(),
                     role: NodeRole::Manager,
+                    raft_id: 0,
                     at: Timestamp(2),
                 },
             )

@@ -11,6 +11,7 @@ use shoal_api::node::{NodeDescription, NodeResources};
 use shoal_client::Endpoint;
 use shoal_controller::dispatcher::DispatcherSettings;
 use shoal_controller::raft::node::RaftSettings;
+use shoal_controller::manager::AgentTarget;
 use shoal_controller::{Manager, ManagerConfig};
 use shoal_runtime::oci::{which, OciRuntime};
 use std::os::unix::fs::PermissionsExt;
@@ -289,6 +290,7 @@ async fn supervise_agent(
     shutdown: CancellationToken,
 ) {
     let poll = Duration::from_millis(100);
+    let (promotions_tx, mut promotions) = tokio::sync::mpsc::unbounded_channel();
     loop {
         let target = loop {
             if let Some(t) = manager.agent_target().await {
@@ -306,7 +308,7 @@ async fn supervise_agent(
         };
         let config = AgentConfig {
             managers,
-            join_token: target.join_token,
+            join_token: target.join_token.clone(),
             state_dir: state_dir.clone(),
             description: description.clone(),
             addr: target
@@ -315,19 +317,39 @@ async fn supervise_agent(
                 .map(|(h, _)| h.to_owned())
                 .unwrap_or_default(),
             manager_role: target.manager,
+            raft_id: target.raft_id,
+            promotions: Some(promotions_tx.clone()),
         };
         let running = shutdown.child_token();
         let agent = tokio::spawn(Agent::run(config, executor.clone(), running.clone()));
+        let same = |t: &AgentTarget| {
+            (t.manager, t.raft_id, &t.join_token, &t.addr)
+                == (target.manager, target.raft_id, &target.join_token, &target.addr)
+        };
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(poll * 5) => {}
+                Some(token) = promotions.recv() => {
+                    if let Err(e) = manager.promote(&token).await {
+                        tracing::warn!(error = %e, "promotion to manager failed; it is retried");
+                    }
+                }
             }
-            if manager.agent_target().await.is_none() {
-                tracing::info!("this node left its cluster: the agent stops");
-                running.cancel();
-                let _ = agent.await;
-                break;
+            match manager.agent_target().await {
+                Some(t) if same(&t) => {}
+                Some(_) => {
+                    tracing::info!("this node's role changed: the agent starts again");
+                    running.cancel();
+                    let _ = agent.await;
+                    break;
+                }
+                None => {
+                    tracing::info!("this node left its cluster: the agent stops");
+                    running.cancel();
+                    let _ = agent.await;
+                    break;
+                }
             }
         }
     }

@@ -453,9 +453,16 @@ impl Lab {
 
     /// Boots a killed host again from its data root.
     pub fn restart(&self, name: &str) -> Result<(), LabError> {
+        self.restart_with(name, &[])
+    }
+
+    /// Boots a host again with extra `shoald` flags (`--force-new-cluster`).
+    pub fn restart_with(&self, name: &str, extra: &[&str]) -> Result<(), LabError> {
         let h = self.host(name)?.clone();
         host::kill(&self.state, name)?;
-        host::start(&self.state, &h)?;
+        let mut state = self.state.clone();
+        state.daemon_args.extend(extra.iter().map(|s| s.to_string()));
+        host::start(&state, &h)?;
         wait_until(&format!("{name}'s daemon"), BOUND, || {
             std::os::unix::net::UnixStream::connect(self.socket(name)).is_ok()
         })

@@ -120,7 +120,7 @@ pub struct RaftStatus {
     /// True once a configuration change removed this manager from the cluster.
     pub removed: bool,
     /// On the leader: voters heard from recently, itself included.
-    pub active: usize,
+    pub active: Vec<u64>,
 }
 
 impl RaftStatus {
@@ -357,12 +357,12 @@ impl RaftHandle {
 
     /// Voters the leader heard from within the last election timeout (itself included); on a
     /// follower, all voters (it cannot tell).
-    pub fn reachable_voters(&self) -> usize {
+    pub fn reachable_voters(&self) -> Vec<u64> {
         let s = self.status.borrow();
         if s.is_leader() {
-            s.active
+            s.active.clone()
         } else {
-            s.voters.len()
+            s.voters.clone()
         }
     }
 
@@ -638,13 +638,17 @@ impl Driver {
         let store = self.store.read().expect("store lock");
         let removed = store.cluster.is_some() && !voters.is_empty() && !voters.contains(&self.id);
         let active = if self.is_leader() {
-            r.prs()
+            let mut ids: Vec<u64> = r
+                .prs()
                 .iter()
                 .filter(|(id, pr)| **id == self.id || pr.recent_active)
                 .filter(|(id, _)| voters.contains(id))
-                .count()
+                .map(|(id, _)| *id)
+                .collect();
+            ids.sort_unstable();
+            ids
         } else {
-            0
+            Vec::new()
         };
         let status = RaftStatus {
             id: self.id,
