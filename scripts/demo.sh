@@ -1,58 +1,88 @@
 #!/usr/bin/env bash
-# The main job on one host: build shoal, start shoald in a temporary directory, make it a
-# one-manager cluster, import the busybox image (made from Debian's busybox-static), deploy
-# examples/stacks/web.yml as real containers, send a request to one of them, show the logs,
-# scale, then remove everything. Run as root from anywhere: it installs what it needs.
+# The main job: a lab of five hosts on this machine (three managers, two workers, each a network
+# namespace with its own shoald), examples/stacks/web.yml deployed as real containers spread over
+# them, one replica answering a request, then the leader's host killed (daemon and containers at
+# once): a new leader is elected, the lost replicas run elsewhere, and the cluster takes writes.
+# The lab stays up for you to explore; `./target/release/shoal-lab down` removes all of it.
+# Run as root from anywhere: it installs what it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then
-  echo "run as root: containers need namespaces, mounts and cgroups" >&2
+  echo "run as root: the lab needs network namespaces, mounts and cgroups" >&2
   exit 1
 fi
-if [ ! -x /bin/busybox ] || ! command -v nsenter >/dev/null; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static util-linux >/dev/null
+need=()
+[ -x /bin/busybox ] || need+=(busybox-static)
+command -v nsenter >/dev/null || need+=(util-linux)
+command -v ip >/dev/null || need+=(iproute2)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 cargo build --release --workspace --bins
-dir=$(mktemp -d /tmp/shoal-demo.XXXXXX)
-export SHOAL_HOST="unix://$dir/shoal.sock"
-shoal=./target/release/shoal
-./target/release/shoald --data-root "$dir/data" --socket "$dir/shoal.sock" \
-  --exec-root "$dir/run" --cgroup-parent /shoal-demo --log warn &
-pid=$!
-cleanup() {
-  $shoal stack rm web >/dev/null 2>&1 || true
-  # Containers stop on their own (their shell traps TERM); wait until they are gone.
-  for _ in $(seq 100); do
-    [ -z "$(ls -A "$dir/data/containers" 2>/dev/null)" ] && break
-    sleep 0.1
-  done
-  kill $pid 2>/dev/null; wait $pid 2>/dev/null || true
-  for c in /sys/fs/cgroup/*/shoal-demo; do rmdir "$c" 2>/dev/null || true; done
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-for _ in $(seq 100); do [ -S "$dir/shoal.sock" ] && break; sleep 0.1; done
+bin=$(pwd)/target/release
+lab=$bin/shoal-lab
+shoal=$bin/shoal
+export PATH="$bin:$PATH"
 
-$shoal cluster init
-./target/release/shoal-test-images "$dir/images" >/dev/null
-$shoal image import "$dir/images/busybox.tar" --tag busybox:latest --change 'CMD ["sh"]'
-$shoal image ls
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "shoal-lab up: 3 managers, 2 workers, the test images on every host"
+$lab up --managers 3 --workers 2
+leader=$($lab status | awk '/\(leader\)/ {print $1}')
+other=$($lab status | awk -v l="$leader" '$5 == "manager" && $1 != l {print $1; exit}')
+eval "$($lab env "$other")"
+echo "the CLI talks to $other (SHOAL_HOST=$SHOAL_HOST); $leader leads"
+
+step "stack deploy, through a follower (it forwards writes to the leader)"
 $shoal stack deploy --wait -c examples/stacks/web.yml web
 $shoal stack ps web
+$shoal node ls
 
-# Ask one replica for its page, from inside its network namespace (published ports and overlay
-# networks come with the networking work).
-task=$($shoal --format json service ps web_web | python3 -c 'import json,sys; print([t["id"] for t in json.load(sys.stdin) if t["status"]["state"]=="running"][0])')
-cpid=$(cat "$dir/data/containers/$task/init.pid")
-echo "GET http://127.0.0.1:8080/ in the network namespace of task $task:"
-nsenter --net="/proc/$cpid/ns/net" busybox wget -qO- http://127.0.0.1:8080/
+step "GET / from one web replica, inside its network namespace"
+task=$($shoal --format json service ps web_web | python3 -c '
+import json, sys
+print(next(t["id"] + " " + t["node_id"] for t in json.load(sys.stdin) if t["status"]["state"] == "running"))')
+set -- $task
+host=$($shoal --format json node inspect "$2" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["description"]["hostname"])')
+pid=$(cat "/var/tmp/shoal-lab/lab/hosts/$host/data/containers/$1/init.pid")
+echo "task $1 runs on $host:"
+nsenter --net="/proc/$pid/ns/net" busybox wget -qO- http://127.0.0.1:8080/
 
-sleep 2
-$shoal service logs --tail 3 web_worker
-$shoal service scale web_web=6
-for _ in $(seq 100); do
-  $shoal service ls | grep -q ' 6/6 ' && break
+step "shoal-lab kill $leader: power loss on the leader's host (daemon and containers)"
+start=$(date +%s.%N)
+$lab kill "$leader"
+for _ in $(seq 200); do
+  new=$($lab status | awk '/\(leader\)/ {print $1}')
+  [ -n "$new" ] && [ "$new" != "$leader" ] && break
+  sleep 0.05
+done
+echo "new leader: $new, $(python3 -c "print(round($(date +%s.%N) - $start, 2))") s after the kill"
+for _ in $(seq 200); do
+  $shoal node ls | grep -q " $leader .* down " && break
+  sleep 0.05
+done
+echo "$leader marked down $(python3 -c "print(round($(date +%s.%N) - $start, 2))") s after the kill; its replicas move"
+for _ in $(seq 200); do
+  $shoal service ls | grep -q 'web_web .* 3/3 ' && break
+  sleep 0.05
+done
+echo "web_web back at 3/3 $(python3 -c "print(round($(date +%s.%N) - $start, 2))") s after the kill"
+$shoal service scale web_web=4
+for _ in $(seq 200); do
+  $shoal service ls | grep -q 'web_web .* 4/4 ' && break
   sleep 0.1
 done
+$lab status
 $shoal service ls
+$shoal stack ps web | grep -E '^ID|running +(running|starting|preparing|accepted|assigned)' 
 $shoal node ls
+
+step "the lab stays up"
+cat <<MSG
+Explore it:
+  eval "\$($lab env m2)"; $shoal node ls
+  $lab restart $leader        # boot the dead host again from its data root
+  $lab cut m3 / heal m3        # drop a host's underlay link, then bring it back
+  $lab exec w1 -- ip addr      # run a command inside a host
+Tear it down (every namespace, mount, cgroup and process): $lab down
+MSG

@@ -47,7 +47,6 @@ pub enum LabError {
         /// Which.
         path: PathBuf,
         /// Why.
-        #[source]
         source: std::io::Error,
     },
     /// No such host in the lab.
@@ -346,6 +345,12 @@ impl Lab {
     }
 
     fn import_images(&self) -> Result<(), LabError> {
+        if !Path::new("/bin/busybox").exists() {
+            return Err(LabError::Config(
+                "the test images are made from Debian's busybox: apt-get install busybox-static"
+                    .into(),
+            ));
+        }
         let dir = self.state.dir.join("images");
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let busybox = dir.join("busybox.tar");
