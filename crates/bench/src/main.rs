@@ -12,7 +12,11 @@
 //! - containers (real containers, built-in runtime): a 100-replica stack deploy until all run,
 //!   scale 50 → 100, a killed container until its replacement runs (restart delay 0), shoald's
 //!   RSS; with `--swarm` and docker.io installed, `../shared/bench/swarm-anchor.sh` runs after
-//!   for Docker Swarm's figures in the same run.
+//!   for Docker Swarm's figures in the same run;
+//! - cluster (root): three managers in a lab, writes per second through the leader and a
+//!   follower, and 20 leader kills until writes are accepted again (see [`cluster`]).
+
+mod cluster;
 
 use shoal_api::service::Service;
 use shoal_api::wire::*;
@@ -570,6 +574,13 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().expect("tokio");
     if want("control") {
         rt.block_on(control());
+    }
+    if want("cluster") {
+        if root {
+            rt.block_on(cluster::cluster());
+        } else {
+            println!("cluster: skipped (needs root)");
+        }
     }
     if want("containers") {
         if root {
