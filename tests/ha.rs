@@ -282,3 +282,26 @@ fn promote_and_demote_move_a_node_in_and_out_of_the_voters() {
     lab.shoal_ok("m1", &["node", "rm", "--force", "m2"]).unwrap();
     assert!(!lab.shoal_ok("m1", &["node", "ls"]).unwrap().contains(" m2 "));
 }
+
+#[test]
+fn stack_rm_then_deploy_thirty_times_keeps_every_service() {
+    let Some(lab) = lab("ha9", 3, 1, 0, &[]) else { return };
+    let file = lab.state().dir.join("two.yml");
+    std::fs::write(
+        &file,
+        "services:\n  a:\n    image: busybox\n    deploy: {replicas: 2}\n  b:\n    image: busybox\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    for round in 0..30 {
+        // Through a follower, as a user would on any manager.
+        lab.shoal_ok("m2", &["stack", "deploy", "--wait", "--timeout", "60s", "-c", file, "two"])
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let ls = lab.shoal_ok("m2", &["service", "ls"]).unwrap();
+        assert!(
+            ls.contains("two_a") && ls.contains("two_b"),
+            "round {round}: a declared service is missing:\n{ls}"
+        );
+        lab.shoal_ok("m2", &["stack", "rm", "two"]).unwrap();
+    }
+}

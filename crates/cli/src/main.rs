@@ -640,9 +640,11 @@ async fn wait_converged(
     loop {
         let services: Vec<ServiceSummary> = c.get("/v1/services").await?;
         let mut done = true;
+        let mut pending: Vec<String> = Vec::new();
         for (name, bar) in &progress {
             let Some(s) = services.iter().find(|s| &s.service.spec.name == name) else {
                 done = false;
+                pending.push(format!("{name} (the service does not exist)"));
                 continue;
             };
             bar.set_length(s.desired);
@@ -662,6 +664,8 @@ async fn wait_converged(
             });
             if ok {
                 bar.finish();
+            } else {
+                pending.push(format!("{name} ({}/{} running)", s.running, s.desired));
             }
             done &= ok;
         }
@@ -675,11 +679,22 @@ async fn wait_converged(
             }
             return Ok(());
         }
-        // Wait for the next change (at least one event), then drain what else arrived.
-        match tokio::time::timeout_at(deadline, lines.next::<serde_json::Value>()).await {
-            Ok(Ok(Some(_))) => {}
-            Ok(Ok(None)) => bail!("the event stream ended before the stack converged"),
-            Ok(Err(e)) => return Err(e.into()),
+        // Wait for the next change (an event, or a second at most: the store is read again
+        // either way, so nothing is missed), then drain what else arrived.
+        let until = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
+        match tokio::time::timeout_at(until, lines.next::<serde_json::Value>()).await {
+            Ok(Ok(Some(_))) => {
+                while let Ok(Ok(Some(_))) =
+                    tokio::time::timeout(Duration::from_millis(1), lines.next::<serde_json::Value>())
+                        .await
+                {}
+            }
+            // The stream was cut (this watcher fell behind, or the manager restarted): follow
+            // live events again; the next pass catches up from the store.
+            Ok(Ok(None)) | Ok(Err(_)) => {
+                lines = Lines::new(c.stream("/v1/events?since=0").await?);
+            }
+            Err(_) if tokio::time::Instant::now() < deadline => {}
             Err(_) => {
                 let tasks: Vec<Task> = c.get("/v1/tasks").await?;
                 let problems: Vec<String> = tasks
@@ -690,8 +705,9 @@ async fn wait_converged(
                     .map(|t| format!("{}: {}", t.name(), t.status.err))
                     .collect();
                 bail!(
-                    "not converged after {}s{}",
+                    "not converged after {}s: {}{}",
                     timeout.as_secs(),
+                    pending.join(", "),
                     if problems.is_empty() {
                         String::new()
                     } else {

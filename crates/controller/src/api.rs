@@ -818,8 +818,14 @@ async fn stack_deploy(
                     spec.name
                 )));
             }
-            match store.services.values().find(|s| s.spec.name == spec.name) {
-                Some(existing) if existing.spec == *spec => {
+            // A live service of that name, else one still being removed (brought back).
+            let existing = store
+                .services
+                .values()
+                .filter(|s| s.spec.name == spec.name)
+                .min_by_key(|s| s.removing);
+            match existing {
+                Some(existing) if existing.spec == *spec && !existing.removing => {
                     result.unchanged.push(spec.name.clone())
                 }
                 Some(existing) => {

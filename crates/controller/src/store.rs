@@ -560,15 +560,13 @@ impl Store {
                             spec.name
                         )));
                     }
-                    let existing = update.iter().any(|(u, _)| u == id).then_some(id);
-                    if let Some(id) = existing {
-                        if !self.services.contains_key(id) {
-                            return Err(StoreError::NotFound {
-                                kind: "service",
-                                id: id.to_string(),
-                            });
-                        }
-                    }
+                    // An update of a service deleted since the proposer looked (it was being
+                    // removed) creates it again.
+                    let existing = update
+                        .iter()
+                        .any(|(u, _)| u == id)
+                        .then_some(id)
+                        .filter(|id| self.services.contains_key(*id));
                     check_service_spec(self, spec, existing, &networks)?;
                 }
                 for id in &remove {
@@ -586,6 +584,21 @@ impl Store {
                     self.insert_service(rev, id, spec, at, ev);
                 }
                 for (id, spec) in update {
+                    let Some(s) = self.services.get_mut(&id) else {
+                        self.insert_service(rev, id, spec, at, ev);
+                        continue;
+                    };
+                    // A service still being removed (`stack rm` just before) is declared
+                    // again: it stays, with the declared spec.
+                    if s.removing {
+                        s.removing = false;
+                        s.version = rev;
+                        ev.push(Event {
+                            revision: rev,
+                            action: Action::Update,
+                            object: Object::Service(Box::new(s.clone())),
+                        });
+                    }
                     self.replace_spec(rev, &id, spec, at, ev);
                 }
                 for id in remove {
@@ -935,7 +948,10 @@ impl Store {
                 }
             }
             TaskOp::DeleteService { id } => {
-                if let Some(s) = self.services.remove(&id) {
+                // Only a service still being removed: a deploy may have brought it back since
+                // the orchestrator looked.
+                if self.services.get(&id).is_some_and(|s| s.removing) {
+                    let s = self.services.remove(&id).expect("checked above");
                     ev.push(Event {
                         revision: rev,
                         action: Action::Delete,
@@ -994,6 +1010,50 @@ mod tests {
 
     fn sid(n: u128) -> ServiceId {
         ServiceId::from_bits(n)
+    }
+
+    #[test]
+    fn a_deploy_right_after_a_removal_keeps_the_service() {
+        let mut store = Store::default();
+        let create = Command::CreateService {
+            id: sid(1),
+            spec: Box::new(spec("a")),
+            at: Timestamp(1),
+        };
+        store.apply(1, create).unwrap();
+        store.apply(2, Command::RemoveService { id: sid(1) }).unwrap();
+        assert!(store.services[&sid(1)].removing);
+        // The orchestrator decided to delete it from a snapshot taken here...
+        let stale = Command::Tasks(vec![TaskOp::DeleteService { id: sid(1) }]);
+        // ...but the stack is deployed again first.
+        let deploy = Command::DeployStack {
+            networks: vec![],
+            create: vec![],
+            update: vec![(sid(1), spec("a"))],
+            remove: vec![],
+            at: Timestamp(3),
+        };
+        store.apply(3, deploy).unwrap();
+        assert!(!store.services[&sid(1)].removing);
+        store.apply(4, stale).unwrap();
+        assert!(store.services.contains_key(&sid(1)), "a stale delete removed a declared service");
+        // A delete while it is being removed still deletes.
+        store.apply(5, Command::RemoveService { id: sid(1) }).unwrap();
+        store
+            .apply(6, Command::Tasks(vec![TaskOp::DeleteService { id: sid(1) }]))
+            .unwrap();
+        assert!(store.services.is_empty());
+        // A deploy computed before that delete applied (an update of the old id) brings it
+        // back instead of failing.
+        let deploy = Command::DeployStack {
+            networks: vec![],
+            create: vec![],
+            update: vec![(sid(1), spec("a"))],
+            remove: vec![],
+            at: Timestamp(7),
+        };
+        store.apply(7, deploy).unwrap();
+        assert!(!store.services[&sid(1)].removing);
     }
 
     #[test]
