@@ -213,7 +213,10 @@ pub async fn wait_assignments(
             Ok(Ok(batch)) => events.extend(batch.iter().cloned()),
             Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => return full(),
             Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) | Err(_) => {
-                let revision = store.read().expect("store lock").revision.max(since);
+                // The revision of the last event seen, never the store's: the store is written
+                // before its events are published, so a revision read off the store could skip
+                // an event still on its way, and the agent would miss that change for good.
+                let revision = events.last().map_or(since, |e| e.revision);
                 return Assignments {
                     revision,
                     full: false,
@@ -228,6 +231,48 @@ pub async fn wait_assignments(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_long_poll_that_times_out_never_skips_an_unpublished_change() {
+        use shoal_api::service::TaskTemplate;
+        use shoal_api::task::TaskStatus;
+        use shoal_api::units::Timestamp;
+        let node = NodeId::from_bits(1);
+        let task = Task {
+            id: TaskId::from_bits(7),
+            version: 5,
+            service_id: shoal_api::ServiceId::from_bits(1),
+            service_name: "a".into(),
+            slot: 1,
+            node_id: Some(node.clone()),
+            spec_version: 1,
+            spec: TaskTemplate::default(),
+            desired_state: TaskState::Running,
+            status: TaskStatus::new(TaskState::Assigned, Timestamp(1), "assigned"),
+            created_at: Timestamp(1),
+        };
+        // The store holds revision 5 (the assignment), its event is not published yet.
+        let hub = EventHub::new(4);
+        let mut store = Store {
+            revision: 5,
+            ..Default::default()
+        };
+        store.tasks.insert(task.id.clone(), task.clone());
+        let store = std::sync::RwLock::new(store);
+        let a = wait_assignments(&store, &hub, &node, 4, Duration::from_millis(20)).await;
+        assert!(a.tasks.is_empty());
+        assert_eq!(a.revision, 4, "the poll skipped past an unpublished change");
+        hub.publish(
+            5,
+            vec![shoal_api::wire::Event {
+                revision: 5,
+                action: Action::Update,
+                object: Object::Task(Box::new(task.clone())),
+            }],
+        );
+        let a = wait_assignments(&store, &hub, &node, a.revision, Duration::from_millis(20)).await;
+        assert_eq!(a.tasks, vec![task]);
+    }
 
     #[test]
     fn sessions_expire_and_are_replaced() {
