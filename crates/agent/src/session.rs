@@ -292,11 +292,17 @@ impl Agent {
             let mut lines = Vec::new();
             for (task, path, offset) in offsets.iter_mut() {
                 let Some(path) = path else { continue };
-                let read = if first {
-                    shoal_runtime::logs::read_all(path)
-                } else {
-                    shoal_runtime::logs::read_from(path, *offset)
-                };
+                // File reads off the async threads.
+                let (path, from) = (path.clone(), *offset);
+                let read = tokio::task::spawn_blocking(move || {
+                    if first {
+                        shoal_runtime::logs::read_all(&path)
+                    } else {
+                        shoal_runtime::logs::read_from(&path, from)
+                    }
+                })
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
                 let (entries, next) = match read {
                     Ok(r) => r,
                     Err(e) => {

@@ -40,6 +40,8 @@ pub struct ManagerConfig {
     pub dispatcher: DispatcherSettings,
     /// `--force-new-cluster`: start as the only manager of the cluster this log belongs to.
     pub force_new_cluster: bool,
+    /// Bytes of event history kept in memory (`--event-history`).
+    pub event_history: usize,
 }
 
 /// The manager could not start or act.
@@ -350,7 +352,7 @@ impl Manager {
         if store.managers.is_empty() {
             store.managers = seed_managers;
         }
-        let hub = EventHub::new(store.revision);
+        let hub = EventHub::with_budget(store.revision, self.config.event_history);
         let store = Arc::new(RwLock::new(store));
         let forward = HttpForward {
             timeout: self.config.raft.write_timeout,
@@ -884,8 +886,18 @@ async fn orchestrate(cluster: Arc<Cluster>, stop: CancellationToken) {
     while wait_for_work(&mut rev, seen, wake_at, &stop).await {
         seen = *rev.borrow_and_update();
         let t = now();
+        // A copy of what the pass reads: the store lock is not held while it computes, so Raft
+        // applies meanwhile.
+        let store = {
+            let s = cluster.store.read().expect("store lock");
+            Store {
+                nodes: s.nodes.clone(),
+                services: s.services.clone(),
+                tasks: s.tasks.clone(),
+                ..Default::default()
+            }
+        };
         let (ops, wake) = {
-            let store = cluster.store.read().expect("store lock");
             let nodes: Vec<_> = store.nodes.values().cloned().collect();
             let mut ops = Vec::new();
             let mut wake: Option<Timestamp> = None;
@@ -927,8 +939,18 @@ async fn schedule(cluster: Arc<Cluster>, stop: CancellationToken) {
     while wait_for_work(&mut rev, seen, None, &stop).await {
         seen = *rev.borrow_and_update();
         let t = now();
+        let store = {
+            let s = cluster.store.read().expect("store lock");
+            if !s.tasks.values().any(scheduler::needs_placement) {
+                continue;
+            }
+            Store {
+                nodes: s.nodes.clone(),
+                tasks: s.tasks.clone(),
+                ..Default::default()
+            }
+        };
         let ops: Vec<TaskOp> = {
-            let store = cluster.store.read().expect("store lock");
             let waiting: Vec<&Task> = store
                 .tasks
                 .values()

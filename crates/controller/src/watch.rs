@@ -1,5 +1,6 @@
 //! The event hub: every change applied to the store is published here, with its revision.
-//! Subscribers start from any revision still held in memory (the last [`RETAINED`] events) and
+//! Subscribers start from any revision still held in memory (the newest events up to a byte
+//! budget, [`DEFAULT_BUDGET`] unless `--event-history` says otherwise) and
 //! then follow live changes, with no gap between the two. Leader loops only need to know that
 //! something changed, which [`EventHub::revision`] tells.
 
@@ -8,8 +9,10 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, watch};
 
-/// Events kept for subscribers that start in the past.
-pub const RETAINED: usize = 100_000;
+/// Bytes of events (as JSON) kept for subscribers that start in the past. Whoever asks for
+/// older ones gets [`Compacted`] and starts again from the store (the dispatcher sends the full
+/// assignment set, `--wait` re-reads the services).
+pub const DEFAULT_BUDGET: usize = 64 << 20;
 
 /// A subscriber asked for events that are no longer held.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,7 +24,11 @@ pub struct Compacted {
 
 #[derive(Debug)]
 struct Inner {
-    ring: VecDeque<Event>,
+    /// Events with their size as JSON.
+    ring: VecDeque<(Event, usize)>,
+    /// Sum of the sizes held.
+    bytes: usize,
+    budget: usize,
     /// Revision before the first held event: `since` must be at least this.
     floor: u64,
 }
@@ -44,13 +51,20 @@ pub struct Subscription {
 }
 
 impl EventHub {
-    /// A hub whose store is at `revision`.
+    /// A hub whose store is at `revision`, holding [`DEFAULT_BUDGET`] bytes of history.
     pub fn new(revision: u64) -> Arc<EventHub> {
+        EventHub::with_budget(revision, DEFAULT_BUDGET)
+    }
+
+    /// A hub holding up to `budget` bytes of history.
+    pub fn with_budget(revision: u64, budget: usize) -> Arc<EventHub> {
         let (live, _) = broadcast::channel(4096);
         let (rev, _) = watch::channel(revision);
         Arc::new(EventHub {
             inner: Mutex::new(Inner {
                 ring: VecDeque::new(),
+                bytes: 0,
+                budget,
                 floor: revision,
             }),
             live,
@@ -61,11 +75,24 @@ impl EventHub {
     /// Publishes the events of one applied command, then moves the revision.
     pub fn publish(&self, revision: u64, events: Vec<Event>) {
         if !events.is_empty() {
+            let sized: Vec<(Event, usize)> = events
+                .iter()
+                .map(|e| (e.clone(), serde_json::to_vec(e).map_or(0, |v| v.len())))
+                .collect();
             let mut inner = self.inner.lock().expect("hub lock");
-            inner.ring.extend(events.iter().cloned());
-            while inner.ring.len() > RETAINED {
-                let dropped = inner.ring.pop_front().expect("not empty");
+            inner.bytes += sized.iter().map(|(_, n)| n).sum::<usize>();
+            inner.ring.extend(sized);
+            while inner.bytes > inner.budget {
+                let Some((dropped, n)) = inner.ring.pop_front() else {
+                    break;
+                };
+                inner.bytes -= n;
+                // Resuming needs whole revisions: drop the rest of this one too.
                 inner.floor = dropped.revision;
+                while inner.ring.front().is_some_and(|(e, _)| e.revision == dropped.revision) {
+                    let (_, n) = inner.ring.pop_front().expect("checked");
+                    inner.bytes -= n;
+                }
             }
             // Sent under the lock so a new subscriber sees each event exactly once.
             let _ = self.live.send(Arc::new(events));
@@ -78,6 +105,7 @@ impl EventHub {
     pub fn reset(&self, revision: u64) {
         let mut inner = self.inner.lock().expect("hub lock");
         inner.ring.clear();
+        inner.bytes = 0;
         inner.floor = revision;
         self.revision.send_replace(revision);
     }
@@ -100,8 +128,8 @@ impl EventHub {
         let backlog = inner
             .ring
             .iter()
-            .filter(|e| e.revision > since)
-            .cloned()
+            .filter(|(e, _)| e.revision > since)
+            .map(|(e, _)| e.clone())
             .collect();
         Ok(Subscription { backlog, live })
     }
@@ -148,6 +176,22 @@ mod tests {
         hub.publish(3, vec![ev(3)]);
         assert_eq!(sub.live.try_recv().unwrap()[0].revision, 3);
         assert_eq!(*hub.revision().borrow(), 3);
+    }
+
+    #[test]
+    fn history_is_bounded_by_bytes_in_whole_revisions() {
+        let size = serde_json::to_vec(&ev(1)).unwrap().len();
+        let hub = EventHub::with_budget(0, size * 3);
+        for r in 1..=3 {
+            hub.publish(r, vec![ev(r), ev(r)]);
+        }
+        // Six events of one size each, three fit: revisions 1 and 2 went, whole.
+        assert_eq!(hub.subscribe(1).unwrap_err(), Compacted { oldest: 2 });
+        let sub = hub.subscribe(2).unwrap();
+        assert_eq!(
+            sub.backlog.iter().map(|e| e.revision).collect::<Vec<_>>(),
+            vec![3, 3]
+        );
     }
 
     #[test]

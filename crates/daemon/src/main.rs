@@ -68,6 +68,10 @@ struct Args {
     /// the way back after a majority of the managers is lost for good (docs/operations.md).
     #[arg(long)]
     force_new_cluster: bool,
+    /// Event history kept in memory for `events --since` and agents that resume (e.g. 64M);
+    /// older requests start again from the current state.
+    #[arg(long, default_value = "64M")]
+    event_history: String,
     /// Applied Raft entries between snapshots.
     #[arg(long, default_value_t = 10_000)]
     snapshot_every: u64,
@@ -195,6 +199,8 @@ async fn main() -> Result<()> {
             ..Default::default()
         },
         force_new_cluster: args.force_new_cluster,
+        event_history: shoal_api::units::parse_bytes(&args.event_history)
+            .context("--event-history")? as usize,
         dispatcher: DispatcherSettings {
             heartbeat_period: args.heartbeat_period.0,
             down_after: args.node_down_after.0,
