@@ -28,6 +28,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::io::AsyncBufReadExt;
 
+/// How long a shim may take to create and start a container and report.
+const SHIM_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a container may take to exit once SIGKILLed.
+const AFTER_KILL: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// `shoal-init`, built statically by the build script (init/main.rs).
 const INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/shoal-init"));
 
@@ -411,10 +416,22 @@ impl ContainerExecutor {
         })?;
         let stdout = child.stdout.take().expect("piped");
         let mut line = String::new();
-        tokio::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .await
-            .map_err(|e| ExecError::Failed(format!("reading the shim: {e}")))?;
+        let read = tokio::time::timeout(
+            SHIM_HANDSHAKE,
+            tokio::io::BufReader::new(stdout).read_line(&mut line),
+        )
+        .await;
+        match read {
+            Ok(r) => {
+                r.map_err(|e| ExecError::Failed(format!("reading the shim: {e}")))?;
+            }
+            Err(_) => {
+                let _ = child.start_kill();
+                return Err(ExecError::Failed(format!(
+                    "the shim did not report within {SHIM_HANDSHAKE:?}"
+                )));
+            }
+        }
         // The shim runs on after reporting; tokio reaps it when it ends.
         tokio::spawn(async move {
             let _ = child.wait().await;
@@ -600,7 +617,18 @@ impl Executor for ContainerExecutor {
                 let rt = this.config.runtime.clone();
                 let id2 = id.clone();
                 let _ = tokio::task::spawn_blocking(move || rt.kill(&id2, "KILL")).await;
-                this.wait(&id).await?;
+                // SIGKILL cannot be refused, but a process stuck in the kernel (D state) can
+                // outlive it: give up after a bound, saying so, rather than hang the task.
+                match tokio::time::timeout(AFTER_KILL, this.wait(&id)).await {
+                    Ok(r) => {
+                        r?;
+                    }
+                    Err(_) => {
+                        return Err(ExecError::Failed(format!(
+                            "container {id} did not exit within {AFTER_KILL:?} of SIGKILL"
+                        )))
+                    }
+                }
             }
             Ok(())
         })

@@ -8,7 +8,7 @@
 //! - [`orchestrator`], [`scheduler`]: pure decision cores of the leader loops.
 //! - [`dispatcher`]: agent sessions, heartbeats and assignments.
 //! - [`manager`]: wiring, the leader loops' drivers.
-//! - [`api`]: the REST API (axum).
+//! - [`api`]: the REST API (axum); [`serve`]: HTTP/1.1 with header and idle timeouts.
 
 pub mod api;
 pub mod dispatcher;
@@ -17,6 +17,7 @@ pub mod manager;
 pub mod orchestrator;
 pub mod raft;
 pub mod scheduler;
+pub mod serve;
 pub mod store;
 pub mod watch;
 

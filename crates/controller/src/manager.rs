@@ -334,12 +334,7 @@ impl Manager {
         tracing::info!(%addr, "cluster port listening");
         *self.listening.lock().expect("listening lock") = Some(addr.to_owned());
         let router = crate::api::cluster_router(self.clone());
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await;
-        });
+        tokio::spawn(crate::serve::serve(listener, router, self.shutdown.clone()));
         Ok(())
     }
 

@@ -228,22 +228,14 @@ async fn main() -> Result<()> {
     tracing::info!(socket = %args.socket.display(), "API listening");
     let sd = shutdown.clone();
     let router_unix = router.clone();
-    let unix = tokio::spawn(async move {
-        axum::serve(listener, router_unix)
-            .with_graceful_shutdown(async move { sd.cancelled().await })
-            .await
-    });
+    let unix = tokio::spawn(shoal_controller::serve::serve(listener, router_unix, sd));
     if let Some(addr) = &args.listen {
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
         tracing::info!(%addr, "API listening on TCP");
         let sd = shutdown.clone();
-        tokio::spawn(async move {
-            axum::serve(tcp, router)
-                .with_graceful_shutdown(async move { sd.cancelled().await })
-                .await
-        });
+        tokio::spawn(shoal_controller::serve::serve(tcp, router, sd));
     }
 
     // The agent role starts once this node belongs to a cluster; it talks to the manager

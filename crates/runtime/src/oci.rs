@@ -6,6 +6,9 @@ use crate::linux::StateReport;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// How long one OCI runtime command (`start`, `kill`, `state`, `delete`) may take.
+pub const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A runtime command failed.
 #[derive(Debug, thiserror::Error)]
 #[error("{runtime} {op} {id}: {message}")]
@@ -83,18 +86,50 @@ impl OciRuntime {
     }
 
     fn run(&self, op: &str, id: &str, args: &[&str]) -> Result<Vec<u8>, OciError> {
-        let out = self
+        let mut child = self
             .command()
             .args(args)
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .map_err(|e| {
                 self.error(op, id, format!("cannot run {}: {e}", self.binary.display()))
             })?;
-        if out.status.success() {
-            Ok(out.stdout)
+        let drain = |mut r: Box<dyn std::io::Read + Send>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let _ = r.read_to_end(&mut buf);
+                buf
+            })
+        };
+        let out = drain(Box::new(child.stdout.take().expect("piped")));
+        let err = drain(Box::new(child.stderr.take().expect("piped")));
+        let started = std::time::Instant::now();
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if started.elapsed() < COMMAND_TIMEOUT => {
+                    std::thread::sleep(std::time::Duration::from_millis(2))
+                }
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(self.error(
+                        op,
+                        id,
+                        format!("{} did not finish within {COMMAND_TIMEOUT:?}", self.name),
+                    ));
+                }
+                Err(e) => return Err(self.error(op, id, format!("waiting: {e}"))),
+            }
+        };
+        let stdout = out.join().unwrap_or_default();
+        let stderr = err.join().unwrap_or_default();
+        if status.success() {
+            Ok(stdout)
         } else {
-            Err(self.error(op, id, clean_message(&out.stderr)))
+            Err(self.error(op, id, clean_message(&stderr)))
         }
     }
 

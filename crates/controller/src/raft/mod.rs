@@ -6,6 +6,8 @@
 //! on the cluster port); with one manager there are none, and nothing here assumes there is one
 //! manager only.
 
+#[cfg(any(test, feature = "test-util"))]
+pub mod mem;
 pub mod node;
 pub mod peer;
 pub mod storage;

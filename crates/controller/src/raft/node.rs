@@ -371,6 +371,15 @@ impl RaftHandle {
         let _ = self.tx.try_send(Input::Step(msg));
     }
 
+    /// Hands a message from a peer to Raft, waiting while its queue is full; an error once
+    /// the Raft task has ended.
+    pub async fn step_wait(&self, msg: Message) -> Result<(), ProposeError> {
+        self.tx
+            .send(Input::Step(msg))
+            .await
+            .map_err(|_| ProposeError::Stopped("raft task ended".into()))
+    }
+
     /// Watches Raft's status.
     pub fn status(&self) -> watch::Receiver<RaftStatus> {
         self.status.clone()

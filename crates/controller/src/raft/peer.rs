@@ -100,7 +100,15 @@ pub async fn serve_stream(raft: RaftHandle, body: axum::body::Body) {
         let Ok(chunk) = chunk else { return };
         buf.extend_from_slice(&chunk);
         match decode(&mut buf) {
-            Ok(msgs) => msgs.into_iter().for_each(|m| raft.step(m)),
+            Ok(msgs) => {
+                // Waits while Raft is busy: TCP pushes back on the sender, and nothing — a
+                // snapshot least of all — is dropped on the floor.
+                for m in msgs {
+                    if raft.step_wait(m).await.is_err() {
+                        return;
+                    }
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "raft stream closed");
                 return;
