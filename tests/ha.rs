@@ -9,7 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Every acknowledged write is in every listed manager's store.
-fn assert_all_present(rt: &tokio::runtime::Runtime, lab: &shoal_lab::Lab, hosts: &[&str], acked: &BTreeSet<String>) {
+fn assert_all_present(
+    rt: &tokio::runtime::Runtime,
+    lab: &shoal_lab::Lab,
+    hosts: &[&str],
+    acked: &BTreeSet<String>,
+) {
     for h in hosts {
         wait(&format!("{h} to hold every acknowledged write"), || {
             names(rt, lab, h).is_ok_and(|have| {
@@ -22,13 +27,20 @@ fn assert_all_present(rt: &tokio::runtime::Runtime, lab: &shoal_lab::Lab, hosts:
 
 #[test]
 fn leader_killed_while_a_client_writes_loses_no_acknowledged_write() {
-    let Some(lab) = lab("ha1", 3, 0, 0, &[]) else { return };
+    let Some(lab) = lab("ha1", 3, 0, 0, &[]) else {
+        return;
+    };
     let lab = Arc::new(lab);
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let leader = new_leader(&lab, None);
     // The client writes through a follower, which forwards to whoever leads.
-    let via = lab.managers().iter().map(|h| h.name.clone()).find(|h| *h != leader).unwrap();
+    let via = lab
+        .managers()
+        .iter()
+        .map(|h| h.name.clone())
+        .find(|h| *h != leader)
+        .unwrap();
     let writer = {
         let (lab, acked, stop, via) = (lab.clone(), acked.clone(), stop.clone(), via.clone());
         std::thread::spawn(move || {
@@ -48,12 +60,19 @@ fn leader_killed_while_a_client_writes_loses_no_acknowledged_write() {
     let before = acked.lock().unwrap().len();
     let next = new_leader(&lab, Some(&leader));
     assert_ne!(next, leader);
-    wait("writes to resume after the leader died", || acked.lock().unwrap().len() >= before + 20);
+    wait("writes to resume after the leader died", || {
+        acked.lock().unwrap().len() >= before + 20
+    });
     stop.store(true, Ordering::SeqCst);
     writer.join().unwrap();
     let rt = rt();
     let acked = acked.lock().unwrap().clone();
-    let alive: Vec<&str> = lab.managers().iter().map(|h| h.name.as_str()).filter(|h| *h != leader).collect();
+    let alive: Vec<&str> = lab
+        .managers()
+        .iter()
+        .map(|h| h.name.as_str())
+        .filter(|h| *h != leader)
+        .collect();
     assert_all_present(&rt, &lab, &alive, &acked);
     // The old leader comes back and catches up.
     lab.restart(&leader).unwrap();
@@ -62,7 +81,9 @@ fn leader_killed_while_a_client_writes_loses_no_acknowledged_write() {
 
 #[test]
 fn a_cut_off_manager_accepts_no_write_and_catches_up_after_healing() {
-    let Some(lab) = lab("ha2", 3, 0, 0, &[]) else { return };
+    let Some(lab) = lab("ha2", 3, 0, 0, &[]) else {
+        return;
+    };
     let rt = rt();
     let leader = new_leader(&lab, None);
     write_until_acked(&rt, &lab, "m1", "before");
@@ -70,8 +91,15 @@ fn a_cut_off_manager_accepts_no_write_and_catches_up_after_healing() {
     lab.cut(&leader).unwrap();
     let started = Instant::now();
     let refused = write(&rt, &lab, &leader, "lost");
-    assert!(refused.is_err(), "a manager cut off from the majority accepted a write");
-    assert!(started.elapsed() < Duration::from_secs(10), "the refusal took {:?}", started.elapsed());
+    assert!(
+        refused.is_err(),
+        "a manager cut off from the majority accepted a write"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the refusal took {:?}",
+        started.elapsed()
+    );
     let message = refused.unwrap_err().to_string();
     assert!(
         message.contains("quorum") || message.contains("leader"),
@@ -80,17 +108,23 @@ fn a_cut_off_manager_accepts_no_write_and_catches_up_after_healing() {
     let next = new_leader(&lab, Some(&leader));
     write_until_acked(&rt, &lab, &next, "during");
     // Reads still answer on the cut-off manager, from its own store.
-    assert!(names(&rt, &lab, &leader).unwrap().contains(&"before".to_owned()));
+    assert!(names(&rt, &lab, &leader)
+        .unwrap()
+        .contains(&"before".to_owned()));
     lab.heal(&leader).unwrap();
     wait("the healed manager to catch up", || {
         names(&rt, &lab, &leader).is_ok_and(|n| n.contains(&"during".to_owned()))
     });
-    assert!(!names(&rt, &lab, &next).unwrap().contains(&"lost".to_owned()));
+    assert!(!names(&rt, &lab, &next)
+        .unwrap()
+        .contains(&"lost".to_owned()));
 }
 
 #[test]
 fn all_managers_killed_and_restarted_keep_the_state() {
-    let Some(lab) = lab("ha3", 3, 1, 0, &[]) else { return };
+    let Some(lab) = lab("ha3", 3, 1, 0, &[]) else {
+        return;
+    };
     let rt = rt();
     let mut acked = BTreeSet::new();
     for i in 0..30 {
@@ -118,12 +152,19 @@ fn all_managers_killed_and_restarted_keep_the_state() {
 
 #[test]
 fn five_managers_survive_two_failures_and_twenty_leader_kills_lose_nothing() {
-    let Some(lab) = lab("ha4", 5, 0, 0, &[]) else { return };
+    let Some(lab) = lab("ha4", 5, 0, 0, &[]) else {
+        return;
+    };
     let rt = rt();
     let mut acked = BTreeSet::new();
     // Two managers die for good (never the same two as the later leader kills need).
     let first = new_leader(&lab, None);
-    let followers: Vec<String> = lab.managers().iter().map(|h| h.name.clone()).filter(|h| *h != first).collect();
+    let followers: Vec<String> = lab
+        .managers()
+        .iter()
+        .map(|h| h.name.clone())
+        .filter(|h| *h != first)
+        .collect();
     lab.kill(&followers[0]).unwrap();
     lab.kill(&followers[1]).unwrap();
     write_until_acked(&rt, &lab, &first, "two-down");
@@ -147,10 +188,17 @@ fn five_managers_survive_two_failures_and_twenty_leader_kills_lose_nothing() {
 
 #[test]
 fn a_lagging_manager_catches_up_by_snapshot() {
-    let Some(lab) = lab("ha5", 3, 0, 0, &["--snapshot-every", "20"]) else { return };
+    let Some(lab) = lab("ha5", 3, 0, 0, &["--snapshot-every", "20"]) else {
+        return;
+    };
     let rt = rt();
     let leader = new_leader(&lab, None);
-    let lagging = lab.managers().iter().map(|h| h.name.clone()).find(|h| *h != leader).unwrap();
+    let lagging = lab
+        .managers()
+        .iter()
+        .map(|h| h.name.clone())
+        .find(|h| *h != leader)
+        .unwrap();
     // Down long enough for the leader to compact its log past what it has.
     lab.kill(&lagging).unwrap();
     let mut acked = BTreeSet::new();
@@ -161,7 +209,14 @@ fn a_lagging_manager_catches_up_by_snapshot() {
     }
     lab.restart(&lagging).unwrap();
     assert_all_present(&rt, &lab, &[lagging.as_str()], &acked);
-    let log = std::fs::read_to_string(lab.state().dir.join("hosts").join(&lagging).join("shoald.log")).unwrap();
+    let log = std::fs::read_to_string(
+        lab.state()
+            .dir
+            .join("hosts")
+            .join(&lagging)
+            .join("shoald.log"),
+    )
+    .unwrap();
     assert!(
         log.matches("snapshot from the leader installed").count() >= 2,
         "{lagging} did not catch up by snapshot (at its join and after its restart):\n{log}"
@@ -170,32 +225,85 @@ fn a_lagging_manager_catches_up_by_snapshot() {
 
 #[test]
 fn join_tokens_decide_the_role_and_rotation_revokes_them() {
-    let Some(lab) = lab("ha6", 1, 0, 3, &[]) else { return };
+    let Some(lab) = lab("ha6", 1, 0, 3, &[]) else {
+        return;
+    };
     let m1 = lab.host("m1").unwrap().addr.clone();
     let remote = format!("{m1}:2377");
-    let worker_token = lab.shoal_ok("m1", &["cluster", "join-token", "-q", "worker"]).unwrap();
-    let manager_token = lab.shoal_ok("m1", &["cluster", "join-token", "-q", "manager"]).unwrap();
+    let worker_token = lab
+        .shoal_ok("m1", &["cluster", "join-token", "-q", "worker"])
+        .unwrap();
+    let manager_token = lab
+        .shoal_ok("m1", &["cluster", "join-token", "-q", "manager"])
+        .unwrap();
     assert_ne!(worker_token, manager_token);
     // A worker token makes a worker, even when the node asks to be reachable as a manager.
     let s1 = lab.host("s1").unwrap().addr.clone();
-    lab.shoal_ok("s1", &["cluster", "join", "--token", worker_token.trim(), "--advertise-addr", &s1, &remote]).unwrap();
+    lab.shoal_ok(
+        "s1",
+        &[
+            "cluster",
+            "join",
+            "--token",
+            worker_token.trim(),
+            "--advertise-addr",
+            &s1,
+            &remote,
+        ],
+    )
+    .unwrap();
     let out = lab.shoal("s1", &["service", "ls"]).unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("this node is a worker") && err.contains(&remote), "{err}");
-    let info: shoal_api::wire::ClusterInfo =
-        serde_json::from_str(&lab.shoal_ok("m1", &["--format", "json", "cluster", "info"]).unwrap()).unwrap();
+    assert!(
+        err.contains("this node is a worker") && err.contains(&remote),
+        "{err}"
+    );
+    let info: shoal_api::wire::ClusterInfo = serde_json::from_str(
+        &lab.shoal_ok("m1", &["--format", "json", "cluster", "info"])
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(info.raft.voters.len(), 1, "a worker token added a voter");
     // A manager token makes a voter.
     let s2 = lab.host("s2").unwrap().addr.clone();
-    lab.shoal_ok("s2", &["cluster", "join", "--token", manager_token.trim(), "--advertise-addr", &s2, &remote]).unwrap();
-    let info: shoal_api::wire::ClusterInfo =
-        serde_json::from_str(&lab.shoal_ok("s2", &["--format", "json", "cluster", "info"]).unwrap()).unwrap();
+    lab.shoal_ok(
+        "s2",
+        &[
+            "cluster",
+            "join",
+            "--token",
+            manager_token.trim(),
+            "--advertise-addr",
+            &s2,
+            &remote,
+        ],
+    )
+    .unwrap();
+    let info: shoal_api::wire::ClusterInfo = serde_json::from_str(
+        &lab.shoal_ok("s2", &["--format", "json", "cluster", "info"])
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(info.raft.voters.len(), 2);
     // A rotated token stops working at once.
-    lab.shoal_ok("m1", &["cluster", "join-token", "--rotate", "worker"]).unwrap();
+    lab.shoal_ok("m1", &["cluster", "join-token", "--rotate", "worker"])
+        .unwrap();
     let s3 = lab.host("s3").unwrap().addr.clone();
-    let out = lab.shoal("s3", &["cluster", "join", "--token", worker_token.trim(), "--advertise-addr", &s3, &remote]).unwrap();
+    let out = lab
+        .shoal(
+            "s3",
+            &[
+                "cluster",
+                "join",
+                "--token",
+                worker_token.trim(),
+                "--advertise-addr",
+                &s3,
+                &remote,
+            ],
+        )
+        .unwrap();
     assert!(!out.status.success(), "a rotated token still works");
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid join token"));
     // Nodes: m1, s1 (worker), s2 (manager).
@@ -203,13 +311,20 @@ fn join_tokens_decide_the_role_and_rotation_revokes_them() {
         lab.shoal_ok("m1", &["--format", "json", "node", "ls"])
             .ok()
             .and_then(|o| serde_json::from_str::<Vec<serde_json::Value>>(&o).ok())
-            .is_some_and(|ns| ns.iter().filter(|n| n["status"]["state"] == "ready").count() == 3)
+            .is_some_and(|ns| {
+                ns.iter()
+                    .filter(|n| n["status"]["state"] == "ready")
+                    .count()
+                    == 3
+            })
     });
 }
 
 #[test]
 fn without_quorum_writes_fail_fast_reads_answer_and_force_new_cluster_recovers() {
-    let Some(lab) = lab("ha7", 3, 0, 0, &[]) else { return };
+    let Some(lab) = lab("ha7", 3, 0, 0, &[]) else {
+        return;
+    };
     let rt = rt();
     write_until_acked(&rt, &lab, "m1", "kept");
     lab.kill("m2").unwrap();
@@ -221,14 +336,20 @@ fn without_quorum_writes_fail_fast_reads_answer_and_force_new_cluster_recovers()
     let took = started.elapsed();
     assert!(took < Duration::from_secs(5), "the refusal took {took:?}");
     assert!(err.contains("quorum"), "the error does not say why: {err}");
-    assert!(names(&rt, &lab, "m1").unwrap().contains(&"kept".to_owned()), "reads must still answer");
+    assert!(
+        names(&rt, &lab, "m1").unwrap().contains(&"kept".to_owned()),
+        "reads must still answer"
+    );
     // The other two are gone for good: m1 starts a one-manager cluster with the state it has.
     lab.restart_with("m1", &["--force-new-cluster"]).unwrap();
     write_until_acked(&rt, &lab, "m1", "after");
     let have = names(&rt, &lab, "m1").unwrap();
     assert!(have.contains(&"kept".to_owned()) && have.contains(&"after".to_owned()));
-    let info: shoal_api::wire::ClusterInfo =
-        serde_json::from_str(&lab.shoal_ok("m1", &["--format", "json", "cluster", "info"]).unwrap()).unwrap();
+    let info: shoal_api::wire::ClusterInfo = serde_json::from_str(
+        &lab.shoal_ok("m1", &["--format", "json", "cluster", "info"])
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(info.raft.voters, vec![info.raft.id]);
     wait("the managers list to name m1 alone", || {
         lab.shoal_ok("m1", &["--format", "json", "cluster", "info"])
@@ -243,10 +364,13 @@ fn without_quorum_writes_fail_fast_reads_answer_and_force_new_cluster_recovers()
 
 #[test]
 fn promote_and_demote_move_a_node_in_and_out_of_the_voters() {
-    let Some(lab) = lab("ha8", 3, 1, 0, &[]) else { return };
+    let Some(lab) = lab("ha8", 3, 1, 0, &[]) else {
+        return;
+    };
     let voters = |host: &str| -> usize {
         serde_json::from_str::<shoal_api::wire::ClusterInfo>(
-            &lab.shoal_ok(host, &["--format", "json", "cluster", "info"]).unwrap(),
+            &lab.shoal_ok(host, &["--format", "json", "cluster", "info"])
+                .unwrap(),
         )
         .unwrap()
         .raft
@@ -262,30 +386,43 @@ fn promote_and_demote_move_a_node_in_and_out_of_the_voters() {
     lab.shoal_ok("m1", &["node", "demote", "m2"]).unwrap();
     wait("three voters", || voters("m1") == 3);
     wait("m2 to serve as a worker", || {
-        lab.shoal("m2", &["service", "ls"]).is_ok_and(|o| {
-            String::from_utf8_lossy(&o.stderr).contains("this node is a worker")
-        })
+        lab.shoal("m2", &["service", "ls"])
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stderr).contains("this node is a worker"))
     });
     // With m3 down, demoting w1 would leave m1 and m3, one reachable: refused.
     lab.kill("m3").unwrap();
     wait("m3 seen down", || {
-        lab.shoal_ok("m1", &["node", "ls"]).is_ok_and(|o| o.lines().any(|l| l.contains("m3") && l.contains("down")))
+        lab.shoal_ok("m1", &["node", "ls"])
+            .is_ok_and(|o| o.lines().any(|l| l.contains("m3") && l.contains("down")))
     });
     let out = lab.shoal("m1", &["node", "demote", "w1"]).unwrap();
-    assert!(!out.status.success(), "a demotion that loses the quorum was accepted");
+    assert!(
+        !out.status.success(),
+        "a demotion that loses the quorum was accepted"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("quorum"));
     // A live node is not removed without --force; a manager not at all.
     let out = lab.shoal("m1", &["node", "rm", "m2"]).unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not down"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not down"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = lab.shoal("m1", &["node", "rm", "--force", "m1"]).unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("demote it first"));
-    lab.shoal_ok("m1", &["node", "rm", "--force", "m2"]).unwrap();
-    assert!(!lab.shoal_ok("m1", &["node", "ls"]).unwrap().contains(" m2 "));
+    lab.shoal_ok("m1", &["node", "rm", "--force", "m2"])
+        .unwrap();
+    assert!(!lab
+        .shoal_ok("m1", &["node", "ls"])
+        .unwrap()
+        .contains(" m2 "));
 }
 
 #[test]
 fn stack_rm_then_deploy_thirty_times_keeps_every_service() {
-    let Some(lab) = lab("ha9", 3, 1, 0, &[]) else { return };
+    let Some(lab) = lab("ha9", 3, 1, 0, &[]) else {
+        return;
+    };
     let file = lab.state().dir.join("two.yml");
     std::fs::write(
         &file,
@@ -295,8 +432,20 @@ fn stack_rm_then_deploy_thirty_times_keeps_every_service() {
     let file = file.to_str().unwrap();
     for round in 0..30 {
         // Through a follower, as a user would on any manager.
-        lab.shoal_ok("m2", &["stack", "deploy", "--wait", "--timeout", "60s", "-c", file, "two"])
-            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        lab.shoal_ok(
+            "m2",
+            &[
+                "stack",
+                "deploy",
+                "--wait",
+                "--timeout",
+                "60s",
+                "-c",
+                file,
+                "two",
+            ],
+        )
+        .unwrap_or_else(|e| panic!("round {round}: {e}"));
         let ls = lab.shoal_ok("m2", &["service", "ls"]).unwrap();
         assert!(
             ls.contains("two_a") && ls.contains("two_b"),

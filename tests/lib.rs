@@ -12,24 +12,22 @@ pub const BOUND: Duration = Duration::from_secs(60);
 
 /// A lab of simulated-task hosts for a control-plane test, or `None` (test skipped, said so)
 /// without root; under `CI=true` a missing root fails instead.
-pub fn lab(name: &str, managers: usize, workers: usize, spares: usize, extra: &[&str]) -> Option<Lab> {
+pub fn lab(
+    name: &str,
+    managers: usize,
+    workers: usize,
+    spares: usize,
+    extra: &[&str],
+) -> Option<Lab> {
     if !nix_is_root() {
-        let why = "whole-cluster tests need root (network namespaces, cgroups): run them with sudo";
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{why}");
-        }
-        eprintln!("skipped: {why}");
+        shoal_testkit::skip(
+            "whole-cluster tests need root (network namespaces, cgroups): run them with sudo",
+        );
         return None;
     }
-    for tool in ["ip"] {
-        if std::process::Command::new(tool).arg("-V").output().is_err() {
-            let why = format!("`{tool}` is missing: apt-get install iproute2");
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{why}");
-            }
-            eprintln!("skipped: {why}");
-            return None;
-        }
+    if std::process::Command::new("ip").arg("-V").output().is_err() {
+        shoal_testkit::skip("`ip` is missing: apt-get install iproute2");
+        return None;
     }
     let mut config = LabConfig::new(name, managers, workers);
     config.spares = spares;
@@ -58,7 +56,12 @@ pub fn rt() -> tokio::runtime::Runtime {
 }
 
 /// Creates network `name` through `host`; Ok once the cluster acknowledged it.
-pub fn write(rt: &tokio::runtime::Runtime, lab: &Lab, host: &str, name: &str) -> Result<(), ClientError> {
+pub fn write(
+    rt: &tokio::runtime::Runtime,
+    lab: &Lab,
+    host: &str,
+    name: &str,
+) -> Result<(), ClientError> {
     let spec = NetworkSpec {
         name: name.to_owned(),
         driver: "overlay".into(),
@@ -76,16 +79,27 @@ pub fn write(rt: &tokio::runtime::Runtime, lab: &Lab, host: &str, name: &str) ->
 }
 
 /// The network names a host's store holds.
-pub fn names(rt: &tokio::runtime::Runtime, lab: &Lab, host: &str) -> Result<Vec<String>, ClientError> {
-    rt.block_on(lab.client(host).with_timeout(Duration::from_secs(10)).get::<Vec<Network>>("/v1/networks"))
-        .map(|ns| ns.into_iter().map(|n| n.spec.name).collect())
+pub fn names(
+    rt: &tokio::runtime::Runtime,
+    lab: &Lab,
+    host: &str,
+) -> Result<Vec<String>, ClientError> {
+    rt.block_on(
+        lab.client(host)
+            .with_timeout(Duration::from_secs(10))
+            .get::<Vec<Network>>("/v1/networks"),
+    )
+    .map(|ns| ns.into_iter().map(|n| n.spec.name).collect())
 }
 
 /// Polls `cond` every 50 ms until it holds; panics after [`BOUND`].
 pub fn wait(what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < BOUND, "timed out after {BOUND:?} waiting for {what}");
+        assert!(
+            start.elapsed() < BOUND,
+            "timed out after {BOUND:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -106,8 +120,10 @@ pub fn new_leader(lab: &Lab, not: Option<&str>) -> String {
 /// Writes through `host` until one is acknowledged (retrying while an election runs).
 pub fn write_until_acked(rt: &tokio::runtime::Runtime, lab: &Lab, host: &str, name: &str) {
     // A retry of a write that did commit finds the name taken: that is an acknowledgement too.
-    wait(&format!("write {name} acknowledged"), || match write(rt, lab, host, name) {
-        Ok(()) => true,
-        Err(e) => e.status() == Some(409),
+    wait(&format!("write {name} acknowledged"), || {
+        match write(rt, lab, host, name) {
+            Ok(()) => true,
+            Err(e) => e.status() == Some(409),
+        }
     });
 }

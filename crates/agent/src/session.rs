@@ -138,7 +138,10 @@ impl Agent {
         for i in 0..managers.len() {
             let at = (first + i) % managers.len();
             let client = Client::new(managers[at].clone()).with_timeout(Duration::from_secs(5));
-            match client.post::<_, RegisterResponse>("/v1/dispatcher/register", &req).await {
+            match client
+                .post::<_, RegisterResponse>("/v1/dispatcher/register", &req)
+                .await
+            {
                 Ok(resp) => {
                     self.managers.lock().expect("managers lock").1 = at;
                     found = Some((resp, Client::new(managers[at].clone())));
@@ -204,7 +207,9 @@ impl Agent {
             if new != m.0 {
                 tracing::info!(managers = ?new, "managers changed");
                 let current = m.0.get(m.1).cloned();
-                m.1 = current.and_then(|c| new.iter().position(|e| *e == c)).unwrap_or(0);
+                m.1 = current
+                    .and_then(|c| new.iter().position(|e| *e == c))
+                    .unwrap_or(0);
                 m.0 = new;
             }
         }
@@ -351,11 +356,7 @@ impl Agent {
                         done: done && i + 1 == n,
                     };
                     let path = format!("/v1/dispatcher/logs/{}?node_id={}", sub.id, s.node_id);
-                    match s
-                        .client
-                        .post::<_, LogPublishResponse>(&path, &body)
-                        .await
-                    {
+                    match s.client.post::<_, LogPublishResponse>(&path, &body).await {
                         Ok(r) if r.active => {}
                         Ok(_) => return,
                         Err(e) => {

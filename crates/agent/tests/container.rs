@@ -23,7 +23,7 @@ struct Node {
 impl Node {
     fn new() -> Option<Node> {
         if let Err(why) = shoal_testkit::container_support() {
-            eprintln!("skipped: this host cannot run containers: {why}");
+            shoal_testkit::skip(&format!("this host cannot run containers: {why}"));
             return None;
         }
         let dir = tempfile::tempdir().unwrap();

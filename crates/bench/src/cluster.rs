@@ -95,12 +95,18 @@ pub async fn cluster() {
                 break;
             }
             i += 1;
-            assert!(start.elapsed() < Duration::from_secs(60), "no write accepted after the kill");
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no write accepted after the kill"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let took = start.elapsed().as_secs_f64();
         times.push(took);
-        println!("  kill {:>2}: {old} killed, a write through {via} acknowledged after {took:.3} s", round + 1);
+        println!(
+            "  kill {:>2}: {old} killed, a write through {via} acknowledged after {took:.3} s",
+            round + 1
+        );
         tokio::task::block_in_place(|| lab.restart(&old)).expect("restart");
         // Let the restarted manager rejoin before the next kill.
         tokio::time::sleep(Duration::from_millis(1500)).await;

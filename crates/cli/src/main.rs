@@ -448,7 +448,9 @@ async fn run(cli: Cli) -> Result<()> {
             role,
         }) => {
             let t: JoinToken = c
-                .get(&format!("/v1/cluster/join-token?role={role}&rotate={rotate}"))
+                .get(&format!(
+                    "/v1/cluster/join-token?role={role}&rotate={rotate}"
+                ))
                 .await?;
             if json {
                 print_json(&t)?;
@@ -456,16 +458,26 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{}", t.token);
             } else {
                 if rotate {
-                    println!("The {} join token was rotated: the old one no longer works.", t.role);
+                    println!(
+                        "The {} join token was rotated: the old one no longer works.",
+                        t.role
+                    );
                 }
                 println!("To add a {} to this cluster, run on it:\n", t.role);
-                println!("    shoal cluster join --token {} MANAGER_ADDR:2377\n", t.token);
+                println!(
+                    "    shoal cluster join --token {} MANAGER_ADDR:2377\n",
+                    t.token
+                );
             }
         }
         Command::Cluster(ClusterCmd::Leave { force }) => {
             c.clone()
                 .with_timeout(Duration::from_secs(30))
-                .send_no_content(hyper::Method::POST, "/v1/cluster/leave", Some(&LeaveRequest { force }))
+                .send_no_content(
+                    hyper::Method::POST,
+                    "/v1/cluster/leave",
+                    Some(&LeaveRequest { force }),
+                )
                 .await?;
             println!("This node left the cluster.");
         }
@@ -684,9 +696,11 @@ async fn wait_converged(
         let until = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
         match tokio::time::timeout_at(until, lines.next::<serde_json::Value>()).await {
             Ok(Ok(Some(_))) => {
-                while let Ok(Ok(Some(_))) =
-                    tokio::time::timeout(Duration::from_millis(1), lines.next::<serde_json::Value>())
-                        .await
+                while let Ok(Ok(Some(_))) = tokio::time::timeout(
+                    Duration::from_millis(1),
+                    lines.next::<serde_json::Value>(),
+                )
+                .await
                 {}
             }
             // The stream was cut (this watcher fell behind, or the manager restarted): follow

@@ -39,8 +39,16 @@ pub fn cluster_info(i: &ClusterInfo) {
         i.raft.id, i.raft.term, i.raft.leader, i.raft.commit, i.raft.applied, i.raft.voters
     );
     for (id, addr) in &i.raft.managers {
-        let leader = if *id == i.raft.leader { " (leader)" } else { "" };
-        let addr = if addr.is_empty() { "(local only)" } else { addr };
+        let leader = if *id == i.raft.leader {
+            " (leader)"
+        } else {
+            ""
+        };
+        let addr = if addr.is_empty() {
+            "(local only)"
+        } else {
+            addr
+        };
         println!("Manager:      {id} {addr}{leader}");
     }
     println!("Nodes:        {}", i.nodes);

@@ -388,7 +388,7 @@ fn runc_runs_the_same_stack() {
         return;
     }
     if shoal_runtime_which("runc").is_none() {
-        eprintln!("skipped: runc is not installed (apt-get install runc)");
+        shoal_testkit::skip("runc is not installed (apt-get install runc)");
         return;
     }
     let d = Daemon::with_containers(&["--oci-runtime", "runc"]);

@@ -183,9 +183,10 @@ fn dispatcher_routes() -> Router<Shared> {
 }
 
 async fn raft_stream(State(m): State<Shared>, body: axum::body::Body) -> Result<StatusCode> {
-    let c = m.cluster().await.ok_or_else(|| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "this node runs no raft")
-    })?;
+    let c = m
+        .cluster()
+        .await
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "this node runs no raft"))?;
     crate::raft::peer::serve_stream(c.raft.clone(), body).await;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -206,7 +207,10 @@ async fn join_request(
     let c = cluster(&m).await?;
     let obj = c.store.read().expect("store lock").cluster.clone();
     let Some(obj) = obj else {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the cluster is not initialized yet"));
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the cluster is not initialized yet",
+        ));
     };
     let manager = if !obj.manager_join_token.is_empty() && req.token == obj.manager_join_token {
         true
@@ -221,7 +225,9 @@ async fn join_request(
     let mut raft_id = 0;
     if manager {
         if req.addr.is_empty() {
-            return Err(ApiError::bad("a manager must give its cluster address (--advertise-addr)"));
+            return Err(ApiError::bad(
+                "a manager must give its cluster address (--advertise-addr)",
+            ));
         }
         raft_id = loop {
             let id = rand::random::<u64>() >> 1;
@@ -246,10 +252,7 @@ async fn join_request(
     }))
 }
 
-async fn cluster_join(
-    State(m): State<Shared>,
-    Body(req): Body<JoinRequest>,
-) -> Result<StatusCode> {
+async fn cluster_join(State(m): State<Shared>, Body(req): Body<JoinRequest>) -> Result<StatusCode> {
     let membership = m.join(&req).await?;
     tracing::info!(manager = membership.manager, "joined a cluster");
     Ok(StatusCode::NO_CONTENT)
@@ -279,21 +282,40 @@ async fn cluster_join_token(
     let manager = match q.role.as_str() {
         "manager" => true,
         "worker" => false,
-        other => return Err(ApiError::bad(format!("unknown role {other:?}: use worker or manager"))),
+        other => {
+            return Err(ApiError::bad(format!(
+                "unknown role {other:?}: use worker or manager"
+            )))
+        }
     };
     let obj = c.store.read().expect("store lock").cluster.clone();
-    let obj = obj.ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the cluster is not initialized yet"))?;
-    let current = if manager { obj.manager_join_token.clone() } else { obj.worker_join_token.clone() };
+    let obj = obj.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the cluster is not initialized yet",
+        )
+    })?;
+    let current = if manager {
+        obj.manager_join_token.clone()
+    } else {
+        obj.worker_join_token.clone()
+    };
     let token = if q.rotate || current.is_empty() {
         let token = crate::manager::new_token(&obj.id);
         c.raft
-            .propose(Command::RotateJoinToken { manager, token: token.clone() })
+            .propose(Command::RotateJoinToken {
+                manager,
+                token: token.clone(),
+            })
             .await?;
         token
     } else {
         current
     };
-    Ok(Json(JoinToken { role: q.role, token }))
+    Ok(Json(JoinToken {
+        role: q.role,
+        token,
+    }))
 }
 
 /// The API's routes.

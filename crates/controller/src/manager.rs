@@ -12,11 +12,11 @@ use crate::raft::storage::DurableLog;
 use crate::scheduler::{self, Decision};
 use crate::store::{ClusterObject, Command, NewNetwork, Store, TaskOp};
 use crate::watch::EventHub;
+use serde::{Deserialize, Serialize};
 use shoal_api::network::{NetworkSpec, FIRST_VNI};
 use shoal_api::node::NodeState;
 use shoal_api::task::Task;
 use shoal_api::units::Timestamp;
-use serde::{Deserialize, Serialize};
 use shoal_api::wire::{
     InitRequest, JoinClusterRequest, JoinClusterResponse, JoinRequest, CLUSTER_PORT,
 };
@@ -239,8 +239,7 @@ impl Manager {
                     if status.wait_for(|s| s.is_leader()).await.is_ok() {
                         let id = status.borrow().id;
                         let managers = BTreeMap::from([(id, addr)]);
-                        if let Err(e) = cluster.raft.propose(Command::SetManagers(managers)).await
-                        {
+                        if let Err(e) = cluster.raft.propose(Command::SetManagers(managers)).await {
                             tracing::error!(error = %e, "--force-new-cluster: managers not reset");
                         }
                     }
@@ -261,12 +260,14 @@ impl Manager {
     fn read_membership(&self) -> Result<Option<Membership>, ManagerError> {
         let path = self.membership_file();
         match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| ManagerError::DataRoot {
-                    path,
-                    message: e.to_string(),
-                }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| ManagerError::DataRoot {
+                        path,
+                        message: e.to_string(),
+                    })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(ManagerError::DataRoot {
                 path,
@@ -455,7 +456,8 @@ impl Manager {
         if log.is_initialized() {
             return Err(ManagerError::AlreadyInitialized);
         }
-        let membership = self.addresses(req.advertise_addr.as_deref(), req.listen_addr.as_deref())?;
+        let membership =
+            self.addresses(req.advertise_addr.as_deref(), req.listen_addr.as_deref())?;
         if !membership.listen_addr.is_empty() {
             self.listen(&membership.listen_addr).await?;
         }
@@ -542,7 +544,8 @@ impl Manager {
             remote: remote.clone(),
             message,
         };
-        let client = Client::new(Endpoint::Tcp(remote.clone())).with_timeout(Duration::from_secs(10));
+        let client =
+            Client::new(Endpoint::Tcp(remote.clone())).with_timeout(Duration::from_secs(10));
         let ask = JoinClusterRequest {
             token: req.token.clone(),
             addr: membership.advertise_addr.clone(),
@@ -700,15 +703,21 @@ impl Manager {
                     .await?;
             } else if !force {
                 return Err(ManagerError::Raft(
-                    "this is the last manager: leaving ends the cluster and its state; use --force".into(),
+                    "this is the last manager: leaving ends the cluster and its state; use --force"
+                        .into(),
                 ));
             }
             *self.cluster.lock().await = None;
             let dir = self.config.data_root.join("raft");
             let stamp = now().0;
-            let _ = std::fs::rename(&dir, self.config.data_root.join(format!("raft.left-{stamp}")));
+            let _ = std::fs::rename(
+                &dir,
+                self.config.data_root.join(format!("raft.left-{stamp}")),
+            );
         } else if membership.is_none() {
-            return Err(ManagerError::Raft("this node is not part of a cluster".into()));
+            return Err(ManagerError::Raft(
+                "this node is not part of a cluster".into(),
+            ));
         }
         self.write_membership(None)?;
         Ok(())

@@ -104,7 +104,9 @@ mod tests {
         ));
         // A whole request is answered.
         let mut ok = tokio::net::TcpStream::connect(addr).await.unwrap();
-        ok.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        ok.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
         let mut buf = [0u8; 12];
         ok.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"HTTP/1.1 200");

@@ -11,8 +11,7 @@ use serde::{Deserialize, Serialize};
 use shoal_api::constraint::Constraint;
 use shoal_api::network::{Network, NetworkSpec};
 use shoal_api::node::{
-    Availability, ManagerStatus, Node, NodeDescription, NodeRole, NodeSpec, NodeState,
-    NodeStatus,
+    Availability, ManagerStatus, Node, NodeDescription, NodeRole, NodeSpec, NodeState, NodeStatus,
 };
 use shoal_api::service::{Service, ServiceMode, ServiceSpec, UpdateState, UpdateStatus};
 use shoal_api::task::{Task, TaskState, TaskStatus};
@@ -448,9 +447,10 @@ impl Store {
             }
             Command::SetManagers(managers) => self.managers = managers,
             Command::RotateJoinToken { manager, token } => {
-                let c = self.cluster.as_mut().ok_or_else(|| {
-                    StoreError::Invalid("the cluster is not initialized".into())
-                })?;
+                let c = self
+                    .cluster
+                    .as_mut()
+                    .ok_or_else(|| StoreError::Invalid("the cluster is not initialized".into()))?;
                 if manager {
                     c.manager_join_token = token;
                 } else {
@@ -1021,7 +1021,9 @@ mod tests {
             at: Timestamp(1),
         };
         store.apply(1, create).unwrap();
-        store.apply(2, Command::RemoveService { id: sid(1) }).unwrap();
+        store
+            .apply(2, Command::RemoveService { id: sid(1) })
+            .unwrap();
         assert!(store.services[&sid(1)].removing);
         // The orchestrator decided to delete it from a snapshot taken here...
         let stale = Command::Tasks(vec![TaskOp::DeleteService { id: sid(1) }]);
@@ -1036,11 +1038,19 @@ mod tests {
         store.apply(3, deploy).unwrap();
         assert!(!store.services[&sid(1)].removing);
         store.apply(4, stale).unwrap();
-        assert!(store.services.contains_key(&sid(1)), "a stale delete removed a declared service");
+        assert!(
+            store.services.contains_key(&sid(1)),
+            "a stale delete removed a declared service"
+        );
         // A delete while it is being removed still deletes.
-        store.apply(5, Command::RemoveService { id: sid(1) }).unwrap();
         store
-            .apply(6, Command::Tasks(vec![TaskOp::DeleteService { id: sid(1) }]))
+            .apply(5, Command::RemoveService { id: sid(1) })
+            .unwrap();
+        store
+            .apply(
+                6,
+                Command::Tasks(vec![TaskOp::DeleteService { id: sid(1) }]),
+            )
             .unwrap();
         assert!(store.services.is_empty());
         // A deploy computed before that delete applied (an update of the old id) brings it

@@ -89,7 +89,11 @@ impl EventHub {
                 inner.bytes -= n;
                 // Resuming needs whole revisions: drop the rest of this one too.
                 inner.floor = dropped.revision;
-                while inner.ring.front().is_some_and(|(e, _)| e.revision == dropped.revision) {
+                while inner
+                    .ring
+                    .front()
+                    .is_some_and(|(e, _)| e.revision == dropped.revision)
+                {
                     let (_, n) = inner.ring.pop_front().expect("checked");
                     inner.bytes -= n;
                 }

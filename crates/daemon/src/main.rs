@@ -10,8 +10,8 @@ use shoal_agent::session::{Agent, AgentConfig};
 use shoal_api::node::{NodeDescription, NodeResources};
 use shoal_client::Endpoint;
 use shoal_controller::dispatcher::DispatcherSettings;
-use shoal_controller::raft::node::RaftSettings;
 use shoal_controller::manager::AgentTarget;
+use shoal_controller::raft::node::RaftSettings;
 use shoal_controller::{Manager, ManagerConfig};
 use shoal_runtime::oci::{which, OciRuntime};
 use std::os::unix::fs::PermissionsExt;
@@ -322,7 +322,12 @@ async fn supervise_agent(
         let agent = tokio::spawn(Agent::run(config, executor.clone(), running.clone()));
         let same = |t: &AgentTarget| {
             (t.manager, t.raft_id, &t.join_token, &t.addr)
-                == (target.manager, target.raft_id, &target.join_token, &target.addr)
+                == (
+                    target.manager,
+                    target.raft_id,
+                    &target.join_token,
+                    &target.addr,
+                )
         };
         loop {
             tokio::select! {

@@ -202,7 +202,11 @@ pub struct Lab {
 pub const BOUND: Duration = Duration::from_secs(60);
 
 /// Polls `cond` every 50 ms until it holds or `bound` passes.
-pub fn wait_until(what: &str, bound: Duration, mut cond: impl FnMut() -> bool) -> Result<(), LabError> {
+pub fn wait_until(
+    what: &str,
+    bound: Duration,
+    mut cond: impl FnMut() -> bool,
+) -> Result<(), LabError> {
     let start = Instant::now();
     while !cond() {
         if start.elapsed() > bound {
@@ -246,9 +250,14 @@ impl Lab {
             return Err(LabError::Config("a lab needs at least one manager".into()));
         }
         if config.managers > 80 || config.workers > 90 || config.spares > 50 {
-            return Err(LabError::Config("at most 80 managers, 90 workers and 50 spares".into()));
+            return Err(LabError::Config(
+                "at most 80 managers, 90 workers and 50 spares".into(),
+            ));
         }
-        if config.name.is_empty() || config.name.len() > 6 || !config.name.chars().all(|c| c.is_ascii_alphanumeric()) {
+        if config.name.is_empty()
+            || config.name.len() > 6
+            || !config.name.chars().all(|c| c.is_ascii_alphanumeric())
+        {
             return Err(LabError::Config(format!(
                 "lab name {:?}: 1 to 6 letters or digits",
                 config.name
@@ -292,8 +301,11 @@ impl Lab {
         };
         std::fs::create_dir_all(&state.dir).map_err(io_err(&state.dir))?;
         let file = state.dir.join("lab.json");
-        std::fs::write(&file, serde_json::to_vec_pretty(&state).expect("serializes"))
-            .map_err(io_err(&file))?;
+        std::fs::write(
+            &file,
+            serde_json::to_vec_pretty(&state).expect("serializes"),
+        )
+        .map_err(io_err(&file))?;
         // From here on, a failure tears down what was made.
         let lab = Lab { state, keep: false };
         lab.build(&prefix)?;
@@ -319,10 +331,22 @@ impl Lab {
         let worker_token = self.shoal_ok(&m1.name, &["cluster", "join-token", "-q", "worker"])?;
         let remote = format!("{}:{}", m1.addr, shoal_api::wire::CLUSTER_PORT);
         for h in self.state.hosts[1..].iter().filter(|h| !h.spare) {
-            let token = if h.manager { &manager_token } else { &worker_token };
+            let token = if h.manager {
+                &manager_token
+            } else {
+                &worker_token
+            };
             self.shoal_ok(
                 &h.name,
-                &["cluster", "join", "--token", token.trim(), "--advertise-addr", &h.addr, &remote],
+                &[
+                    "cluster",
+                    "join",
+                    "--token",
+                    token.trim(),
+                    "--advertise-addr",
+                    &h.addr,
+                    &remote,
+                ],
             )?;
         }
         if self.state.executor == Executor::Container {
@@ -369,11 +393,27 @@ impl Lab {
                     s.spawn(move || -> Result<(), LabError> {
                         self.shoal_ok(
                             &h.name,
-                            &["image", "import", busybox, "--tag", "busybox:latest", "--change", r#"CMD ["sh"]"#],
+                            &[
+                                "image",
+                                "import",
+                                busybox,
+                                "--tag",
+                                "busybox:latest",
+                                "--change",
+                                r#"CMD ["sh"]"#,
+                            ],
                         )?;
                         self.shoal_ok(
                             &h.name,
-                            &["image", "import", probe, "--tag", "probe:latest", "--change", r#"ENTRYPOINT ["/probe"]"#],
+                            &[
+                                "image",
+                                "import",
+                                probe,
+                                "--tag",
+                                "probe:latest",
+                                "--change",
+                                r#"ENTRYPOINT ["/probe"]"#,
+                            ],
                         )?;
                         Ok(())
                     })
@@ -388,7 +428,8 @@ impl Lab {
     pub fn open(dir: &Path) -> Result<Lab, LabError> {
         let file = dir.join("lab.json");
         let bytes = std::fs::read(&file).map_err(|_| LabError::NotUp(dir.to_owned()))?;
-        let state: LabState = serde_json::from_slice(&bytes).map_err(|e| LabError::Config(format!("{}: {e}", file.display())))?;
+        let state: LabState = serde_json::from_slice(&bytes)
+            .map_err(|e| LabError::Config(format!("{}: {e}", file.display())))?;
         Ok(Lab { state, keep: true })
     }
 
@@ -466,7 +507,9 @@ impl Lab {
         let h = self.host(name)?.clone();
         host::kill(&self.state, name)?;
         let mut state = self.state.clone();
-        state.daemon_args.extend(extra.iter().map(|s| s.to_string()));
+        state
+            .daemon_args
+            .extend(extra.iter().map(|s| s.to_string()));
         host::start(&state, &h)?;
         wait_until(&format!("{name}'s daemon"), BOUND, || {
             std::os::unix::net::UnixStream::connect(self.socket(name)).is_ok()
@@ -513,11 +556,15 @@ impl Lab {
                     self.shoal(&h.name, &["--format", "json", "cluster", "info"])
                         .ok()
                         .filter(|o| o.status.success())
-                        .and_then(|o| serde_json::from_slice::<shoal_api::wire::ClusterInfo>(&o.stdout).ok())
+                        .and_then(|o| {
+                            serde_json::from_slice::<shoal_api::wire::ClusterInfo>(&o.stdout).ok()
+                        })
                 } else {
                     None
                 };
-                let leader = info.as_ref().and_then(|i| i.raft.managers.get(&i.raft.leader).cloned());
+                let leader = info
+                    .as_ref()
+                    .and_then(|i| i.raft.managers.get(&i.raft.leader).cloned());
                 HostStatus {
                     host: h.clone(),
                     alive,

@@ -52,11 +52,19 @@ pub fn make_host(lab: &str, host: &str, addr: &str) -> Result<(), LabError> {
     let sw = switch(lab);
     ip(&["netns", "add", &ns])?;
     ip(&[
-        "link", "add", "name", "eth0", "netns", &ns, "type", "veth", "peer", "name", host,
-        "netns", &sw,
+        "link", "add", "name", "eth0", "netns", &ns, "type", "veth", "peer", "name", host, "netns",
+        &sw,
     ])?;
     ip(&["-n", &sw, "link", "set", host, "master", "br0", "up"])?;
-    ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+    ip(&[
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        &format!("{addr}/24"),
+        "dev",
+        "eth0",
+    ])?;
     ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
     ip(&["-n", &ns, "link", "set", "lo", "up"])?;
     Ok(())

@@ -18,7 +18,7 @@ fn supported() -> bool {
     match shoal_testkit::container_support() {
         Ok(()) => true,
         Err(why) => {
-            eprintln!("skipped: this host cannot run containers: {why}");
+            shoal_testkit::skip(&format!("this host cannot run containers: {why}"));
             false
         }
     }
@@ -465,7 +465,7 @@ fn builtin_and_runc_agree() {
     }
     let node = Node::new();
     let Some(runc) = node.runc() else {
-        eprintln!("skipped: runc is not installed (apt-get install runc)");
+        shoal_testkit::skip("runc is not installed (apt-get install runc)");
         return;
     };
     let edit = |i: &mut SpecInput| {

@@ -164,7 +164,7 @@ fn docker_save_archives_share_layers_and_keep_whiteouts() {
     let img = store.get("demo:1").unwrap();
     assert_eq!(img.run_config().working_dir, "/w");
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped the overlay check: not root");
+        shoal_testkit::skip("the overlay check needs root");
         return;
     }
     let c = d.path().join("c");
@@ -235,7 +235,7 @@ fn bad_archives_are_refused_and_leave_the_store_as_it_was() {
 #[test]
 fn oci_layouts_from_skopeo_import() {
     let Some(skopeo) = shoal_runtime::oci::which("skopeo") else {
-        eprintln!("skipped: skopeo is not installed (apt-get install skopeo)");
+        shoal_testkit::skip("skopeo is not installed (apt-get install skopeo)");
         return;
     };
     let d = tempfile::tempdir().unwrap();
@@ -334,7 +334,7 @@ fn removal_untags_refuses_while_used_and_collects_layers() {
 #[test]
 fn images_of_many_layers_mount() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: mounting overlayfs needs root");
+        shoal_testkit::skip("mounting overlayfs needs root");
         return;
     }
     let d = tempfile::tempdir().unwrap();

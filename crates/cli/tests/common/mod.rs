@@ -172,7 +172,7 @@ pub fn containers_supported() -> bool {
     match shoal_testkit::container_support() {
         Ok(()) => true,
         Err(why) => {
-            eprintln!("skipped: this host cannot run containers: {why}");
+            shoal_testkit::skip(&format!("this host cannot run containers: {why}"));
             false
         }
     }

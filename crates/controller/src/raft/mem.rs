@@ -5,11 +5,11 @@
 
 use super::node::{Feedback, Forward, Proposal, ProposeError, RaftHandle, Transport};
 use raft::eraftpb::{Message, MessageType};
-use tokio::sync::mpsc;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
 
 #[derive(Debug)]
 struct State {
@@ -45,7 +45,11 @@ impl Default for MemNet {
 impl MemNet {
     /// Adds (or replaces, after a restart) a node's handle.
     pub fn join(&self, id: u64, handle: RaftHandle) {
-        self.state.lock().expect("net lock").nodes.insert(id, handle);
+        self.state
+            .lock()
+            .expect("net lock")
+            .nodes
+            .insert(id, handle);
     }
 
     /// Takes a node off the network (it stopped).
@@ -76,11 +80,7 @@ impl MemNet {
     /// The transport of node `id`.
     pub fn transport(&self, id: u64) -> MemTransport {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.state
-            .lock()
-            .expect("net lock")
-            .feedback
-            .insert(id, tx);
+        self.state.lock().expect("net lock").feedback.insert(id, tx);
         MemTransport {
             id,
             net: self.clone(),
@@ -166,13 +166,16 @@ impl Forward for MemForward {
                 message: "unreachable".into(),
             };
             match handle {
-                Some(h) => h.propose_local(proposal.clone()).await.map_err(|e| match e {
-                    ProposeError::Refused(s) => ProposeError::Remote {
-                        status: 400,
-                        message: s.to_string(),
-                    },
-                    _ => unreachable(),
-                }),
+                Some(h) => h
+                    .propose_local(proposal.clone())
+                    .await
+                    .map_err(|e| match e {
+                        ProposeError::Refused(s) => ProposeError::Remote {
+                            status: 400,
+                            message: s.to_string(),
+                        },
+                        _ => unreachable(),
+                    }),
                 None => Err(unreachable()),
             }
         })
@@ -339,11 +342,20 @@ mod tests {
                     .iter()
                     .map(|id| {
                         let n = &self.nodes[id];
-                        let token = n.store.read().unwrap().cluster.clone().map(|c| c.worker_join_token);
+                        let token = n
+                            .store
+                            .read()
+                            .unwrap()
+                            .cluster
+                            .clone()
+                            .map(|c| c.worker_join_token);
                         format!("{id}: {token:?} {:?}", n.handle.status().borrow())
                     })
                     .collect();
-                panic!("the nodes did not converge on {token} within the bound:\n{}", seen.join("\n"))
+                panic!(
+                    "the nodes did not converge on {token} within the bound:\n{}",
+                    seen.join("\n")
+                )
             })
         }
 
@@ -366,12 +378,25 @@ mod tests {
         }
         // The proposer has applied its own write when it is acknowledged.
         assert_eq!(
-            c.nodes[&follower].store.read().unwrap().cluster.as_ref().unwrap().worker_join_token,
+            c.nodes[&follower]
+                .store
+                .read()
+                .unwrap()
+                .cluster
+                .as_ref()
+                .unwrap()
+                .worker_join_token,
             "t39"
         );
         c.converged(&VOTERS, "t39").await;
-        let revs: Vec<u64> = VOTERS.iter().map(|v| c.nodes[v].store.read().unwrap().revision).collect();
-        assert!(revs.windows(2).all(|w| w[0] == w[1]), "revisions differ: {revs:?}");
+        let revs: Vec<u64> = VOTERS
+            .iter()
+            .map(|v| c.nodes[v].store.read().unwrap().revision)
+            .collect();
+        assert!(
+            revs.windows(2).all(|w| w[0] == w[1]),
+            "revisions differ: {revs:?}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -394,7 +419,14 @@ mod tests {
         c.net.heal();
         c.converged(&VOTERS, "after").await;
         for v in VOTERS {
-            let token = c.nodes[&v].store.read().unwrap().cluster.clone().unwrap().worker_join_token;
+            let token = c.nodes[&v]
+                .store
+                .read()
+                .unwrap()
+                .cluster
+                .clone()
+                .unwrap()
+                .worker_join_token;
             assert_ne!(token, "lost");
         }
     }

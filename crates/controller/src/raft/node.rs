@@ -286,9 +286,7 @@ impl RaftHandle {
                 ProposeError::NoLeader
             } else if leader == me {
                 match self.propose_local(proposal.clone()).await {
-                    Err(ProposeError::NotLeader { leader }) => {
-                        ProposeError::NotLeader { leader }
-                    }
+                    Err(ProposeError::NotLeader { leader }) => ProposeError::NotLeader { leader },
                     other => return other,
                 }
             } else {
@@ -771,7 +769,11 @@ impl Driver {
         let (cs, context, change) = if entry.get_entry_type() == EntryType::EntryConfChange {
             let cc = ConfChange::parse_from_bytes(&entry.data).unwrap_or_default();
             let change = (cc.get_change_type(), cc.node_id);
-            (self.raw.apply_conf_change(&cc), cc.context.to_vec(), Some(change))
+            (
+                self.raw.apply_conf_change(&cc),
+                cc.context.to_vec(),
+                Some(change),
+            )
         } else {
             let cc = ConfChangeV2::parse_from_bytes(&entry.data).unwrap_or_default();
             (self.raw.apply_conf_change(&cc), cc.context.to_vec(), None)

@@ -81,7 +81,9 @@ pub fn decode(buf: &mut BytesMut) -> Result<Vec<Message>, String> {
         }
         let len = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
         if len > MAX_FRAME {
-            return Err(format!("raft frame of {len} bytes is larger than {MAX_FRAME}"));
+            return Err(format!(
+                "raft frame of {len} bytes is larger than {MAX_FRAME}"
+            ));
         }
         if buf.len() < 4 + len {
             return Ok(out);

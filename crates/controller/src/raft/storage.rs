@@ -155,7 +155,11 @@ impl DurableLog {
 
     /// This manager's Raft id (1 for a log written before ids were stored).
     pub fn raft_id(&self) -> u64 {
-        self.core.read().expect("raft core lock").raft_id.unwrap_or(1)
+        self.core
+            .read()
+            .expect("raft core lock")
+            .raft_id
+            .unwrap_or(1)
     }
 
     /// Index at or below which configuration changes are not applied again.
@@ -186,7 +190,12 @@ impl DurableLog {
             ..Default::default()
         };
         let floor = self.core.read().expect("raft core lock").last_index();
-        let mut meta = self.core.read().expect("raft core lock").snapshot_meta.clone();
+        let mut meta = self
+            .core
+            .read()
+            .expect("raft core lock")
+            .snapshot_meta
+            .clone();
         meta.set_conf_state(cs.clone());
         let txn = self.begin()?;
         {
