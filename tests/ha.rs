@@ -454,3 +454,25 @@ fn stack_rm_then_deploy_thirty_times_keeps_every_service() {
         lab.shoal_ok("m2", &["stack", "rm", "two"]).unwrap();
     }
 }
+
+#[test]
+fn cluster_leave_for_a_worker_and_the_last_manager() {
+    let Some(lab) = lab("ha10", 1, 1, 0, &[]) else {
+        return;
+    };
+    lab.shoal_ok("w1", &["cluster", "leave"]).unwrap();
+    let out = lab.shoal("w1", &["service", "ls"]).unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not part of a cluster"));
+    wait("w1 seen down once its agent stopped", || {
+        lab.shoal_ok("m1", &["node", "ls"])
+            .is_ok_and(|o| o.lines().any(|l| l.contains(" w1 ") && l.contains("down")))
+    });
+    // The last manager leaves only when forced: that ends the cluster.
+    let out = lab.shoal("m1", &["cluster", "leave"]).unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("last manager"));
+    lab.shoal_ok("m1", &["cluster", "leave", "--force"])
+        .unwrap();
+    let out = lab.shoal("m1", &["service", "ls"]).unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not part of a cluster"));
+}

@@ -114,6 +114,8 @@ pub struct Cluster {
     pub dispatcher: Arc<Dispatcher>,
     /// `service logs` subscriptions in flight.
     pub logs: Arc<crate::logs::LogBroker>,
+    /// Stops this member's Raft task and leader loops (leave, demotion).
+    stop: CancellationToken,
 }
 
 impl Cluster {
@@ -388,6 +390,7 @@ impl Manager {
             raft,
             dispatcher: Arc::new(Dispatcher::new(self.config.dispatcher)),
             logs: Arc::new(crate::logs::LogBroker::new()),
+            stop: stop.clone(),
         });
         tokio::spawn(supervise_leader_loops(cluster.clone(), stop.clone()));
         // A manager removed from the voters (demoted, or removed by another) becomes a worker.
@@ -708,6 +711,7 @@ impl Manager {
                 ));
             }
             *self.cluster.lock().await = None;
+            cluster.stop.cancel();
             let dir = self.config.data_root.join("raft");
             let stamp = now().0;
             let _ = std::fs::rename(

@@ -94,8 +94,12 @@ pub fn probe_binary() -> io::Result<PathBuf> {
     if fresh {
         return Ok(out);
     }
-    // Build beside, then rename: concurrent test processes never see half a binary.
-    let tmp = dir.join(format!("probe.{}.tmp", std::process::id()));
+    // Build in a directory of this process's own, then rename: rustc names its intermediate
+    // object files after the crate, so concurrent builds in one directory overwrite each
+    // other's (the linker then dies of SIGBUS), and no process may see half a binary.
+    let work = dir.join(format!("build.{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let tmp = work.join("probe");
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let status = Command::new(rustc)
         .args([
@@ -109,11 +113,13 @@ pub fn probe_binary() -> io::Result<PathBuf> {
         .arg(&tmp)
         .arg(&src)
         .status()?;
-    if !status.success() {
-        return Err(io::Error::other("building the probe failed"));
-    }
-    std::fs::rename(&tmp, &out)?;
-    Ok(out)
+    let result = if status.success() {
+        std::fs::rename(&tmp, &out)
+    } else {
+        Err(io::Error::other("building the probe failed"))
+    };
+    let _ = std::fs::remove_dir_all(&work);
+    result.map(|()| out)
 }
 
 fn file_header(size: u64, mode: u32) -> tar::Header {

@@ -125,6 +125,9 @@ impl DurableLog {
             }
         };
         core.raft_id = read_u64("raft_id")?;
+        // A commit index written without fsync may have been lost; what a snapshot holds was
+        // committed.
+        core.hard_state.commit = core.hard_state.commit.max(core.snapshot_meta.index);
         core.conf_floor = read_u64("conf_floor")?.unwrap_or(0);
         let entries = txn.open_table(ENTRIES).map_err(|e| db_err(path, e))?;
         for row in entries
@@ -244,8 +247,12 @@ impl DurableLog {
     }
 
     fn begin(&self) -> Result<redb::WriteTransaction, StorageFault> {
+        self.begin_with(Durability::Immediate)
+    }
+
+    fn begin_with(&self, durability: Durability) -> Result<redb::WriteTransaction, StorageFault> {
         let mut txn = self.db.begin_write().map_err(|e| db_err(&self.path, e))?;
-        txn.set_durability(Durability::Immediate);
+        txn.set_durability(durability);
         Ok(txn)
     }
 
@@ -269,8 +276,22 @@ impl DurableLog {
         if entries.is_empty() && hard_state.is_none() {
             return Ok(());
         }
-        let last = self.core.read().expect("raft core lock").last_index();
-        let txn = self.begin()?;
+        let (last, commit_only) = {
+            let core = self.core.read().expect("raft core lock");
+            let commit_only = entries.is_empty()
+                && hard_state.is_some_and(|hs| {
+                    hs.term == core.hard_state.term && hs.vote == core.hard_state.vote
+                });
+            (core.last_index(), commit_only)
+        };
+        // Entries, terms and votes are fsynced before anything depends on them. A commit index
+        // alone is not: it can be learnt again from the leader, so it rides along with the next
+        // durable write (a crash loses at most its advance, never an acknowledged entry).
+        let txn = if commit_only {
+            self.begin_with(Durability::None)?
+        } else {
+            self.begin()?
+        };
         {
             let mut t = txn.open_table(ENTRIES).map_err(|e| db_err(&self.path, e))?;
             if let Some(first) = entries.first() {
