@@ -308,11 +308,11 @@ impl Lab {
         .map_err(io_err(&file))?;
         // From here on, a failure tears down what was made.
         let lab = Lab { state, keep: false };
-        lab.build(&prefix)?;
+        lab.build()?;
         Ok(lab)
     }
 
-    fn build(&self, _prefix: &str) -> Result<(), LabError> {
+    fn build(&self) -> Result<(), LabError> {
         net::make_switch(&self.state.name)?;
         for h in &self.state.hosts {
             net::make_host(&self.state.name, &h.name, &h.addr)?;
@@ -607,15 +607,7 @@ impl Lab {
     /// Removes whatever a lab named `name` in `dir` left: processes, mounts, namespaces,
     /// cgroups, files. Safe to call when nothing is there.
     pub fn clean(name: &str, dir: &Path) -> Result<(), LabError> {
-        let hosts: Vec<String> = std::fs::read_dir(dir.join("hosts"))
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
         host::kill_all(name)?;
-        let _ = hosts;
         host::unmount_under(dir)?;
         net::remove_all(name)?;
         host::remove_cgroups(name)?;
