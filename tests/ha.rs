@@ -476,3 +476,33 @@ fn cluster_leave_for_a_worker_and_the_last_manager() {
     let out = lab.shoal("m1", &["service", "ls"]).unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("not part of a cluster"));
 }
+
+#[test]
+fn demoting_the_leader_hands_over_and_every_node_stays_ready() {
+    let Some(lab) = lab("ha11", 3, 1, 0, &[]) else {
+        return;
+    };
+    let rt = rt();
+    let leader = new_leader(&lab, None);
+    lab.shoal_ok(&leader, &["node", "demote", &leader]).unwrap();
+    let next = new_leader(&lab, Some(&leader));
+    write_until_acked(&rt, &lab, &next, "after-demotion");
+    // Every agent finds the new leader, also those whose list of managers was stale.
+    wait("every node ready under the new leader", || {
+        lab.shoal_ok(&next, &["--format", "json", "node", "ls"])
+            .ok()
+            .and_then(|o| serde_json::from_str::<Vec<serde_json::Value>>(&o).ok())
+            .is_some_and(|ns| ns.len() == 4 && ns.iter().all(|n| n["status"]["state"] == "ready"))
+    });
+    // And they stay so past the time a silent node is marked down.
+    std::thread::sleep(Duration::from_secs(3));
+    let nodes: Vec<serde_json::Value> = serde_json::from_str(
+        &lab.shoal_ok(&next, &["--format", "json", "node", "ls"])
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        nodes.iter().all(|n| n["status"]["state"] == "ready"),
+        "{nodes:#?}"
+    );
+}

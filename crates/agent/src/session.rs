@@ -154,8 +154,18 @@ impl Agent {
             }
         }
         let Some((resp, client)) = found else {
+            // None leads among those known: the list may be stale (managers joined or left
+            // since). Ask them where the managers are now; the next round tries those.
+            for m in &managers {
+                let client = Client::new(m.clone()).with_timeout(Duration::from_secs(2));
+                if let Ok(list) = client.get::<Vec<String>>("/v1/dispatcher/managers").await {
+                    self.follow_managers(list);
+                    break;
+                }
+            }
             return Err(last.unwrap_or_else(|| ClientError::Endpoint("no managers known".into())));
         };
+        self.follow_managers(resp.managers.clone());
         if let Err(e) = std::fs::create_dir_all(&self.config.state_dir)
             .and_then(|_| std::fs::write(self.node_id_file(), resp.node_id.as_str()))
         {

@@ -297,6 +297,9 @@ pub struct RegisterResponse {
     pub session_id: String,
     /// How often to heartbeat, in milliseconds.
     pub heartbeat_period_ms: u64,
+    /// The managers' cluster addresses.
+    #[serde(default)]
+    pub managers: Vec<String>,
 }
 
 /// `POST /v1/dispatcher/heartbeat`.

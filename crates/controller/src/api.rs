@@ -175,6 +175,7 @@ pub fn cluster_router(manager: Shared) -> Router {
 fn dispatcher_routes() -> Router<Shared> {
     Router::new()
         .route("/v1/dispatcher/register", post(agent_register))
+        .route("/v1/dispatcher/managers", get(agent_managers))
         .route("/v1/dispatcher/heartbeat", post(agent_heartbeat))
         .route("/v1/dispatcher/assignments", get(agent_assignments))
         .route("/v1/dispatcher/status", post(agent_status))
@@ -1123,7 +1124,15 @@ async fn agent_register(
         node_id: id,
         session_id,
         heartbeat_period_ms: c.dispatcher.settings().heartbeat_period.as_millis() as u64,
+        managers: c.manager_addrs(),
     }))
+}
+
+/// Any manager answers: where the managers are, so an agent whose list went stale finds the
+/// leader.
+async fn agent_managers(State(m): State<Shared>) -> Result<Json<Vec<String>>> {
+    let c = cluster(&m).await?;
+    Ok(Json(c.manager_addrs()))
 }
 
 async fn agent_heartbeat(
