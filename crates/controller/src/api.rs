@@ -442,12 +442,11 @@ async fn node_promote(State(m): State<Shared>, Path(id): Path<String>) -> Result
             "node {id} joined without --advertise-addr: the managers could not reach it"
         )));
     }
-    c.raft
-        .propose(Command::SetNodeRole {
-            id: node.id,
-            role: NodeRole::Manager,
-        })
-        .await?;
+    set_role(&c, node.id, NodeRole::Manager).await
+}
+
+async fn set_role(c: &Cluster, id: NodeId, role: NodeRole) -> Result<StatusCode> {
+    c.raft.propose(Command::SetNodeRole { id, role }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -461,13 +460,7 @@ async fn node_demote(
     let Some(ms) = node.manager_status.clone() else {
         if node.spec.role == NodeRole::Manager {
             // Promoted but not joined yet: take the promotion back.
-            c.raft
-                .propose(Command::SetNodeRole {
-                    id: node.id,
-                    role: NodeRole::Worker,
-                })
-                .await?;
-            return Ok(StatusCode::NO_CONTENT);
+            return set_role(&c, node.id, NodeRole::Worker).await;
         }
         return Err(ApiError::bad(format!("node {id} is already a worker")));
     };
@@ -479,12 +472,7 @@ async fn node_demote(
         ));
     }
     crate::manager::check_quorum_after_removal(&c, ms.raft_id, q.force)?;
-    c.raft
-        .propose(Command::SetNodeRole {
-            id: node.id,
-            role: NodeRole::Worker,
-        })
-        .await?;
+    set_role(&c, node.id, NodeRole::Worker).await?;
     c.raft
         .change_membership(crate::raft::node::MembershipChange::Remove { id: ms.raft_id })
         .await?;

@@ -188,11 +188,21 @@ impl DurableLog {
     /// the current last index are not applied again when the log is replayed.
     pub fn force_single_voter(&self) -> Result<(), StorageFault> {
         let id = self.raft_id();
-        let cs = ConfState {
-            voters: vec![id],
-            ..Default::default()
-        };
         let floor = self.core.read().expect("raft core lock").last_index();
+        self.set_voters(
+            ConfState {
+                voters: vec![id],
+                ..Default::default()
+            },
+            ("conf_floor", floor),
+        )?;
+        self.core.write().expect("raft core lock").conf_floor = floor;
+        Ok(())
+    }
+
+    /// Replaces the voter configuration, in the log's own record and in its snapshot's
+    /// metadata, together with one more number (`raft_id`, `conf_floor`), in one transaction.
+    fn set_voters(&self, cs: ConfState, extra: (&str, u64)) -> Result<(), StorageFault> {
         let mut meta = self
             .core
             .read()
@@ -209,40 +219,25 @@ impl DurableLog {
                 "snapshot_meta",
                 &meta.write_to_bytes().expect("encode"),
             )?;
-            self.put(&mut t, "conf_floor", &floor.to_be_bytes())?;
+            self.put(&mut t, extra.0, &extra.1.to_be_bytes())?;
         }
         txn.commit().map_err(|e| db_err(&self.path, e))?;
         let mut core = self.core.write().expect("raft core lock");
         core.conf_state = cs;
         core.snapshot_meta = meta;
-        core.conf_floor = floor;
         Ok(())
     }
 
     /// Makes a fresh log the first log of a cluster whose only voter is `id`.
     pub fn bootstrap(&self, id: u64) -> Result<(), StorageFault> {
-        let cs = ConfState {
-            voters: vec![id],
-            ..Default::default()
-        };
-        let mut meta = SnapshotMetadata::default();
-        meta.set_conf_state(cs.clone());
-        let txn = self.begin()?;
-        {
-            let mut t = txn.open_table(META).map_err(|e| db_err(&self.path, e))?;
-            self.put(&mut t, "conf_state", &cs.write_to_bytes().expect("encode"))?;
-            self.put(
-                &mut t,
-                "snapshot_meta",
-                &meta.write_to_bytes().expect("encode"),
-            )?;
-            self.put(&mut t, "raft_id", &id.to_be_bytes())?;
-        }
-        txn.commit().map_err(|e| db_err(&self.path, e))?;
-        let mut core = self.core.write().expect("raft core lock");
-        core.conf_state = cs;
-        core.snapshot_meta = meta;
-        core.raft_id = Some(id);
+        self.set_voters(
+            ConfState {
+                voters: vec![id],
+                ..Default::default()
+            },
+            ("raft_id", id),
+        )?;
+        self.core.write().expect("raft core lock").raft_id = Some(id);
         Ok(())
     }
 
