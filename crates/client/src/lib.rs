@@ -62,13 +62,12 @@ pub enum ClientError {
     #[error("invalid host {0:?}: use unix:///path/to/socket or tcp://host:port")]
     Endpoint(String),
     /// Could not connect.
-    #[error("cannot connect to shoald at {endpoint}: {source} (is shoald running?)")]
+    #[error("cannot connect to shoald at {endpoint}: {error} (is shoald running?)")]
     Connect {
         /// Where.
         endpoint: String,
         /// Why.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The HTTP exchange broke.
     #[error("talking to shoald at {endpoint}: {message}")]
@@ -188,9 +187,9 @@ impl Client {
                     .map_err(|e| transport(&e))?
             }};
         }
-        let connect_error = |source| ClientError::Connect {
+        let connect_error = |error| ClientError::Connect {
             endpoint: endpoint.clone(),
-            source,
+            error,
         };
         let connect_timeout = CONNECT_TIMEOUT.min(timeout);
         let resp = match &self.endpoint {

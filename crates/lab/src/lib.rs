@@ -42,12 +42,12 @@ pub enum LabError {
         message: String,
     },
     /// A file or directory of the lab.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// Which.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// No such host in the lab.
     #[error("no host {0:?} in the lab (see `shoal-lab status`)")]
@@ -72,9 +72,9 @@ pub enum LabError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LabError + '_ {
-    move |source| LabError::Io {
+    move |error| LabError::Io {
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 

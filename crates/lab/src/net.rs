@@ -107,9 +107,9 @@ pub fn remove_all(lab: &str) -> Result<(), LabError> {
 /// only, so /sys and the cgroup tree stay the machine's).
 pub fn enter(cmd: &mut Command, lab: &str, host: &str) -> Result<(), LabError> {
     let path = format!("/run/netns/{}", netns(lab, host));
-    let file = std::fs::File::open(&path).map_err(|source| LabError::Io {
+    let file = std::fs::File::open(&path).map_err(|error| LabError::Io {
         path: path.into(),
-        source,
+        error,
     })?;
     // SAFETY: between fork and exec the closure only calls setns(2), which is
     // async-signal-safe, on a descriptor opened before the fork.
