@@ -127,3 +127,18 @@ pub fn write_until_acked(rt: &tokio::runtime::Runtime, lab: &Lab, host: &str, na
         }
     });
 }
+
+/// A lab of real-container hosts (the test images imported on each), or `None` (skipped, said
+/// so) where containers cannot run; under `CI=true` that fails instead.
+pub fn container_lab(name: &str, managers: usize, workers: usize) -> Option<Lab> {
+    if let Err(why) = shoal_testkit::container_support() {
+        shoal_testkit::skip(&format!("this host cannot run containers: {why}"));
+        return None;
+    }
+    if std::process::Command::new("ip").arg("-V").output().is_err() {
+        shoal_testkit::skip("`ip` is missing: apt-get install iproute2");
+        return None;
+    }
+    let config = LabConfig::new(name, managers, workers);
+    Some(Lab::up(config).expect("lab up"))
+}
