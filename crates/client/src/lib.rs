@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::{Method, Request, StatusCode};
+use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -106,12 +106,49 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// a minute; streams then run as long as they last).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(75);
 
-/// A client. Each request uses its own connection; connecting and waiting for an answer are
-/// bounded ([`CONNECT_TIMEOUT`], [`REQUEST_TIMEOUT`] unless [`Client::with_timeout`]).
+/// How long an idle connection is kept for reuse: well below the servers' 30 s header timeout,
+/// so a kept connection is not one the server is about to close.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle connections kept per client.
+const IDLE_MAX: usize = 128;
+
+type RequestBody = UnsyncBoxBody<Bytes, std::io::Error>;
+type Sender = hyper::client::conn::http1::SendRequest<RequestBody>;
+
+/// Connections whose last answer was read in full, ready for another request.
+#[derive(Debug, Default)]
+struct Pool {
+    idle: std::sync::Mutex<Vec<(Sender, std::time::Instant)>>,
+}
+
+impl Pool {
+    fn take(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().expect("pool lock");
+        while let Some((s, since)) = idle.pop() {
+            if since.elapsed() < IDLE_TIMEOUT && s.is_ready() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn put(&self, s: Sender) {
+        let mut idle = self.idle.lock().expect("pool lock");
+        if idle.len() < IDLE_MAX && s.is_ready() {
+            idle.push((s, std::time::Instant::now()));
+        }
+    }
+}
+
+/// A client. Clones share their idle connections: a request whose answer is read in full
+/// leaves its connection for the next one (streams keep theirs). Connecting and waiting for an
+/// answer are bounded ([`CONNECT_TIMEOUT`], [`REQUEST_TIMEOUT`] unless
+/// [`Client::with_timeout`]).
 #[derive(Debug, Clone)]
 pub struct Client {
     endpoint: Endpoint,
     timeout: Duration,
+    pool: std::sync::Arc<Pool>,
 }
 
 /// The body of a response, read as it arrives.
@@ -123,6 +160,7 @@ impl Client {
         Client {
             endpoint,
             timeout: REQUEST_TIMEOUT,
+            pool: Default::default(),
         }
     }
 
@@ -142,85 +180,119 @@ impl Client {
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
-    ) -> Result<hyper::Response<Incoming>, ClientError> {
+    ) -> Result<(hyper::Response<Incoming>, Sender), ClientError> {
         let body = Full::new(Bytes::from(body.unwrap_or_default()))
             .map_err(|never| match never {})
             .boxed_unsync();
         self.send_body(method, path, body).await
     }
 
-    async fn send_body(
-        &self,
-        method: Method,
-        path: &str,
-        body: UnsyncBoxBody<Bytes, std::io::Error>,
-    ) -> Result<hyper::Response<Incoming>, ClientError> {
-        let endpoint = self.endpoint.to_string();
-        let transport = |e: &dyn fmt::Display| ClientError::Transport {
-            endpoint: endpoint.clone(),
+    fn transport(&self, e: &dyn fmt::Display) -> ClientError {
+        ClientError::Transport {
+            endpoint: self.endpoint.to_string(),
             message: e.to_string(),
-        };
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "shoal")
-            .header("content-type", "application/json")
-            .body(body)
-            .map_err(|e| transport(&e))?;
-        let timeout = self.timeout;
-        let timed_out = |what: &str, after: Duration| ClientError::Transport {
-            endpoint: endpoint.clone(),
+        }
+    }
+
+    fn timed_out(&self, what: &str, after: Duration) -> ClientError {
+        ClientError::Transport {
+            endpoint: self.endpoint.to_string(),
             message: format!("no {what} within {after:?}"),
+        }
+    }
+
+    /// A new connection, its HTTP/1.1 handshake done.
+    async fn connect(&self) -> Result<Sender, ClientError> {
+        let connect_timeout = CONNECT_TIMEOUT.min(self.timeout);
+        let connect_error = |error| ClientError::Connect {
+            endpoint: self.endpoint.to_string(),
+            error,
         };
-        macro_rules! exchange {
+        macro_rules! handshake {
             ($stream:expr) => {{
-                let (mut sender, conn) =
-                    hyper::client::conn::http1::handshake(TokioIo::new($stream))
-                        .await
-                        .map_err(|e| transport(&e))?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new($stream))
+                    .await
+                    .map_err(|e| self.transport(&e))?;
                 tokio::spawn(async move {
                     let _ = conn.await;
                 });
-                tokio::time::timeout(timeout, sender.send_request(req))
-                    .await
-                    .map_err(|_| timed_out("answer", timeout))?
-                    .map_err(|e| transport(&e))?
+                sender
             }};
         }
-        let connect_error = |error| ClientError::Connect {
-            endpoint: endpoint.clone(),
-            error,
-        };
-        let connect_timeout = CONNECT_TIMEOUT.min(timeout);
-        let resp = match &self.endpoint {
+        Ok(match &self.endpoint {
             Endpoint::Unix(path) => {
                 let stream =
                     tokio::time::timeout(connect_timeout, tokio::net::UnixStream::connect(path))
                         .await
-                        .map_err(|_| timed_out("connection", connect_timeout))?
+                        .map_err(|_| self.timed_out("connection", connect_timeout))?
                         .map_err(connect_error)?;
-                exchange!(stream)
+                handshake!(stream)
             }
             Endpoint::Tcp(addr) => {
                 let stream =
                     tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
                         .await
-                        .map_err(|_| timed_out("connection", connect_timeout))?
+                        .map_err(|_| self.timed_out("connection", connect_timeout))?
                         .map_err(connect_error)?;
                 stream.set_nodelay(true).ok();
-                exchange!(stream)
+                handshake!(stream)
             }
-        };
+        })
+    }
+
+    /// Sends a request on an idle connection if one is ready, else on a new one; returns the
+    /// answer (its body unread) and the connection, which [`Client::decode`] gives back to the
+    /// pool once the body is read.
+    async fn send_body(
+        &self,
+        method: Method,
+        path: &str,
+        body: RequestBody,
+    ) -> Result<(hyper::Response<Incoming>, Sender), ClientError> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "shoal")
+            .header("content-type", "application/json")
+            .body(body)
+            .map_err(|e| self.transport(&e))?;
+        let timeout = self.timeout;
+        if let Some(mut sender) = self.pool.take() {
+            match tokio::time::timeout(timeout, sender.try_send_request(req)).await {
+                Err(_) => return Err(self.timed_out("answer", timeout)),
+                Ok(Ok(resp)) => return self.check((resp, sender)).await,
+                // The kept connection was closed before the request went out: it was not
+                // sent, so it goes on a new connection (never twice).
+                Ok(Err(mut e)) => match e.take_message() {
+                    Some(back) => req = back,
+                    None => return Err(self.transport(e.error())),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        let resp = tokio::time::timeout(timeout, sender.send_request(req))
+            .await
+            .map_err(|_| self.timed_out("answer", timeout))?
+            .map_err(|e| self.transport(&e))?;
+        self.check((resp, sender)).await
+    }
+
+    /// Turns an error status into [`ClientError::Api`] with the server's message.
+    async fn check(
+        &self,
+        (resp, sender): (hyper::Response<Incoming>, Sender),
+    ) -> Result<(hyper::Response<Incoming>, Sender), ClientError> {
         if resp.status().is_success() {
-            return Ok(resp);
+            return Ok((resp, sender));
         }
         let status = resp.status();
         let bytes = resp
             .into_body()
             .collect()
             .await
-            .map_err(|e| transport(&e))?
+            .map_err(|e| self.transport(&e))?
             .to_bytes();
+        self.pool.put(sender);
         let message = serde_json::from_slice::<ErrorBody>(&bytes)
             .map(|b| b.message)
             .unwrap_or_else(|_| format!("{status}: {}", String::from_utf8_lossy(&bytes)));
@@ -238,8 +310,8 @@ impl Client {
         body: Option<&B>,
     ) -> Result<R, ClientError> {
         let body = body.map(|b| serde_json::to_vec(b).expect("request bodies serialize"));
-        let resp = self.send(method, path, body).await?;
-        self.decode(resp).await
+        let answer = self.send(method, path, body).await?;
+        self.decode(answer).await
     }
 
     /// POST raw bytes (an archive) and decode the JSON answer.
@@ -248,8 +320,8 @@ impl Client {
         path: &str,
         body: Vec<u8>,
     ) -> Result<R, ClientError> {
-        let resp = self.send(Method::POST, path, Some(body)).await?;
-        self.decode(resp).await
+        let answer = self.send(Method::POST, path, Some(body)).await?;
+        self.decode(answer).await
     }
 
     /// POST a file's bytes as they are read (an archive of any size) and decode the answer.
@@ -271,25 +343,30 @@ impl Client {
             }
         });
         let body = BodyExt::boxed_unsync(StreamBody::new(chunks));
-        let resp = self.send_body(Method::POST, path, body).await?;
-        self.decode(resp).await
+        let answer = self.send_body(Method::POST, path, body).await?;
+        self.decode(answer).await
     }
 
     async fn decode<R: DeserializeOwned>(
         &self,
-        resp: hyper::Response<Incoming>,
+        answer: (hyper::Response<Incoming>, Sender),
     ) -> Result<R, ClientError> {
-        let endpoint = self.endpoint.to_string();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Transport {
-                endpoint,
-                message: e.to_string(),
-            })?
-            .to_bytes();
+        let bytes = self.read_body(answer).await?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// Reads an answer's body in full (bounded by the timeout) and keeps the connection.
+    async fn read_body(
+        &self,
+        (resp, sender): (hyper::Response<Incoming>, Sender),
+    ) -> Result<Bytes, ClientError> {
+        let bytes = tokio::time::timeout(self.timeout, resp.into_body().collect())
+            .await
+            .map_err(|_| self.timed_out("whole answer", self.timeout))?
+            .map_err(|e| self.transport(&e))?
+            .to_bytes();
+        self.pool.put(sender);
+        Ok(bytes)
     }
 
     /// GET and decode.
@@ -314,16 +391,14 @@ impl Client {
         body: Option<&B>,
     ) -> Result<(), ClientError> {
         let body = body.map(|b| serde_json::to_vec(b).expect("request bodies serialize"));
-        let resp = self.send(method, path, body).await?;
-        if resp.status() != StatusCode::NO_CONTENT {
-            let _ = resp.into_body().collect().await;
-        }
-        Ok(())
+        let answer = self.send(method, path, body).await?;
+        self.read_body(answer).await.map(|_| ())
     }
 
     /// GET a streaming answer (`/v1/events`): its body, read frame by frame.
     pub async fn stream(&self, path: &str) -> Result<Incoming, ClientError> {
-        Ok(self.send(Method::GET, path, None).await?.into_body())
+        // The connection goes with the stream and closes when it is dropped.
+        Ok(self.send(Method::GET, path, None).await?.0.into_body())
     }
 }
 
@@ -373,6 +448,59 @@ impl Lines {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// A server answering `{}` that counts its connections; with `close`, it closes each
+    /// connection after one answer.
+    async fn server(close: bool) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let counted = conns.clone();
+        tokio::spawn(async move {
+            loop {
+                let (io, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |_req| async move {
+                        let mut resp = hyper::Response::new(Full::new(Bytes::from_static(b"{}")));
+                        if close {
+                            resp.headers_mut()
+                                .insert("connection", "close".parse().unwrap());
+                        }
+                        Ok::<_, std::convert::Infallible>(resp)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(io), svc)
+                        .await;
+                });
+            }
+        });
+        (addr, conns)
+    }
+
+    #[tokio::test]
+    async fn answers_read_in_full_leave_their_connection_for_the_next_request() {
+        let (addr, conns) = server(false).await;
+        let c = Client::new(Endpoint::Tcp(addr));
+        for _ in 0..5 {
+            let _: serde_json::Value = c.clone().get("/").await.unwrap();
+        }
+        assert_eq!(conns.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_the_server_closed_is_replaced_without_an_error() {
+        let (addr, conns) = server(true).await;
+        let c = Client::new(Endpoint::Tcp(addr));
+        for _ in 0..3 {
+            let _: serde_json::Value = c.get("/").await.unwrap();
+            // Let the close arrive, as it would between two requests.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(conns.load(Ordering::SeqCst), 3);
+    }
 
     #[test]
     fn endpoints_parse() {

@@ -352,9 +352,7 @@ impl Manager {
         }
         let hub = EventHub::with_budget(store.revision, self.config.event_history);
         let store = Arc::new(RwLock::new(store));
-        let forward = HttpForward {
-            timeout: self.config.raft.write_timeout,
-        };
+        let forward = HttpForward::new(self.config.raft.write_timeout);
         // Stops this cluster member alone: when it is demoted or removed, the daemon goes on.
         let stop = self.shutdown.child_token();
         let (raft, task) = node::start(

@@ -339,11 +339,33 @@ pub struct Forwarded {
     pub revision: u64,
 }
 
-/// Forwards proposals to the leader over HTTP on the cluster port.
-#[derive(Debug, Clone)]
+/// Forwards proposals to the leader over HTTP on the cluster port, keeping a client (and its
+/// idle connections) per leader address.
+#[derive(Debug)]
 pub struct HttpForward {
-    /// Bound on the whole exchange.
-    pub timeout: Duration,
+    timeout: Duration,
+    clients: std::sync::Mutex<HashMap<String, Client>>,
+}
+
+impl HttpForward {
+    /// Forwarding bounded by `timeout` per proposal.
+    pub fn new(timeout: Duration) -> HttpForward {
+        HttpForward {
+            timeout,
+            clients: Default::default(),
+        }
+    }
+
+    fn client(&self, addr: &str) -> Client {
+        self.clients
+            .lock()
+            .expect("clients lock")
+            .entry(addr.to_owned())
+            .or_insert_with(|| {
+                Client::new(Endpoint::Tcp(addr.to_owned())).with_timeout(self.timeout)
+            })
+            .clone()
+    }
 }
 
 impl Forward for HttpForward {
@@ -354,8 +376,11 @@ impl Forward for HttpForward {
         proposal: &'a Proposal,
     ) -> Pin<Box<dyn Future<Output = Result<u64, ProposeError>> + Send + 'a>> {
         Box::pin(async move {
-            let client = Client::new(Endpoint::Tcp(addr.to_owned())).with_timeout(self.timeout);
-            match client.post::<_, Forwarded>(PROPOSE_PATH, proposal).await {
+            match self
+                .client(addr)
+                .post::<_, Forwarded>(PROPOSE_PATH, proposal)
+                .await
+            {
                 Ok(f) => Ok(f.revision),
                 Err(ClientError::Api { status, message }) => {
                     Err(ProposeError::Remote { status, message })
