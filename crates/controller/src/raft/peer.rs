@@ -129,6 +129,8 @@ struct Peer {
 #[derive(Debug)]
 pub struct TcpTransport {
     peers: HashMap<u64, Peer>,
+    /// The daemon's runtime, where the sending tasks run (not the Raft thread's).
+    runtime: tokio::runtime::Handle,
     feedback_tx: mpsc::UnboundedSender<Feedback>,
     feedback_rx: Option<mpsc::UnboundedReceiver<Feedback>>,
     shutdown: CancellationToken,
@@ -146,6 +148,7 @@ impl TcpTransport {
         let (feedback_tx, feedback_rx) = mpsc::unbounded_channel();
         TcpTransport {
             peers: HashMap::new(),
+            runtime: tokio::runtime::Handle::current(),
             feedback_tx,
             feedback_rx: Some(feedback_rx),
             shutdown,
@@ -194,7 +197,7 @@ impl Transport for TcpTransport {
             }
             let (queue, rx) = mpsc::channel(QUEUE);
             let stop = self.shutdown.child_token();
-            tokio::spawn(send_loop(
+            self.runtime.spawn(send_loop(
                 *id,
                 addr.clone(),
                 rx,
