@@ -296,41 +296,62 @@ impl Agent {
     async fn serve_logs(self: Arc<Self>, s: Session, sub: LogSubscription) {
         // Well under the API's 4 MiB body limit, with JSON's overhead.
         const BATCH_BYTES: usize = 1 << 20;
-        let mut offsets: Vec<(TaskId, Option<PathBuf>, u64)> = sub
+        // Each task's log: where the next read starts, and whether it has been read to its end.
+        let mut offsets: Vec<(TaskId, Option<PathBuf>, u64, bool)> = sub
             .tasks
             .iter()
-            .map(|t| (t.clone(), self.executor.log_path(t), 0))
+            .map(|t| (t.clone(), self.executor.log_path(t), 0, false))
             .collect();
         let mut first = true;
         let mut idle = 0u32;
         loop {
             let mut lines = Vec::new();
-            for (task, path, offset) in offsets.iter_mut() {
-                let Some(path) = path else { continue };
-                // File reads off the async threads.
-                let (path, from) = (path.clone(), *offset);
+            for (task, path, offset, at_end) in offsets.iter_mut() {
+                let Some(path) = path else {
+                    *at_end = true;
+                    continue;
+                };
+                // File reads off the async threads, a bounded amount each round: the last
+                // `tail` entries read from the end; otherwise rotated files first, then the
+                // current one chunk by chunk.
+                let (path, from, tail) = (path.clone(), *offset, sub.tail);
                 let read = tokio::task::spawn_blocking(move || {
-                    if first {
-                        shoal_runtime::logs::read_all(&path)
-                    } else {
-                        shoal_runtime::logs::read_from(&path, from)
+                    use shoal_runtime::logs;
+                    match (first, tail) {
+                        (true, Some(n)) => {
+                            let (entries, at) = logs::read_tail(&path, n)?;
+                            let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+                            Ok((entries, at, at >= len))
+                        }
+                        (true, None) => {
+                            let mut older = Vec::new();
+                            let mut k = 1;
+                            while logs::rotated(&path, k).exists() {
+                                k += 1;
+                            }
+                            for k in (1..k).rev() {
+                                older.extend(logs::read_from(&logs::rotated(&path, k), 0)?.0);
+                            }
+                            let (current, at, end) = logs::read_chunk(&path, 0, BATCH_BYTES)?;
+                            older.extend(current);
+                            Ok((older, at, end))
+                        }
+                        (false, _) => logs::read_chunk(&path, from, BATCH_BYTES),
                     }
                 })
                 .await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-                let (entries, next) = match read {
+                let (entries, next, end) = match read {
                     Ok(r) => r,
                     Err(e) => {
                         tracing::warn!(task_id = %task, error = %e, "reading logs");
+                        *at_end = true;
                         continue;
                     }
                 };
                 *offset = next;
-                let skip = match (first, sub.tail) {
-                    (true, Some(n)) => entries.len().saturating_sub(n),
-                    _ => 0,
-                };
-                lines.extend(entries.into_iter().skip(skip).map(|e| LogLine {
+                *at_end = end;
+                lines.extend(entries.into_iter().map(|e| LogLine {
                     task_id: task.clone(),
                     service: String::new(),
                     slot: 0,
@@ -341,7 +362,8 @@ impl Agent {
                 }));
             }
             first = false;
-            let done = !sub.follow;
+            // Without `follow`, done once every log was read to its end.
+            let done = !sub.follow && offsets.iter().all(|(.., at_end)| *at_end);
             // Publish what there is; while following and quiet, a keepalive every 2 s tells
             // whether anyone still reads.
             idle = if lines.is_empty() { idle + 1 } else { 0 };
@@ -379,7 +401,10 @@ impl Agent {
             if done {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // A log not read to its end yet is read on at once; otherwise wait for more.
+            if offsets.iter().all(|(.., at_end)| *at_end) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
     }
 

@@ -223,6 +223,115 @@ pub fn read_from(path: &Path, offset: u64) -> io::Result<(Vec<LogEntry>, u64)> {
     Ok((entries, offset + complete as u64))
 }
 
+/// Like [`read_from`], reading at most about `max` bytes (more only for one line longer than
+/// that); the bool is true once the end of the file was reached.
+pub fn read_chunk(path: &Path, offset: u64, max: usize) -> io::Result<(Vec<LogEntry>, u64, bool)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), offset, true)),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    let offset = if len < offset { 0 } else { offset };
+    file.seek(SeekFrom::Start(offset))?;
+    let mut buf = Vec::new();
+    (&mut file).take(max as u64).read_to_end(&mut buf)?;
+    if !buf.contains(&b'\n') && offset + (buf.len() as u64) < len {
+        // One line longer than `max`: take it whole.
+        let mut rest = Vec::new();
+        BufReader::new(&mut file).read_until(b'\n', &mut rest)?;
+        buf.extend(rest);
+    }
+    let complete = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let entries = buf[..complete]
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| serde_json::from_slice(l).ok())
+        .collect();
+    let next = offset + complete as u64;
+    Ok((entries, next, next >= len))
+}
+
+/// The last `n` entries of a log (rotated files too when the current one has fewer), read from
+/// the end: a long log is not read whole. Also the offset just past what was read in the
+/// current file.
+pub fn read_tail(path: &Path, n: usize) -> io::Result<(Vec<LogEntry>, u64)> {
+    use std::io::{Read, Seek, SeekFrom};
+    const BLOCK: u64 = 64 * 1024;
+    let mut files = vec![path.to_owned()];
+    let mut k = 1;
+    while rotated(path, k).exists() {
+        files.push(rotated(path, k));
+        k += 1;
+    }
+    let mut out: Vec<LogEntry> = Vec::new();
+    let current_end = complete_end(path)?;
+    for p in &files {
+        if out.len() >= n {
+            break;
+        }
+        let mut file = match std::fs::File::open(p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let len = file.metadata()?.len();
+        // Read blocks backwards until the data holds n + 1 line ends (or the file's start).
+        let mut start = len;
+        let mut buf: Vec<u8> = Vec::new();
+        let want = n - out.len();
+        while start > 0 && buf.iter().filter(|b| **b == b'\n').count() <= want {
+            let from = start.saturating_sub(BLOCK);
+            let mut block = vec![0u8; (start - from) as usize];
+            file.seek(SeekFrom::Start(from))?;
+            file.read_exact(&mut block)?;
+            block.extend(buf);
+            buf = block;
+            start = from;
+        }
+        let complete = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let mut lines: Vec<&[u8]> = buf[..complete]
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        if start > 0 && !lines.is_empty() {
+            lines.remove(0); // cut at the block's start: not a whole line
+        }
+        let entries: Vec<LogEntry> = lines
+            .into_iter()
+            .filter_map(|l| serde_json::from_slice(l).ok())
+            .collect();
+        let keep = entries.len().saturating_sub(want);
+        let mut older: Vec<LogEntry> = entries.into_iter().skip(keep).collect();
+        older.extend(out);
+        out = older;
+    }
+    Ok((out, current_end))
+}
+
+/// The offset just past the last complete line of a file (0 for none).
+fn complete_end(path: &Path) -> io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut end = file.metadata()?.len();
+    while end > 0 {
+        let from = end.saturating_sub(64 * 1024);
+        let mut block = vec![0u8; (end - from) as usize];
+        file.seek(SeekFrom::Start(from))?;
+        file.read_exact(&mut block)?;
+        if let Some(i) = block.iter().rposition(|b| *b == b'\n') {
+            return Ok(from + i as u64 + 1);
+        }
+        end = from;
+    }
+    Ok(0)
+}
+
 /// Everything a log holds, rotated files first, and the offset in the current file just past
 /// what was read (for [`read_from`] to go on with).
 pub fn read_all(path: &Path) -> io::Result<(Vec<LogEntry>, u64)> {
@@ -308,5 +417,41 @@ mod tests {
         let (next, _) = read_from(&p, at).unwrap();
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].log, "4\n");
+    }
+
+    #[test]
+    fn tails_and_chunks_read_only_what_they_need() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.log");
+        let mut w = LogWriter::open_with(
+            &p,
+            Rotation {
+                max_size: Some(200_000),
+                max_files: 3,
+            },
+        )
+        .unwrap();
+        for i in 0..5000 {
+            w.write("stdout", &[format!("line {i}\n")]).unwrap();
+        }
+        assert!(rotated(&p, 1).exists(), "the test needs a rotated file");
+        let all = read(&p, None).unwrap();
+        for n in [0, 1, 3, 100, all.len(), all.len() + 10] {
+            let (tail, at) = read_tail(&p, n).unwrap();
+            let skip = all.len().saturating_sub(n);
+            assert_eq!(tail, all[skip..].to_vec(), "tail {n}");
+            assert_eq!(at, std::fs::metadata(&p).unwrap().len());
+        }
+        // The current file in chunks: the same entries, and the end is said once reached.
+        let (whole, end) = read_from(&p, 0).unwrap();
+        let (mut got, mut at, mut done) = (Vec::new(), 0, false);
+        while !done {
+            let (entries, next, eof) = read_chunk(&p, at, 4096).unwrap();
+            got.extend(entries);
+            at = next;
+            done = eof;
+        }
+        assert_eq!(got, whole);
+        assert_eq!(at, end);
     }
 }
