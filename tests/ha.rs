@@ -506,3 +506,59 @@ fn demoting_the_leader_hands_over_and_every_node_stays_ready() {
         "{nodes:#?}"
     );
 }
+
+#[test]
+fn lab_hosts_reach_nothing_outside_and_down_leaves_nothing_behind() {
+    let Some(lab) = lab("ha12", 1, 1, 0, &[]) else {
+        return;
+    };
+    for h in ["m1", "w1"] {
+        let ns = shoal_lab::net::netns("ha12", h);
+        let out = std::process::Command::new("ip")
+            .args(["-n", &ns, "route", "show", "table", "all"])
+            .output()
+            .unwrap();
+        let routes = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !routes.contains("default"),
+            "{h} has a default route:\n{routes}"
+        );
+        for line in routes
+            .lines()
+            .filter(|l| !l.starts_with("local") && !l.contains("dev lo"))
+        {
+            assert!(
+                line.starts_with("198.18.0.")
+                    || line.starts_with("broadcast 198.18.0.")
+                    || line.contains("fe80::")
+                    || line.starts_with("multicast"),
+                "{h} routes beyond the lab: {line}"
+            );
+        }
+    }
+    let dir = lab.state().dir.clone();
+    lab.down().unwrap();
+    let netns = String::from_utf8_lossy(
+        &std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    assert!(!netns.contains("shl-ha12-"), "namespaces left: {netns}");
+    assert!(!dir.exists(), "{} left", dir.display());
+    let cgroups = [
+        "/sys/fs/cgroup/pids/shoal-lab-ha12",
+        "/sys/fs/cgroup/shoal-lab-ha12",
+    ];
+    for c in cgroups {
+        assert!(!std::path::Path::new(c).exists(), "{c} left");
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(dir.to_str().unwrap()),
+        "mounts left under {}",
+        dir.display()
+    );
+}
