@@ -324,14 +324,7 @@ impl Agent {
                             Ok((entries, at, at >= len))
                         }
                         (true, None) => {
-                            let mut older = Vec::new();
-                            let mut k = 1;
-                            while logs::rotated(&path, k).exists() {
-                                k += 1;
-                            }
-                            for k in (1..k).rev() {
-                                older.extend(logs::read_from(&logs::rotated(&path, k), 0)?.0);
-                            }
+                            let mut older = logs::read_rotated(&path)?;
                             let (current, at, end) = logs::read_chunk(&path, 0, BATCH_BYTES)?;
                             older.extend(current);
                             Ok((older, at, end))

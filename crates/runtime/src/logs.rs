@@ -199,32 +199,12 @@ pub fn read(path: &Path, tail: Option<usize>) -> io::Result<Vec<LogEntry>> {
 /// Reads the complete entries written after byte `offset`; returns them and the offset just
 /// past the last one (a line still being written is left for the next read).
 pub fn read_from(path: &Path, offset: u64) -> io::Result<(Vec<LogEntry>, u64)> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), offset)),
-        Err(e) => return Err(e),
-    };
-    // A file shorter than where the reader was has been rotated: start it over.
-    let offset = if file.metadata()?.len() < offset {
-        0
-    } else {
-        offset
-    };
-    file.seek(SeekFrom::Start(offset))?;
-    let mut buf = Vec::new();
-    file.read_to_end(&mut buf)?;
-    let complete = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let entries = buf[..complete]
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .filter_map(|l| serde_json::from_slice(l).ok())
-        .collect();
-    Ok((entries, offset + complete as u64))
+    read_chunk(path, offset, usize::MAX).map(|(entries, next, _)| (entries, next))
 }
 
-/// Like [`read_from`], reading at most about `max` bytes (more only for one line longer than
-/// that); the bool is true once the end of the file was reached.
+/// The complete entries written after byte `offset` (a file shorter than that was rotated: from
+/// its start), at most about `max` bytes of them (more only for one line longer than that); the
+/// offset just past them, and true once the end of the file was reached.
 pub fn read_chunk(path: &Path, offset: u64, max: usize) -> io::Result<(Vec<LogEntry>, u64, bool)> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = match std::fs::File::open(path) {
@@ -332,18 +312,23 @@ fn complete_end(path: &Path) -> io::Result<u64> {
     Ok(0)
 }
 
-/// Everything a log holds, rotated files first, and the offset in the current file just past
-/// what was read (for [`read_from`] to go on with).
-pub fn read_all(path: &Path) -> io::Result<(Vec<LogEntry>, u64)> {
+/// The entries of a log's rotated files, oldest first.
+pub fn read_rotated(path: &Path) -> io::Result<Vec<LogEntry>> {
     let mut out = Vec::new();
     let mut n = 1;
     while rotated(path, n).exists() {
         n += 1;
     }
     for k in (1..n).rev() {
-        let (entries, _) = read_from(&rotated(path, k), 0)?;
-        out.extend(entries);
+        out.extend(read_from(&rotated(path, k), 0)?.0);
     }
+    Ok(out)
+}
+
+/// Everything a log holds, rotated files first, and the offset in the current file just past
+/// what was read (for [`read_from`] to go on with).
+pub fn read_all(path: &Path) -> io::Result<(Vec<LogEntry>, u64)> {
+    let mut out = read_rotated(path)?;
     let (current, offset) = read_from(path, 0)?;
     out.extend(current);
     Ok((out, offset))
