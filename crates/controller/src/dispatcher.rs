@@ -147,46 +147,51 @@ pub fn full_assignments(store: &Store, node: &NodeId) -> Assignments {
     }
 }
 
-/// Changes to a node's assignments in `events` (newest version of each task wins).
-pub fn delta_assignments(
-    events: &[shoal_api::wire::Event],
-    node: &NodeId,
-    revision: u64,
-) -> Assignments {
-    let mut tasks: BTreeMap<TaskId, Option<Task>> = BTreeMap::new();
-    for e in events {
-        if let Object::Task(t) = &e.object {
+/// Changes to one node's assignments, folded in as events arrive (newest version of each task
+/// wins).
+#[derive(Debug, Default)]
+struct Delta {
+    tasks: BTreeMap<TaskId, Option<Task>>,
+}
+
+impl Delta {
+    fn fold(&mut self, events: &[shoal_api::wire::Event], node: &NodeId) {
+        for e in events {
+            let Object::Task(t) = &e.object else { continue };
             if t.node_id.as_ref() != Some(node) {
                 continue;
             }
             match e.action {
                 Action::Delete => {
-                    tasks.insert(t.id.clone(), None);
+                    self.tasks.insert(t.id.clone(), None);
                 }
                 _ if assigned_to(t, node) => {
-                    tasks.insert(t.id.clone(), Some((**t).clone()));
+                    self.tasks.insert(t.id.clone(), Some((**t).clone()));
                 }
                 _ => {}
             }
         }
     }
-    let mut out = Assignments {
-        revision,
-        full: false,
-        tasks: Vec::new(),
-        removed: Vec::new(),
-    };
-    for (id, t) in tasks {
-        match t {
-            Some(t) => out.tasks.push(t),
-            None => out.removed.push(id),
+
+    fn into_assignments(self, revision: u64) -> Assignments {
+        let mut out = Assignments {
+            revision,
+            full: false,
+            tasks: Vec::new(),
+            removed: Vec::new(),
+        };
+        for (id, t) in self.tasks {
+            match t {
+                Some(t) => out.tasks.push(t),
+                None => out.removed.push(id),
+            }
         }
+        out
     }
-    out
 }
 
 /// Waits (up to `wait`) for changes to `node`'s assignments after `since`; the full set when
-/// `since` is 0 or no longer held.
+/// `since` is 0 or no longer held. Each event is looked at once, as it arrives.
 pub async fn wait_assignments(
     store: &std::sync::RwLock<Store>,
     hub: &EventHub,
@@ -201,28 +206,25 @@ pub async fn wait_assignments(
     let Ok(Subscription { backlog, mut live }) = hub.subscribe(since) else {
         return full();
     };
-    let mut events = backlog;
+    let mut delta = Delta::default();
+    delta.fold(&backlog, node);
+    // The revision of the last event seen, never the store's: the store is written before its
+    // events are published, so a revision read off the store could skip an event still on its
+    // way, and the agent would miss that change for good.
+    let mut revision = backlog.last().map_or(since, |e| e.revision);
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let revision = events.last().map_or(since, |e| e.revision);
-        let delta = delta_assignments(&events, node, revision);
-        if !delta.tasks.is_empty() || !delta.removed.is_empty() {
-            return delta;
+        if !delta.tasks.is_empty() {
+            return delta.into_assignments(revision);
         }
         match tokio::time::timeout_at(deadline, live.recv()).await {
-            Ok(Ok(batch)) => events.extend(batch.iter().cloned()),
+            Ok(Ok(batch)) => {
+                delta.fold(&batch, node);
+                revision = batch.last().map_or(revision, |e| e.revision);
+            }
             Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => return full(),
             Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) | Err(_) => {
-                // The revision of the last event seen, never the store's: the store is written
-                // before its events are published, so a revision read off the store could skip
-                // an event still on its way, and the agent would miss that change for good.
-                let revision = events.last().map_or(since, |e| e.revision);
-                return Assignments {
-                    revision,
-                    full: false,
-                    tasks: Vec::new(),
-                    removed: Vec::new(),
-                };
+                return delta.into_assignments(revision);
             }
         }
     }
