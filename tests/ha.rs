@@ -562,3 +562,36 @@ fn lab_hosts_reach_nothing_outside_and_down_leaves_nothing_behind() {
         dir.display()
     );
 }
+
+#[test]
+fn a_manager_leaves_the_voters_and_a_forced_leave_works_without_quorum() {
+    let Some(lab) = lab("ha13", 3, 0, 0, &[]) else {
+        return;
+    };
+    let voters = |host: &str| -> Option<usize> {
+        lab.shoal_ok(host, &["--format", "json", "cluster", "info"])
+            .ok()
+            .and_then(|o| serde_json::from_str::<shoal_api::wire::ClusterInfo>(&o).ok())
+            .map(|i| i.raft.voters.len())
+    };
+    lab.shoal_ok("m3", &["cluster", "leave"]).unwrap();
+    wait("two voters left", || voters("m1") == Some(2));
+    let out = lab.shoal("m3", &["service", "ls"]).unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not part of a cluster"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // With m2 gone, m1 leaving would leave one voter of two unreachable: refused, unless forced.
+    lab.kill("m2").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let out = lab.shoal("m1", &["cluster", "leave"]).unwrap();
+    assert!(
+        !out.status.success(),
+        "a leave that loses the quorum was accepted"
+    );
+    lab.shoal_ok("m1", &["cluster", "leave", "--force"])
+        .unwrap();
+    let out = lab.shoal("m1", &["service", "ls"]).unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not part of a cluster"));
+}

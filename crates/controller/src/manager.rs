@@ -176,6 +176,9 @@ pub struct Manager {
     fatal: std::sync::Mutex<Option<String>>,
     /// The address the cluster port is bound to, once it is.
     listening: std::sync::Mutex<Option<String>>,
+    /// Set while `cluster leave` runs: leaving the voters then ends in no cluster at all, not
+    /// in a worker (see `step_down`).
+    leaving: std::sync::atomic::AtomicBool,
 }
 
 /// Splits `host[:port]`, with the cluster port as default.
@@ -213,6 +216,7 @@ impl Manager {
             shutdown,
             fatal: std::sync::Mutex::new(None),
             listening: std::sync::Mutex::new(None),
+            leaving: Default::default(),
         });
         let membership = manager.read_membership()?;
         *manager.membership.write().expect("membership lock") = membership.clone();
@@ -620,6 +624,9 @@ impl Manager {
     /// This manager left the voters: stop its Raft and leader loops, keep its log aside, and
     /// go on as a worker of the same cluster.
     async fn step_down(self: &Arc<Self>, stop: CancellationToken) {
+        if self.leaving.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let mut slot = self.cluster.lock().await;
         let Some(cluster) = slot.take() else { return };
         let (managers, token) = {
@@ -698,10 +705,24 @@ impl Manager {
             let status = cluster.raft.status().borrow().clone();
             check_quorum_after_removal(&cluster, status.id, force)?;
             if status.voters.len() > 1 {
-                cluster
+                self.leaving
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                let removed = cluster
                     .raft
                     .change_membership(MembershipChange::Remove { id: status.id })
-                    .await?;
+                    .await;
+                match removed {
+                    Ok(_) => {}
+                    Err(e) if force => tracing::warn!(
+                        error = %e,
+                        "leaving without being removed from the voters: the other managers still count this one (`node demote` it there)"
+                    ),
+                    Err(e) => {
+                        self.leaving
+                            .store(false, std::sync::atomic::Ordering::SeqCst);
+                        return Err(e.into());
+                    }
+                }
             } else if !force {
                 return Err(ManagerError::Raft(
                     "this is the last manager: leaving ends the cluster and its state; use --force"
@@ -721,8 +742,10 @@ impl Manager {
                 "this node is not part of a cluster".into(),
             ));
         }
-        self.write_membership(None)?;
-        Ok(())
+        let written = self.write_membership(None);
+        self.leaving
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        written
     }
 }
 
