@@ -20,12 +20,7 @@ fn a_stack_of_real_containers_survives_the_leaders_host_dying() {
         return;
     };
     let leader = new_leader(&lab, None);
-    let via = lab
-        .managers()
-        .iter()
-        .map(|h| h.name.clone())
-        .find(|h| *h != leader)
-        .unwrap();
+    let via = lab.other_manager(&leader).unwrap();
     let stack = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/stacks/web.yml");
     lab.shoal_ok(
         &via,

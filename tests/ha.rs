@@ -35,12 +35,7 @@ fn leader_killed_while_a_client_writes_loses_no_acknowledged_write() {
     let stop = Arc::new(AtomicBool::new(false));
     let leader = new_leader(&lab, None);
     // The client writes through a follower, which forwards to whoever leads.
-    let via = lab
-        .managers()
-        .iter()
-        .map(|h| h.name.clone())
-        .find(|h| *h != leader)
-        .unwrap();
+    let via = lab.other_manager(&leader).unwrap();
     let writer = {
         let (lab, acked, stop, via) = (lab.clone(), acked.clone(), stop.clone(), via.clone());
         std::thread::spawn(move || {
@@ -193,12 +188,7 @@ fn a_lagging_manager_catches_up_by_snapshot() {
     };
     let rt = rt();
     let leader = new_leader(&lab, None);
-    let lagging = lab
-        .managers()
-        .iter()
-        .map(|h| h.name.clone())
-        .find(|h| *h != leader)
-        .unwrap();
+    let lagging = lab.other_manager(&leader).unwrap();
     // Down long enough for the leader to compact its log past what it has.
     lab.kill(&lagging).unwrap();
     let mut acked = BTreeSet::new();

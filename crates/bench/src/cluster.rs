@@ -64,12 +64,7 @@ pub async fn cluster() {
     config.log = "warn".into();
     let lab = tokio::task::block_in_place(|| Lab::up(config)).expect("lab up");
     let l = tokio::task::block_in_place(|| leader(&lab));
-    let follower = lab
-        .managers()
-        .iter()
-        .map(|h| h.name.clone())
-        .find(|h| *h != l)
-        .expect("a follower");
+    let follower = lab.other_manager(&l).expect("a follower");
     let nodes: Vec<shoal_api::node::Node> = lab.client(&l).get("/v1/nodes").await.expect("nodes");
     let node = nodes[0].id.to_string();
     let (one, many) = rates(&lab.client(&l), &node).await;
@@ -80,12 +75,7 @@ pub async fn cluster() {
     let mut times = Vec::new();
     for round in 0..20 {
         let old = tokio::task::block_in_place(|| leader(&lab));
-        let via = lab
-            .managers()
-            .iter()
-            .map(|h| h.name.clone())
-            .find(|h| *h != old)
-            .expect("a survivor");
+        let via = lab.other_manager(&old).expect("a survivor");
         let c = lab.client(&via).with_timeout(Duration::from_secs(5));
         let start = Instant::now();
         lab.kill(&old).expect("kill");

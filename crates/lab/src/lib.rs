@@ -458,6 +458,14 @@ impl Lab {
         self.state.hosts.iter().filter(|h| h.manager).collect()
     }
 
+    /// A manager other than `not` (the first in order), if there is one.
+    pub fn other_manager(&self, not: &str) -> Option<String> {
+        self.managers()
+            .into_iter()
+            .map(|h| h.name.clone())
+            .find(|h| h != not)
+    }
+
     /// The API socket of a host.
     pub fn socket(&self, name: &str) -> PathBuf {
         host::socket(&self.state, name)
