@@ -62,6 +62,9 @@ pub struct Agent {
     workers: std::sync::Mutex<HashMap<TaskId, watch::Sender<Task>>>,
     /// Managers to try, and which one to try first.
     managers: std::sync::Mutex<(Vec<Endpoint>, usize)>,
+    /// When a manager last answered as the cluster's voice (a leader, or a manager that knows
+    /// there is none), and the silence after which the agent stops its tasks (0: never).
+    contact: std::sync::Mutex<(tokio::time::Instant, Duration)>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -86,9 +89,11 @@ impl Agent {
             reports: tx,
             workers: std::sync::Mutex::new(HashMap::new()),
             managers: std::sync::Mutex::new((config.managers.clone(), 0)),
+            contact: std::sync::Mutex::new((tokio::time::Instant::now(), Duration::ZERO)),
             config,
         });
         tokio::spawn(agent.clone().report_loop(rx, shutdown.clone()));
+        tokio::spawn(agent.clone().silence_watch(shutdown.clone()));
         loop {
             match agent.register().await {
                 Ok(session) => {
@@ -104,6 +109,9 @@ impl Agent {
                         e = asg => tracing::warn!(error = %e, "assignments failed; registering again"),
                     }
                     *agent.session.write().await = None;
+                    // The manager that failed is tried last next time.
+                    let mut m = agent.managers.lock().expect("managers lock");
+                    m.1 = (m.1 + 1) % m.0.len().max(1);
                 }
                 Err(e) => tracing::warn!(error = %e, "registration failed; retrying"),
             }
@@ -158,14 +166,26 @@ impl Agent {
             // since). Ask them where the managers are now; the next round tries those.
             for m in &managers {
                 let client = Client::new(m.clone()).with_timeout(Duration::from_secs(2));
-                if let Ok(list) = client.get::<Vec<String>>("/v1/dispatcher/managers").await {
-                    self.follow_managers(list);
+                if let Ok(list) = client.get::<ManagerList>("/v1/dispatcher/managers").await {
+                    // A cluster without a leader replaces nobody's tasks: that counts as
+                    // hearing from it.
+                    if !list.leader_known {
+                        self.heard();
+                    }
+                    self.follow_managers(list.managers);
                     break;
                 }
             }
             return Err(last.unwrap_or_else(|| ClientError::Endpoint("no managers known".into())));
         };
         self.follow_managers(resp.managers.clone());
+        {
+            let mut c = self.contact.lock().expect("contact lock");
+            *c = (
+                tokio::time::Instant::now(),
+                Duration::from_millis(resp.self_stop_after_ms),
+            );
+        }
         if let Err(e) = std::fs::create_dir_all(&self.config.state_dir)
             .and_then(|_| std::fs::write(self.node_id_file(), resp.node_id.as_str()))
         {
@@ -195,6 +215,7 @@ impl Agent {
                 .await
             {
                 Ok(r) => {
+                    self.heard();
                     period = Duration::from_millis(r.heartbeat_period_ms.max(10));
                     self.follow_managers(r.managers);
                     if let (Some(token), Some(tx)) = (r.promote, &self.config.promotions) {
@@ -202,6 +223,47 @@ impl Agent {
                     }
                 }
                 Err(e) => return e,
+            }
+        }
+    }
+
+    /// Notes that the cluster answered.
+    fn heard(&self) {
+        self.contact.lock().expect("contact lock").0 = tokio::time::Instant::now();
+    }
+
+    /// Stops every task of this node once no manager has answered for longer than the managers
+    /// wait before marking the node down and replacing its tasks (told at registration): a host
+    /// cut off from the managers does not keep running copies that now run elsewhere. The
+    /// trade-off: if every manager is unreachable that long, workloads stop too (a cluster that
+    /// merely lost its quorum still answers, and tasks keep running).
+    async fn silence_watch(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut stopped_at = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            let (last, limit) = *self.contact.lock().expect("contact lock");
+            if limit.is_zero() || last.elapsed() <= limit || stopped_at == Some(last) {
+                continue;
+            }
+            stopped_at = Some(last);
+            let workers = self.workers.lock().expect("workers lock");
+            let running: Vec<_> = workers
+                .values()
+                .filter(|tx| tx.borrow().desired_state <= TaskState::Running)
+                .collect();
+            if running.is_empty() {
+                continue;
+            }
+            tracing::warn!(
+                silent_ms = last.elapsed().as_millis() as u64,
+                tasks = running.len(),
+                "no manager heard from: the cluster has replaced this node's tasks; stopping them"
+            );
+            for tx in running {
+                tx.send_modify(|t| t.desired_state = TaskState::Shutdown);
             }
         }
     }
@@ -227,6 +289,7 @@ impl Agent {
 
     async fn assignment_loop(self: Arc<Self>, s: Session) -> ClientError {
         let mut since = 0;
+        let mut first = true;
         let mut last_full = tokio::time::Instant::now();
         loop {
             if last_full.elapsed() >= FULL_RESYNC {
@@ -243,8 +306,54 @@ impl Agent {
                 Ok(a) => a,
                 Err(e) => return e,
             };
+            self.heard();
+            if since == 0 && first {
+                self.stop_stale(&a).await;
+                first = false;
+            }
             since = a.revision;
             self.apply(a);
+        }
+    }
+
+    /// On a session's first full assignment set: stops the containers the cluster no longer
+    /// wants here (tasks replaced while the node was away, and tasks it forgot) before any new
+    /// task starts, so a service never runs more copies than its replicas after the node
+    /// returns.
+    async fn stop_stale(&self, a: &Assignments) {
+        let assigned: Vec<TaskId> = a.tasks.iter().map(|t| t.id.clone()).collect();
+        let mut stale: Vec<(TaskId, ApiDuration)> = a
+            .tasks
+            .iter()
+            .filter(|t| t.desired_state > TaskState::Running)
+            .map(|t| {
+                let grace = t.spec.container.stop_grace_period;
+                (t.id.clone(), grace.unwrap_or(ApiDuration::from_secs(10)))
+            })
+            .collect();
+        stale.extend(
+            reconcile::strays(&self.executor.tasks(), &assigned)
+                .into_iter()
+                .map(|t| (t, ApiDuration::from_secs(10))),
+        );
+        let stops: Vec<_> = stale
+            .into_iter()
+            .filter_map(|(task, grace)| match self.executor.observe(&task) {
+                Observed::Running { container } => Some(self.executor.stop(&container, grace)),
+                _ => None,
+            })
+            .collect();
+        if stops.is_empty() {
+            return;
+        }
+        tracing::info!(
+            containers = stops.len(),
+            "stopping containers of tasks replaced while away, before starting anything"
+        );
+        for r in futures::future::join_all(stops).await {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "stop failed");
+            }
         }
     }
 

@@ -115,6 +115,9 @@ pub struct NodeDescription {
     /// The executor running tasks (`simulated`, later `builtin`, `runc`, ...).
     #[serde(default)]
     pub executor: String,
+    /// The version of shoald on the node (`node ls`' ENGINE VERSION).
+    #[serde(default)]
+    pub engine_version: String,
 }
 
 /// Liveness and the address the node was last heard from.

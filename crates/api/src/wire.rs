@@ -300,6 +300,22 @@ pub struct RegisterResponse {
     /// The managers' cluster addresses.
     #[serde(default)]
     pub managers: Vec<String>,
+    /// Silence after which the agent stops its tasks by itself, in milliseconds (0: never):
+    /// by then the managers have marked the node down and replaced them.
+    #[serde(default)]
+    pub self_stop_after_ms: u64,
+}
+
+/// `GET /v1/dispatcher/managers` (any manager): where the managers are, and whether this
+/// manager knows a leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagerList {
+    /// The managers' cluster addresses.
+    pub managers: Vec<String>,
+    /// False when this manager knows of no leader (an election, or a cluster without quorum,
+    /// which can replace nobody's tasks).
+    pub leader_known: bool,
 }
 
 /// `POST /v1/dispatcher/heartbeat`.

@@ -321,6 +321,9 @@ enum NodeCmd {
         /// Remove a label.
         #[arg(long = "label-rm")]
         label_rm: Vec<String>,
+        /// manager or worker: the same as `node promote` or `node demote`.
+        #[arg(long)]
+        role: Option<String>,
         /// Node id or hostname.
         node: String,
     },
@@ -1101,8 +1104,15 @@ async fn node(c: &Client, cmd: NodeCmd, json: bool) -> Result<()> {
             availability,
             label_add,
             label_rm,
+            role,
             node,
         } => {
+            let role_path = match role.as_deref() {
+                None => None,
+                Some("manager") => Some("promote"),
+                Some("worker") => Some("demote"),
+                Some(other) => bail!("--role {other:?}: use manager or worker"),
+            };
             let availability = match availability.as_deref() {
                 None => None,
                 Some("active") => Some(Availability::Active),
@@ -1125,6 +1135,14 @@ async fn node(c: &Client, cmd: NodeCmd, json: bool) -> Result<()> {
                     },
                 )
                 .await?;
+            if let Some(action) = role_path {
+                c.send_no_content::<()>(
+                    Method::POST,
+                    &format!("/v1/nodes/{}/{action}", path_part(n.id.as_str())),
+                    None,
+                )
+                .await?;
+            }
             if json {
                 print_json(&n)?;
             } else {

@@ -138,9 +138,8 @@ pub fn nodes(list: &[Node], leader: u64) {
             "HOSTNAME",
             "STATUS",
             "AVAILABILITY",
-            "ROLE",
             "MANAGER STATUS",
-            "EXECUTOR",
+            "ENGINE VERSION",
         ],
         list.iter().map(|n| {
             let manager = match &n.manager_status {
@@ -154,9 +153,8 @@ pub fn nodes(list: &[Node], leader: u64) {
                 n.description.hostname.clone(),
                 n.status.state.to_string(),
                 n.spec.availability.to_string(),
-                n.spec.role.to_string(),
                 manager.to_owned(),
-                n.description.executor.clone(),
+                n.description.engine_version.clone(),
             ]
         }),
     );

@@ -1113,14 +1113,19 @@ async fn agent_register(
         session_id,
         heartbeat_period_ms: c.dispatcher.settings().heartbeat_period.as_millis() as u64,
         managers: c.manager_addrs(),
+        self_stop_after_ms: c.dispatcher.settings().self_stop_after().as_millis() as u64,
     }))
 }
 
 /// Any manager answers: where the managers are, so an agent whose list went stale finds the
 /// leader.
-async fn agent_managers(State(m): State<Shared>) -> Result<Json<Vec<String>>> {
+async fn agent_managers(State(m): State<Shared>) -> Result<Json<ManagerList>> {
     let c = cluster(&m).await?;
-    Ok(Json(c.manager_addrs()))
+    let leader_known = c.raft.status().borrow().leader != 0;
+    Ok(Json(ManagerList {
+        managers: c.manager_addrs(),
+        leader_known,
+    }))
 }
 
 async fn agent_heartbeat(

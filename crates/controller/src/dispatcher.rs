@@ -22,6 +22,10 @@ pub struct DispatcherSettings {
     pub heartbeat_period: Duration,
     /// Silence after which a node is marked down.
     pub down_after: Duration,
+    /// After a leader change, how long every node has to open a session with the new leader
+    /// before it may be marked down: agents first notice the old leader is gone (up to four
+    /// heartbeat periods), then find the new one.
+    pub election_grace: Duration,
 }
 
 impl Default for DispatcherSettings {
@@ -31,7 +35,16 @@ impl Default for DispatcherSettings {
         DispatcherSettings {
             heartbeat_period: Duration::from_millis(500),
             down_after: Duration::from_secs(2),
+            election_grace: Duration::from_secs(4),
         }
+    }
+}
+
+impl DispatcherSettings {
+    /// Silence after which an agent stops its tasks itself: longer than any wait before the
+    /// managers mark it down and replace them, after a leader change too.
+    pub fn self_stop_after(&self) -> Duration {
+        self.down_after + self.election_grace
     }
 }
 
@@ -100,13 +113,18 @@ impl Dispatcher {
         }
     }
 
-    /// On becoming leader: every node not yet down gets `down_after` to open a session.
+    /// On becoming leader: every node not yet down gets `election_grace` to open a session.
     pub fn grant_grace(&self, nodes: impl Iterator<Item = NodeId>) {
         let mut sessions = self.sessions.lock().expect("sessions lock");
+        let extra = self
+            .settings
+            .election_grace
+            .saturating_sub(self.settings.down_after);
+        let seen = Instant::now() + extra;
         for n in nodes {
             sessions.entry(n).or_insert(Session {
                 id: None,
-                last_seen: Instant::now(),
+                last_seen: seen,
             });
         }
     }
@@ -116,7 +134,9 @@ impl Dispatcher {
         let sessions = self.sessions.lock().expect("sessions lock");
         sessions
             .iter()
-            .filter(|(_, s)| s.last_seen.elapsed() > self.settings.down_after)
+            .filter(|(_, s)| {
+                Instant::now().saturating_duration_since(s.last_seen) > self.settings.down_after
+            })
             .map(|(n, _)| n.clone())
             .collect()
     }
@@ -281,6 +301,7 @@ mod tests {
         let d = Dispatcher::new(DispatcherSettings {
             heartbeat_period: Duration::from_millis(1),
             down_after: Duration::from_millis(0),
+            election_grace: Duration::from_millis(50),
         });
         let n = NodeId::from_bits(1);
         let s1 = d.open_session(&n);
@@ -291,5 +312,11 @@ mod tests {
         assert_eq!(d.silent(), vec![n.clone()]);
         d.drop_session(&n);
         assert!(d.silent().is_empty());
+        // After a leader change, a node without a session has the election grace.
+        d.grant_grace([n.clone()].into_iter());
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(d.silent().is_empty(), "within the grace");
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(d.silent(), vec![n]);
     }
 }

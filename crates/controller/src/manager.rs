@@ -932,18 +932,27 @@ async fn orchestrate(cluster: Arc<Cluster>, stop: CancellationToken) {
             let mut wake: Option<Timestamp> = None;
             let mut by_service: std::collections::HashMap<_, Vec<&Task>> =
                 std::collections::HashMap::new();
+            let mut usage = orchestrator::Usage::new();
             for task in store.tasks.values() {
                 by_service
                     .entry(task.service_id.clone())
                     .or_default()
                     .push(task);
+                if let Some(n) = &task.node_id {
+                    if !scheduler::needs_placement(task) && !task.status.state.is_terminal() {
+                        let r = task.spec.resources.reservations;
+                        let u = usage.entry(n.clone()).or_default();
+                        u.nano_cpus += r.nano_cpus;
+                        u.memory_bytes += r.memory_bytes;
+                    }
+                }
             }
             for service in store.services.values() {
                 let tasks = by_service
                     .get(&service.id)
                     .map(Vec::as_slice)
                     .unwrap_or(&[]);
-                let plan = orchestrator::reconcile(service, tasks, &nodes, t, &mut ids);
+                let plan = orchestrator::reconcile(service, tasks, &nodes, &usage, t, &mut ids);
                 ops.extend(plan.ops);
                 if let Some(w) = plan.wake_at {
                     wake = Some(wake.map_or(w, |x: Timestamp| x.min(w)));

@@ -20,12 +20,12 @@ use crate::store::TaskOp;
 use shoal_api::constraint::Constraint;
 use shoal_api::node::{Availability, Node, NodeState};
 use shoal_api::service::{
-    RestartCondition, Service, ServiceMode, UpdateOrder, UpdateState, UpdateStatus,
+    ResourceAmounts, RestartCondition, Service, ServiceMode, UpdateOrder, UpdateState, UpdateStatus,
 };
 use shoal_api::task::{Task, TaskState, TaskStatus};
-use shoal_api::units::Timestamp;
+use shoal_api::units::{Duration as ApiDuration, Timestamp};
 use shoal_api::{NodeId, TaskId};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Finished tasks kept per slot (at least; more when max_attempts needs them counted).
 pub const TASK_HISTORY: usize = 5;
@@ -127,6 +127,7 @@ pub fn reconcile(
     service: &Service,
     tasks: &[&Task],
     nodes: &[Node],
+    usage: &Usage,
     now: Timestamp,
     ids: &mut dyn IdSource,
 ) -> Plan {
@@ -189,16 +190,11 @@ pub fn reconcile(
         list.sort_by_key(|t| (t.created_at, t.id.clone()));
     }
 
-    // Tasks of slots that should not exist, or on nodes being drained: shut down.
+    // Tasks of slots that should not exist: shut down. (Tasks on drained nodes are moved below,
+    // replacement first.)
     for (key, list) in &by_slot {
-        let keep = wanted_slots.contains(key);
-        for t in list.iter().filter(|t| t.wanted()) {
-            let drained = t
-                .node_id
-                .as_ref()
-                .and_then(|n| node_map.get(n))
-                .is_some_and(|n| n.spec.availability == Availability::Drain);
-            if !keep || (drained && !t.status.state.is_terminal()) {
+        if !wanted_slots.contains(key) {
+            for t in list.iter().filter(|t| t.wanted()) {
                 stop(t, &mut plan.ops);
             }
         }
@@ -211,6 +207,9 @@ pub fn reconcile(
         .is_some_and(|u| u.state == UpdateState::Updating);
     let mut outdated_slots = Vec::new();
     let mut in_flight = 0u64;
+    // Slots with a task on its way to another node, and tasks running alone in their slot.
+    let mut moving = 0u64;
+    let mut running: Vec<&Task> = Vec::new();
     let mut last_progress: Option<Timestamp> = None;
 
     for key in &wanted_slots {
@@ -237,6 +236,20 @@ pub fn reconcile(
             .copied()
             .rfind(|t| t.spec != service.spec.task);
         let is_stopping = list.iter().any(|t| stopping(t, &node_map));
+        // A task being moved off a drained node runs until its replacement runs (or cannot be
+        // placed, or ended): the service never drops below its replicas for the move.
+        let replaced = occupants.iter().any(|t| {
+            t.status.state == TaskState::Running
+                || t.status.state == TaskState::Pending
+                || t.status.state.is_terminal()
+        });
+        for t in list.iter().filter(|t| t.wanted() && drained(t)) {
+            if replaced {
+                stop(t, &mut plan.ops);
+            } else {
+                moving += 1;
+            }
+        }
 
         match (current, old) {
             (None, None) => {
@@ -266,7 +279,10 @@ pub fn reconcile(
                             .map_or(cur.status.since, |p: Timestamp| p.max(cur.status.since)),
                     );
                 }
-                // start-first: the old task goes once the new one runs.
+                // start-first: the old task goes once the new one runs. So does an older copy
+                // of the current spec (a task being moved by the rebalancer).
+                let settled = cur.status.state >= TaskState::Running
+                    || cur.status.state == TaskState::Pending;
                 if let Some(old) = old {
                     if cur.status.state >= TaskState::Running {
                         stop(old, &mut plan.ops);
@@ -276,7 +292,14 @@ pub fn reconcile(
                     .iter()
                     .filter(|t| t.spec == service.spec.task && t.id != cur.id)
                 {
-                    stop(extra, &mut plan.ops);
+                    if settled {
+                        stop(extra, &mut plan.ops);
+                    } else {
+                        moving += 1;
+                    }
+                }
+                if cur.status.state == TaskState::Running && occupants.len() == 1 {
+                    running.push(cur);
                 }
                 if cur.status.state.is_terminal() {
                     restart(service, key, cur, list, now, ids, &mut plan);
@@ -343,9 +366,120 @@ pub fn reconcile(
         });
     }
 
+    if outdated_slots.is_empty()
+        && !updating
+        && moving == 0
+        && running.len() == wanted_slots.len()
+        && matches!(service.spec.mode, ServiceMode::Replicated { .. })
+    {
+        rebalance(
+            service,
+            &running,
+            nodes,
+            &constraints,
+            usage,
+            now,
+            ids,
+            &mut plan,
+        );
+    }
+
     reap(service, &by_slot, &mut plan);
     plan
 }
+
+/// Reservations already placed on each node (every service's running and assigned tasks).
+pub type Usage = HashMap<NodeId, ResourceAmounts>;
+
+/// A running task is moved off the node with most of the service's tasks once another node that
+/// may take it has at least two fewer, one move per service at a time, each after the service
+/// has run settled for [`REBALANCE_SETTLE`]: a node that joins or comes back gets its share
+/// without `service update --force`. The move is start-first: a replacement in the same slot
+/// (which the scheduler puts on the least-loaded node), then the old task stops once the new
+/// one runs. Services with placement preferences (their spread is the scheduler's to keep) or
+/// the label `shoal.rebalance=false` are left alone.
+#[allow(clippy::too_many_arguments)]
+fn rebalance(
+    service: &Service,
+    running: &[&Task],
+    nodes: &[Node],
+    constraints: &[Constraint],
+    usage: &Usage,
+    now: Timestamp,
+    ids: &mut dyn IdSource,
+    plan: &mut Plan,
+) {
+    let task = &service.spec.task;
+    if !task.placement.preferences.is_empty()
+        || service.spec.labels.get(REBALANCE_LABEL).map(String::as_str) == Some("false")
+    {
+        return;
+    }
+    let mut count: BTreeMap<&NodeId, u64> = BTreeMap::new();
+    for t in running {
+        if let Some(n) = &t.node_id {
+            *count.entry(n).or_default() += 1;
+        }
+    }
+    let want = task.resources.reservations;
+    let may_take = |n: &Node| {
+        let used = usage.get(&n.id).copied().unwrap_or_default();
+        let have = n.description.resources;
+        n.schedulable()
+            && constraints.iter().all(|c| c.matches(n))
+            && (want.nano_cpus == 0 || used.nano_cpus + want.nano_cpus <= have.nano_cpus)
+            && (want.memory_bytes == 0
+                || used.memory_bytes + want.memory_bytes <= have.memory_bytes)
+    };
+    let Some(least) = nodes
+        .iter()
+        .filter(|n| may_take(n))
+        .map(|n| count.get(&n.id).copied().unwrap_or(0))
+        .min()
+    else {
+        return;
+    };
+    let Some((&donor, &most)) = count
+        .iter()
+        .max_by_key(|(n, c)| (**c, std::cmp::Reverse(*n)))
+    else {
+        return;
+    };
+    if most < least + 2 {
+        return;
+    }
+    let settled_at = running
+        .iter()
+        .map(|t| t.status.since)
+        .max()
+        .unwrap_or(now)
+        .after(REBALANCE_SETTLE);
+    if now < settled_at {
+        plan.wake(settled_at);
+        return;
+    }
+    let Some(t) = running
+        .iter()
+        .filter(|t| t.node_id.as_ref() == Some(donor))
+        .max_by_key(|t| (t.created_at, t.id.clone()))
+    else {
+        return;
+    };
+    tracing::info!(service = %service.spec.name, task_id = %t.id, from = %donor, "rebalancing: moving a task to a less loaded node");
+    plan.ops.push(TaskOp::Create(Box::new(new_task(
+        service,
+        &SlotKey::Replica(t.slot),
+        None,
+        now,
+        ids,
+    ))));
+}
+
+/// How long a service runs unchanged before the rebalancer moves one of its tasks.
+pub const REBALANCE_SETTLE: ApiDuration = ApiDuration::from_secs(2);
+
+/// A service label that turns rebalancing off for it (`shoal.rebalance=false`).
+pub const REBALANCE_LABEL: &str = "shoal.rebalance";
 
 /// Replaces the ended occupant `dead` of `key` if the restart policy allows.
 fn restart(
@@ -503,7 +637,7 @@ mod tests {
 
     fn run(s: &Service, tasks: &[Task], nodes: &[Node], now: u64, ids: &mut Counter) -> Plan {
         let refs: Vec<&Task> = tasks.iter().collect();
-        reconcile(s, &refs, nodes, Timestamp(now), ids)
+        reconcile(s, &refs, nodes, &Usage::default(), Timestamp(now), ids)
     }
 
     fn creates(p: &Plan) -> usize {
@@ -708,6 +842,93 @@ mod tests {
                 ..
             }
         )));
+    }
+
+    fn stops(p: &Plan) -> Vec<TaskId> {
+        p.ops
+            .iter()
+            .filter_map(|o| match o {
+                TaskOp::SetDesired {
+                    id,
+                    state: TaskState::Shutdown,
+                } => Some(id.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Places the unplaced tasks on `node` and marks them running at `at`.
+    fn place(tasks: &mut [Task], node: u128, at: u64) {
+        for t in tasks.iter_mut().filter(|t| t.node_id.is_none()) {
+            t.node_id = Some(NodeId::from_bits(node));
+            t.status = TaskStatus::new(TaskState::Running, Timestamp(at), "");
+        }
+    }
+
+    #[test]
+    fn drain_starts_the_replacement_before_stopping_the_old_task() {
+        let mut ids = Counter(0);
+        let mut nodes = vec![node(1), node(2)];
+        let s = service(1);
+        let mut tasks = Vec::new();
+        let p = run(&s, &tasks, &nodes, 0, &mut ids);
+        apply(&mut tasks, &p);
+        place(&mut tasks, 1, 1);
+        nodes[0].spec.availability = Availability::Drain;
+        let p = run(&s, &tasks, &nodes, 2, &mut ids);
+        assert_eq!(creates(&p), 1, "a replacement");
+        assert!(stops(&p).is_empty(), "the old task keeps running meanwhile");
+        apply(&mut tasks, &p);
+        assert!(stops(&run(&s, &tasks, &nodes, 3, &mut ids)).is_empty());
+        // The replacement runs on node 2: the drained task stops, nothing new is created.
+        place(&mut tasks, 2, 4);
+        let p = run(&s, &tasks, &nodes, 5, &mut ids);
+        assert_eq!(stops(&p), vec![tasks[0].id.clone()]);
+        assert_eq!(creates(&p), 0);
+    }
+
+    #[test]
+    fn a_returning_node_gets_tasks_back_one_move_at_a_time() {
+        let mut ids = Counter(0);
+        let mut nodes = vec![node(1), node(2)];
+        nodes[1].status.state = NodeState::Down;
+        let s = service(4);
+        let mut tasks = Vec::new();
+        let p = run(&s, &tasks, &nodes, 0, &mut ids);
+        apply(&mut tasks, &p);
+        place(&mut tasks, 1, 1_000);
+        nodes[1].status.state = NodeState::Ready;
+        // Settling first: nothing moves within REBALANCE_SETTLE of the last start.
+        let p = run(&s, &tasks, &nodes, 1_500, &mut ids);
+        assert_eq!(creates(&p), 0);
+        assert_eq!(p.wake_at, Some(Timestamp(3_000)));
+        let usage = Usage::default();
+        let refs: Vec<&Task> = tasks.iter().collect();
+        let p = reconcile(&s, &refs, &nodes, &usage, Timestamp(3_000), &mut ids);
+        assert_eq!(creates(&p), 1, "one move");
+        apply(&mut tasks, &p);
+        // While it is under way, no other move and no stop.
+        let p = run(&s, &tasks, &nodes, 3_100, &mut ids);
+        assert!(p.ops.is_empty(), "{:?}", p.ops);
+        place(&mut tasks, 2, 3_200);
+        let p = run(&s, &tasks, &nodes, 3_300, &mut ids);
+        assert_eq!(stops(&p).len(), 1, "the moved task's old copy stops");
+        apply(&mut tasks, &p);
+        set_state(&mut tasks, |t| !t.wanted(), TaskState::Shutdown, 3_300);
+        // 3 and 1: one more move after settling, then 2 and 2 is balanced.
+        let p = run(&s, &tasks, &nodes, 5_300, &mut ids);
+        assert_eq!(creates(&p), 1);
+        apply(&mut tasks, &p);
+        place(&mut tasks, 2, 5_400);
+        let p = run(&s, &tasks, &nodes, 5_500, &mut ids);
+        apply(&mut tasks, &p);
+        set_state(&mut tasks, |t| !t.wanted(), TaskState::Shutdown, 5_500);
+        assert!(run(&s, &tasks, &nodes, 60_000, &mut ids).ops.is_empty());
+        let on2 = tasks
+            .iter()
+            .filter(|t| t.wanted() && t.node_id == Some(NodeId::from_bits(2)))
+            .count();
+        assert_eq!(on2, 2);
     }
 
     #[test]

@@ -58,12 +58,20 @@ struct Args {
     /// Node name (default: the host name).
     #[arg(long)]
     hostname: Option<String>,
+    /// An engine label (KEY=VALUE), matched by `engine.labels.KEY` constraints; repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
     /// Agent heartbeat period.
     #[arg(long, default_value = "500ms")]
     heartbeat_period: shoal_api::units::Duration,
     /// Silence after which a node is marked down.
     #[arg(long, default_value = "2s")]
     node_down_after: shoal_api::units::Duration,
+    /// After a leader change, the time every node has to reach the new leader before it may be
+    /// marked down. An agent that hears from no manager for --node-down-after plus this stops
+    /// its tasks itself (docs/operations.md).
+    #[arg(long, default_value = "4s")]
+    election_grace: shoal_api::units::Duration,
     /// Start as the only manager of the cluster this data root belongs to, keeping its state:
     /// the way back after a majority of the managers is lost for good (docs/operations.md).
     #[arg(long)]
@@ -110,6 +118,17 @@ fn host_resources(args: &Args) -> Result<NodeResources> {
         nano_cpus: (cpus * 1e9) as u64,
         memory_bytes: memory,
     })
+}
+
+/// `--label KEY=VALUE` flags as a map; a flag without `=` is refused, naming it.
+fn engine_labels(flags: &[String]) -> Result<std::collections::BTreeMap<String, String>> {
+    flags
+        .iter()
+        .map(|f| match f.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+            _ => bail!("--label {f:?}: expected KEY=VALUE"),
+        })
+        .collect()
 }
 
 fn arch() -> &'static str {
@@ -204,6 +223,7 @@ async fn main() -> Result<()> {
         dispatcher: DispatcherSettings {
             heartbeat_period: args.heartbeat_period.0,
             down_after: args.node_down_after.0,
+            election_grace: args.election_grace.0,
         },
     };
     let manager = Manager::open(config, shutdown.clone())
@@ -249,7 +269,9 @@ async fn main() -> Result<()> {
         os: std::env::consts::OS.into(),
         arch: arch().into(),
         resources: host_resources(&args)?,
-        ..Default::default()
+        engine_labels: engine_labels(&args.labels)?,
+        engine_version: env!("CARGO_PKG_VERSION").into(),
+        executor: String::new(),
     };
     tokio::spawn(supervise_agent(
         manager.clone(),
