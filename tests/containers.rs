@@ -3,17 +3,6 @@
 
 use shoal_cluster_tests::*;
 
-fn running_on(lab: &shoal_lab::Lab, via: &str, service: &str) -> Vec<String> {
-    lab.shoal_ok(via, &["--format", "json", "service", "ps", service])
-        .ok()
-        .and_then(|o| serde_json::from_str::<Vec<serde_json::Value>>(&o).ok())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|t| t["desired_state"] == "running" && t["status"]["state"] == "running")
-        .map(|t| t["node_id"].as_str().unwrap_or_default().to_owned())
-        .collect()
-}
-
 #[test]
 fn a_stack_of_real_containers_survives_the_leaders_host_dying() {
     let Some(lab) = container_lab("ct1", 3, 2) else {

@@ -131,6 +131,16 @@ pub fn write_until_acked(rt: &tokio::runtime::Runtime, lab: &Lab, host: &str, na
 /// A lab of real-container hosts (the test images imported on each), or `None` (skipped, said
 /// so) where containers cannot run; under `CI=true` that fails instead.
 pub fn container_lab(name: &str, managers: usize, workers: usize) -> Option<Lab> {
+    container_lab_with_spares(name, managers, workers, 0)
+}
+
+/// [`container_lab`] with spare hosts (`s1`, ...) that join no cluster until told.
+pub fn container_lab_with_spares(
+    name: &str,
+    managers: usize,
+    workers: usize,
+    spares: usize,
+) -> Option<Lab> {
     if let Err(why) = shoal_testkit::container_support() {
         shoal_testkit::skip(&format!("this host cannot run containers: {why}"));
         return None;
@@ -139,6 +149,82 @@ pub fn container_lab(name: &str, managers: usize, workers: usize) -> Option<Lab>
         shoal_testkit::skip("`ip` is missing: apt-get install iproute2");
         return None;
     }
-    let config = LabConfig::new(name, managers, workers);
+    let mut config = LabConfig::new(name, managers, workers);
+    config.spares = spares;
     Some(Lab::up(config).expect("lab up"))
+}
+
+/// Tasks of `service` as `service ps --format json` gives them, through `via`.
+pub fn tasks(lab: &Lab, via: &str, service: &str) -> Vec<serde_json::Value> {
+    lab.shoal_ok(via, &["--format", "json", "service", "ps", service])
+        .ok()
+        .and_then(|o| serde_json::from_str::<Vec<serde_json::Value>>(&o).ok())
+        .unwrap_or_default()
+}
+
+/// The node ids of the running tasks of `service` that the cluster wants running.
+pub fn running_on(lab: &Lab, via: &str, service: &str) -> Vec<String> {
+    tasks(lab, via, service)
+        .into_iter()
+        .filter(|t| t["desired_state"] == "running" && t["status"]["state"] == "running")
+        .map(|t| t["node_id"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Node id by hostname, through `via`.
+pub fn node_ids(lab: &Lab, via: &str) -> std::collections::BTreeMap<String, String> {
+    let nodes: Vec<serde_json::Value> = serde_json::from_str(
+        &lab.shoal_ok(via, &["--format", "json", "node", "ls"])
+            .unwrap(),
+    )
+    .unwrap();
+    nodes
+        .iter()
+        .map(|n| {
+            (
+                n["description"]["hostname"].as_str().unwrap().to_owned(),
+                n["id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The state (`ready`, `down`) of every node by hostname, through `via`.
+pub fn node_states(lab: &Lab, via: &str) -> std::collections::BTreeMap<String, String> {
+    lab.shoal_ok(via, &["--format", "json", "node", "ls"])
+        .ok()
+        .and_then(|o| serde_json::from_str::<Vec<serde_json::Value>>(&o).ok())
+        .unwrap_or_default()
+        .iter()
+        .map(|n| {
+            (
+                n["description"]["hostname"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_owned(),
+                n["status"]["state"].as_str().unwrap_or("?").to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Writes `yaml` into the lab's directory and deploys it as stack `name` through `via`,
+/// waiting until it converges.
+pub fn deploy(lab: &Lab, via: &str, name: &str, yaml: &str) {
+    let file = lab.state().dir.join(format!("{name}.yml"));
+    std::fs::write(&file, yaml).unwrap();
+    lab.shoal_ok(
+        via,
+        &[
+            "stack",
+            "deploy",
+            "--wait",
+            "--timeout",
+            "60s",
+            "-c",
+            file.to_str().unwrap(),
+            name,
+        ],
+    )
+    .unwrap();
 }

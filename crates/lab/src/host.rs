@@ -112,6 +112,18 @@ pub fn alive(state: &LabState, host: &str) -> bool {
         })
 }
 
+/// How many containers run on a host: cgroups under the host's, other than the daemon's, that
+/// hold a process.
+pub fn containers(lab: &str, host: &str) -> usize {
+    let Ok(rd) = std::fs::read_dir(lab_cgroup(lab).join(host)) else {
+        return 0;
+    };
+    rd.flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()) && e.file_name() != "daemon")
+        .filter(|e| !procs_under(&e.path()).is_empty())
+        .count()
+}
+
 /// Every process in a cgroup directory and below it.
 fn procs_under(dir: &Path) -> Vec<i32> {
     let mut out = Vec::new();

@@ -499,6 +499,11 @@ impl Lab {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// How many containers run on a host (cgroups holding a process, the daemon's aside).
+    pub fn containers(&self, name: &str) -> usize {
+        host::containers(&self.state.name, name)
+    }
+
     /// Power loss: the host's daemon and every container of it SIGKILLed at once.
     pub fn kill(&self, name: &str) -> Result<(), LabError> {
         self.host(name)?;

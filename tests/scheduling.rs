@@ -1,0 +1,291 @@
+//! Scheduling over hosts and self-healing, with real containers on three managers and three
+//! workers: a dead, returning or cut-off worker; a leader killed during a deploy; drain;
+//! constraints, preferences, reservations and `max_replicas_per_node`; global services
+//! following nodes.
+
+use shoal_cluster_tests::*;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const APP: &str = "services:
+  app:
+    image: busybox
+    command: [\"sleep\", \"3600\"]
+    stop_grace_period: 1s
+    deploy:
+      replicas: 12
+";
+
+/// Running tasks of `service` per hostname.
+fn spread(lab: &shoal_lab::Lab, via: &str, service: &str) -> BTreeMap<String, usize> {
+    let ids = node_ids(lab, via);
+    let mut out: BTreeMap<String, usize> = ids.keys().map(|h| (h.clone(), 0)).collect();
+    for n in running_on(lab, via, service) {
+        if let Some((h, _)) = ids.iter().find(|(_, id)| **id == n) {
+            *out.get_mut(h).unwrap() += 1;
+        }
+    }
+    out
+}
+
+/// Containers running on every host of the lab.
+fn containers(lab: &shoal_lab::Lab) -> usize {
+    lab.state()
+        .hosts
+        .iter()
+        .filter(|h| !h.spare)
+        .map(|h| lab.containers(&h.name))
+        .sum()
+}
+
+/// Waits until `service` runs two tasks on each of the six hosts, and exactly twelve
+/// containers run in the whole lab.
+fn balanced(lab: &shoal_lab::Lab, via: &str, what: &str) {
+    wait(what, || {
+        let s = spread(lab, via, "app_app");
+        s.len() == 6 && s.values().all(|n| *n == 2) && containers(lab) == 12
+    });
+}
+
+#[test]
+fn dead_and_cut_off_workers_are_healed_and_used_again() {
+    let Some(lab) = container_lab("sc1", 3, 3) else {
+        return;
+    };
+    let leader = new_leader(&lab, None);
+    let via = lab.other_manager(&leader).unwrap();
+    deploy(&lab, &via, "app", APP);
+    // Managers run tasks too: two per host.
+    balanced(&lab, &via, "twelve replicas, two per host");
+
+    // A worker dies: its two replicas run elsewhere.
+    lab.kill("w1").unwrap();
+    wait("twelve replicas on the five live hosts", || {
+        let s = spread(&lab, &via, "app_app");
+        s["w1"] == 0 && s.values().sum::<usize>() == 12
+    });
+    assert_eq!(node_states(&lab, &via)["w1"], "down");
+    // It comes back: it gets its share again (rebalancing), and no more than twelve run.
+    lab.restart("w1").unwrap();
+    balanced(&lab, &via, "the returning worker used again");
+    for _ in 0..20 {
+        assert!(running_on(&lab, &via, "app_app").len() <= 12);
+        assert_eq!(containers(&lab), 12, "a duplicate container runs");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A worker cut off: marked down, its tasks replaced, and it stops its own copies.
+    lab.cut("w2").unwrap();
+    wait("w2 down and its replicas elsewhere", || {
+        let s = spread(&lab, &via, "app_app");
+        node_states(&lab, &via)["w2"] == "down" && s["w2"] == 0 && s.values().sum::<usize>() == 12
+    });
+    wait("w2 stopping its replaced containers itself", || {
+        lab.containers("w2") == 0
+    });
+    lab.heal("w2").unwrap();
+    balanced(&lab, &via, "the healed worker used again, no duplicates");
+
+    // The leader dies while a deploy waits for its tasks: the deploy completes.
+    let file = lab.state().dir.join("late.yml");
+    std::fs::write(
+        &file,
+        "services:\n  web:\n    image: busybox\n    command: [\"sleep\", \"3600\"]\n    stop_grace_period: 1s\n    deploy:\n      replicas: 6\n",
+    )
+    .unwrap();
+    let leader = new_leader(&lab, None);
+    let via = lab.other_manager(&leader).unwrap();
+    let deploy = {
+        let dir = lab.state().dir.clone();
+        let via = via.clone();
+        let file = file.clone();
+        std::thread::spawn(move || {
+            let lab = shoal_lab::Lab::open(&dir).unwrap().keep();
+            lab.shoal(
+                &via,
+                &[
+                    "stack",
+                    "deploy",
+                    "--wait",
+                    "--timeout",
+                    "60s",
+                    "-c",
+                    file.to_str().unwrap(),
+                    "late",
+                ],
+            )
+            .unwrap()
+        })
+    };
+    wait("the deploy written", || {
+        !tasks(&lab, &via, "late_web").is_empty()
+    });
+    lab.kill(&leader).unwrap();
+    let out = deploy.join().unwrap();
+    assert!(
+        out.status.success(),
+        "the deploy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    new_leader(&lab, Some(&leader));
+    wait("six late replicas on live hosts", || {
+        let s = spread(&lab, &via, "late_web");
+        s[&leader] == 0 && s.values().sum::<usize>() == 6
+    });
+}
+
+#[test]
+fn placement_follows_rules_and_nodes() {
+    let Some(lab) = container_lab_with_spares("sc2", 3, 3, 1) else {
+        return;
+    };
+    let via = "m1";
+    let ids = node_ids(&lab, via);
+    for (host, zone) in [("w1", "a"), ("w2", "b"), ("w3", "b")] {
+        lab.shoal_ok(
+            via,
+            &[
+                "node",
+                "update",
+                "--label-add",
+                &format!("zone={zone}"),
+                host,
+            ],
+        )
+        .unwrap();
+    }
+    let list = lab.shoal_ok(via, &["node", "ls"]).unwrap();
+    assert!(list.contains("ENGINE VERSION"), "{list}");
+    let inspect: Vec<serde_json::Value> = serde_json::from_str(
+        &lab.shoal_ok(via, &["--format", "json", "node", "inspect", "w1"])
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        inspect[0]["description"]["resources"]["memory_bytes"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(inspect[0]["spec"]["labels"]["zone"], "a");
+
+    deploy(
+        &lab,
+        via,
+        "p",
+        "services:
+  zoned:
+    image: busybox
+    command: [\"sleep\", \"3600\"]
+    stop_grace_period: 1s
+    deploy:
+      replicas: 3
+      placement:
+        constraints: [node.labels.zone == b]
+  spread:
+    image: busybox
+    command: [\"sleep\", \"3600\"]
+    stop_grace_period: 1s
+    deploy:
+      replicas: 4
+      placement:
+        constraints: [node.role == worker]
+        preferences:
+          - spread: node.labels.zone
+  capped:
+    image: busybox
+    command: [\"sleep\", \"3600\"]
+    stop_grace_period: 1s
+    deploy:
+      replicas: 2
+      placement:
+        max_replicas_per_node: 1
+        constraints: [node.role == worker]
+  everywhere:
+    image: busybox
+    command: [\"sleep\", \"3600\"]
+    stop_grace_period: 1s
+    deploy:
+      mode: global
+      placement:
+        constraints: [node.labels.skip != yes]
+",
+    );
+    let zoned = spread(&lab, via, "p_zoned");
+    assert_eq!(zoned["w2"] + zoned["w3"], 3, "{zoned:?}");
+    let spreaded = spread(&lab, via, "p_spread");
+    assert_eq!(spreaded["w1"], 2, "zone a takes half: {spreaded:?}");
+    assert_eq!((spreaded["w2"], spreaded["w3"]), (1, 1), "{spreaded:?}");
+    assert!(spread(&lab, via, "p_capped").values().all(|n| *n <= 1));
+    assert_eq!(running_on(&lab, via, "p_everywhere").len(), 6);
+
+    // Tasks that fit nowhere stay pending and say why.
+    lab.shoal_ok(via, &["service", "scale", "p_capped=4"])
+        .unwrap();
+    wait("a capped task pending with its reason", || {
+        tasks(&lab, via, "p_capped").iter().any(|t| {
+            t["status"]["state"] == "pending"
+                && t["status"]["err"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("max replicas per node reached on 3 nodes")
+        })
+    });
+    // Deployed without --wait: it cannot converge.
+    let big = lab.state().dir.join("big.yml");
+    std::fs::write(
+        &big,
+        "services:\n  big:\n    image: busybox\n    command: [\"sleep\", \"3600\"]\n    deploy:\n      resources:\n        reservations:\n          memory: 100000G\n",
+    )
+    .unwrap();
+    lab.shoal_ok(
+        via,
+        &["stack", "deploy", "-c", big.to_str().unwrap(), "big"],
+    )
+    .unwrap();
+    wait("a task too big for every node says so", || {
+        let ps = lab
+            .shoal_ok(via, &["service", "ps", "big_big"])
+            .unwrap_or_default();
+        ps.contains("no suitable node (insufficient memory on 6 nodes)")
+    });
+
+    // Drain w3: its tasks move to w2, the zoned service never below its three replicas.
+    lab.shoal_ok(via, &["node", "update", "--availability", "drain", "w3"])
+        .unwrap();
+    let mut lowest = usize::MAX;
+    wait("w3 empty", || {
+        lowest = lowest.min(running_on(&lab, via, "p_zoned").len());
+        lab.containers("w3") == 0 && spread(&lab, via, "p_zoned")["w2"] == 3
+    });
+    assert_eq!(lowest, 3, "the zoned service dropped below its replicas");
+    assert_eq!(running_on(&lab, via, "p_everywhere").len(), 5);
+    lab.shoal_ok(via, &["node", "update", "--availability", "active", "w3"])
+        .unwrap();
+
+    // The global service follows labels, joins and leaves.
+    lab.shoal_ok(via, &["node", "update", "--label-add", "skip=yes", "w1"])
+        .unwrap();
+    wait("the global task leaving w1", || {
+        spread(&lab, via, "p_everywhere")["w1"] == 0
+            && running_on(&lab, via, "p_everywhere").len() == 5
+    });
+    let token = lab
+        .shoal_ok(via, &["cluster", "join-token", "-q", "worker"])
+        .unwrap();
+    let m1 = format!("{}:2377", lab.host("m1").unwrap().addr);
+    lab.shoal_ok("s1", &["cluster", "join", "--token", token.trim(), &m1])
+        .unwrap();
+    wait("the global task on the new node", || {
+        spread(&lab, via, "p_everywhere").get("s1") == Some(&1)
+    });
+    lab.shoal_ok("s1", &["cluster", "leave"]).unwrap();
+    wait("the left node down", || {
+        node_states(&lab, via)["s1"] == "down"
+    });
+    lab.shoal_ok(via, &["node", "rm", "s1"]).unwrap();
+    wait("the global task gone with the node", || {
+        !node_ids(&lab, via).contains_key("s1") && running_on(&lab, via, "p_everywhere").len() == 5
+    });
+    assert!(ids.len() == 6);
+}
