@@ -13,10 +13,13 @@
 //!   scale 50 → 100, a killed container until its replacement runs (restart delay 0), shoald's
 //!   RSS; with `--swarm` and docker.io installed, `../shared/bench/swarm-anchor.sh` runs after
 //!   for Docker Swarm's figures in the same run;
+//! - scale (root, only when named): 1,000 simulated agents against three managers, a
+//!   30,000-replica service placed, started and reported (see [`scale`]);
 //! - cluster (root): three managers in a lab, writes per second through the leader and a
 //!   follower, and 20 leader kills until writes are accepted again (see [`cluster`]).
 
 mod cluster;
+mod scale;
 
 use shoal_api::service::Service;
 use shoal_api::wire::*;
@@ -572,6 +575,10 @@ fn main() {
         }
     }
     let rt = tokio::runtime::Runtime::new().expect("tokio");
+    if parts.first() == Some(&"sim-agents") {
+        rt.block_on(scale::sim_agents(&args[1..]));
+        return;
+    }
     if want("control") {
         rt.block_on(control());
     }
@@ -580,6 +587,14 @@ fn main() {
             rt.block_on(cluster::cluster());
         } else {
             println!("cluster: skipped (needs root)");
+        }
+    }
+    // Not part of "all": it takes minutes and thousands of connections.
+    if parts.contains(&"scale") {
+        if root {
+            rt.block_on(scale::scale());
+        } else {
+            println!("scale: skipped (needs root)");
         }
     }
     if want("containers") {

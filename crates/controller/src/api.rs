@@ -673,6 +673,7 @@ async fn task_list(
     let tasks = store
         .tasks
         .values()
+        .map(std::sync::Arc::as_ref)
         .filter(|t| service.as_ref().is_none_or(|s| &t.service_id == s))
         .filter(|t| node.as_ref().is_none_or(|n| t.node_id.as_ref() == Some(n)));
     Ok(Json(sorted_tasks(tasks)))
@@ -685,7 +686,7 @@ async fn task_inspect(State(m): State<Shared>, Path(id): Path<String>) -> Result
         .tasks
         .values()
         .find(|t| t.id.as_str() == id || t.id.as_str().starts_with(&id))
-        .cloned();
+        .map(|t| (**t).clone());
     task.map(Json)
         .ok_or_else(|| ApiError::not_found("task", &id))
 }
@@ -886,7 +887,11 @@ async fn stack_tasks(State(m): State<Shared>, Path(name): Path<String>) -> Resul
         return Err(ApiError::not_found("stack", &name));
     }
     Ok(Json(sorted_tasks(
-        store.tasks.values().filter(|t| ids.contains(&t.service_id)),
+        store
+            .tasks
+            .values()
+            .map(std::sync::Arc::as_ref)
+            .filter(|t| ids.contains(&t.service_id)),
     )))
 }
 
@@ -912,6 +917,7 @@ async fn events(State(m): State<Shared>, Query(q): Query<EventsQuery>) -> Result
     let backlog = futures::stream::iter(
         sub.backlog
             .into_iter()
+            .flat_map(|b| b.iter().cloned().collect::<Vec<_>>())
             .map(Ok::<_, std::convert::Infallible>),
     );
     let live = futures::stream::unfold(sub.live, |mut rx| async move {

@@ -161,7 +161,7 @@ pub fn full_assignments(store: &Store, node: &NodeId) -> Assignments {
             .tasks
             .values()
             .filter(|t| assigned_to(t, node))
-            .cloned()
+            .map(|t| (**t).clone())
             .collect(),
         removed: Vec::new(),
     }
@@ -210,6 +210,9 @@ impl Delta {
     }
 }
 
+/// How long a long poll that has changes keeps gathering more before it answers.
+const COALESCE: Duration = Duration::from_millis(20);
+
 /// Waits (up to `wait`) for changes to `node`'s assignments after `since`; the full set when
 /// `since` is 0 or no longer held. Each event is looked at once, as it arrives.
 pub async fn wait_assignments(
@@ -227,15 +230,24 @@ pub async fn wait_assignments(
         return full();
     };
     let mut delta = Delta::default();
-    delta.fold(&backlog, node);
+    for batch in &backlog {
+        delta.fold(batch, node);
+    }
     // The revision of the last event seen, never the store's: the store is written before its
     // events are published, so a revision read off the store could skip an event still on its
     // way, and the agent would miss that change for good.
-    let mut revision = backlog.last().map_or(since, |e| e.revision);
-    let deadline = tokio::time::Instant::now() + wait;
+    let mut revision = backlog
+        .last()
+        .and_then(|b| b.last())
+        .map_or(since, |e| e.revision);
+    let mut deadline = tokio::time::Instant::now() + wait;
+    let mut gathering = false;
     loop {
-        if !delta.tasks.is_empty() {
-            return delta.into_assignments(revision);
+        // Once something changed, changes arriving within COALESCE go in the same answer: an
+        // agent whose tasks change in a stream gets them in a few answers, not one per change.
+        if !delta.tasks.is_empty() && !gathering {
+            gathering = true;
+            deadline = deadline.min(tokio::time::Instant::now() + COALESCE);
         }
         match tokio::time::timeout_at(deadline, live.recv()).await {
             Ok(Ok(batch)) => {
@@ -279,7 +291,9 @@ mod tests {
             revision: 5,
             ..Default::default()
         };
-        store.tasks.insert(task.id.clone(), task.clone());
+        store
+            .tasks
+            .insert(task.id.clone(), std::sync::Arc::new(task.clone()));
         let store = std::sync::RwLock::new(store);
         let a = wait_assignments(&store, &hub, &node, 4, Duration::from_millis(20)).await;
         assert!(a.tasks.is_empty());

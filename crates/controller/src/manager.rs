@@ -915,8 +915,9 @@ async fn orchestrate(cluster: Arc<Cluster>, stop: CancellationToken) {
     while wait_for_work(&mut rev, seen, wake_at, &stop).await {
         seen = *rev.borrow_and_update();
         let t = now();
-        // A copy of what the pass reads: the store lock is not held while it computes, so Raft
-        // applies meanwhile.
+        let started = std::time::Instant::now();
+        // A copy of what the pass reads (tasks are shared, so it copies pointers): the store
+        // lock is not held while it computes, so Raft applies and the API answer meanwhile.
         let store = {
             let s = cluster.store.read().expect("store lock");
             Store {
@@ -967,7 +968,22 @@ async fn orchestrate(cluster: Arc<Cluster>, stop: CancellationToken) {
             (ops, wake)
         };
         wake_at = wake;
+        let took = started.elapsed();
         propose_ops(&cluster, ops, "orchestrator").await;
+        pace(took, &stop).await;
+    }
+}
+
+/// After a pass that took `took`, waits as long again: on a large cluster whose store changes
+/// all the time, the leader's loops take at most about half a core each and leave the rest to
+/// Raft, heartbeats and the API; on a small one a pass takes well under a millisecond and this
+/// adds nothing that matters.
+async fn pace(took: Duration, stop: &CancellationToken) {
+    if took >= Duration::from_millis(1) {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = tokio::time::sleep(took) => {}
+        }
     }
 }
 
@@ -977,9 +993,10 @@ async fn schedule(cluster: Arc<Cluster>, stop: CancellationToken) {
     while wait_for_work(&mut rev, seen, None, &stop).await {
         seen = *rev.borrow_and_update();
         let t = now();
+        let started = std::time::Instant::now();
         let store = {
             let s = cluster.store.read().expect("store lock");
-            if !s.tasks.values().any(scheduler::needs_placement) {
+            if !s.tasks.values().any(|t| scheduler::needs_placement(t)) {
                 continue;
             }
             Store {
@@ -992,6 +1009,7 @@ async fn schedule(cluster: Arc<Cluster>, stop: CancellationToken) {
             let waiting: Vec<&Task> = store
                 .tasks
                 .values()
+                .map(Arc::as_ref)
                 .filter(|t| scheduler::needs_placement(t))
                 .collect();
             if waiting.is_empty() {
@@ -1000,6 +1018,7 @@ async fn schedule(cluster: Arc<Cluster>, stop: CancellationToken) {
             let placed: Vec<&Task> = store
                 .tasks
                 .values()
+                .map(Arc::as_ref)
                 .filter(|t| {
                     t.node_id.is_some()
                         && !scheduler::needs_placement(t)
@@ -1023,7 +1042,9 @@ async fn schedule(cluster: Arc<Cluster>, stop: CancellationToken) {
                 })
                 .collect()
         };
+        let took = started.elapsed();
         propose_ops(&cluster, ops, "scheduler").await;
+        pace(took, &stop).await;
     }
 }
 

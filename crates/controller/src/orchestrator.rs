@@ -175,6 +175,7 @@ pub fn reconcile(
             .map(|n| SlotKey::Node(n.id.clone()))
             .collect(),
     };
+    let wanted_set: std::collections::BTreeSet<&SlotKey> = wanted_slots.iter().collect();
     let mut by_slot: BTreeMap<SlotKey, Vec<&Task>> = BTreeMap::new();
     for t in tasks {
         let key = match service.spec.mode {
@@ -193,7 +194,7 @@ pub fn reconcile(
     // Tasks of slots that should not exist: shut down. (Tasks on drained nodes are moved below,
     // replacement first.)
     for (key, list) in &by_slot {
-        if !wanted_slots.contains(key) {
+        if !wanted_set.contains(key) {
             for t in list.iter().filter(|t| t.wanted()) {
                 stop(t, &mut plan.ops);
             }

@@ -157,6 +157,10 @@ impl ServiceView {
     }
 }
 
+/// How a node ranks for a task, lowest first: the service's tasks in the node's group at each
+/// preference depth, then on the node, then all tasks on the node.
+type Rank = (Vec<u64>, u64, u64);
+
 /// Decides where each waiting task goes. `placed` are tasks that hold a node (counted as load).
 pub fn schedule(waiting: &[&Task], nodes: &[Node], placed: &[&Task]) -> Vec<(TaskId, Decision)> {
     let index: HashMap<&NodeId, usize> =
@@ -195,7 +199,7 @@ pub fn schedule(waiting: &[&Task], nodes: &[Node], placed: &[&Task]) -> Vec<(Tas
         // Global tasks come with their node.
         let only = task.node_id.as_ref().map(|n| index.get(n).copied());
         let mut refusals: BTreeMap<Refusal, usize> = BTreeMap::new();
-        let mut best: Option<(usize, (Vec<u64>, u64, u64))> = None;
+        let mut best: Option<(usize, Rank)> = None;
         for (i, n) in nodes.iter().enumerate() {
             if only.is_some_and(|o| o != Some(i)) {
                 continue;

@@ -19,6 +19,7 @@ use shoal_api::units::Timestamp;
 use shoal_api::wire::{Action, Event, Object};
 use shoal_api::{NetworkId, NodeId, ServiceId, TaskId};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// Cluster-wide settings, set once by `cluster init`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -282,8 +283,8 @@ pub struct Store {
     pub nodes: BTreeMap<NodeId, Node>,
     /// Services by id.
     pub services: BTreeMap<ServiceId, Service>,
-    /// Tasks by id.
-    pub tasks: BTreeMap<TaskId, Task>,
+    /// Tasks by id, shared: a copy of the store for a leader pass copies pointers, not tasks.
+    pub tasks: BTreeMap<TaskId, Arc<Task>>,
     /// Networks by id.
     pub networks: BTreeMap<NetworkId, Network>,
 }
@@ -419,7 +420,10 @@ impl Store {
     /// Tasks of one service.
     pub fn tasks_of(&self, service: &ServiceId) -> impl Iterator<Item = &Task> {
         let service = service.clone();
-        self.tasks.values().filter(move |t| t.service_id == service)
+        self.tasks
+            .values()
+            .map(Arc::as_ref)
+            .filter(move |t| t.service_id == service)
     }
 
     /// Applies one command at `revision`. On error nothing changed; on success, returns the
@@ -770,6 +774,7 @@ impl Store {
                 });
                 for t in self.tasks.values_mut() {
                     if t.node_id.as_ref() == Some(&id) && !t.status.state.is_terminal() {
+                        let t = Arc::make_mut(t);
                         t.status = TaskStatus::new(TaskState::Orphaned, at, "node down");
                         t.version = rev;
                         ev.push(Event {
@@ -881,11 +886,11 @@ impl Store {
                         action: Action::Create,
                         object: Object::Task(Box::new(task.clone())),
                     });
-                    self.tasks.insert(id, task);
+                    self.tasks.insert(id, Arc::new(task));
                 }
             }
             TaskOp::SetDesired { id, state } => {
-                if let Some(t) = self.tasks.get_mut(&id) {
+                if let Some(t) = self.tasks.get_mut(&id).map(Arc::make_mut) {
                     if state > t.desired_state {
                         t.desired_state = state;
                         touched = Some(id);
@@ -897,12 +902,12 @@ impl Store {
                     ev.push(Event {
                         revision: rev,
                         action: Action::Delete,
-                        object: Object::Task(Box::new(t)),
+                        object: Object::Task(Box::new(Arc::unwrap_or_clone(t))),
                     });
                 }
             }
             TaskOp::Assign { id, node, at } => {
-                if let Some(t) = self.tasks.get_mut(&id) {
+                if let Some(t) = self.tasks.get_mut(&id).map(Arc::make_mut) {
                     if t.status.state <= TaskState::Pending && self.nodes.contains_key(&node) {
                         t.node_id = Some(node);
                         t.status = TaskStatus::new(TaskState::Assigned, at, "scheduled");
@@ -911,7 +916,7 @@ impl Store {
                 }
             }
             TaskOp::Pending { id, reason, at } => {
-                if let Some(t) = self.tasks.get_mut(&id) {
+                if let Some(t) = self.tasks.get_mut(&id).map(Arc::make_mut) {
                     if t.status.state <= TaskState::Pending
                         && (t.status.state != TaskState::Pending || t.status.err != reason)
                     {
@@ -924,7 +929,7 @@ impl Store {
                 }
             }
             TaskOp::Status { id, node, status } => {
-                if let Some(t) = self.tasks.get_mut(&id) {
+                if let Some(t) = self.tasks.get_mut(&id).map(Arc::make_mut) {
                     let forward = status.state > t.status.state
                         || (status.state == t.status.state
                             && status != t.status
@@ -961,7 +966,7 @@ impl Store {
             }
         }
         if let Some(id) = touched {
-            let t = self.tasks.get_mut(&id).expect("touched exists");
+            let t = Arc::make_mut(self.tasks.get_mut(&id).expect("touched exists"));
             t.version = rev;
             ev.push(Event {
                 revision: rev,

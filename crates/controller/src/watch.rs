@@ -1,6 +1,6 @@
 //! The event hub: every change applied to the store is published here, with its revision.
 //! Subscribers start from any revision still held in memory (the newest events up to a byte
-//! budget, [`DEFAULT_BUDGET`] unless `--event-history` says otherwise) and
+//! budget, estimated per event, [`DEFAULT_BUDGET`] unless `--event-history` says otherwise) and
 //! then follow live changes, with no gap between the two. Leader loops only need to know that
 //! something changed, which [`EventHub::revision`] tells.
 
@@ -24,8 +24,9 @@ pub struct Compacted {
 
 #[derive(Debug)]
 struct Inner {
-    /// Events with their size as JSON.
-    ring: VecDeque<(Event, usize)>,
+    /// Batches of events (one per applied command, shared with live subscribers) with their
+    /// revision and estimated size, oldest first.
+    ring: VecDeque<(u64, Arc<Vec<Event>>, usize)>,
     /// Sum of the sizes held.
     bytes: usize,
     budget: usize,
@@ -44,10 +45,40 @@ pub struct EventHub {
 /// A subscription: the held events after `since`, then live batches.
 #[derive(Debug)]
 pub struct Subscription {
-    /// Events already applied after the requested revision.
-    pub backlog: Vec<Event>,
+    /// Batches already applied after the requested revision, oldest first.
+    pub backlog: Vec<Arc<Vec<Event>>>,
     /// Later batches, in order.
     pub live: broadcast::Receiver<Arc<Vec<Event>>>,
+}
+
+/// What an event costs in the history budget: an estimate of its size as JSON, without
+/// serializing it (every manager publishes every change; most are never read back).
+fn estimated_size(e: &Event) -> usize {
+    use shoal_api::wire::Object;
+    match &e.object {
+        Object::Task(t) => {
+            1024 + t
+                .spec
+                .container
+                .command
+                .iter()
+                .map(String::len)
+                .sum::<usize>()
+                + t.spec.container.env.iter().map(String::len).sum::<usize>()
+                + t.status.err.len()
+        }
+        Object::Service(s) => {
+            2048 + s
+                .spec
+                .task
+                .container
+                .env
+                .iter()
+                .map(String::len)
+                .sum::<usize>()
+        }
+        _ => 1024,
+    }
 }
 
 impl EventHub {
@@ -75,31 +106,20 @@ impl EventHub {
     /// Publishes the events of one applied command, then moves the revision.
     pub fn publish(&self, revision: u64, events: Vec<Event>) {
         if !events.is_empty() {
-            let sized: Vec<(Event, usize)> = events
-                .iter()
-                .map(|e| (e.clone(), serde_json::to_vec(e).map_or(0, |v| v.len())))
-                .collect();
+            let size: usize = events.iter().map(estimated_size).sum();
+            let batch = Arc::new(events);
             let mut inner = self.inner.lock().expect("hub lock");
-            inner.bytes += sized.iter().map(|(_, n)| n).sum::<usize>();
-            inner.ring.extend(sized);
+            inner.bytes += size;
+            inner.ring.push_back((revision, batch.clone(), size));
             while inner.bytes > inner.budget {
-                let Some((dropped, n)) = inner.ring.pop_front() else {
+                let Some((dropped, _, n)) = inner.ring.pop_front() else {
                     break;
                 };
                 inner.bytes -= n;
-                // Resuming needs whole revisions: drop the rest of this one too.
-                inner.floor = dropped.revision;
-                while inner
-                    .ring
-                    .front()
-                    .is_some_and(|(e, _)| e.revision == dropped.revision)
-                {
-                    let (_, n) = inner.ring.pop_front().expect("checked");
-                    inner.bytes -= n;
-                }
+                inner.floor = dropped;
             }
             // Sent under the lock so a new subscriber sees each event exactly once.
-            let _ = self.live.send(Arc::new(events));
+            let _ = self.live.send(batch);
         }
         self.revision.send_replace(revision);
     }
@@ -114,7 +134,8 @@ impl EventHub {
         self.revision.send_replace(revision);
     }
 
-    /// Subscribes to events after `since` (0: live events only).
+    /// Subscribes to events after `since` (0: live events only). Finding the backlog is a
+    /// binary search, and it shares the held batches rather than copying them.
     pub fn subscribe(&self, since: u64) -> Result<Subscription, Compacted> {
         let inner = self.inner.lock().expect("hub lock");
         let live = self.live.subscribe();
@@ -129,11 +150,11 @@ impl EventHub {
                 oldest: inner.floor,
             });
         }
+        let from = inner.ring.partition_point(|(r, _, _)| *r <= since);
         let backlog = inner
             .ring
-            .iter()
-            .filter(|(e, _)| e.revision > since)
-            .map(|(e, _)| e.clone())
+            .range(from..)
+            .map(|(_, b, _)| b.clone())
             .collect();
         Ok(Subscription { backlog, live })
     }
@@ -174,7 +195,11 @@ mod tests {
         hub.publish(2, vec![ev(2)]);
         let mut sub = hub.subscribe(1).unwrap();
         assert_eq!(
-            sub.backlog.iter().map(|e| e.revision).collect::<Vec<_>>(),
+            sub.backlog
+                .iter()
+                .flat_map(|b| b.iter())
+                .map(|e| e.revision)
+                .collect::<Vec<_>>(),
             vec![2]
         );
         hub.publish(3, vec![ev(3)]);
@@ -184,7 +209,7 @@ mod tests {
 
     #[test]
     fn history_is_bounded_by_bytes_in_whole_revisions() {
-        let size = serde_json::to_vec(&ev(1)).unwrap().len();
+        let size = estimated_size(&ev(1));
         let hub = EventHub::with_budget(0, size * 3);
         for r in 1..=3 {
             hub.publish(r, vec![ev(r), ev(r)]);
@@ -193,7 +218,11 @@ mod tests {
         assert_eq!(hub.subscribe(1).unwrap_err(), Compacted { oldest: 2 });
         let sub = hub.subscribe(2).unwrap();
         assert_eq!(
-            sub.backlog.iter().map(|e| e.revision).collect::<Vec<_>>(),
+            sub.backlog
+                .iter()
+                .flat_map(|b| b.iter())
+                .map(|e| e.revision)
+                .collect::<Vec<_>>(),
             vec![3, 3]
         );
     }

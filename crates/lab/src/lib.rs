@@ -541,6 +541,19 @@ impl Lab {
         net::set_link(&self.state.name, name, true)
     }
 
+    /// A command that will run inside a host's namespace (pointed at its daemon), for the
+    /// caller to spawn and reap.
+    pub fn command(&self, name: &str, prog: &Path) -> Result<Command, LabError> {
+        self.host(name)?;
+        let mut c = Command::new(prog);
+        c.env(
+            "SHOAL_HOST",
+            format!("unix://{}", self.socket(name).display()),
+        );
+        net::enter(&mut c, &self.state.name, name)?;
+        Ok(c)
+    }
+
     /// Runs a command inside the host's network namespace (with `SHOAL_HOST` pointing at its
     /// daemon) and returns its exit status.
     pub fn exec(&self, name: &str, cmd: &[String]) -> Result<std::process::ExitStatus, LabError> {
