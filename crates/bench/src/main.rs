@@ -13,12 +13,15 @@
 //!   scale 50 → 100, a killed container until its replacement runs (restart delay 0), shoald's
 //!   RSS; with `--swarm` and docker.io installed, `../shared/bench/swarm-anchor.sh` runs after
 //!   for Docker Swarm's figures in the same run;
+//! - heal (root, only when named): a worker host killed until its replicas run elsewhere, ten
+//!   kills, and 100 replicas over three lab hosts (see [`heal`]);
 //! - scale (root, only when named): 1,000 simulated agents against three managers, a
 //!   30,000-replica service placed, started and reported (see [`scale`]);
 //! - cluster (root): three managers in a lab, writes per second through the leader and a
 //!   follower, and 20 leader kills until writes are accepted again (see [`cluster`]).
 
 mod cluster;
+mod heal;
 mod scale;
 
 use shoal_api::service::Service;
@@ -587,6 +590,13 @@ fn main() {
             rt.block_on(cluster::cluster());
         } else {
             println!("cluster: skipped (needs root)");
+        }
+    }
+    if parts.contains(&"heal") {
+        if root {
+            rt.block_on(heal::heal());
+        } else {
+            println!("heal: skipped (needs root)");
         }
     }
     // Not part of "all": it takes minutes and thousands of connections.
