@@ -120,6 +120,16 @@ fn dead_and_cut_off_workers_are_healed_and_used_again() {
     wait("the deploy written", || {
         !tasks(&lab, &via, "late_web").is_empty()
     });
+    let leader_id = node_ids(&lab, &via)[&leader].clone();
+    let running_ids = |service: &str| -> Vec<String> {
+        tasks(&lab, &via, service)
+            .into_iter()
+            .filter(|t| t["desired_state"] == "running" && t["status"]["state"] == "running")
+            .filter(|t| t["node_id"] != leader_id.as_str())
+            .map(|t| t["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let before = running_ids("app_app");
     lab.kill(&leader).unwrap();
     let out = deploy.join().unwrap();
     assert!(
@@ -132,6 +142,14 @@ fn dead_and_cut_off_workers_are_healed_and_used_again() {
         let s = spread(&lab, &via, "late_web");
         s[&leader] == 0 && s.values().sum::<usize>() == 6
     });
+    // The leader change itself rescheduled nothing: the tasks on live hosts are the same ones.
+    wait("the dead leader's replicas replaced", || {
+        spread(&lab, &via, "app_app").values().sum::<usize>() == 12
+    });
+    let after = running_ids("app_app");
+    for id in &before {
+        assert!(after.contains(id), "task {id} on a live host was replaced");
+    }
 }
 
 #[test]

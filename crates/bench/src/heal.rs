@@ -31,7 +31,10 @@ async fn per_node(c: &Client, service: &str) -> BTreeMap<String, usize> {
 async fn until(what: &str, mut cond: impl AsyncFnMut() -> bool) {
     let start = Instant::now();
     while !cond().await {
-        assert!(start.elapsed() < Duration::from_secs(120), "timed out: {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "timed out: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -43,8 +46,7 @@ fn stack(name: &str, replicas: u64) -> StackSpec {
     s.services[0]
         .labels
         .insert(shoal_api::service::STACK_LABEL.into(), name.into());
-    s.services[0].task.container.stop_grace_period =
-        Some(shoal_api::units::Duration::from_secs(1));
+    s.services[0].task.container.stop_grace_period = Some(shoal_api::units::Duration::from_secs(1));
     s
 }
 
@@ -97,7 +99,10 @@ pub async fn heal() {
         })
         .await;
         let took = start.elapsed().as_secs_f64();
-        println!("  kill {:>2}: {host} killed, its 2 replicas running elsewhere after {took:.2} s", round + 1);
+        println!(
+            "  kill {:>2}: {host} killed, its 2 replicas running elsewhere after {took:.2} s",
+            round + 1
+        );
         times.push(took);
         tokio::task::block_in_place(|| lab.restart(host)).expect("restart");
         until("the host used again", async || balanced(&c).await).await;
