@@ -1114,12 +1114,18 @@ async fn agent_register(
         .await?;
     let session_id = c.dispatcher.open_session(&id);
     tracing::info!(node_id = %id, "agent registered");
+    let managers = c.manager_addrs();
     Ok(Json(RegisterResponse {
         node_id: id,
         session_id,
         heartbeat_period_ms: c.dispatcher.settings().heartbeat_period.as_millis() as u64,
-        managers: c.manager_addrs(),
-        self_stop_after_ms: c.dispatcher.settings().self_stop_after().as_millis() as u64,
+        // A one-host cluster (no cluster port) cannot be partitioned from its agent.
+        self_stop_after_ms: if managers.is_empty() {
+            0
+        } else {
+            c.dispatcher.settings().self_stop_after().as_millis() as u64
+        },
+        managers,
     }))
 }
 
