@@ -1049,8 +1049,11 @@ async fn schedule(cluster: Arc<Cluster>, stop: CancellationToken) {
 }
 
 async fn monitor_nodes(cluster: Arc<Cluster>, stop: CancellationToken) {
-    let period = cluster.dispatcher.settings().heartbeat_period / 2;
-    let mut ticker = tokio::time::interval(period.max(Duration::from_millis(50)));
+    // Checked often (a scan of the sessions in memory), so a node is marked down within 50 ms
+    // of its silence passing --node-down-after.
+    let period = cluster.dispatcher.settings().heartbeat_period / 10;
+    let mut ticker =
+        tokio::time::interval(period.clamp(Duration::from_millis(10), Duration::from_millis(50)));
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
