@@ -11,20 +11,7 @@ fn a_stack_of_real_containers_survives_the_leaders_host_dying() {
     let leader = new_leader(&lab, None);
     let via = lab.other_manager(&leader).unwrap();
     let stack = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/stacks/web.yml");
-    lab.shoal_ok(
-        &via,
-        &[
-            "stack",
-            "deploy",
-            "--wait",
-            "--timeout",
-            "60s",
-            "-c",
-            stack,
-            "web",
-        ],
-    )
-    .unwrap();
+    deploy_file(&lab, &via, std::path::Path::new(stack), "web");
     // Spread: the three web replicas do not share a host, and the global worker runs on all five.
     let web = running_on(&lab, &via, "web_web");
     assert_eq!(web.len(), 3);

@@ -422,20 +422,8 @@ fn stack_rm_then_deploy_thirty_times_keeps_every_service() {
     let file = file.to_str().unwrap();
     for round in 0..30 {
         // Through a follower, as a user would on any manager.
-        lab.shoal_ok(
-            "m2",
-            &[
-                "stack",
-                "deploy",
-                "--wait",
-                "--timeout",
-                "60s",
-                "-c",
-                file,
-                "two",
-            ],
-        )
-        .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        lab.shoal_ok("m2", &deploy_args(file, "two"))
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
         let ls = lab.shoal_ok("m2", &["service", "ls"]).unwrap();
         assert!(
             ls.contains("two_a") && ls.contains("two_b"),

@@ -208,23 +208,30 @@ pub fn node_states(lab: &Lab, via: &str) -> std::collections::BTreeMap<String, S
         .collect()
 }
 
+/// The arguments of `shoal stack deploy --wait` (60 s at most) of `file` as stack `name`.
+pub fn deploy_args<'a>(file: &'a str, name: &'a str) -> [&'a str; 8] {
+    [
+        "stack",
+        "deploy",
+        "--wait",
+        "--timeout",
+        "60s",
+        "-c",
+        file,
+        name,
+    ]
+}
+
+/// Deploys `file` as stack `name` through `via`, waiting until it converges.
+pub fn deploy_file(lab: &Lab, via: &str, file: &std::path::Path, name: &str) {
+    lab.shoal_ok(via, &deploy_args(file.to_str().unwrap(), name))
+        .unwrap();
+}
+
 /// Writes `yaml` into the lab's directory and deploys it as stack `name` through `via`,
 /// waiting until it converges.
 pub fn deploy(lab: &Lab, via: &str, name: &str, yaml: &str) {
     let file = lab.state().dir.join(format!("{name}.yml"));
     std::fs::write(&file, yaml).unwrap();
-    lab.shoal_ok(
-        via,
-        &[
-            "stack",
-            "deploy",
-            "--wait",
-            "--timeout",
-            "60s",
-            "-c",
-            file.to_str().unwrap(),
-            name,
-        ],
-    )
-    .unwrap();
+    deploy_file(lab, via, &file, name);
 }

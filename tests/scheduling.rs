@@ -101,20 +101,8 @@ fn dead_and_cut_off_workers_are_healed_and_used_again() {
         let file = file.clone();
         std::thread::spawn(move || {
             let lab = shoal_lab::Lab::open(&dir).unwrap().keep();
-            lab.shoal(
-                &via,
-                &[
-                    "stack",
-                    "deploy",
-                    "--wait",
-                    "--timeout",
-                    "60s",
-                    "-c",
-                    file.to_str().unwrap(),
-                    "late",
-                ],
-            )
-            .unwrap()
+            lab.shoal(&via, &deploy_args(file.to_str().unwrap(), "late"))
+                .unwrap()
         })
     };
     wait("the deploy written", || {
