@@ -28,7 +28,12 @@ async fn rates(c: &Client, node: &str) -> (f64, f64) {
         write(c, node, i).await.expect("write");
     }
     let one = n as f64 / start.elapsed().as_secs_f64();
-    let (clients, per) = (100, 100);
+    // SHOAL_BENCH_PER_CLIENT lengthens the concurrent run (for profiling it).
+    let per = std::env::var("SHOAL_BENCH_PER_CLIENT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let clients = 100;
     let start = Instant::now();
     let handles: Vec<_> = (0..clients)
         .map(|k| {
