@@ -269,6 +269,23 @@ fn placement_follows_rules_and_nodes() {
     lab.shoal_ok(via, &["node", "update", "--availability", "active", "w3"])
         .unwrap();
 
+    // Pause w2: no new task goes there (tasks may still move off it); w3 takes the new ones.
+    lab.shoal_ok(via, &["node", "update", "--availability", "pause", "w2"])
+        .unwrap();
+    let paused = spread(&lab, via, "p_zoned")["w2"];
+    lab.shoal_ok(via, &["service", "scale", "p_zoned=5"])
+        .unwrap();
+    wait("five zoned replicas, none added on the paused node", || {
+        let s = spread(&lab, via, "p_zoned");
+        assert!(
+            s["w2"] <= paused,
+            "a task was placed on a paused node: {s:?}"
+        );
+        s["w2"] + s["w3"] == 5
+    });
+    lab.shoal_ok(via, &["node", "update", "--availability", "active", "w2"])
+        .unwrap();
+
     // The global service follows labels, joins and leaves.
     lab.shoal_ok(via, &["node", "update", "--label-add", "skip=yes", "w1"])
         .unwrap();
