@@ -12,9 +12,12 @@
 //!   Swarm; one orphaned by a lost node is replaced at once, whatever the policy;
 //! - an occupant whose template differs from the service's is replaced in batches of
 //!   `update_config.parallelism`, `delay` apart, stop-first or start-first;
-//! - tasks beyond the replica count, on drained or ineligible nodes, or of a removed service,
-//!   are shut down; finished history is reaped down to a few tasks per slot; a removed service
-//!   is deleted once its tasks are gone.
+//! - tasks beyond the replica count, on ineligible nodes, or of a removed service, are shut
+//!   down; a replicated task on a drained node is replaced first and shut down once its
+//!   replacement runs; finished history is reaped down to a few tasks per slot; a removed
+//!   service is deleted once its tasks are gone;
+//! - a settled service whose tasks are unevenly spread has one task at a time moved, start-first,
+//!   to the least-loaded node ([`rebalance`]).
 
 use crate::store::TaskOp;
 use shoal_api::constraint::Constraint;
