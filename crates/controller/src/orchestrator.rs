@@ -17,7 +17,7 @@
 //!   replacement runs; finished history is reaped down to a few tasks per slot; a removed
 //!   service is deleted once its tasks are gone;
 //! - a settled service whose tasks are unevenly spread has one task at a time moved, start-first,
-//!   to the least-loaded node ([`rebalance`]).
+//!   to the least-loaded node (see `rebalance`).
 
 use crate::store::TaskOp;
 use shoal_api::constraint::Constraint;
