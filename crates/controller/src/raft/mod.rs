@@ -1,6 +1,6 @@
 //! The manager's Raft node (tikv raft-rs) and its durable log.
 //!
-//! One task owns the `RawNode` ([`node::run`]); everything else talks to it through a
+//! One task owns the `RawNode` ([`node::start`], on a thread of its own); everything else talks to it through a
 //! [`node::RaftHandle`]: proposals go in, and applied commands come out as store changes and
 //! events. Messages to other managers go through a [`node::Transport`] ([`peer::TcpTransport`]
 //! on the cluster port); with one manager there are none, and nothing here assumes there is one
