@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 # What the tests use from Debian: `docker stack config` (the reference loader of the
 # differential stack-file test; no daemon needed), busybox-static (the busybox image), runc (the
 # differential runtime test), skopeo (OCI image layouts), nsenter, iproute2 (the lab's
-# namespaces). Container and lab tests need root; as a user they print "skipped" with the
+# namespaces), nftables (a test cuts Raft traffic between managers only). Container and lab tests need root; as a user they print "skipped" with the
 # reason, and under CI=true (as CI runs) they fail instead.
 if [ "$(id -u)" = 0 ]; then
   need=()
@@ -18,6 +18,7 @@ if [ "$(id -u)" = 0 ]; then
   command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
   command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
   command -v ip >/dev/null 2>&1 || need+=(iproute2)
+  command -v nft >/dev/null 2>&1 || need+=(nftables)
   if [ ${#need[@]} -gt 0 ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null) \
       || echo "could not install ${need[*]}: the tests that need them will say they skipped"

@@ -312,3 +312,97 @@ fn placement_follows_rules_and_nodes() {
     });
     assert!(ids.len() == 6);
 }
+
+/// The leader as `host` sees it.
+fn leader_seen_by(lab: &shoal_lab::Lab, host: &str) -> Option<String> {
+    let addr = lab
+        .status()
+        .into_iter()
+        .find(|s| s.host.name == host)?
+        .leader?;
+    let ip = addr.rsplit_once(':').map(|(h, _)| h.to_owned())?;
+    lab.state()
+        .hosts
+        .iter()
+        .find(|h| h.addr == ip)
+        .map(|h| h.name.clone())
+}
+
+#[test]
+fn a_deposed_leader_sends_its_agents_to_the_new_one() {
+    if std::process::Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        shoal_testkit::skip("`nft` is missing: apt-get install nftables");
+        return;
+    }
+    let Some(lab) = lab("sc3", 3, 2, 0, &[]) else {
+        return;
+    };
+    let old = new_leader(&lab, None);
+    let via = lab.other_manager(&old).unwrap();
+    deploy(
+        &lab,
+        &via,
+        "d",
+        "services:\n  app:\n    image: busybox\n    deploy:\n      replicas: 10\n",
+    );
+    let ids = node_ids(&lab, &via);
+    let kept = |lab: &shoal_lab::Lab| -> Vec<String> {
+        tasks(lab, &via, "d_app")
+            .into_iter()
+            .filter(|t| t["desired_state"] == "running" && t["status"]["state"] == "running")
+            .filter(|t| t["node_id"] != ids[&old].as_str())
+            .map(|t| t["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let before = kept(&lab);
+    // The leader loses the other managers but not the workers: it is deposed (check-quorum)
+    // while its agents can still reach it.
+    let others: Vec<String> = lab
+        .managers()
+        .iter()
+        .filter(|h| h.name != old)
+        .map(|h| h.addr.clone())
+        .collect();
+    let set = others.join(", ");
+    let rules = format!(
+        "table inet cut {{ chain in {{ type filter hook input priority 0; ip saddr {{ {set} }} drop; }}; chain out {{ type filter hook output priority 0; ip daddr {{ {set} }} drop; }}; }}"
+    );
+    let status = lab
+        .exec(&old, &["nft".to_owned(), rules])
+        .expect("nft in the leader's namespace");
+    assert!(status.success(), "nft refused the rules");
+    wait("a new leader among the others", || {
+        leader_seen_by(&lab, &via).is_some_and(|l| l != old)
+    });
+    // Longer than the election grace: every worker and the other manager found the new
+    // leader; none is marked down, and none of their tasks was replaced.
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    let states = node_states(&lab, &via);
+    for (host, state) in &states {
+        if *host != old {
+            assert_eq!(state, "ready", "{host} was marked down: {states:?}");
+        }
+    }
+    let after = kept(&lab);
+    for id in &before {
+        assert!(
+            after.contains(id),
+            "task {id} was replaced: the leader change rescheduled it"
+        );
+    }
+    // Healed, the old leader's host is back as a follower, and ready.
+    let status = lab
+        .exec(
+            &old,
+            &["nft".to_owned(), "delete table inet cut".to_owned()],
+        )
+        .unwrap();
+    assert!(status.success());
+    wait("the old leader's host ready again", || {
+        node_states(&lab, &via).values().all(|s| s == "ready")
+    });
+}

@@ -1068,17 +1068,24 @@ async fn agent_log_publish(
     Ok(Json(LogPublishResponse { active }))
 }
 
+/// Agent sessions live on the leader: anything else is told to go there.
+fn leader_only(c: &Cluster, what: &str) -> Result<()> {
+    if c.raft.status().borrow().is_leader() {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("this manager is not the leader; {what}"),
+        ))
+    }
+}
+
 async fn agent_register(
     State(m): State<Shared>,
     Body(req): Body<RegisterRequest>,
 ) -> Result<Json<RegisterResponse>> {
     let c = cluster(&m).await?;
-    if !c.raft.status().borrow().is_leader() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "this manager is not the leader; register with the leader",
-        ));
-    }
+    leader_only(&c, "register with the leader")?;
     let token = c
         .store
         .read()
@@ -1145,6 +1152,9 @@ async fn agent_heartbeat(
     Body(req): Body<Heartbeat>,
 ) -> Result<Json<HeartbeatResponse>> {
     let c = cluster(&m).await?;
+    // A manager that lost the leadership refuses heartbeats, so its agents go and find the new
+    // leader: the new leader would otherwise mark them down when its election grace ends.
+    leader_only(&c, "open a session with the new leader")?;
     c.dispatcher.touch(&req.node_id, &req.session_id)?;
     // A worker an operator promoted learns the manager token here, once.
     let promote = {
@@ -1191,6 +1201,9 @@ async fn agent_status(
     Body(req): Body<StatusReport>,
 ) -> Result<StatusCode> {
     let c = cluster(&m).await?;
+    // A manager that lost the leadership refuses heartbeats, so its agents go and find the new
+    // leader: the new leader would otherwise mark them down when its election grace ends.
+    leader_only(&c, "open a session with the new leader")?;
     c.dispatcher.touch(&req.node_id, &req.session_id)?;
     if req.updates.is_empty() {
         return Ok(StatusCode::NO_CONTENT);

@@ -113,19 +113,24 @@ impl Dispatcher {
         }
     }
 
-    /// On becoming leader: every node not yet down gets `election_grace` to open a session.
+    /// On becoming leader: sessions of an earlier term are void (their agents register again),
+    /// and every node not yet down gets `election_grace` to open a session.
     pub fn grant_grace(&self, nodes: impl Iterator<Item = NodeId>) {
         let mut sessions = self.sessions.lock().expect("sessions lock");
+        sessions.clear();
         let extra = self
             .settings
             .election_grace
             .saturating_sub(self.settings.down_after);
         let seen = Instant::now() + extra;
         for n in nodes {
-            sessions.entry(n).or_insert(Session {
-                id: None,
-                last_seen: seen,
-            });
+            sessions.insert(
+                n,
+                Session {
+                    id: None,
+                    last_seen: seen,
+                },
+            );
         }
     }
 
