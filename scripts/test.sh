@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 # What the tests use from Debian: `docker stack config` (the reference loader of the
 # differential stack-file test; no daemon needed), busybox-static (the busybox image), runc (the
 # differential runtime test), skopeo (OCI image layouts), nsenter, iproute2 (the lab's
-# namespaces), nftables (a test cuts Raft traffic between managers only). Container and lab tests need root; as a user they print "skipped" with the
-# reason, and under CI=true (as CI runs) they fail instead.
+# namespaces), nftables (a test cuts Raft traffic between managers only). Container and lab
+# tests need root; as a user they print "skipped" with the reason, and under CI=true (as CI
+# runs) they fail instead.
 if [ "$(id -u)" = 0 ]; then
   need=()
   command -v docker >/dev/null 2>&1 || need+=(docker.io)
