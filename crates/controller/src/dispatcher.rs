@@ -114,21 +114,31 @@ impl Dispatcher {
     }
 
     /// On becoming leader: sessions of an earlier term are void (their agents register again),
-    /// and every node not yet down gets `election_grace` to open a session.
-    pub fn grant_grace(&self, nodes: impl Iterator<Item = NodeId>) {
+    /// and every node not yet down gets `election_grace` to open a session; `previous_leader`,
+    /// the node of the manager that led before, gets `down_after` only.
+    pub fn grant_grace(
+        &self,
+        nodes: impl Iterator<Item = NodeId>,
+        previous_leader: Option<&NodeId>,
+    ) {
         let mut sessions = self.sessions.lock().expect("sessions lock");
         sessions.clear();
         let extra = self
             .settings
             .election_grace
             .saturating_sub(self.settings.down_after);
-        let seen = Instant::now() + extra;
+        let now = Instant::now();
         for n in nodes {
+            let last_seen = if Some(&n) == previous_leader {
+                now
+            } else {
+                now + extra
+            };
             sessions.insert(
                 n,
                 Session {
                     id: None,
-                    last_seen: seen,
+                    last_seen,
                 },
             );
         }
@@ -332,10 +342,15 @@ mod tests {
         d.drop_session(&n);
         assert!(d.silent().is_empty());
         // After a leader change, a node without a session has the election grace.
-        d.grant_grace([n.clone()].into_iter());
+        d.grant_grace([n.clone()].into_iter(), None);
         std::thread::sleep(Duration::from_millis(2));
         assert!(d.silent().is_empty(), "within the grace");
         std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(d.silent(), vec![n]);
+        assert_eq!(d.silent(), vec![n.clone()]);
+        // The previous leader's node gets down_after only.
+        let old = NodeId::from_bits(2);
+        d.grant_grace([n.clone(), old.clone()].into_iter(), Some(&old));
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(d.silent(), vec![old]);
     }
 }

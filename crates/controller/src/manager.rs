@@ -840,8 +840,16 @@ pub fn allocate_networks(store: &Store, specs: Vec<NetworkSpec>) -> Vec<NewNetwo
 /// Runs the leader loops while this manager leads.
 async fn supervise_leader_loops(cluster: Arc<Cluster>, shutdown: CancellationToken) {
     let mut status = cluster.raft.status();
+    // The last other manager seen leading: when this one takes over, that one most likely died.
+    let mut previous = 0;
     loop {
-        if status.wait_for(|s| s.is_leader()).await.is_err() {
+        let became = status.wait_for(|s| {
+            if s.leader != 0 && s.leader != s.id {
+                previous = s.leader;
+            }
+            s.is_leader()
+        });
+        if became.await.is_err() {
             return;
         }
         let term = status.borrow().term;
@@ -850,16 +858,28 @@ async fn supervise_leader_loops(cluster: Arc<Cluster>, shutdown: CancellationTok
             "leading: starting orchestrator, scheduler and node monitor"
         );
         let leading = shutdown.child_token();
-        cluster.dispatcher.grant_grace(
-            cluster
-                .store
-                .read()
-                .expect("store lock")
+        {
+            let store = cluster.store.read().expect("store lock");
+            let live = store
                 .nodes
                 .values()
-                .filter(|n| n.status.state != NodeState::Down)
-                .map(|n| n.id.clone()),
-        );
+                .filter(|n| n.status.state != NodeState::Down);
+            // The previous leader's host gets the plain down-after, not the election grace: if
+            // it lives, its agent (refused by its own deposed manager) is here within a second;
+            // if it died with its manager, its tasks move two seconds sooner.
+            let old_leader = store
+                .nodes
+                .values()
+                .find(|n| {
+                    n.manager_status
+                        .as_ref()
+                        .is_some_and(|m| m.raft_id == previous)
+                })
+                .map(|n| n.id.clone());
+            cluster
+                .dispatcher
+                .grant_grace(live.map(|n| n.id.clone()), old_leader.as_ref());
+        }
         tokio::spawn(orchestrate(cluster.clone(), leading.clone()));
         tokio::spawn(schedule(cluster.clone(), leading.clone()));
         tokio::spawn(monitor_nodes(cluster.clone(), leading.clone()));
