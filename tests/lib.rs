@@ -25,8 +25,7 @@ pub fn lab(
         );
         return None;
     }
-    if std::process::Command::new("ip").arg("-V").output().is_err() {
-        shoal_testkit::skip("`ip` is missing: apt-get install iproute2");
+    if !has_ip() {
         return None;
     }
     let mut config = LabConfig::new(name, managers, workers);
@@ -34,6 +33,16 @@ pub fn lab(
     config.executor = Executor::Sim;
     config.daemon_args = extra.iter().map(|s| s.to_string()).collect();
     Some(Lab::up(config).expect("lab up"))
+}
+
+/// True when the `ip` command the lab uses is installed; otherwise says so (a failure under
+/// CI=true).
+fn has_ip() -> bool {
+    let found = std::process::Command::new("ip").arg("-V").output().is_ok();
+    if !found {
+        shoal_testkit::skip("`ip` is missing: apt-get install iproute2");
+    }
+    found
 }
 
 fn nix_is_root() -> bool {
@@ -145,8 +154,7 @@ pub fn container_lab_with_spares(
         shoal_testkit::skip(&format!("this host cannot run containers: {why}"));
         return None;
     }
-    if std::process::Command::new("ip").arg("-V").output().is_err() {
-        shoal_testkit::skip("`ip` is missing: apt-get install iproute2");
+    if !has_ip() {
         return None;
     }
     let mut config = LabConfig::new(name, managers, workers);

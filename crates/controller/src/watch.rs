@@ -55,28 +55,14 @@ pub struct Subscription {
 /// serializing it (every manager publishes every change; most are never read back).
 fn estimated_size(e: &Event) -> usize {
     use shoal_api::wire::Object;
+    let text = |v: &[String]| v.iter().map(String::len).sum::<usize>();
     match &e.object {
         Object::Task(t) => {
-            1024 + t
-                .spec
-                .container
-                .command
-                .iter()
-                .map(String::len)
-                .sum::<usize>()
-                + t.spec.container.env.iter().map(String::len).sum::<usize>()
+            1024 + text(&t.spec.container.command)
+                + text(&t.spec.container.env)
                 + t.status.err.len()
         }
-        Object::Service(s) => {
-            2048 + s
-                .spec
-                .task
-                .container
-                .env
-                .iter()
-                .map(String::len)
-                .sum::<usize>()
-        }
+        Object::Service(s) => 2048 + text(&s.spec.task.container.env),
         _ => 1024,
     }
 }
