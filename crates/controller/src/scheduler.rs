@@ -177,25 +177,32 @@ pub fn schedule(waiting: &[&Task], nodes: &[Node], placed: &[&Task]) -> Vec<(Tas
         load.memory += t.spec.resources.reservations.memory_bytes;
         placed_by_service.entry(&t.service_id).or_default().push(i);
     }
-    let mut views: HashMap<(ServiceId, u64), ServiceView> = HashMap::new();
+    // Per service, a view per spec version: versions differ in constraints and preferences,
+    // and all of them count the service's tasks placed so far, this batch's included.
+    let mut views: HashMap<ServiceId, HashMap<u64, ServiceView>> = HashMap::new();
     let mut order: Vec<&&Task> = waiting.iter().collect();
     order.sort_by_key(|t| (t.created_at, t.slot, t.id.clone()));
     let mut out = Vec::with_capacity(order.len());
     for task in order {
-        // Tasks of one service and spec version share constraints and preferences.
-        let view = views
-            .entry((task.service_id.clone(), task.spec_version))
-            .or_insert_with(|| {
-                let mut per_node = vec![0; nodes.len()];
-                for &i in placed_by_service
-                    .get(&task.service_id)
-                    .into_iter()
-                    .flatten()
-                {
-                    per_node[i] += 1;
+        let versions = views.entry(task.service_id.clone()).or_default();
+        if !versions.contains_key(&task.spec_version) {
+            let per_node = match versions.values().next() {
+                Some(sibling) => sibling.per_node.clone(),
+                None => {
+                    let mut per_node = vec![0; nodes.len()];
+                    for &i in placed_by_service
+                        .get(&task.service_id)
+                        .into_iter()
+                        .flatten()
+                    {
+                        per_node[i] += 1;
+                    }
+                    per_node
                 }
-                ServiceView::new(task, nodes, per_node)
-            });
+            };
+            versions.insert(task.spec_version, ServiceView::new(task, nodes, per_node));
+        }
+        let view = &versions[&task.spec_version];
         // Global tasks come with their node.
         let only = task.node_id.as_ref().map(|n| index.get(n).copied());
         let mut refusals: BTreeMap<Refusal, usize> = BTreeMap::new();
@@ -247,11 +254,13 @@ pub fn schedule(waiting: &[&Task], nodes: &[Node], placed: &[&Task]) -> Vec<(Tas
         load.total += 1;
         load.nano_cpus += task.spec.resources.reservations.nano_cpus;
         load.memory += task.spec.resources.reservations.memory_bytes;
-        // Other spec versions of the service see this task too.
-        for ((s, _), v) in views.iter_mut() {
-            if *s == task.service_id {
-                v.count(i);
-            }
+        // Every spec version of the service sees this task.
+        for v in views
+            .get_mut(&task.service_id)
+            .into_iter()
+            .flat_map(|v| v.values_mut())
+        {
+            v.count(i);
         }
         out.push((task.id.clone(), Decision::Assign(nodes[i].id.clone())));
     }
@@ -449,6 +458,24 @@ mod tests {
         assert_eq!(on(4), 2, "{:?}", placements(&d));
         assert_eq!(on(3), 1, "{:?}", placements(&d));
         assert_eq!(on(1) + on(2), 1, "{:?}", placements(&d));
+    }
+
+    #[test]
+    fn spec_versions_of_one_service_count_each_other() {
+        // A task of the old spec and one of the new, in one batch, one per node at most: the
+        // second sees the first.
+        let nodes = [node(1, |_| {})];
+        let a = task(1, 1, |s| s.placement.max_replicas_per_node = 1);
+        let mut b = task(2, 1, |s| {
+            s.placement.max_replicas_per_node = 1;
+            s.container.image = "new".into();
+        });
+        b.spec_version = 2;
+        let d = schedule(&[&a, &b], &nodes, &[]);
+        assert_eq!(
+            placements(&d)[1],
+            "no suitable node (max replicas per node reached on 1 node)"
+        );
     }
 
     #[test]
