@@ -72,14 +72,19 @@ async fn node_id(c: &Client, host: &str) -> String {
         .expect("node")
 }
 
-/// Runs the heal part.
-pub async fn heal() {
-    let lab = tokio::task::block_in_place(|| {
-        let mut config = LabConfig::new("heal", 3, 3);
+/// A lab of real-container hosts, logging warnings only.
+fn quiet_lab(managers: usize, workers: usize) -> Lab {
+    tokio::task::block_in_place(|| {
+        let mut config = LabConfig::new("heal", managers, workers);
         config.log = "warn".into();
         Lab::up(config)
     })
-    .expect("lab up");
+    .expect("lab up")
+}
+
+/// Runs the heal part.
+pub async fn heal() {
+    let lab = quiet_lab(3, 3);
     let c = lab.client("m1").with_timeout(Duration::from_secs(30));
     deploy(&c, "h", 12).await;
     let balanced = async |c: &Client| {
@@ -114,12 +119,7 @@ pub async fn heal() {
     );
     tokio::task::block_in_place(|| lab.down()).expect("lab down");
 
-    let lab = tokio::task::block_in_place(|| {
-        let mut config = LabConfig::new("heal", 3, 0);
-        config.log = "warn".into();
-        Lab::up(config)
-    })
-    .expect("lab up");
+    let lab = quiet_lab(3, 0);
     let c = lab.client("m1").with_timeout(Duration::from_secs(30));
     let mut converge = Vec::new();
     for i in 0..3 {

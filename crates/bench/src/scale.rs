@@ -146,7 +146,7 @@ pub async fn scale() {
     println!("raft entries committed in 5 s while 1,003 nodes heartbeat: {idle_entries}   (liveness is kept out of the log)");
 
     let start = Instant::now();
-    let r: StackDeployResult = c
+    let _: StackDeployResult = c
         .post(
             "/v1/stacks/bench/deploy",
             &StackDeploy {
@@ -156,7 +156,6 @@ pub async fn scale() {
         )
         .await
         .expect("deploy");
-    let _ = r;
     let mut last;
     loop {
         let running = crate::running(&c, "bench_app").await;

@@ -174,20 +174,21 @@ mod tests {
         }
     }
 
+    fn revisions(sub: &Subscription) -> Vec<u64> {
+        sub.backlog
+            .iter()
+            .flat_map(|b| b.iter())
+            .map(|e| e.revision)
+            .collect()
+    }
+
     #[test]
     fn subscribers_get_backlog_then_live_events_without_gaps() {
         let hub = EventHub::new(0);
         hub.publish(1, vec![ev(1)]);
         hub.publish(2, vec![ev(2)]);
         let mut sub = hub.subscribe(1).unwrap();
-        assert_eq!(
-            sub.backlog
-                .iter()
-                .flat_map(|b| b.iter())
-                .map(|e| e.revision)
-                .collect::<Vec<_>>(),
-            vec![2]
-        );
+        assert_eq!(revisions(&sub), vec![2]);
         hub.publish(3, vec![ev(3)]);
         assert_eq!(sub.live.try_recv().unwrap()[0].revision, 3);
         assert_eq!(*hub.revision().borrow(), 3);
@@ -203,14 +204,7 @@ mod tests {
         // Six events of one size each, three fit: revisions 1 and 2 went, whole.
         assert_eq!(hub.subscribe(1).unwrap_err(), Compacted { oldest: 2 });
         let sub = hub.subscribe(2).unwrap();
-        assert_eq!(
-            sub.backlog
-                .iter()
-                .flat_map(|b| b.iter())
-                .map(|e| e.revision)
-                .collect::<Vec<_>>(),
-            vec![3, 3]
-        );
+        assert_eq!(revisions(&sub), vec![3, 3]);
     }
 
     #[test]
