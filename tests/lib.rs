@@ -74,10 +74,7 @@ pub fn write(
     let spec = NetworkSpec {
         name: name.to_owned(),
         driver: "overlay".into(),
-        attachable: false,
-        subnet: String::new(),
-        labels: Default::default(),
-        driver_opts: Default::default(),
+        ..Default::default()
     };
     rt.block_on(
         lab.client(host)

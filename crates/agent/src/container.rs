@@ -25,6 +25,7 @@ use shoal_runtime::volume::VolumeStore;
 use std::collections::BTreeMap;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use shoal_overlay_net::HostNetwork;
 use std::sync::Arc;
 use tokio::io::AsyncBufReadExt;
 
@@ -80,6 +81,7 @@ pub struct ContainerExecutor {
     config: Arc<ContainerConfig>,
     images: Arc<ImageStore>,
     volumes: VolumeStore,
+    network: Arc<HostNetwork>,
 }
 
 fn failed(context: &str) -> impl Fn(std::io::Error) -> ExecError + '_ {
@@ -102,10 +104,15 @@ impl ContainerExecutor {
             std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))
                 .map_err(failed("writing shoal-init"))?;
         }
+        let network = Arc::new(HostNetwork::new(
+            &config.data_root.join("netns"),
+            std::net::Ipv4Addr::LOCALHOST,
+        ));
         Ok(ContainerExecutor {
             config: Arc::new(config),
             images: Arc::new(images),
             volumes,
+            network,
         })
     }
 
@@ -167,8 +174,9 @@ impl ContainerExecutor {
         self.container_dir(task).join(files::LOG)
     }
 
-    /// Makes the bundle: directory, overlay root, spec. Blocking.
-    fn prepare(&self, task: &Task) -> Result<(), ExecError> {
+    /// Makes the bundle: directory, overlay root, spec; the container joins `netns` when it is
+    /// on networks. Blocking.
+    fn prepare(&self, task: &Task, netns: Option<PathBuf>) -> Result<(), ExecError> {
         let c = &task.spec.container;
         let id = task.id.to_string();
         let dir = self.dir(&id);
@@ -285,12 +293,31 @@ impl ContainerExecutor {
         // The container's own /etc/hostname and /etc/hosts, as Docker gives them.
         std::fs::write(dir.join("hostname"), format!("{hostname}\n"))
             .map_err(failed("writing hostname"))?;
+        // On networks, the host's name maps to the first network's address, and names resolve
+        // through the resolver in the container's namespace.
+        let own = task
+            .networks
+            .first()
+            .and_then(|a| a.address.split_once('/'))
+            .map_or("127.0.1.1", |(ip, _)| ip);
         std::fs::write(
             dir.join("hosts"),
-            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"),
+            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}\t{hostname}\n"),
         )
         .map_err(failed("writing hosts"))?;
-        for f in ["hostname", "hosts"] {
+        let mut files = vec!["hostname", "hosts"];
+        if netns.is_some() {
+            std::fs::write(
+                dir.join("resolv.conf"),
+                format!(
+                    "nameserver {}\noptions ndots:0\n",
+                    shoal_overlay_net::dns::RESOLVER
+                ),
+            )
+            .map_err(failed("writing resolv.conf"))?;
+            files.push("resolv.conf");
+        }
+        for f in files {
             mounts.push(MountInput::Bind {
                 source: dir.join(f),
                 target: format!("/etc/{f}"),
@@ -320,7 +347,7 @@ impl ContainerExecutor {
             nano_cpus: nonzero(limits.nano_cpus),
             pids: nonzero(limits.pids).map(|p| p as i64),
             cgroups_path: format!("{}/{id}", self.config.cgroup_parent.trim_end_matches('/')),
-            netns_path: None,
+            netns_path: netns,
         };
         let oci = spec::build(&input).map_err(|e| ExecError::Rejected(e.to_string()))?;
         oci.save(dir.join("config.json"))
@@ -328,7 +355,8 @@ impl ContainerExecutor {
         Ok(())
     }
 
-    /// Removes what [`prepare`](Self::prepare) made (and the runtime's state, if any). Blocking.
+    /// Removes what [`prepare`](Self::prepare) made (and the runtime's state, if any), and the
+    /// container's network attachments. Blocking.
     fn cleanup(&self, id: &str) -> Result<(), ExecError> {
         let dir = self.dir(id);
         let anonymous: Vec<String> = self
@@ -350,6 +378,11 @@ impl ContainerExecutor {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(failed("removing the container directory")(e)),
+        }
+        if let Ok(task) = id.parse::<TaskId>() {
+            if let Err(e) = self.network.detach(&task) {
+                tracing::warn!(container = id, error = %e, "network attachment not removed");
+            }
         }
         // Anonymous volumes go with their container, as Swarm removes its tasks' containers.
         for v in anonymous {
@@ -540,7 +573,10 @@ impl Executor for ContainerExecutor {
                 tokio::task::spawn_blocking(move || {
                     // Leftovers of an attempt the daemon did not finish.
                     this.cleanup(&task.id.to_string())?;
-                    this.prepare(&task)
+                    let netns = this.network.attach(&task).map_err(|e| {
+                        ExecError::Failed(format!("attaching to the task's networks: {e}"))
+                    })?;
+                    this.prepare(&task, netns)
                 })
                 .await
                 .map_err(|e| ExecError::Failed(format!("preparing: {e}")))?
@@ -640,6 +676,10 @@ impl Executor for ContainerExecutor {
 
     fn log_path(&self, task: &TaskId) -> Option<PathBuf> {
         Some(self.log_file(task))
+    }
+
+    fn network(&self) -> Option<Arc<HostNetwork>> {
+        Some(self.network.clone())
     }
 
     fn exit_reason(&self, container: &str) -> Option<String> {

@@ -80,6 +80,10 @@ pub trait Executor: Send + Sync + 'static {
     fn log_path(&self, _task: &TaskId) -> Option<std::path::PathBuf> {
         None
     }
+    /// The host's overlay networking, when the executor attaches containers to networks.
+    fn network(&self) -> Option<std::sync::Arc<shoal_overlay_net::HostNetwork>> {
+        None
+    }
     /// Why an exited container ended, when its code alone does not say (the OOM killer).
     fn exit_reason(&self, _container: &str) -> Option<String> {
         None
@@ -336,6 +340,7 @@ mod tests {
             desired_state: TaskState::Running,
             status: TaskStatus::new(TaskState::Assigned, Timestamp(0), ""),
             created_at: Timestamp(0),
+            networks: Vec::new(),
         }
     }
 

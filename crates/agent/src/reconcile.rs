@@ -145,6 +145,7 @@ mod tests {
             desired_state: desired,
             status: TaskStatus::new(TaskState::Assigned, Timestamp(0), ""),
             created_at: Timestamp(0),
+            networks: Vec::new(),
         }
     }
 

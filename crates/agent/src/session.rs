@@ -82,6 +82,9 @@ impl Agent {
         executor: Arc<dyn Executor>,
         shutdown: CancellationToken,
     ) {
+        if let (Some(net), Ok(addr)) = (executor.network(), config.addr.parse()) {
+            net.set_local(addr);
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let agent = Arc::new(Agent {
             executor,
@@ -302,7 +305,7 @@ impl Agent {
                 "/v1/dispatcher/assignments?node_id={}&session_id={}&since={since}&wait_ms=10000",
                 s.node_id, s.session_id
             );
-            let a: Assignments = match s.client.get(&path).await {
+            let mut a: Assignments = match s.client.get(&path).await {
                 Ok(a) => a,
                 Err(e) => return e,
             };
@@ -312,7 +315,51 @@ impl Agent {
                 first = false;
             }
             since = a.revision;
+            self.networks(&mut a).await;
             self.apply(a);
+        }
+    }
+
+    /// Brings the host's networking in step with an assignment message, before its tasks are
+    /// started: containers that outlived an agent restart get their resolvers back, the
+    /// network views (forwarding entries, DNS, VIP rules) are taken, and with a full set,
+    /// leftovers of containers this host no longer has are removed.
+    async fn networks(&self, a: &mut Assignments) {
+        let Some(net) = self.executor.network() else {
+            return;
+        };
+        let Some(views) = a.networks.take() else {
+            return;
+        };
+        let resume: Vec<Task> = if a.full {
+            a.tasks
+                .iter()
+                .filter(|t| !t.networks.is_empty())
+                .filter(|t| matches!(self.executor.observe(&t.id), Observed::Running { .. }))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let keep: Option<std::collections::BTreeSet<TaskId>> =
+            a.full.then(|| self.executor.tasks().into_iter().collect());
+        let r = tokio::task::spawn_blocking(move || {
+            for t in &resume {
+                if let Err(e) = net.resume(t) {
+                    tracing::warn!(task_id = %t.id, error = %e, "networking not resumed");
+                }
+            }
+            net.update(views)?;
+            if let Some(keep) = keep {
+                net.sweep(&keep)?;
+            }
+            Ok::<_, shoal_overlay_net::NetError>(())
+        })
+        .await;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "network views not fully applied"),
+            Err(e) => tracing::warn!(error = %e, "network update panicked"),
         }
     }
 

@@ -98,6 +98,7 @@ fn task(n: u128, container: ContainerSpec) -> Task {
         desired_state: TaskState::Running,
         status: TaskStatus::new(TaskState::Assigned, Timestamp(0), "assigned"),
         created_at: Timestamp(0),
+        networks: Vec::new(),
     }
 }
 

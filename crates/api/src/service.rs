@@ -476,4 +476,7 @@ pub struct Service {
     /// Set by `service rm`: tasks are being shut down, then the service is deleted.
     #[serde(default)]
     pub removing: bool,
+    /// Its virtual IPs, one per attached network (none with `endpoint_mode: dnsrr`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub virtual_ips: Vec<crate::network::VirtualIp>,
 }

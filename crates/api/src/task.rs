@@ -6,6 +6,7 @@
 //! accepted onwards.
 
 use crate::ids::{NodeId, ServiceId, TaskId};
+use crate::network::NetworkAttachment;
 use crate::service::TaskTemplate;
 use crate::units::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -141,6 +142,9 @@ pub struct Task {
     pub status: TaskStatus,
     /// When it was created.
     pub created_at: Timestamp,
+    /// Its addresses on the service's networks, allocated when it is created.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkAttachment>,
 }
 
 impl Task {

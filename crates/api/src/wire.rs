@@ -31,6 +31,12 @@ pub struct InitRequest {
     /// port).
     #[serde(default)]
     pub listen_addr: Option<String>,
+    /// Pools network subnets are taken from (`--default-addr-pool`; default `10.0.0.0/8`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub default_addr_pool: Vec<String>,
+    /// Prefix length of each network's subnet (`--default-addr-pool-mask-length`; default 24).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_size: Option<u8>,
 }
 
 /// The default cluster port: Raft, agent sessions and forwarded writes (as Swarm's 2377).
@@ -353,6 +359,10 @@ pub struct Assignments {
     pub tasks: Vec<Task>,
     /// Tasks no longer assigned (with `full: false`).
     pub removed: Vec<TaskId>,
+    /// Every network the node has tasks on, when any of them changed (always with `full`);
+    /// `None` when they did not change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub networks: Option<Vec<crate::network::NetworkView>>,
 }
 
 /// One task's new status.

@@ -79,6 +79,12 @@ enum ClusterCmd {
         /// port).
         #[arg(long)]
         listen_addr: Option<String>,
+        /// Pool overlay network subnets are taken from, CIDR (repeatable; default 10.0.0.0/8).
+        #[arg(long)]
+        default_addr_pool: Vec<String>,
+        /// Prefix length of each network's subnet from the pool (default 24).
+        #[arg(long)]
+        default_addr_pool_mask_length: Option<u8>,
     },
     /// Join a cluster as a worker or a manager (the token decides).
     Join {
@@ -407,10 +413,14 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Cluster(ClusterCmd::Init {
             advertise_addr,
             listen_addr,
+            default_addr_pool,
+            default_addr_pool_mask_length,
         }) => {
             let req = InitRequest {
                 advertise_addr,
                 listen_addr,
+                default_addr_pool,
+                subnet_size: default_addr_pool_mask_length,
             };
             let info: ClusterInfo = c
                 .clone()

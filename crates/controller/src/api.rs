@@ -4,7 +4,8 @@
 //! `/v1/dispatcher/*` routes.
 
 use crate::dispatcher::{self, SessionError};
-use crate::manager::{allocate_networks, now, Cluster, Manager, ManagerError};
+use crate::allocator::allocate_networks;
+use crate::manager::{now, Cluster, Manager, ManagerError};
 use crate::raft::node::ProposeError;
 use crate::store::{Command, Store, StoreError};
 use axum::extract::rejection::JsonRejection;
@@ -19,7 +20,7 @@ use shoal_api::node::{Node, NodeRole};
 use shoal_api::service::{Service, ServiceMode, ServiceSpec, STACK_LABEL};
 use shoal_api::task::Task;
 use shoal_api::wire::*;
-use shoal_api::{NodeId, ServiceId, TaskId};
+use shoal_api::{NetworkId, NodeId, ServiceId, TaskId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,7 +96,7 @@ impl From<ManagerError> for ApiError {
         match e {
             ManagerError::AlreadyInitialized => ApiError::new(StatusCode::CONFLICT, e.to_string()),
             ManagerError::Propose(p) => p.into(),
-            ManagerError::Address(_) => ApiError::bad(e.to_string()),
+            ManagerError::Address(_) | ManagerError::Invalid(_) => ApiError::bad(e.to_string()),
             ManagerError::Join { .. } | ManagerError::Listen { .. } => {
                 ApiError::new(StatusCode::BAD_GATEWAY, e.to_string())
             }
@@ -702,9 +703,12 @@ async fn network_create(
     Body(spec): Body<NetworkSpec>,
 ) -> Result<(StatusCode, Json<Created>)> {
     let c = cluster(&m).await?;
-    let new = allocate_networks(&c.store.read().expect("store lock"), vec![spec])
-        .pop()
-        .expect("one network");
+    let new = allocate_networks(&c.store.read().expect("store lock"), vec![spec], || {
+        NetworkId::from_bits(rand::random())
+    })
+    .map_err(ApiError::bad)?
+    .pop()
+    .expect("one network");
     let id = new.id.to_string();
     c.raft
         .propose(Command::CreateNetwork(Box::new(new)))
@@ -820,7 +824,10 @@ async fn stack_deploy(
                 }
             }
         }
-        let networks = allocate_networks(&store, new_specs);
+        let networks = allocate_networks(&store, new_specs, || {
+            NetworkId::from_bits(rand::random())
+        })
+        .map_err(ApiError::bad)?;
         result.networks_created = networks.iter().map(|n| n.spec.name.clone()).collect();
         let (mut create, mut update) = (Vec::new(), Vec::new());
         for spec in &req.stack.services {

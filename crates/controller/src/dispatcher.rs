@@ -9,7 +9,11 @@
 use crate::store::Store;
 use crate::watch::{EventHub, Subscription};
 use shoal_api::task::{Task, TaskState};
+use shoal_api::network::{split_address, Endpoint, NetworkView, ServiceRecord};
 use shoal_api::wire::{Action, Assignments, Object};
+use shoal_api::NetworkId;
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
 use shoal_api::{NodeId, TaskId};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -179,7 +183,102 @@ pub fn full_assignments(store: &Store, node: &NodeId) -> Assignments {
             .map(|t| (**t).clone())
             .collect(),
         removed: Vec::new(),
+        networks: Some(network_views(store, node)),
     }
+}
+
+/// What `node` must know of the networks its tasks are on: every placed, unfinished endpoint
+/// (for its forwarding entries), which of them run (for DNS and virtual IPs), and the names
+/// and virtual IP of each attached service. A task that stops running leaves the view at once,
+/// so DNS and load balancing drop it as soon as the manager knows.
+pub fn network_views(store: &Store, node: &NodeId) -> Vec<NetworkView> {
+    if store.networks.is_empty() {
+        return Vec::new();
+    }
+    let local: BTreeSet<&NetworkId> = store
+        .tasks
+        .values()
+        .filter(|t| assigned_to(t, node) && !t.status.state.is_terminal())
+        .flat_map(|t| t.networks.iter().map(|a| &a.network_id))
+        .collect();
+    let mut views: BTreeMap<&NetworkId, NetworkView> = local
+        .iter()
+        .filter_map(|id| store.networks.get(*id))
+        .map(|n| {
+            (
+                &n.id,
+                NetworkView {
+                    network: n.clone(),
+                    endpoints: Vec::new(),
+                    services: Vec::new(),
+                },
+            )
+        })
+        .collect();
+    if views.is_empty() {
+        return Vec::new();
+    }
+    let node_addr = |id: &NodeId| -> Option<Ipv4Addr> {
+        let addr = &store.nodes.get(id)?.status.addr;
+        let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+        host.parse().ok()
+    };
+    for t in store.tasks.values() {
+        if t.networks.is_empty() || t.status.state.is_terminal() {
+            continue;
+        }
+        let Some(n) = t.node_id.as_ref().filter(|_| t.status.state >= TaskState::Assigned) else {
+            continue;
+        };
+        let Some(node_addr) = node_addr(n) else {
+            continue;
+        };
+        for a in &t.networks {
+            let (Some(view), Some((addr, _))) =
+                (views.get_mut(&a.network_id), split_address(&a.address))
+            else {
+                continue;
+            };
+            view.endpoints.push(Endpoint {
+                task_id: t.id.clone(),
+                service_id: t.service_id.clone(),
+                addr,
+                node_addr,
+                running: t.status.state == TaskState::Running && t.wanted(),
+            });
+        }
+    }
+    for s in store.services.values() {
+        for a in &s.spec.task.networks {
+            let Some(n) = store.network_by_ref(&a.target) else {
+                continue;
+            };
+            let Some(view) = views.get_mut(&n.id) else {
+                continue;
+            };
+            let mut names = vec![s.spec.name.clone()];
+            if let Some(short) = s
+                .spec
+                .stack()
+                .and_then(|stack| s.spec.name.strip_prefix(&format!("{stack}_")))
+            {
+                names.push(short.to_owned());
+            }
+            names.extend(a.aliases.iter().cloned());
+            let vip = s
+                .virtual_ips
+                .iter()
+                .find(|v| v.network_id == n.id)
+                .and_then(|v| split_address(&v.addr))
+                .map(|(ip, _)| ip);
+            view.services.push(ServiceRecord {
+                service_id: s.id.clone(),
+                names,
+                vip,
+            });
+        }
+    }
+    views.into_values().collect()
 }
 
 /// Changes to one node's assignments, folded in as events arrive (newest version of each task
@@ -187,11 +286,18 @@ pub fn full_assignments(store: &Store, node: &NodeId) -> Assignments {
 #[derive(Debug, Default)]
 struct Delta {
     tasks: BTreeMap<TaskId, Option<Task>>,
+    /// Something a network view is made of changed: send the views again.
+    networks: bool,
 }
 
 impl Delta {
     fn fold(&mut self, events: &[shoal_api::wire::Event], node: &NodeId) {
         for e in events {
+            match &e.object {
+                Object::Service(_) | Object::Network(_) => self.networks = true,
+                Object::Task(t) if !t.networks.is_empty() => self.networks = true,
+                _ => {}
+            }
             let Object::Task(t) = &e.object else { continue };
             if t.node_id.as_ref() != Some(node) {
                 continue;
@@ -208,12 +314,25 @@ impl Delta {
         }
     }
 
-    fn into_assignments(self, revision: u64) -> Assignments {
+    fn is_empty(&self) -> bool {
+        self.tasks.is_empty() && !self.networks
+    }
+
+    fn into_assignments(
+        self,
+        revision: u64,
+        store: &std::sync::RwLock<Store>,
+        node: &NodeId,
+    ) -> Assignments {
+        let networks = self
+            .networks
+            .then(|| network_views(&store.read().expect("store lock"), node));
         let mut out = Assignments {
             revision,
             full: false,
             tasks: Vec::new(),
             removed: Vec::new(),
+            networks,
         };
         for (id, t) in self.tasks {
             match t {
@@ -260,7 +379,7 @@ pub async fn wait_assignments(
     loop {
         // Once something changed, changes arriving within COALESCE go in the same answer: an
         // agent whose tasks change in a stream gets them in a few answers, not one per change.
-        if !delta.tasks.is_empty() && !gathering {
+        if !delta.is_empty() && !gathering {
             gathering = true;
             deadline = deadline.min(tokio::time::Instant::now() + COALESCE);
         }
@@ -271,7 +390,7 @@ pub async fn wait_assignments(
             }
             Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => return full(),
             Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) | Err(_) => {
-                return delta.into_assignments(revision);
+                return delta.into_assignments(revision, store, node);
             }
         }
     }
@@ -299,6 +418,7 @@ mod tests {
             desired_state: TaskState::Running,
             status: TaskStatus::new(TaskState::Assigned, Timestamp(1), "assigned"),
             created_at: Timestamp(1),
+            networks: Vec::new(),
         };
         // The store holds revision 5 (the assignment), its event is not published yet.
         let hub = EventHub::new(4);

@@ -6,10 +6,12 @@
 //! - [`raft`]: the Raft node (raft-rs) and its durable log (redb).
 //! - [`watch`]: the event hub, from any held revision.
 //! - [`orchestrator`], [`scheduler`]: pure decision cores of the leader loops.
+//! - [`allocator`]: network subnets, task addresses and virtual IPs, as the log applies.
 //! - [`dispatcher`]: agent sessions, heartbeats and assignments.
 //! - [`manager`]: wiring, the leader loops' drivers.
 //! - [`api`]: the REST API (axum); [`serve`]: HTTP/1.1 with header and idle timeouts.
 
+pub mod allocator;
 pub mod api;
 pub mod dispatcher;
 pub mod logs;

@@ -10,17 +10,16 @@ use crate::raft::node::{self, MembershipChange, ProposeError, RaftHandle, RaftSe
 use crate::raft::peer::{HttpForward, TcpTransport};
 use crate::raft::storage::DurableLog;
 use crate::scheduler::{self, Decision};
-use crate::store::{ClusterObject, Command, NewNetwork, Store, TaskOp};
+use crate::store::{ClusterObject, Command, Store, TaskOp};
 use crate::watch::EventHub;
 use serde::{Deserialize, Serialize};
-use shoal_api::network::{NetworkSpec, FIRST_VNI};
 use shoal_api::node::NodeState;
 use shoal_api::task::Task;
 use shoal_api::units::Timestamp;
 use shoal_api::wire::{
     InitRequest, JoinClusterRequest, JoinClusterResponse, JoinRequest, CLUSTER_PORT,
 };
-use shoal_api::{NetworkId, TaskId};
+use shoal_api::TaskId;
 use shoal_client::{Client, Endpoint};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -83,6 +82,9 @@ pub enum ManagerError {
     /// A proposal failed.
     #[error(transparent)]
     Propose(#[from] ProposeError),
+    /// A setting a person must fix.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// The current time as a [`Timestamp`].
@@ -461,6 +463,17 @@ impl Manager {
         if log.is_initialized() {
             return Err(ManagerError::AlreadyInitialized);
         }
+        for p in &req.default_addr_pool {
+            shoal_api::network::Cidr::parse(p)
+                .map_err(|e| ManagerError::Invalid(format!("--default-addr-pool: {e}")))?;
+        }
+        if let Some(size) = req.subnet_size {
+            if !(8..=30).contains(&size) {
+                return Err(ManagerError::Invalid(format!(
+                    "--default-addr-pool-mask-length {size}: use 8 to 30"
+                )));
+            }
+        }
         let membership =
             self.addresses(req.advertise_addr.as_deref(), req.listen_addr.as_deref())?;
         if !membership.listen_addr.is_empty() {
@@ -487,6 +500,8 @@ impl Manager {
             created_at: now(),
             worker_join_token: new_token(&cluster_id),
             manager_join_token: new_token(&cluster_id),
+            default_addr_pool: req.default_addr_pool.clone(),
+            subnet_size: req.subnet_size.unwrap_or(0),
         };
         cluster.raft.propose(Command::InitCluster(object)).await?;
         let managers = BTreeMap::from([(id, membership.advertise_addr.clone())]);
@@ -799,43 +814,6 @@ pub fn new_token(cluster_id: &str) -> String {
 
 /// Path of join requests on the cluster port.
 pub const JOIN_PATH: &str = "/v1/cluster/join-request";
-
-/// Allocates VNIs and subnets for new networks, given the store and earlier allocations.
-pub fn allocate_networks(store: &Store, specs: Vec<NetworkSpec>) -> Vec<NewNetwork> {
-    let mut vnis: Vec<u32> = store.networks.values().map(|n| n.vni).collect();
-    let mut subnets: Vec<String> = store.networks.values().map(|n| n.subnet.clone()).collect();
-    let mut out = Vec::new();
-    for spec in specs {
-        let vni = (FIRST_VNI..).find(|v| !vnis.contains(v)).expect("free vni");
-        vnis.push(vni);
-        let (subnet, gateway) = if spec.subnet.is_empty() {
-            let mut i = vni - FIRST_VNI;
-            loop {
-                let s = format!("10.{}.{}.0/24", 200 + i / 256, i % 256);
-                if !subnets.contains(&s) {
-                    break (s, format!("10.{}.{}.1", 200 + i / 256, i % 256));
-                }
-                i += 1;
-            }
-        } else {
-            let base = spec.subnet.split('/').next().unwrap_or("").to_owned();
-            let gw = match base.rsplit_once('.') {
-                Some((prefix, _)) => format!("{prefix}.1"),
-                None => base.clone(),
-            };
-            (spec.subnet.clone(), gw)
-        };
-        subnets.push(subnet.clone());
-        out.push(NewNetwork {
-            id: NetworkId::from_bits(rand::random()),
-            spec,
-            vni,
-            subnet,
-            gateway,
-        });
-    }
-    out
-}
 
 /// Runs the leader loops while this manager leads.
 async fn supervise_leader_loops(cluster: Arc<Cluster>, shutdown: CancellationToken) {

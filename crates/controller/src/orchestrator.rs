@@ -95,6 +95,7 @@ fn new_task(
         desired_state: TaskState::Running,
         status: TaskStatus::new(TaskState::New, now, message),
         created_at: now,
+        networks: Vec::new(),
     }
 }
 
@@ -612,6 +613,7 @@ mod tests {
             previous_spec: None,
             update_status: None,
             removing: false,
+            virtual_ips: Vec::new(),
         }
     }
 

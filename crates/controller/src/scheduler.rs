@@ -314,6 +314,7 @@ mod tests {
             desired_state: TaskState::Running,
             status: TaskStatus::new(TaskState::New, Timestamp(n as u64), ""),
             created_at: Timestamp(n as u64),
+            networks: Vec::new(),
         }
     }
 

@@ -9,7 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 use shoal_api::constraint::Constraint;
-use shoal_api::network::{Network, NetworkSpec};
+use crate::allocator::{wants_vips, Ipam, Owner};
+use shoal_api::network::{Cidr, Network, NetworkAttachment, NetworkSpec, VirtualIp};
 use shoal_api::node::{
     Availability, ManagerStatus, Node, NodeDescription, NodeRole, NodeSpec, NodeState, NodeStatus,
 };
@@ -33,6 +34,12 @@ pub struct ClusterObject {
     /// Token managers present to join.
     #[serde(default)]
     pub manager_join_token: String,
+    /// Pools network subnets are taken from (empty: [`crate::allocator::DEFAULT_POOL`]).
+    #[serde(default)]
+    pub default_addr_pool: Vec<String>,
+    /// Prefix length of subnets taken from the pool (0: 24).
+    #[serde(default)]
+    pub subnet_size: u8,
 }
 
 /// A network to create, with what the proposer allocated for it.
@@ -287,6 +294,21 @@ pub struct Store {
     pub tasks: BTreeMap<TaskId, Arc<Task>>,
     /// Networks by id.
     pub networks: BTreeMap<NetworkId, Network>,
+    /// Addresses in use, derived from the above (built on first use after a start or a
+    /// snapshot, then kept current as commands apply).
+    #[serde(skip)]
+    pub ipam: IpamCache,
+}
+
+/// The allocator's index, kept beside the store. Being derived, it takes no part in
+/// comparisons.
+#[derive(Debug, Clone, Default)]
+pub struct IpamCache(pub Option<Ipam>);
+
+impl PartialEq for IpamCache {
+    fn eq(&self, _: &IpamCache) -> bool {
+        true
+    }
 }
 
 /// Validates a service spec against the store (`except` is the service being updated).
@@ -349,11 +371,77 @@ fn check_service_spec(
     Ok(())
 }
 
+/// Refuses a published port that another service already publishes (as Swarm does): against
+/// the services the store keeps (except those being replaced or removed by the same command)
+/// and among the ones given.
+fn check_published_ports<'a>(
+    store: &Store,
+    specs: impl Iterator<Item = &'a (ServiceId, ServiceSpec)>,
+    removing: &[ServiceId],
+) -> Result<(), StoreError> {
+    let specs: Vec<&(ServiceId, ServiceSpec)> = specs.collect();
+    let mut seen: BTreeMap<(u16, String), &str> = BTreeMap::new();
+    for s in store.services.values() {
+        if s.removing || removing.contains(&s.id) || specs.iter().any(|(id, _)| *id == s.id) {
+            continue;
+        }
+        for p in &s.spec.endpoint.ports {
+            if let Some(published) = p.published {
+                seen.insert((published, p.protocol.clone()), &s.spec.name);
+            }
+        }
+    }
+    for (_, spec) in specs {
+        for p in &spec.endpoint.ports {
+            let Some(published) = p.published else { continue };
+            if let Some(other) = seen.insert((published, p.protocol.clone()), &spec.name) {
+                return Err(StoreError::Invalid(format!(
+                    "service {:?}: port '{published}/{}' is already in use by service {other:?}",
+                    spec.name, p.protocol
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check_network(store: &Store, n: &NewNetwork, others: &[NewNetwork]) -> Result<(), StoreError> {
     if n.spec.driver != "overlay" {
         return Err(StoreError::Invalid(format!(
             "network {:?}: driver {:?} is not supported (use overlay)",
             n.spec.name, n.spec.driver
+        )));
+    }
+    if n.spec.driver_opts.contains_key("encrypted") {
+        return Err(StoreError::Invalid(format!(
+            "network {:?}: encrypted overlay networks are not supported yet, and shoal will not \
+             run one unencrypted: remove the `encrypted` option or keep this stack on Swarm",
+            n.spec.name
+        )));
+    }
+    let cidr = Cidr::parse(&n.subnet)
+        .map_err(|e| StoreError::Invalid(format!("network {:?}: subnet {e}", n.spec.name)))?;
+    if cidr.prefix > 30 {
+        return Err(StoreError::Invalid(format!(
+            "network {:?}: subnet {cidr} is too small (at most /30)",
+            n.spec.name
+        )));
+    }
+    let overlapping = store
+        .networks
+        .values()
+        .map(|e| (&e.spec.name, &e.subnet))
+        .chain(
+            others
+                .iter()
+                .filter(|o| o.id != n.id)
+                .map(|o| (&o.spec.name, &o.subnet)),
+        )
+        .find(|(_, s)| Cidr::parse(s).is_ok_and(|c| c.overlaps(&cidr)));
+    if let Some((name, subnet)) = overlapping {
+        return Err(StoreError::Invalid(format!(
+            "network {:?}: subnet {cidr} overlaps network {name:?}'s subnet {subnet}",
+            n.spec.name
         )));
     }
     let clash = store.networks.values().any(|e| e.spec.name == n.spec.name)
@@ -364,13 +452,11 @@ fn check_network(store: &Store, n: &NewNetwork, others: &[NewNetwork]) -> Result
             name: n.spec.name.clone(),
         });
     }
-    if store
-        .networks
-        .values()
-        .any(|e| e.vni == n.vni || e.subnet == n.subnet)
+    if store.networks.values().any(|e| e.vni == n.vni)
+        || others.iter().any(|o| o.id != n.id && o.vni == n.vni)
     {
         return Err(StoreError::Invalid(format!(
-            "network {:?}: its VNI or subnet is taken; retry",
+            "network {:?}: its VNI is taken; retry",
             n.spec.name
         )));
     }
@@ -429,11 +515,17 @@ impl Store {
     /// Applies one command at `revision`. On error nothing changed; on success, returns the
     /// events describing every change.
     pub fn apply(&mut self, revision: u64, cmd: Command) -> Result<Vec<Event>, StoreError> {
+        if self.ipam.0.is_none() {
+            self.ipam.0 = Some(Ipam::build(self));
+        }
         let mut events = Vec::new();
         let result = self.apply_inner(revision, cmd, &mut events);
         // The revision moves with the log even for refused commands: the index was used.
         self.revision = revision;
-        result.map(|_| events)
+        result.map(|_| {
+            self.settle_addresses(revision, &mut events);
+            events
+        })
     }
 
     fn apply_inner(
@@ -463,6 +555,8 @@ impl Store {
             }
             Command::CreateService { id, spec, at } => {
                 check_service_spec(self, &spec, None, &[])?;
+                check_published_ports(self, [(id.clone(), (*spec).clone())].iter(), &[])?;
+                self.check_vips(&[(&spec, None)], &[])?;
                 self.insert_service(rev, id, *spec, at, ev);
             }
             Command::UpdateService {
@@ -491,6 +585,8 @@ impl Store {
                     )));
                 }
                 check_service_spec(self, &spec, Some(&id), &[])?;
+                check_published_ports(self, [(id.clone(), (*spec).clone())].iter(), &[])?;
+                self.check_vips(&[(&spec, Some(&id))], &[])?;
                 self.replace_spec(rev, &id, *spec, at, ev);
             }
             Command::RemoveService { id } => {
@@ -573,6 +669,17 @@ impl Store {
                         .filter(|id| self.services.contains_key(*id));
                     check_service_spec(self, spec, existing, &networks)?;
                 }
+                check_published_ports(
+                    self,
+                    create.iter().chain(update.iter()),
+                    remove.as_slice(),
+                )?;
+                let specs: Vec<_> = create
+                    .iter()
+                    .map(|(_, s)| (s, None))
+                    .chain(update.iter().map(|(id, s)| (s, Some(id))))
+                    .collect();
+                self.check_vips(&specs, &networks)?;
                 for id in &remove {
                     if !self.services.contains_key(id) {
                         return Err(StoreError::NotFound {
@@ -812,6 +919,7 @@ impl Store {
             previous_spec: None,
             update_status: None,
             removing: false,
+            virtual_ips: Vec::new(),
         };
         ev.push(Event {
             revision: rev,
@@ -853,6 +961,156 @@ impl Store {
         });
     }
 
+    /// Keeps the allocator's index in step with what a command changed: networks come and go,
+    /// finished and deleted tasks give their addresses back, and services get (or give back) a
+    /// virtual IP per attached network. Event copies of services show their virtual IPs.
+    fn settle_addresses(&mut self, _rev: u64, events: &mut [Event]) {
+        let mut ipam = self.ipam.0.take().unwrap_or_default();
+        for e in events.iter_mut() {
+            match (e.action, &mut e.object) {
+                (Action::Create, Object::Network(n)) => ipam.add_network(n),
+                (Action::Delete, Object::Network(n)) => ipam.remove_network(&n.id),
+                (action, Object::Task(t)) => {
+                    if action == Action::Delete || t.status.state.is_terminal() {
+                        let owner = Owner::Task(t.id.clone());
+                        for a in &t.networks {
+                            ipam.release(&a.network_id, &a.address, &owner);
+                        }
+                    }
+                }
+                (Action::Delete, Object::Service(svc)) => {
+                    let owner = Owner::Vip(svc.id.clone());
+                    for v in &svc.virtual_ips {
+                        ipam.release(&v.network_id, &v.addr, &owner);
+                    }
+                }
+                (_, Object::Service(svc)) => {
+                    let wanted: Vec<Network> = match self.services.get(&svc.id) {
+                        Some(current) if wants_vips(&current.spec) => current
+                            .spec
+                            .task
+                            .networks
+                            .iter()
+                            .filter_map(|a| self.network_by_ref(&a.target).cloned())
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                    let Some(current) = self.services.get_mut(&svc.id) else {
+                        continue;
+                    };
+                    let owner = Owner::Vip(current.id.clone());
+                    current.virtual_ips.retain(|v| {
+                        let keep = wanted.iter().any(|n| n.id == v.network_id);
+                        if !keep {
+                            ipam.release(&v.network_id, &v.addr, &owner);
+                        }
+                        keep
+                    });
+                    for n in &wanted {
+                        if current.virtual_ips.iter().any(|v| v.network_id == n.id) {
+                            continue;
+                        }
+                        // Checked before the command changed anything (check_vips).
+                        match ipam.allocate(n, owner.clone()) {
+                            Ok(addr) => current.virtual_ips.push(VirtualIp {
+                                network_id: n.id.clone(),
+                                addr,
+                            }),
+                            Err(err) => {
+                                tracing::error!(service = %current.spec.name, %err, "no virtual IP")
+                            }
+                        }
+                    }
+                    **svc = current.clone();
+                }
+                _ => {}
+            }
+        }
+        self.ipam.0 = Some(ipam);
+    }
+
+    /// Refuses services whose virtual IPs would not fit: each attached network (existing, or
+    /// among `new_networks`) must have a free address for every service that needs a new VIP
+    /// on it.
+    fn check_vips(
+        &self,
+        specs: &[(&ServiceSpec, Option<&ServiceId>)],
+        new_networks: &[NewNetwork],
+    ) -> Result<(), StoreError> {
+        let Some(ipam) = self.ipam.0.as_ref() else {
+            return Ok(());
+        };
+        let mut need: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for (spec, id) in specs {
+            if !wants_vips(spec) {
+                continue;
+            }
+            let existing = id.and_then(|id| self.services.get(id));
+            for a in &spec.task.networks {
+                let (net_id, name, free) = match self.network_by_ref(&a.target) {
+                    Some(n) => (n.id.clone(), n.spec.name.clone(), ipam.free(&n.id)),
+                    None => match new_networks
+                        .iter()
+                        .find(|n| n.spec.name == a.target || n.id.as_str() == a.target)
+                    {
+                        Some(n) => (
+                            n.id.clone(),
+                            n.spec.name.clone(),
+                            Cidr::parse(&n.subnet).map_or(0, |c| c.assignable().len() as u64),
+                        ),
+                        None => continue,
+                    },
+                };
+                if existing.is_some_and(|s| s.virtual_ips.iter().any(|v| v.network_id == net_id)) {
+                    continue;
+                }
+                let e = need.entry(name).or_insert((0, free));
+                e.0 += 1;
+            }
+        }
+        match need.into_iter().find(|(_, (n, free))| n > free) {
+            Some((name, _)) => Err(StoreError::Invalid(format!(
+                "no free address on network {name:?} for a service's virtual IP: its subnet is full"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Gives a new task an address on each of its service's networks; when one is full, the
+    /// task is rejected with the reason (and holds nothing).
+    fn attach(&mut self, task: &mut Task) {
+        let mut ipam = self.ipam.0.take().unwrap_or_default();
+        let owner = Owner::Task(task.id.clone());
+        let mut failure = None;
+        for a in &task.spec.networks {
+            let Some(n) = self.network_by_ref(&a.target) else {
+                failure = Some(format!("network {:?} does not exist", a.target));
+                break;
+            };
+            match ipam.allocate(n, owner.clone()) {
+                Ok(address) => task.networks.push(NetworkAttachment {
+                    network_id: n.id.clone(),
+                    network: n.spec.name.clone(),
+                    address,
+                    aliases: a.aliases.clone(),
+                }),
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        if let Some(err) = failure {
+            for a in task.networks.drain(..) {
+                ipam.release(&a.network_id, &a.address, &owner);
+            }
+            let mut status = TaskStatus::new(TaskState::Rejected, task.created_at, "allocation failed");
+            status.err = err;
+            task.status = status;
+        }
+        self.ipam.0 = Some(ipam);
+    }
+
     fn insert_network(&mut self, rev: u64, n: NewNetwork, ev: &mut Vec<Event>) {
         let net = Network {
             id: n.id.clone(),
@@ -880,6 +1138,12 @@ impl Store {
                 {
                     let mut task = *task;
                     task.version = rev;
+                    if task.networks.is_empty()
+                        && !task.spec.networks.is_empty()
+                        && !task.status.state.is_terminal()
+                    {
+                        self.attach(&mut task);
+                    }
                     let id = task.id.clone();
                     ev.push(Event {
                         revision: rev,
@@ -1137,6 +1401,7 @@ mod tests {
             desired_state: TaskState::Running,
             status: TaskStatus::new(TaskState::New, Timestamp(3), "created"),
             created_at: Timestamp(3),
+            networks: Vec::new(),
         };
         let id = task.id.clone();
         store

@@ -122,6 +122,71 @@ fn report() -> String {
     )
 }
 
+/// Asks the first `nameserver` of /etc/resolv.conf for the A records of `name` (a minimal DNS
+/// client: a static binary has no working getaddrinfo for DNS).
+fn dns_a(name: &str) -> Vec<String> {
+    let conf = read("/etc/resolv.conf");
+    let Some(server) = conf
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("nameserver"))
+        .map(|s| s.trim().to_owned())
+    else {
+        return Vec::new();
+    };
+    let mut q: Vec<u8> = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let Ok(sock) = std::net::UdpSocket::bind("0.0.0.0:0") else {
+        return Vec::new();
+    };
+    let _ = sock.set_read_timeout(Some(Duration::from_secs(3)));
+    if sock.send_to(&q, format!("{server}:53")).is_err() {
+        return Vec::new();
+    }
+    let mut buf = [0u8; 2048];
+    let Ok(n) = sock.recv(&mut buf) else {
+        return Vec::new();
+    };
+    let b = &buf[..n];
+    if n < 12 {
+        return Vec::new();
+    }
+    let answers = u16::from_be_bytes([b[6], b[7]]) as usize;
+    // Skips a name (labels, or a compression pointer) from `i`.
+    let skip = |mut i: usize| -> usize {
+        while i < b.len() {
+            let l = b[i] as usize;
+            if l == 0 {
+                return i + 1;
+            }
+            if l & 0xc0 == 0xc0 {
+                return i + 2;
+            }
+            i += l + 1;
+        }
+        i
+    };
+    let mut i = skip(12) + 4;
+    let mut out = Vec::new();
+    for _ in 0..answers {
+        i = skip(i);
+        if i + 10 > b.len() {
+            break;
+        }
+        let kind = u16::from_be_bytes([b[i], b[i + 1]]);
+        let len = u16::from_be_bytes([b[i + 8], b[i + 9]]) as usize;
+        i += 10;
+        if kind == 1 && len == 4 && i + 4 <= b.len() {
+            out.push(format!("{}.{}.{}.{}", b[i], b[i + 1], b[i + 2], b[i + 3]));
+        }
+        i += len;
+    }
+    out
+}
+
 fn resolve(name: &str) -> Vec<String> {
     let mut out: Vec<String> = read("/etc/hosts")
         .lines()
@@ -132,10 +197,11 @@ fn resolve(name: &str) -> Vec<String> {
             f.any(|n| n == name).then(|| addr.to_owned())
         })
         .collect();
+    if out.is_empty() && name.parse::<std::net::Ipv4Addr>().is_ok() {
+        out.push(name.to_owned());
+    }
     if out.is_empty() {
-        if let Ok(addrs) = (name, 0).to_socket_addrs() {
-            out.extend(addrs.map(|a| a.ip().to_string()));
-        }
+        out = dns_a(name);
     }
     out
 }
@@ -186,7 +252,7 @@ fn respond(mut s: TcpStream) {
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: probe report | serve [PORT] | exit CODE | alloc MB [SECS] | spawn N | sleep SECS | get HOST:PORT [PATH] | cat FILE | write FILE TEXT");
+    eprintln!("usage: probe report | serve [PORT] | dig NAME | exit CODE | alloc MB [SECS] | spawn N | sleep SECS | get HOST:PORT [PATH] | cat FILE | write FILE TEXT");
     ExitCode::from(2)
 }
 
@@ -252,10 +318,34 @@ fn main() -> ExitCode {
             std::thread::sleep(Duration::from_secs_f64(secs));
             ExitCode::SUCCESS
         }
+        Some("dig") => {
+            let Some(name) = arg(2) else { return usage() };
+            println!("{}", json_list(&resolve(name)));
+            ExitCode::SUCCESS
+        }
         Some("get") => {
             let Some(addr) = arg(2) else { return usage() };
             let path = arg(3).unwrap_or("/");
-            match TcpStream::connect(addr) {
+            // NAME:PORT goes through /etc/hosts and the resolver first.
+            let addr = match addr.rsplit_once(':') {
+                Some((host, port)) if host.parse::<std::net::Ipv4Addr>().is_err() => {
+                    match resolve(host).first() {
+                        Some(ip) => format!("{ip}:{port}"),
+                        None => {
+                            eprintln!("probe: cannot resolve {host}");
+                            return ExitCode::from(1);
+                        }
+                    }
+                }
+                _ => addr.to_owned(),
+            };
+            let addr = addr.as_str();
+            let target: Vec<std::net::SocketAddr> = addr.to_socket_addrs().map(|a| a.collect()).unwrap_or_default();
+            let Some(target) = target.first() else {
+                eprintln!("probe: bad address {addr}");
+                return ExitCode::from(1);
+            };
+            match TcpStream::connect_timeout(target, Duration::from_secs(5)) {
                 Ok(mut s) => {
                     let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
                     let mut body = String::new();

@@ -119,6 +119,7 @@ pub fn convert(stack: &str, config: &Config) -> Result<StackSpec, ConvertError> 
             name: name.clone(),
             driver,
             attachable: declared.attachable,
+            internal: declared.internal,
             subnet,
             labels,
             driver_opts: declared.driver_opts.clone(),

@@ -309,6 +309,8 @@ mod tests {
                 created_at: Default::default(),
                 worker_join_token: String::new(),
                 manager_join_token: String::new(),
+                default_addr_pool: Vec::new(),
+                subnet_size: 0,
             };
             self.nodes[&leader]
                 .handle

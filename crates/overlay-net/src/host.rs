@@ -1,0 +1,458 @@
+//! [`HostNetwork`]: one host's part of the overlay networks, driven by the agent. It attaches a
+//! container before it starts (namespace, veth, address, resolver, VIP rules), detaches it once
+//! it is removed, keeps forwarding entries, DNS and VIP rules in step with the network views
+//! the manager sends, and removes a network's devices when its last local task leaves.
+//!
+//! Every operation is blocking (netlink runs on threads of its own, one per namespace) and
+//! serialized by one lock; callers on an async runtime use `spawn_blocking`.
+
+use crate::dns::{self, Lookup};
+use crate::link::{self, Remote};
+use crate::{lb, netns, NetError};
+use shoal_api::network::{mac_for, split_address, NetworkView};
+use shoal_api::task::Task;
+use shoal_api::{NetworkId, TaskId};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+type Views = Arc<RwLock<BTreeMap<NetworkId, NetworkView>>>;
+
+/// A container attached to networks here.
+#[derive(Debug)]
+struct Attached {
+    netns: PathBuf,
+    /// Its networks, in attachment order (eth0, eth1, ...).
+    networks: Vec<NetworkId>,
+    /// Its resolver.
+    dns: tokio::task::AbortHandle,
+    /// The VIP rules last loaded.
+    rules: String,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    attached: BTreeMap<TaskId, Attached>,
+}
+
+/// One host's overlay networking.
+#[derive(Debug)]
+pub struct HostNetwork {
+    /// Where containers' namespaces are bound (`<data-root>/netns`).
+    dir: PathBuf,
+    /// This host's underlay address (known once the node joined a cluster).
+    local: RwLock<Ipv4Addr>,
+    views: Views,
+    state: Mutex<State>,
+    /// The runtime resolvers run on (the caller's, or the one a blocking call came from).
+    runtime: Option<tokio::runtime::Handle>,
+    upstream: Vec<std::net::SocketAddr>,
+}
+
+/// Names a container resolves: the services on its networks, in attachment order.
+struct ContainerLookup {
+    views: Views,
+    networks: Vec<NetworkId>,
+}
+
+impl Lookup for ContainerLookup {
+    fn lookup(&self, name: &str) -> Option<Vec<Ipv4Addr>> {
+        let views = self.views.read().expect("views lock");
+        let (tasks_of, name) = match name.strip_prefix("tasks.") {
+            Some(n) => (true, n),
+            None => (false, name),
+        };
+        for id in &self.networks {
+            let Some(v) = views.get(id) else { continue };
+            let Some(s) = v.services.iter().find(|s| s.names.iter().any(|n| n == name)) else {
+                continue;
+            };
+            if let (false, Some(vip)) = (tasks_of, s.vip) {
+                return Some(vec![vip]);
+            }
+            return Some(
+                v.endpoints
+                    .iter()
+                    .filter(|e| e.running && e.service_id == s.service_id)
+                    .map(|e| e.addr)
+                    .collect(),
+            );
+        }
+        None
+    }
+}
+
+fn host_ns() -> &'static Path {
+    Path::new("/proc/self/ns/net")
+}
+
+impl HostNetwork {
+    /// Networking for the host whose underlay address is `local`, keeping namespaces under
+    /// `dir`. Resolvers run on the current tokio runtime, or on the one a later call comes
+    /// from (`spawn_blocking` threads belong to theirs).
+    pub fn new(dir: &Path, local: Ipv4Addr) -> HostNetwork {
+        HostNetwork {
+            dir: dir.to_owned(),
+            local: RwLock::new(local),
+            views: Arc::default(),
+            state: Mutex::default(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            upstream: dns::host_resolvers(),
+        }
+    }
+
+    /// Sets this host's underlay address (VXLAN's source, and how remote endpoints are told
+    /// from local ones).
+    pub fn set_local(&self, addr: Ipv4Addr) {
+        *self.local.write().expect("local lock") = addr;
+    }
+
+    fn local(&self) -> Ipv4Addr {
+        *self.local.read().expect("local lock")
+    }
+
+    /// Where the namespace of `task`'s container is bound.
+    pub fn netns_path(&self, task: &TaskId) -> PathBuf {
+        self.dir.join(task.as_str())
+    }
+
+    /// Attaches `task`'s container to its networks before it starts; returns the namespace it
+    /// must join, or `None` for a task on no network (it keeps a namespace of its own with
+    /// loopback only).
+    pub fn attach(&self, task: &Task) -> Result<Option<PathBuf>, NetError> {
+        if task.networks.is_empty() {
+            return Ok(None);
+        }
+        let mut state = self.state.lock().expect("network state lock");
+        if let Some(old) = state.attached.remove(&task.id) {
+            old.dns.abort();
+        }
+        let path = self.netns_path(&task.id);
+        // A half-made attachment of an earlier attempt goes first.
+        self.remove_veths(&task.id, task.networks.len())?;
+        netns::remove(&path)?;
+        let result = self.attach_inner(task, &path);
+        match result {
+            Ok(a) => {
+                state.attached.insert(task.id.clone(), a);
+                drop(state);
+                self.sync_remotes()?;
+                Ok(Some(path))
+            }
+            Err(e) => {
+                let _ = self.remove_veths(&task.id, task.networks.len());
+                let _ = netns::remove(&path);
+                drop(state);
+                let _ = self.prune();
+                Err(e)
+            }
+        }
+    }
+
+    fn attach_inner(&self, task: &Task, path: &Path) -> Result<Attached, NetError> {
+        netns::create(path)?;
+        let mut networks = Vec::new();
+        for (i, a) in task.networks.iter().enumerate() {
+            let vni = self
+                .views
+                .read()
+                .expect("views lock")
+                .get(&a.network_id)
+                .map(|v| v.network.vni)
+                .ok_or_else(|| NetError::Netlink {
+                    what: format!("attaching to network {}", a.network),
+                    message: "the manager has not described that network to this node".into(),
+                })?;
+            let (ip, prefix) = split_address(&a.address).ok_or_else(|| NetError::Netlink {
+                what: format!("attaching to network {}", a.network),
+                message: format!("bad address {:?}", a.address),
+            })?;
+            let host = link::veth_name(task.id.as_str(), i);
+            let peer = format!("shp{}", &host[3..]);
+            let local = self.local();
+            let ns_file =
+                std::fs::File::open(path).map_err(NetError::io(format!("opening {}", path.display())))?;
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&ns_file);
+            let (host2, peer2) = (host.clone(), peer.clone());
+            let mtu = netns::run_in(host_ns(), move |h| async move {
+                let underlay = link::underlay(&h, local).await?;
+                let (br, _) = link::ensure_network(&h, vni, local, underlay).await?;
+                let mtu = link::overlay_mtu(underlay.1);
+                link::add_veth(&h, &host2, &peer2, br, mtu, fd).await?;
+                Ok(mtu)
+            })?;
+            drop(ns_file);
+            let name = format!("eth{i}");
+            netns::run_in(path, move |h| async move {
+                link::configure_inside(&h, &peer, &name, mac_for(ip), mtu, (ip, prefix)).await
+            })?;
+            tracing::debug!(task_id = %task.id, network = %a.network, %ip, mtu, "attached");
+            networks.push(a.network_id.clone());
+        }
+        let sock = netns::blocking_in(path, || {
+            let s = std::net::UdpSocket::bind((dns::RESOLVER, 53))?;
+            s.set_nonblocking(true)?;
+            Ok(s)
+        })?;
+        let lookup = Arc::new(ContainerLookup {
+            views: self.views.clone(),
+            networks: networks.clone(),
+        });
+        let upstream = self.upstream.clone();
+        let dns = self.serve_dns(sock, lookup, upstream)?;
+        let rules = lb::ruleset(&self.vips(&networks));
+        lb::apply(path, &rules)?;
+        Ok(Attached {
+            netns: path.to_owned(),
+            networks,
+            dns,
+            rules,
+        })
+    }
+
+    fn serve_dns(
+        &self,
+        sock: std::net::UdpSocket,
+        lookup: Arc<ContainerLookup>,
+        upstream: Vec<std::net::SocketAddr>,
+    ) -> Result<tokio::task::AbortHandle, NetError> {
+        let rt = self
+            .runtime
+            .clone()
+            .or_else(|| tokio::runtime::Handle::try_current().ok())
+            .ok_or_else(|| NetError::io("serving DNS")(std::io::Error::other("no async runtime")))?;
+        let _guard = rt.enter();
+        let sock = tokio::net::UdpSocket::from_std(sock)
+            .map_err(NetError::io("registering the resolver socket"))?;
+        Ok(rt.spawn(dns::serve(sock, lookup, upstream)).abort_handle())
+    }
+
+    /// Takes back a container that outlived a restart of the agent: its namespace and veths
+    /// are there; its resolver is opened again.
+    pub fn resume(&self, task: &Task) -> Result<(), NetError> {
+        if task.networks.is_empty() {
+            return Ok(());
+        }
+        let path = self.netns_path(&task.id);
+        let mut state = self.state.lock().expect("network state lock");
+        if state.attached.contains_key(&task.id) || !netns::is_mounted(&path) {
+            return Ok(());
+        }
+        let networks: Vec<NetworkId> = task.networks.iter().map(|a| a.network_id.clone()).collect();
+        let sock = netns::blocking_in(&path, || {
+            let s = std::net::UdpSocket::bind((dns::RESOLVER, 53))?;
+            s.set_nonblocking(true)?;
+            Ok(s)
+        })?;
+        let lookup = Arc::new(ContainerLookup {
+            views: self.views.clone(),
+            networks: networks.clone(),
+        });
+        let dns = self.serve_dns(sock, lookup, self.upstream.clone())?;
+        tracing::info!(task_id = %task.id, "resumed the networking of a running container");
+        state.attached.insert(
+            task.id.clone(),
+            Attached {
+                netns: path,
+                networks,
+                dns,
+                // Loaded again at the next update.
+                rules: String::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Detaches `task`'s container once it is gone: its veths, namespace and resolver; and the
+    /// devices of networks it was the last local task of.
+    pub fn detach(&self, task: &TaskId) -> Result<(), NetError> {
+        let path = self.netns_path(task);
+        let mut state = self.state.lock().expect("network state lock");
+        let attached = state.attached.remove(task);
+        if attached.is_none() && !path.exists() {
+            return Ok(());
+        }
+        let count = attached.as_ref().map_or(8, |a| a.networks.len().max(1));
+        if let Some(a) = attached {
+            a.dns.abort();
+        }
+        self.remove_veths(task, count)?;
+        netns::remove(&path)?;
+        drop(state);
+        self.prune()
+    }
+
+    fn remove_veths(&self, task: &TaskId, count: usize) -> Result<(), NetError> {
+        let names: Vec<String> = (0..count).map(|i| link::veth_name(task.as_str(), i)).collect();
+        netns::run_in(host_ns(), move |h| async move {
+            for n in names {
+                link::delete(&h, &n).await?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Takes the network views from an assignment message: forwarding entries and VIP rules
+    /// follow them.
+    pub fn update(&self, views: Vec<NetworkView>) -> Result<(), NetError> {
+        *self.views.write().expect("views lock") = views
+            .into_iter()
+            .map(|v| (v.network.id.clone(), v))
+            .collect();
+        self.sync_remotes()?;
+        let mut state = self.state.lock().expect("network state lock");
+        let mut first_err = None;
+        let wanted: Vec<(TaskId, String)> = state
+            .attached
+            .iter()
+            .map(|(id, a)| (id.clone(), lb::ruleset(&self.vips(&a.networks))))
+            .collect();
+        for (id, rules) in wanted {
+            let a = state.attached.get_mut(&id).expect("listed above");
+            if a.rules == rules {
+                continue;
+            }
+            match lb::apply(&a.netns, &rules) {
+                Ok(()) => a.rules = rules,
+                Err(e) => {
+                    tracing::warn!(task_id = %id, error = %e, "VIP rules not loaded");
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// VIP → running task addresses, for the services on `networks`.
+    fn vips(&self, networks: &[NetworkId]) -> BTreeMap<Ipv4Addr, Vec<Ipv4Addr>> {
+        let views = self.views.read().expect("views lock");
+        let mut out = BTreeMap::new();
+        for id in networks {
+            let Some(v) = views.get(id) else { continue };
+            for s in &v.services {
+                let Some(vip) = s.vip else { continue };
+                out.insert(
+                    vip,
+                    v.endpoints
+                        .iter()
+                        .filter(|e| e.running && e.service_id == s.service_id)
+                        .map(|e| e.addr)
+                        .collect(),
+                );
+            }
+        }
+        out
+    }
+
+    /// Networks with local containers, by VNI.
+    fn local_networks(&self) -> BTreeMap<u32, NetworkId> {
+        let state = self.state.lock().expect("network state lock");
+        let views = self.views.read().expect("views lock");
+        state
+            .attached
+            .values()
+            .flat_map(|a| a.networks.iter())
+            .filter_map(|id| views.get(id).map(|v| (v.network.vni, id.clone())))
+            .collect()
+    }
+
+    /// Makes every local network's VXLAN device know exactly its remote endpoints.
+    fn sync_remotes(&self) -> Result<(), NetError> {
+        let here = self.local();
+        let local = self.local_networks();
+        let plans: Vec<(u32, Vec<Remote>)> = {
+            let views = self.views.read().expect("views lock");
+            local
+                .iter()
+                .filter_map(|(vni, id)| {
+                    let local = here;
+                    let v = views.get(id)?;
+                    let remotes = v
+                        .endpoints
+                        .iter()
+                        .filter(|e| e.node_addr != local)
+                        .map(|e| Remote {
+                            addr: e.addr,
+                            mac: mac_for(e.addr),
+                            host: e.node_addr,
+                        })
+                        .collect();
+                    Some((*vni, remotes))
+                })
+                .collect()
+        };
+        if plans.is_empty() {
+            return Ok(());
+        }
+        netns::run_in(host_ns(), move |h| async move {
+            for (vni, remotes) in plans {
+                if let Some(vx) = link::index(&h, &link::vxlan_name(vni)).await? {
+                    link::sync_remotes(&h, vx, &remotes).await?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Removes the devices of networks with no local container, and namespaces of containers
+    /// this host no longer has (`keep`: tasks whose containers exist).
+    pub fn sweep(&self, keep: &BTreeSet<TaskId>) -> Result<(), NetError> {
+        let attached: Vec<TaskId> = self
+            .state
+            .lock()
+            .expect("network state lock")
+            .attached
+            .keys()
+            .cloned()
+            .collect();
+        for id in attached.iter().filter(|id| !keep.contains(*id)) {
+            self.detach(id)?;
+        }
+        for path in netns::list(&self.dir) {
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let Ok(id) = name.parse::<TaskId>() else {
+                continue;
+            };
+            if !keep.contains(&id) {
+                self.detach(&id)?;
+            }
+        }
+        self.prune()
+    }
+
+    /// Deletes bridges and VXLAN devices of networks without a local container, and veths of
+    /// containers not attached.
+    fn prune(&self) -> Result<(), NetError> {
+        let needed: BTreeSet<u32> = self.local_networks().into_keys().collect();
+        let attached: BTreeSet<String> = {
+            let state = self.state.lock().expect("network state lock");
+            state
+                .attached
+                .iter()
+                .flat_map(|(id, a)| {
+                    (0..a.networks.len()).map(move |i| link::veth_name(id.as_str(), i))
+                })
+                .collect()
+        };
+        netns::run_in(host_ns(), move |h| async move {
+            for (name, _) in link::links(&h).await? {
+                let vni = name
+                    .strip_prefix("shb")
+                    .or_else(|| name.strip_prefix("shv"))
+                    .and_then(|v| v.parse::<u32>().ok());
+                let stale = match vni {
+                    Some(vni) => !needed.contains(&vni),
+                    None => name.starts_with("shc") && !attached.contains(&name),
+                };
+                if stale {
+                    tracing::debug!(link = %name, "removing an unused network device");
+                    link::delete(&h, &name).await?;
+                }
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,388 @@
+//! Netlink requests (rtnetlink): the devices of a network on a host, the veth of an
+//! attachment, and the forwarding and neighbour entries of remote endpoints.
+
+use crate::NetError;
+use futures::TryStreamExt;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// UDP port of VXLAN (IANA's).
+pub const VXLAN_PORT: u16 = 4789;
+
+/// VXLAN's overhead on the underlay: outer Ethernet, IP, UDP and VXLAN headers.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// The MTU of an overlay on an underlay of `mtu` (capped at 9000 on loopback's 64 KiB).
+pub fn overlay_mtu(mtu: u32) -> u32 {
+    mtu.saturating_sub(VXLAN_OVERHEAD).min(9000)
+}
+
+/// Name of a network's bridge.
+pub fn bridge_name(vni: u32) -> String {
+    format!("shb{vni}")
+}
+
+/// Name of a network's VXLAN device.
+pub fn vxlan_name(vni: u32) -> String {
+    format!("shv{vni}")
+}
+
+/// Host-side name of a task's veth on its `n`th network (`shv` and `shb` are taken).
+pub fn veth_name(task: &str, n: usize) -> String {
+    format!("shc{}{n}", &task[..task.len().min(10)])
+}
+
+/// The index of the link called `name`, if there is one.
+pub async fn index(h: &Handle, name: &str) -> Result<Option<u32>, NetError> {
+    let mut links = h.link().get().match_name(name.to_owned()).execute();
+    match links.try_next().await {
+        Ok(Some(m)) => Ok(Some(m.header.index)),
+        Ok(None) => Ok(None),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc_enodev() => Ok(None),
+        Err(e) => Err(NetError::netlink(format!("looking up {name}"))(e)),
+    }
+}
+
+fn libc_enodev() -> i32 {
+    nix::errno::Errno::ENODEV as i32
+}
+
+/// Every link: name → (index, kind).
+pub async fn links(h: &Handle) -> Result<BTreeMap<String, u32>, NetError> {
+    let mut out = BTreeMap::new();
+    let mut all = h.link().get().execute();
+    while let Some(m) = all
+        .try_next()
+        .await
+        .map_err(NetError::netlink("listing links"))?
+    {
+        if let Some(name) = link_name(&m) {
+            out.insert(name, m.header.index);
+        }
+    }
+    Ok(out)
+}
+
+fn link_name(m: &LinkMessage) -> Option<String> {
+    m.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.clone()),
+        _ => None,
+    })
+}
+
+/// Sets the link `name` up.
+pub async fn set_up(h: &Handle, name: &str) -> Result<(), NetError> {
+    let idx = index(h, name)
+        .await?
+        .ok_or_else(|| NetError::Netlink {
+            what: format!("setting {name} up"),
+            message: "no such device".into(),
+        })?;
+    h.link()
+        .set(LinkUnspec::new_with_index(idx).up().build())
+        .execute()
+        .await
+        .map_err(NetError::netlink(format!("setting {name} up")))
+}
+
+/// The underlay: the index and MTU of the link that holds `addr`.
+pub async fn underlay(h: &Handle, addr: Ipv4Addr) -> Result<(u32, u32), NetError> {
+    let mut addrs = h.address().get().execute();
+    let mut found = None;
+    while let Some(m) = addrs
+        .try_next()
+        .await
+        .map_err(NetError::netlink("listing addresses"))?
+    {
+        let has = m.attributes.iter().any(|a| {
+            matches!(a, rtnetlink::packet_route::address::AddressAttribute::Address(IpAddr::V4(a)) if *a == addr)
+        });
+        if has {
+            found = Some(m.header.index);
+        }
+    }
+    let idx = found.ok_or_else(|| NetError::Netlink {
+        what: format!("finding the underlay link of {addr}"),
+        message: "no link has that address".into(),
+    })?;
+    let mut l = h.link().get().match_index(idx).execute();
+    let m = l
+        .try_next()
+        .await
+        .map_err(NetError::netlink("reading the underlay link"))?;
+    let mtu = m
+        .and_then(|m| {
+            m.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Mtu(m) => Some(*m),
+                _ => None,
+            })
+        })
+        .unwrap_or(1500);
+    Ok((idx, mtu))
+}
+
+/// Makes a network's bridge and VXLAN device (nothing if they exist); returns the indexes.
+pub async fn ensure_network(
+    h: &Handle,
+    vni: u32,
+    local: Ipv4Addr,
+    underlay: (u32, u32),
+) -> Result<(u32, u32), NetError> {
+    let mtu = overlay_mtu(underlay.1);
+    let (br, vx) = (bridge_name(vni), vxlan_name(vni));
+    let br_idx = match index(h, &br).await? {
+        Some(i) => i,
+        None => {
+            h.link()
+                .add(LinkBridge::new(&br).mtu(mtu).up().build())
+                .execute()
+                .await
+                .map_err(NetError::netlink(format!("creating bridge {br}")))?;
+            index(h, &br).await?.expect("just created")
+        }
+    };
+    let vx_idx = match index(h, &vx).await? {
+        Some(i) => i,
+        None => {
+            let msg = LinkVxlan::new(&vx, vni)
+                .dev(underlay.0)
+                .local(local)
+                .port(VXLAN_PORT)
+                .learning(false)
+                .proxy(true)
+                .mtu(mtu)
+                .controller(br_idx)
+                .up()
+                .build();
+            h.link()
+                .add(msg)
+                .execute()
+                .await
+                .map_err(NetError::netlink(format!("creating VXLAN {vx} (VNI {vni})")))?;
+            index(h, &vx).await?.expect("just created")
+        }
+    };
+    Ok((br_idx, vx_idx))
+}
+
+/// Deletes a network's devices (nothing if they are gone).
+pub async fn remove_network(h: &Handle, vni: u32) -> Result<(), NetError> {
+    for name in [vxlan_name(vni), bridge_name(vni)] {
+        delete(h, &name).await?;
+    }
+    Ok(())
+}
+
+/// Deletes the link `name` (nothing if it is gone).
+pub async fn delete(h: &Handle, name: &str) -> Result<(), NetError> {
+    if let Some(idx) = index(h, name).await? {
+        h.clone()
+            .link()
+            .del(idx)
+            .execute()
+            .await
+            .map_err(NetError::netlink(format!("deleting {name}")))?;
+    }
+    Ok(())
+}
+
+/// Makes a veth pair for an attachment: `host` on the bridge `br`, its peer moved into the
+/// namespace open as `netns_fd`, under the temporary name `peer`.
+pub async fn add_veth(
+    h: &Handle,
+    host: &str,
+    peer: &str,
+    br: u32,
+    mtu: u32,
+    netns_fd: std::os::fd::RawFd,
+) -> Result<(), NetError> {
+    delete(h, host).await?;
+    h.link()
+        .add(LinkVeth::new(host, peer).mtu(mtu).build())
+        .execute()
+        .await
+        .map_err(NetError::netlink(format!("creating veth {host}")))?;
+    let host_idx = index(h, host).await?.expect("just created");
+    let peer_idx = index(h, peer).await?.expect("just created");
+    h.link()
+        .set(LinkUnspec::new_with_index(peer_idx).setns_by_fd(netns_fd).build())
+        .execute()
+        .await
+        .map_err(NetError::netlink(format!("moving {peer} into the container")))?;
+    h.link()
+        .set(
+            LinkUnspec::new_with_index(host_idx)
+                .controller(br)
+                .up()
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(NetError::netlink(format!("putting {host} on its bridge")))
+}
+
+/// Inside the container: names the moved veth `name`, gives it `mac`, `mtu` and
+/// `addr/prefix`, and sets it up.
+pub async fn configure_inside(
+    h: &Handle,
+    peer: &str,
+    name: &str,
+    mac: [u8; 6],
+    mtu: u32,
+    (addr, prefix): (Ipv4Addr, u8),
+) -> Result<(), NetError> {
+    let idx = match index(h, peer).await? {
+        Some(i) => i,
+        None => index(h, name).await?.ok_or_else(|| NetError::Netlink {
+            what: format!("configuring {name}"),
+            message: "the veth did not arrive in the container".into(),
+        })?,
+    };
+    h.link()
+        .set(
+            LinkUnspec::new_with_index(idx)
+                .name(name.to_owned())
+                .address(mac.to_vec())
+                .mtu(mtu)
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(NetError::netlink(format!("naming {name}")))?;
+    h.address()
+        .add(idx, IpAddr::V4(addr), prefix)
+        .replace()
+        .execute()
+        .await
+        .map_err(NetError::netlink(format!("giving {name} {addr}/{prefix}")))?;
+    h.link()
+        .set(LinkUnspec::new_with_index(idx).up().build())
+        .execute()
+        .await
+        .map_err(NetError::netlink(format!("setting {name} up")))
+}
+
+/// A remote endpoint as the VXLAN device must know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Remote {
+    /// The endpoint's address.
+    pub addr: Ipv4Addr,
+    /// Its MAC.
+    pub mac: [u8; 6],
+    /// The underlay address of its host.
+    pub host: Ipv4Addr,
+}
+
+/// Makes the VXLAN device `vx` know exactly `remotes`: a neighbour entry (so its ARP proxy
+/// answers for them) and a forwarding entry (so frames go to their host) for each; entries of
+/// endpoints gone are deleted.
+pub async fn sync_remotes(h: &Handle, vx: u32, remotes: &[Remote]) -> Result<(), NetError> {
+    // What the device has now.
+    let mut neigh = h.neighbours().get().execute();
+    let mut have_arp: BTreeMap<Ipv4Addr, NeighbourMessage> = BTreeMap::new();
+    let mut have_fdb: BTreeMap<[u8; 6], (Option<Ipv4Addr>, NeighbourMessage)> = BTreeMap::new();
+    while let Some(m) = neigh
+        .try_next()
+        .await
+        .map_err(NetError::netlink("listing neighbours"))?
+    {
+        if m.header.ifindex != vx {
+            continue;
+        }
+        if let Some(ip) = m.attributes.iter().find_map(|a| match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(ip.to_owned()),
+            _ => None,
+        }) {
+            have_arp.insert(ip, m);
+        }
+    }
+    let mut req = h.neighbours().get();
+    req.message_mut().header.family = AddressFamily::Bridge;
+    let mut fdb = req.execute();
+    while let Some(m) = fdb
+        .try_next()
+        .await
+        .map_err(NetError::netlink("listing forwarding entries"))?
+    {
+        if m.header.ifindex != vx {
+            continue;
+        }
+        let mac = m.attributes.iter().find_map(|a| match a {
+            NeighbourAttribute::LinkLocalAddress(l) if l.len() == 6 => {
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(l.as_slice());
+                Some(mac)
+            }
+            _ => None,
+        });
+        let dst = m.attributes.iter().find_map(|a| match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(ip.to_owned()),
+            _ => None,
+        });
+        if let Some(mac) = mac {
+            have_fdb.insert(mac, (dst, m));
+        }
+    }
+    for r in remotes {
+        let arp_ok = have_arp.remove(&r.addr).is_some_and(|m| {
+            m.attributes.iter().any(|a| {
+                matches!(a, NeighbourAttribute::LinkLocalAddress(l) if l.as_slice() == r.mac)
+            })
+        });
+        if !arp_ok {
+            h.neighbours()
+                .add(vx, IpAddr::V4(r.addr))
+                .link_local_address(&r.mac)
+                .state(NeighbourState::Permanent)
+                .replace()
+                .execute()
+                .await
+                .map_err(NetError::netlink(format!("neighbour entry for {}", r.addr)))?;
+        }
+        let fdb_ok = have_fdb
+            .remove(&r.mac)
+            .is_some_and(|(dst, _)| dst == Some(r.host));
+        if !fdb_ok {
+            let mut req = h
+                .neighbours()
+                .add_bridge(vx, &r.mac)
+                .flags(NeighbourFlags::Own)
+                .state(NeighbourState::Permanent)
+                .replace();
+            req.message_mut()
+                .attributes
+                .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                    r.host,
+                )));
+            req.execute()
+                .await
+                .map_err(NetError::netlink(format!("forwarding entry for {}", r.addr)))?;
+        }
+    }
+    for (_, m) in have_arp {
+        let _ = h.neighbours().del(m).execute().await;
+    }
+    for (mac, (_, m)) in have_fdb {
+        // The all-zero entry and the device's own address are the kernel's.
+        if mac != [0; 6] && m.header.state.contains_permanent() {
+            let _ = h.neighbours().del(m).execute().await;
+        }
+    }
+    Ok(())
+}
+
+trait StateExt {
+    fn contains_permanent(&self) -> bool;
+}
+
+impl StateExt for NeighbourState {
+    fn contains_permanent(&self) -> bool {
+        *self == NeighbourState::Permanent
+    }
+}
