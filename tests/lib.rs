@@ -240,3 +240,47 @@ pub fn deploy(lab: &Lab, via: &str, name: &str, yaml: &str) {
     std::fs::write(&file, yaml).unwrap();
     deploy_file(lab, via, &file, name);
 }
+
+/// Runs the image's `/probe ARGS` inside the container of `task` on `host` (its network and
+/// mount namespaces, as `docker exec` would), returning its output.
+pub fn probe_in(lab: &Lab, host: &str, task: &str, args: &[&str]) -> std::process::Output {
+    let pid_file = lab
+        .state()
+        .dir
+        .join("hosts")
+        .join(host)
+        .join("data/containers")
+        .join(task)
+        .join("init.pid");
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()));
+    std::process::Command::new("nsenter")
+        .args(["-t", pid.trim(), "-n", "-m", "--", "/probe"])
+        .args(args)
+        .output()
+        .expect("nsenter")
+}
+
+/// Hostname by node id, through `via`.
+pub fn hostnames(lab: &Lab, via: &str) -> std::collections::BTreeMap<String, String> {
+    node_ids(lab, via)
+        .into_iter()
+        .map(|(h, id)| (id, h))
+        .collect()
+}
+
+/// Links of a lab host whose names start with one of shoal's network prefixes (`shb`, `shv`,
+/// `shc`).
+pub fn network_links(lab: &Lab, host: &str) -> Vec<String> {
+    let out = lab
+        .command(host, std::path::Path::new("ip"))
+        .map(|mut c| c.args(["-o", "link", "show"]).output())
+        .expect("ip in the host")
+        .expect("ip runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+        .filter(|n| n.starts_with("shb") || n.starts_with("shv") || n.starts_with("shc"))
+        .collect()
+}

@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hyper::Method;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use shoal_api::network::{Network, NetworkSpec};
 use shoal_api::node::{Availability, Node};
 use shoal_api::service::{Service, ServiceMode, ServiceSpec, UpdateOrder, UpdateState};
 use shoal_api::stack::{self, convert, LoadOptions, SourceFile};
@@ -59,6 +60,9 @@ enum Command {
     /// Manage this node's volumes.
     #[command(subcommand)]
     Volume(VolumeCmd),
+    /// Manage overlay networks.
+    #[command(subcommand)]
+    Network(NetworkCmd),
     /// Follow the cluster's changes.
     Events {
         /// Start after this revision (0: from now).
@@ -204,6 +208,47 @@ enum ImageCmd {
         /// Image references or ids.
         #[arg(required = true)]
         images: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NetworkCmd {
+    /// List networks.
+    Ls,
+    /// Show networks in full.
+    Inspect {
+        /// Network names or ids.
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+    /// Create an overlay network.
+    Create {
+        /// Its name.
+        name: String,
+        /// Driver (only `overlay`).
+        #[arg(short, long, default_value = "overlay")]
+        driver: String,
+        /// Subnet in CIDR form (default: the next free one of the cluster's pool).
+        #[arg(long)]
+        subnet: Option<String>,
+        /// Its containers reach only each other.
+        #[arg(long)]
+        internal: bool,
+        /// Standalone containers may attach.
+        #[arg(long)]
+        attachable: bool,
+        /// Labels, KEY=VALUE.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Driver options, KEY[=VALUE] (`encrypted` is refused: not supported yet).
+        #[arg(short, long = "opt")]
+        opts: Vec<String>,
+    },
+    /// Remove networks (refused while a service uses one).
+    Rm {
+        /// Network names or ids.
+        #[arg(required = true)]
+        networks: Vec<String>,
     },
 }
 
@@ -549,6 +594,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Node(cmd) => node(&c, cmd, json).await?,
         Command::Image(cmd) => image(&c, cmd, json).await?,
         Command::Volume(cmd) => volume(&c, cmd, json).await?,
+        Command::Network(cmd) => network(&c, cmd, json).await?,
         Command::Events { since } => {
             let mut lines = Lines::new(c.stream(&format!("/v1/events?since={since}")).await?);
             while let Some(e) = lines.next::<serde_json::Value>().await? {
@@ -927,6 +973,89 @@ async fn image(c: &Client, cmd: ImageCmd, json: bool) -> Result<()> {
             }
             if failed {
                 bail!("some images were not removed");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn network(c: &Client, cmd: NetworkCmd, json: bool) -> Result<()> {
+    match cmd {
+        NetworkCmd::Ls => {
+            let list: Vec<Network> = c.get("/v1/networks").await?;
+            if json {
+                return print_json(&list);
+            }
+            output::table(
+                &["NETWORK ID", "NAME", "DRIVER", "SCOPE", "SUBNET"],
+                list.iter().map(|n| {
+                    vec![
+                        n.id.short().to_owned(),
+                        n.spec.name.clone(),
+                        n.spec.driver.clone(),
+                        "swarm".to_owned(),
+                        n.subnet.clone(),
+                    ]
+                }),
+            );
+        }
+        NetworkCmd::Inspect { networks } => {
+            let mut out = Vec::new();
+            for n in networks {
+                let info: Network = c.get(&format!("/v1/networks/{}", path_part(&n))).await?;
+                out.push(info);
+            }
+            print_json(&out)?;
+        }
+        NetworkCmd::Create {
+            name,
+            driver,
+            subnet,
+            internal,
+            attachable,
+            labels,
+            opts,
+        } => {
+            let pairs = |list: Vec<String>| -> BTreeMap<String, String> {
+                list.into_iter()
+                    .map(|kv| match kv.split_once('=') {
+                        Some((k, v)) => (k.to_owned(), v.to_owned()),
+                        None => (kv, String::new()),
+                    })
+                    .collect()
+            };
+            let spec = NetworkSpec {
+                name,
+                driver,
+                attachable,
+                internal,
+                subnet: subnet.unwrap_or_default(),
+                labels: pairs(labels),
+                driver_opts: pairs(opts),
+            };
+            let created: Created = c.post("/v1/networks", &spec).await?;
+            println!("{}", created.id);
+        }
+        NetworkCmd::Rm { networks } => {
+            let mut failed = false;
+            for n in networks {
+                match c
+                    .send_no_content::<()>(
+                        Method::DELETE,
+                        &format!("/v1/networks/{}", path_part(&n)),
+                        None,
+                    )
+                    .await
+                {
+                    Ok(()) => println!("{n}"),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                bail!("some networks were not removed");
             }
         }
     }
