@@ -1281,6 +1281,234 @@ mod tests {
         ServiceId::from_bits(n)
     }
 
+    fn task_on(id: u128, service: &ServiceId, spec: &ServiceSpec) -> Task {
+        Task {
+            id: TaskId::from_bits(id),
+            version: 0,
+            service_id: service.clone(),
+            service_name: spec.name.clone(),
+            slot: id as u64,
+            node_id: None,
+            spec_version: 1,
+            spec: spec.task.clone(),
+            desired_state: TaskState::Running,
+            status: TaskStatus::new(TaskState::New, Timestamp(1), "created"),
+            created_at: Timestamp(1),
+            networks: Vec::new(),
+        }
+    }
+
+    fn used(store: &Store, net: &NetworkId) -> usize {
+        store.ipam.0.as_ref().map_or(0, |i| i.used(net))
+    }
+
+    #[test]
+    fn addresses_are_never_handed_out_twice_and_all_come_back_after_churn() {
+        let mut store = Store::default();
+        let net = NetworkId::from_bits(9);
+        let mut rev = 1;
+        let mut apply = |store: &mut Store, cmd| {
+            rev += 1;
+            store.apply(rev, cmd)
+        };
+        let n = NewNetwork {
+            id: net.clone(),
+            spec: NetworkSpec {
+                name: "shared".into(),
+                driver: "overlay".into(),
+                ..Default::default()
+            },
+            vni: 4096,
+            subnet: "10.0.9.0/24".into(),
+            gateway: "10.0.9.1".into(),
+        };
+        apply(&mut store, Command::CreateNetwork(Box::new(n))).unwrap();
+        let mut web = spec("web");
+        web.task.networks.push(shoal_api::service::NetworkAttachmentSpec {
+            target: "shared".into(),
+            aliases: vec![],
+        });
+        let mut next_task = 100;
+        for round in 0..50u128 {
+            let id = sid(1000 + round);
+            apply(
+                &mut store,
+                Command::CreateService {
+                    id: id.clone(),
+                    spec: Box::new(web.clone()),
+                    at: Timestamp(1),
+                },
+            )
+            .unwrap();
+            let mut ops = Vec::new();
+            for _ in 0..5 {
+                next_task += 1;
+                ops.push(TaskOp::Create(Box::new(task_on(next_task, &id, &web))));
+            }
+            apply(&mut store, Command::Tasks(ops)).unwrap();
+            // Every live address is distinct: the VIP and five tasks.
+            let mut seen = BTreeSet::new();
+            for t in store.tasks.values() {
+                for a in &t.networks {
+                    assert!(seen.insert(a.address.clone()), "{} twice", a.address);
+                }
+            }
+            for v in &store.services[&id].virtual_ips {
+                assert!(seen.insert(v.addr.clone()), "{} twice", v.addr);
+            }
+            assert_eq!(seen.len(), 6);
+            assert_eq!(used(&store, &net), 6);
+            // A snapshot rebuilds the same index.
+            let copy: Store = serde_json::from_slice(&serde_json::to_vec(&store).unwrap()).unwrap();
+            assert_eq!(Ipam::build(&copy).used(&net), 6);
+            // The service goes, its tasks are deleted.
+            let tasks: Vec<TaskId> = store.tasks.keys().cloned().collect();
+            apply(&mut store, Command::RemoveService { id: id.clone() }).unwrap();
+            apply(
+                &mut store,
+                Command::Tasks(
+                    tasks
+                        .into_iter()
+                        .map(|id| TaskOp::Delete { id })
+                        .chain([TaskOp::DeleteService { id }])
+                        .collect(),
+                ),
+            )
+            .unwrap();
+            assert_eq!(used(&store, &net), 0, "round {round} left addresses held");
+        }
+    }
+
+    #[test]
+    fn a_full_subnet_rejects_the_task_and_refuses_a_vip_changing_nothing() {
+        let mut store = Store::default();
+        let n = NewNetwork {
+            id: NetworkId::from_bits(9),
+            spec: NetworkSpec {
+                name: "tiny".into(),
+                driver: "overlay".into(),
+                ..Default::default()
+            },
+            vni: 4096,
+            subnet: "10.0.9.0/29".into(),
+            gateway: "10.0.9.1".into(),
+        };
+        store.apply(2, Command::CreateNetwork(Box::new(n))).unwrap();
+        let mut web = spec("web");
+        web.task.networks.push(shoal_api::service::NetworkAttachmentSpec {
+            target: "tiny".into(),
+            aliases: vec![],
+        });
+        store
+            .apply(
+                3,
+                Command::CreateService {
+                    id: sid(1),
+                    spec: Box::new(web.clone()),
+                    at: Timestamp(1),
+                },
+            )
+            .unwrap();
+        // .2 is the VIP; .3 to .6 go to tasks; the fifth task finds the subnet full.
+        let ops = (1..=5)
+            .map(|i| TaskOp::Create(Box::new(task_on(i, &sid(1), &web))))
+            .collect();
+        store.apply(4, Command::Tasks(ops)).unwrap();
+        let last = &store.tasks[&TaskId::from_bits(5)];
+        assert_eq!(last.status.state, TaskState::Rejected);
+        assert_eq!(
+            last.status.err,
+            "no free address on network \"tiny\": its subnet 10.0.9.0/29 is full"
+        );
+        assert!(last.networks.is_empty());
+        let before = store.clone();
+        let err = store
+            .apply(
+                5,
+                Command::CreateService {
+                    id: sid(2),
+                    spec: Box::new(ServiceSpec {
+                        name: "other".into(),
+                        ..web
+                    }),
+                    at: Timestamp(1),
+                },
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("no free address on network \"tiny\""), "{err}");
+        assert_eq!(store.services, before.services);
+    }
+
+    #[test]
+    fn a_published_port_in_use_is_refused_with_the_service_holding_it() {
+        let mut store = Store::default();
+        let mut a = spec("a_web");
+        a.endpoint.ports.push(shoal_api::service::PortConfig {
+            target: 80,
+            published: Some(8080),
+            protocol: "tcp".into(),
+            mode: "ingress".into(),
+        });
+        store
+            .apply(
+                2,
+                Command::CreateService {
+                    id: sid(1),
+                    spec: Box::new(a.clone()),
+                    at: Timestamp(1),
+                },
+            )
+            .unwrap();
+        let b = ServiceSpec {
+            name: "b_web".into(),
+            ..a.clone()
+        };
+        let err = store
+            .apply(
+                3,
+                Command::DeployStack {
+                    networks: vec![],
+                    create: vec![(sid(2), b)],
+                    update: vec![],
+                    remove: vec![],
+                    at: Timestamp(1),
+                },
+            )
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "service \"b_web\": port '8080/tcp' is already in use by service \"a_web\""
+        );
+        // The same port over UDP, and the service itself updated, are fine.
+        let mut udp = ServiceSpec {
+            name: "c_dns".into(),
+            ..a.clone()
+        };
+        udp.endpoint.ports[0].protocol = "udp".into();
+        store
+            .apply(
+                4,
+                Command::CreateService {
+                    id: sid(3),
+                    spec: Box::new(udp),
+                    at: Timestamp(1),
+                },
+            )
+            .unwrap();
+        a.labels.insert("x".into(), "y".into());
+        store
+            .apply(
+                5,
+                Command::UpdateService {
+                    id: sid(1),
+                    spec: Box::new(a),
+                    expected_version: None,
+                    at: Timestamp(1),
+                },
+            )
+            .unwrap();
+    }
+
     #[test]
     fn a_deploy_right_after_a_removal_keeps_the_service() {
         let mut store = Store::default();
