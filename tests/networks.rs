@@ -163,3 +163,158 @@ fn services_find_and_reach_each_other_across_hosts_and_stacks_stay_apart() {
         });
     }
 }
+
+/// `web` publishes 9090 on the routing mesh and runs on w1 and w2; `edge` publishes 9191 in
+/// host mode on w1 only; `out` can leave its network, `shut` is on an internal one.
+const PORTS: &str = "services:
+  web:
+    image: probe
+    command: [\"serve\", \"8080\"]
+    init: true
+    ports:
+      - \"9090:8080\"
+    deploy:
+      replicas: 2
+      placement:
+        constraints: [node.role == worker]
+        max_replicas_per_node: 1
+  edge:
+    image: probe
+    command: [\"serve\", \"8080\"]
+    init: true
+    ports:
+      - target: 8080
+        published: 9191
+        mode: host
+    deploy:
+      placement:
+        constraints: [node.hostname == w1]
+  out:
+    image: probe
+    command: [\"sleep\", \"3600\"]
+    init: true
+    deploy:
+      placement:
+        constraints: [node.hostname == w2]
+  shut:
+    image: probe
+    command: [\"sleep\", \"3600\"]
+    init: true
+    networks: [private]
+    deploy:
+      placement:
+        constraints: [node.hostname == w2]
+networks:
+  private:
+    internal: true
+";
+
+/// One HTTP GET of `addr` from a lab host's namespace (as a client outside any container
+/// would): the probe's report, or `None` when the connection fails.
+fn get_from_host(lab: &shoal_lab::Lab, host: &str, addr: &str) -> Option<serde_json::Value> {
+    let script = format!(
+        "import socket\ns = socket.create_connection(('{}', {}), timeout=3)\n\
+         s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\nd = b''\nwhile True:\n    c = s.recv(65536)\n    \
+         if not c: break\n    d += c\nprint(d.split(b'\\r\\n\\r\\n', 1)[1].decode())\n",
+        addr.split(':').next().unwrap(),
+        addr.split(':').nth(1).unwrap()
+    );
+    let out = lab
+        .command(host, std::path::Path::new("python3"))
+        .unwrap()
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+#[test]
+fn published_ports_answer_where_their_mode_says_and_internal_networks_stay_inside() {
+    let Some(lab) = container_lab("port", 1, 2) else {
+        return;
+    };
+    deploy(&lab, "m1", "p", PORTS);
+    let addr = |h: &str| lab.host(h).unwrap().addr.clone();
+    let (m1, w1, w2) = (addr("m1"), addr("w1"), addr("w2"));
+    let web: BTreeSet<String> = endpoints(&lab, "p_web")
+        .into_iter()
+        .map(|(id, _, _)| id[..12].to_owned())
+        .collect();
+    assert_eq!(web.len(), 2);
+
+    // service ls shows what is published.
+    let ls = lab.shoal_ok("m1", &["service", "ls"]).unwrap();
+    assert!(ls.contains("*:9090->8080/tcp"), "{ls}");
+    assert!(ls.contains("9191->8080/tcp (host)"), "{ls}");
+
+    // Ingress: every host answers, m1 too (it runs no task), and connections reach both
+    // tasks. A task on the host that took the connection sees the client's address; one on
+    // another host sees the forwarding host's.
+    for via in [&m1, &w1, &w2] {
+        let mut seen = BTreeSet::new();
+        for _ in 0..24 {
+            let r = get_from_host(&lab, "m1", &format!("{via}:9090"))
+                .unwrap_or_else(|| panic!("{via}:9090 did not answer"));
+            let served_by = r["hostname"].as_str().unwrap().to_owned();
+            let client = r["client"].as_str().unwrap();
+            let local = endpoints(&lab, "p_web")
+                .iter()
+                .any(|(id, h, _)| id.starts_with(&served_by) && addr(h) == *via);
+            if local {
+                assert_eq!(client, m1, "a local task sees the client's address");
+            } else {
+                assert_eq!(client, *via, "a forwarded connection comes from the forwarder");
+            }
+            seen.insert(served_by);
+        }
+        assert_eq!(seen, web, "through {via}, both tasks serve");
+    }
+
+    // Host mode: only w1, where edge runs, answers; the task sees the client's address.
+    let r = get_from_host(&lab, "m1", &format!("{w1}:9191")).expect("w1 answers on 9191");
+    assert_eq!(r["client"], m1.as_str());
+    assert!(get_from_host(&lab, "m1", &format!("{w2}:9191")).is_none());
+    assert!(get_from_host(&lab, "m1", &format!("{m1}:9191")).is_none());
+
+    // A container on a normal network reaches outside it (here: m1's published port); one on
+    // an internal network reaches nothing outside.
+    let out = endpoints(&lab, "p_out").pop().unwrap();
+    let shut = endpoints(&lab, "p_shut").pop().unwrap();
+    assert!(
+        get(&lab, (&out.0, &out.1), &format!("{m1}:9090")).is_some(),
+        "a container on a normal network reaches outside"
+    );
+    assert_eq!(
+        get(&lab, (&shut.0, &shut.1), &format!("{m1}:9090")),
+        None,
+        "a container on an internal network reached outside"
+    );
+    assert_eq!(get(&lab, (&shut.0, &shut.1), &format!("{w2}:9090")), None);
+
+    // A second stack may not take a published port.
+    let file = lab.state().dir.join("clash.yml");
+    std::fs::write(
+        &file,
+        "services:\n  other:\n    image: probe\n    ports: [\"9090:80\"]\n",
+    )
+    .unwrap();
+    let out = lab
+        .shoal("m1", &["stack", "deploy", "-c", file.to_str().unwrap(), "q"])
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("port '9090/tcp' is already in use by service \"p_web\""),
+        "{err}"
+    );
+
+    lab.shoal_ok("m1", &["stack", "rm", "p"]).unwrap();
+    for host in ["m1", "w1", "w2"] {
+        wait(&format!("{host}'s network devices to go"), || {
+            network_links(&lab, host).is_empty()
+        });
+    }
+}

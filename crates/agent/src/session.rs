@@ -331,6 +331,7 @@ impl Agent {
         let Some(views) = a.networks.take() else {
             return;
         };
+        let ports = a.ports.take();
         let resume: Vec<Task> = if a.full {
             a.tasks
                 .iter()
@@ -350,6 +351,9 @@ impl Agent {
                 }
             }
             net.update(views)?;
+            if let Some(plan) = ports {
+                net.update_ports(plan)?;
+            }
             if let Some(keep) = keep {
                 net.sweep(&keep)?;
             }

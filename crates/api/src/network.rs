@@ -227,6 +227,42 @@ pub struct NetworkView {
     pub services: Vec<ServiceRecord>,
 }
 
+/// A running task behind a published port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Backend {
+    /// The task.
+    pub task_id: TaskId,
+    /// Underlay address of its node.
+    pub node_addr: Ipv4Addr,
+}
+
+/// A published port, as every host applies it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedPort {
+    /// The service.
+    pub service: String,
+    /// Port on the hosts.
+    pub published: u16,
+    /// Port in the containers.
+    pub target: u16,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// `ingress` (every host answers) or `host` (hosts running a task answer).
+    pub mode: String,
+    /// The service's running tasks.
+    pub backends: Vec<Backend>,
+}
+
+/// Every published port of the cluster, and the hosts' underlay addresses (connections the
+/// routing mesh forwards between hosts come from them).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PortPlan {
+    /// Underlay addresses of the cluster's nodes.
+    pub peers: Vec<Ipv4Addr>,
+    /// Published ports.
+    pub ports: Vec<PublishedPort>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

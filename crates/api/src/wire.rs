@@ -363,6 +363,9 @@ pub struct Assignments {
     /// `None` when they did not change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub networks: Option<Vec<crate::network::NetworkView>>,
+    /// The cluster's published ports, sent with `networks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<crate::network::PortPlan>,
 }
 
 /// One task's new status.

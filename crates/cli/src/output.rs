@@ -67,17 +67,18 @@ pub fn services(list: &[ServiceSummary]) {
                 ServiceMode::Replicated { .. } => "replicated",
                 ServiceMode::Global => "global",
             };
-            let ports: Vec<String> = spec
-                .endpoint
-                .ports
+            // Only what the hosts publish (a port without `published`, or of a service on no
+            // network, is not).
+            let ports: Vec<String> = s
+                .service
+                .published_ports
                 .iter()
-                .map(|p| {
-                    format!(
-                        "*:{}->{}/{}",
-                        p.published.map(|x| x.to_string()).unwrap_or_default(),
-                        p.target,
-                        p.protocol
-                    )
+                .filter_map(|p| {
+                    let published = p.published?;
+                    Some(match p.mode.as_str() {
+                        "host" => format!("{published}->{}/{} (host)", p.target, p.protocol),
+                        _ => format!("*:{published}->{}/{}", p.target, p.protocol),
+                    })
                 })
                 .collect();
             vec![

@@ -9,7 +9,10 @@
 use crate::store::Store;
 use crate::watch::{EventHub, Subscription};
 use shoal_api::task::{Task, TaskState};
-use shoal_api::network::{split_address, Endpoint, NetworkView, ServiceRecord};
+use shoal_api::network::{
+    split_address, Backend, Endpoint, NetworkView, PortPlan, PublishedPort, ServiceRecord,
+};
+use shoal_api::ServiceId;
 use shoal_api::wire::{Action, Assignments, Object};
 use shoal_api::NetworkId;
 use std::collections::BTreeSet;
@@ -184,7 +187,62 @@ pub fn full_assignments(store: &Store, node: &NodeId) -> Assignments {
             .collect(),
         removed: Vec::new(),
         networks: Some(network_views(store, node)),
+        ports: Some(port_plan(store)),
     }
+}
+
+/// Every published port with its running tasks, and the nodes' addresses. Only tasks with a
+/// network attachment can be reached (their hosts give them an interface on the host's
+/// gateway bridge).
+pub fn port_plan(store: &Store) -> PortPlan {
+    let with_ports: Vec<&shoal_api::service::Service> = store
+        .services
+        .values()
+        .filter(|s| !s.removing && s.spec.endpoint.ports.iter().any(|p| p.published.is_some()))
+        .collect();
+    if with_ports.is_empty() {
+        return PortPlan::default();
+    }
+    let addr_of = |n: &shoal_api::node::Node| -> Option<Ipv4Addr> {
+        let a = &n.status.addr;
+        a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h).parse().ok()
+    };
+    let peers = store.nodes.values().filter_map(addr_of).collect();
+    let mut backends: BTreeMap<&ServiceId, Vec<Backend>> = BTreeMap::new();
+    for t in store.tasks.values() {
+        if t.status.state != TaskState::Running || !t.wanted() || t.networks.is_empty() {
+            continue;
+        }
+        let Some(node_addr) = t
+            .node_id
+            .as_ref()
+            .and_then(|n| store.nodes.get(n))
+            .and_then(addr_of)
+        else {
+            continue;
+        };
+        backends.entry(&t.service_id).or_default().push(Backend {
+            task_id: t.id.clone(),
+            node_addr,
+        });
+    }
+    let mut ports = Vec::new();
+    for s in with_ports {
+        for p in &s.spec.endpoint.ports {
+            let Some(published) = p.published else {
+                continue;
+            };
+            ports.push(PublishedPort {
+                service: s.spec.name.clone(),
+                published,
+                target: p.target,
+                protocol: p.protocol.clone(),
+                mode: p.mode.clone(),
+                backends: backends.get(&s.id).cloned().unwrap_or_default(),
+            });
+        }
+    }
+    PortPlan { peers, ports }
 }
 
 /// What `node` must know of the networks its tasks are on: every placed, unfinished endpoint
@@ -286,6 +344,9 @@ pub fn network_views(store: &Store, node: &NodeId) -> Vec<NetworkView> {
 #[derive(Debug, Default)]
 struct Delta {
     tasks: BTreeMap<TaskId, Option<Task>>,
+    /// Node changes matter to the network views (peers, endpoints' hosts) only on a cluster
+    /// that has networks: without, a thousand nodes joining wake no one.
+    nodes_matter: bool,
     /// Something a network view is made of changed: send the views again.
     networks: bool,
 }
@@ -295,6 +356,7 @@ impl Delta {
         for e in events {
             match &e.object {
                 Object::Service(_) | Object::Network(_) => self.networks = true,
+                Object::Node(_) if self.nodes_matter => self.networks = true,
                 Object::Task(t) if !t.networks.is_empty() => self.networks = true,
                 _ => {}
             }
@@ -324,15 +386,19 @@ impl Delta {
         store: &std::sync::RwLock<Store>,
         node: &NodeId,
     ) -> Assignments {
-        let networks = self
-            .networks
-            .then(|| network_views(&store.read().expect("store lock"), node));
+        let (networks, ports) = if self.networks {
+            let store = store.read().expect("store lock");
+            (Some(network_views(&store, node)), Some(port_plan(&store)))
+        } else {
+            (None, None)
+        };
         let mut out = Assignments {
             revision,
             full: false,
             tasks: Vec::new(),
             removed: Vec::new(),
             networks,
+            ports,
         };
         for (id, t) in self.tasks {
             match t {
@@ -363,7 +429,10 @@ pub async fn wait_assignments(
     let Ok(Subscription { backlog, mut live }) = hub.subscribe(since) else {
         return full();
     };
-    let mut delta = Delta::default();
+    let mut delta = Delta {
+        nodes_matter: !store.read().expect("store lock").networks.is_empty(),
+        ..Default::default()
+    };
     for batch in &backlog {
         delta.fold(batch, node);
     }

@@ -614,6 +614,7 @@ mod tests {
             update_status: None,
             removing: false,
             virtual_ips: Vec::new(),
+            published_ports: Vec::new(),
         }
     }
 

@@ -920,6 +920,7 @@ impl Store {
             update_status: None,
             removing: false,
             virtual_ips: Vec::new(),
+            published_ports: Vec::new(),
         };
         ev.push(Event {
             revision: rev,
@@ -997,6 +998,18 @@ impl Store {
                     };
                     let Some(current) = self.services.get_mut(&svc.id) else {
                         continue;
+                    };
+                    current.published_ports = if current.spec.task.networks.is_empty() {
+                        Vec::new()
+                    } else {
+                        current
+                            .spec
+                            .endpoint
+                            .ports
+                            .iter()
+                            .filter(|p| p.published.is_some())
+                            .cloned()
+                            .collect()
                     };
                     let owner = Owner::Vip(current.id.clone());
                     current.virtual_ips.retain(|v| {

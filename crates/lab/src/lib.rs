@@ -131,7 +131,7 @@ impl LabConfig {
             dir: default_dir(name),
             bin_dir,
             executor: Executor::Container,
-            log: "info,raft=warn".into(),
+            log: "info,raft=warn,netlink_packet_route=error".into(),
             daemon_args: Vec::new(),
         }
     }

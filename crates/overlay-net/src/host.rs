@@ -9,7 +9,8 @@
 use crate::dns::{self, Lookup};
 use crate::link::{self, Remote};
 use crate::{lb, netns, NetError};
-use shoal_api::network::{mac_for, split_address, NetworkView};
+use crate::ports;
+use shoal_api::network::{mac_for, split_address, NetworkView, PortPlan};
 use shoal_api::task::Task;
 use shoal_api::{NetworkId, TaskId};
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,11 +30,17 @@ struct Attached {
     dns: tokio::task::AbortHandle,
     /// The VIP rules last loaded.
     rules: String,
+    /// Its address on the host's gateway bridge (none when all its networks are internal).
+    gw: Option<Ipv4Addr>,
 }
 
 #[derive(Debug, Default)]
 struct State {
     attached: BTreeMap<TaskId, Attached>,
+    /// The cluster's published ports, from the last assignment that carried them.
+    ports: PortPlan,
+    /// The host rules last loaded (`None`: never touched).
+    host_rules: Option<String>,
 }
 
 /// One host's overlay networking.
@@ -132,12 +139,14 @@ impl HostNetwork {
         // A half-made attachment of an earlier attempt goes first.
         self.remove_veths(&task.id, task.networks.len())?;
         netns::remove(&path)?;
-        let result = self.attach_inner(task, &path);
+        let used: BTreeSet<Ipv4Addr> = state.attached.values().filter_map(|a| a.gw).collect();
+        let result = self.attach_inner(task, &path, &used);
         match result {
             Ok(a) => {
                 state.attached.insert(task.id.clone(), a);
                 drop(state);
                 self.sync_remotes()?;
+                self.sync_host_rules()?;
                 Ok(Some(path))
             }
             Err(e) => {
@@ -150,16 +159,22 @@ impl HostNetwork {
         }
     }
 
-    fn attach_inner(&self, task: &Task, path: &Path) -> Result<Attached, NetError> {
+    fn attach_inner(
+        &self,
+        task: &Task,
+        path: &Path,
+        used_gw: &BTreeSet<Ipv4Addr>,
+    ) -> Result<Attached, NetError> {
         netns::create(path)?;
         let mut networks = Vec::new();
+        let mut outside = false;
         for (i, a) in task.networks.iter().enumerate() {
-            let vni = self
+            let (vni, internal) = self
                 .views
                 .read()
                 .expect("views lock")
                 .get(&a.network_id)
-                .map(|v| v.network.vni)
+                .map(|v| (v.network.vni, v.network.spec.internal))
                 .ok_or_else(|| NetError::Netlink {
                     what: format!("attaching to network {}", a.network),
                     message: "the manager has not described that network to this node".into(),
@@ -189,7 +204,13 @@ impl HostNetwork {
             })?;
             tracing::debug!(task_id = %task.id, network = %a.network, %ip, mtu, "attached");
             networks.push(a.network_id.clone());
+            outside |= !internal;
         }
+        let gw = if outside {
+            Some(self.attach_gateway(task, path, networks.len(), used_gw)?)
+        } else {
+            None
+        };
         let sock = netns::blocking_in(path, || {
             let s = std::net::UdpSocket::bind((dns::RESOLVER, 53))?;
             s.set_nonblocking(true)?;
@@ -208,7 +229,79 @@ impl HostNetwork {
             networks,
             dns,
             rules,
+            gw,
         })
+    }
+
+    /// Gives the container an interface on the host's gateway bridge, `eth<n>` after its
+    /// overlay ones, with its default route through it.
+    fn attach_gateway(
+        &self,
+        task: &Task,
+        path: &Path,
+        n: usize,
+        used: &BTreeSet<Ipv4Addr>,
+    ) -> Result<Ipv4Addr, NetError> {
+        let (base, prefix) = ports::GW_SUBNET;
+        let size = 1u32 << (32 - prefix);
+        let addr = (2..size - 1)
+            .map(|i| Ipv4Addr::from(u32::from(base) + i))
+            .find(|a| !used.contains(a))
+            .ok_or_else(|| NetError::Netlink {
+                what: "the gateway bridge".into(),
+                message: "no free address".into(),
+            })?;
+        let host = link::gw_veth_name(task.id.as_str());
+        let peer = format!("shq{}", &host[3..]);
+        let local = self.local();
+        let ns_file =
+            std::fs::File::open(path).map_err(NetError::io(format!("opening {}", path.display())))?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&ns_file);
+        let (host2, peer2) = (host.clone(), peer.clone());
+        let mtu = netns::run_in(host_ns(), move |h| async move {
+            let (_, mtu) = link::underlay(&h, local).await?;
+            let mtu = mtu.min(9000);
+            let br = link::ensure_bridge_with_address(&h, ports::GW_BRIDGE, ports::GW_ADDR, prefix)
+                .await?;
+            link::add_veth(&h, &host2, &peer2, br, mtu, fd).await?;
+            Ok(mtu)
+        })?;
+        drop(ns_file);
+        let name = format!("eth{n}");
+        netns::run_in(path, move |h| async move {
+            link::configure_inside(&h, &peer, &name, mac_for(addr), mtu, (addr, prefix)).await?;
+            link::default_route(&h, &name, ports::GW_ADDR).await
+        })?;
+        Ok(addr)
+    }
+
+    /// Takes the cluster's published ports from an assignment message.
+    pub fn update_ports(&self, plan: PortPlan) -> Result<(), NetError> {
+        self.state.lock().expect("network state lock").ports = plan;
+        self.sync_host_rules()
+    }
+
+    /// Loads the host's rules (published ports, container egress) when they changed. A host
+    /// that never had a container on a network is not touched.
+    fn sync_host_rules(&self) -> Result<(), NetError> {
+        let mut state = self.state.lock().expect("network state lock");
+        let local: BTreeMap<TaskId, Ipv4Addr> = state
+            .attached
+            .iter()
+            .filter_map(|(id, a)| a.gw.map(|g| (id.clone(), g)))
+            .collect();
+        let idle = local.is_empty() && state.ports.ports.is_empty();
+        let rules = if idle {
+            format!("table ip {t}\ndelete table ip {t}\n", t = ports::TABLE)
+        } else {
+            ports::ruleset(&state.ports, &local, self.local())
+        };
+        if state.host_rules.as_ref() == Some(&rules) || (idle && state.host_rules.is_none()) {
+            return Ok(());
+        }
+        ports::apply(&rules)?;
+        state.host_rules = Some(rules);
+        Ok(())
     }
 
     fn serve_dns(
@@ -240,6 +333,8 @@ impl HostNetwork {
             return Ok(());
         }
         let networks: Vec<NetworkId> = task.networks.iter().map(|a| a.network_id.clone()).collect();
+        let gw_link = format!("eth{}", networks.len());
+        let gw = netns::run_in(&path, move |h| async move { link::address_of(&h, &gw_link).await })?;
         let sock = netns::blocking_in(&path, || {
             let s = std::net::UdpSocket::bind((dns::RESOLVER, 53))?;
             s.set_nonblocking(true)?;
@@ -259,9 +354,11 @@ impl HostNetwork {
                 dns,
                 // Loaded again at the next update.
                 rules: String::new(),
+                gw,
             },
         );
-        Ok(())
+        drop(state);
+        self.sync_host_rules()
     }
 
     /// Detaches `task`'s container once it is gone: its veths, namespace and resolver; and the
@@ -280,11 +377,15 @@ impl HostNetwork {
         self.remove_veths(task, count)?;
         netns::remove(&path)?;
         drop(state);
+        self.sync_host_rules()?;
         self.prune()
     }
 
     fn remove_veths(&self, task: &TaskId, count: usize) -> Result<(), NetError> {
-        let names: Vec<String> = (0..count).map(|i| link::veth_name(task.as_str(), i)).collect();
+        let names: Vec<String> = (0..count)
+            .map(|i| link::veth_name(task.as_str(), i))
+            .chain([link::gw_veth_name(task.as_str())])
+            .collect();
         netns::run_in(host_ns(), move |h| async move {
             for n in names {
                 link::delete(&h, &n).await?;
@@ -427,15 +528,18 @@ impl HostNetwork {
     /// containers not attached.
     fn prune(&self) -> Result<(), NetError> {
         let needed: BTreeSet<u32> = self.local_networks().into_keys().collect();
-        let attached: BTreeSet<String> = {
+        let (attached, gw_used): (BTreeSet<String>, bool) = {
             let state = self.state.lock().expect("network state lock");
-            state
+            let names = state
                 .attached
                 .iter()
                 .flat_map(|(id, a)| {
-                    (0..a.networks.len()).map(move |i| link::veth_name(id.as_str(), i))
+                    (0..a.networks.len())
+                        .map(move |i| link::veth_name(id.as_str(), i))
+                        .chain(a.gw.map(|_| link::gw_veth_name(id.as_str())))
                 })
-                .collect()
+                .collect();
+            (names, state.attached.values().any(|a| a.gw.is_some()))
         };
         netns::run_in(host_ns(), move |h| async move {
             for (name, _) in link::links(&h).await? {
@@ -445,7 +549,11 @@ impl HostNetwork {
                     .and_then(|v| v.parse::<u32>().ok());
                 let stale = match vni {
                     Some(vni) => !needed.contains(&vni),
-                    None => name.starts_with("shc") && !attached.contains(&name),
+                    None if name == ports::GW_BRIDGE => !gw_used,
+                    None => {
+                        (name.starts_with("shc") || name.starts_with("shd"))
+                            && !attached.contains(&name)
+                    }
                 };
                 if stale {
                     tracing::debug!(link = %name, "removing an unused network device");

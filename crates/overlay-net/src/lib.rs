@@ -24,6 +24,7 @@ pub mod host;
 pub mod lb;
 pub mod link;
 pub mod netns;
+pub mod ports;
 
 pub use host::HostNetwork;
 

@@ -38,6 +38,11 @@ pub fn veth_name(task: &str, n: usize) -> String {
     format!("shc{}{n}", &task[..task.len().min(10)])
 }
 
+/// Host-side name of a task's veth on the host's gateway bridge.
+pub fn gw_veth_name(task: &str) -> String {
+    format!("shd{}", &task[..task.len().min(10)])
+}
+
 /// The index of the link called `name`, if there is one.
 pub async fn index(h: &Handle, name: &str) -> Result<Option<u32>, NetError> {
     let mut links = h.link().get().match_name(name.to_owned()).execute();
@@ -385,4 +390,67 @@ impl StateExt for NeighbourState {
     fn contains_permanent(&self) -> bool {
         *self == NeighbourState::Permanent
     }
+}
+
+/// Makes the bridge `name` with `addr/prefix` (nothing if it exists); returns its index.
+pub async fn ensure_bridge_with_address(
+    h: &Handle,
+    name: &str,
+    addr: Ipv4Addr,
+    prefix: u8,
+) -> Result<u32, NetError> {
+    if let Some(i) = index(h, name).await? {
+        return Ok(i);
+    }
+    h.link()
+        .add(LinkBridge::new(name).up().build())
+        .execute()
+        .await
+        .map_err(NetError::netlink(format!("creating bridge {name}")))?;
+    let idx = index(h, name).await?.expect("just created");
+    h.address()
+        .add(idx, IpAddr::V4(addr), prefix)
+        .replace()
+        .execute()
+        .await
+        .map_err(NetError::netlink(format!("giving {name} {addr}/{prefix}")))?;
+    Ok(idx)
+}
+
+/// Inside a container: the default route through `gateway` on the link `name`.
+pub async fn default_route(h: &Handle, name: &str, gateway: Ipv4Addr) -> Result<(), NetError> {
+    let idx = index(h, name).await?.ok_or_else(|| NetError::Netlink {
+        what: format!("routing through {name}"),
+        message: "no such device".into(),
+    })?;
+    let route = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+        .gateway(gateway)
+        .output_interface(idx)
+        .build();
+    h.route()
+        .add(route)
+        .replace()
+        .execute()
+        .await
+        .map_err(NetError::netlink(format!("default route via {gateway}")))
+}
+
+/// The first IPv4 address of the link `name`, if it has one.
+pub async fn address_of(h: &Handle, name: &str) -> Result<Option<Ipv4Addr>, NetError> {
+    let Some(idx) = index(h, name).await? else {
+        return Ok(None);
+    };
+    let mut addrs = h.address().get().set_link_index_filter(idx).execute();
+    while let Some(m) = addrs
+        .try_next()
+        .await
+        .map_err(NetError::netlink(format!("addresses of {name}")))?
+    {
+        for a in &m.attributes {
+            if let rtnetlink::packet_route::address::AddressAttribute::Address(IpAddr::V4(ip)) = a {
+                return Ok(Some(*ip));
+            }
+        }
+    }
+    Ok(None)
 }
