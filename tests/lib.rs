@@ -269,8 +269,8 @@ pub fn hostnames(lab: &Lab, via: &str) -> std::collections::BTreeMap<String, Str
         .collect()
 }
 
-/// Links of a lab host whose names start with one of shoal's network prefixes (`shb`, `shv`,
-/// `shc`).
+/// Links of a lab host made by shoal's networking (names starting `shb`, `shv`, `shc`, `shd`,
+/// `shgw`), sorted.
 pub fn network_links(lab: &Lab, host: &str) -> Vec<String> {
     let out = lab
         .command(host, std::path::Path::new("ip"))
@@ -281,6 +281,8 @@ pub fn network_links(lab: &Lab, host: &str) -> Vec<String> {
         .lines()
         .filter_map(|l| l.split(": ").nth(1))
         .map(|n| n.split('@').next().unwrap_or(n).to_owned())
-        .filter(|n| n.starts_with("shb") || n.starts_with("shv") || n.starts_with("shc"))
+        .filter(|n| ["shb", "shv", "shc", "shd", "shgw"].iter().any(|p| n.starts_with(p)))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
         .collect()
 }

@@ -134,6 +134,22 @@ fn services_find_and_reach_each_other_across_hosts_and_stacks_stay_apart() {
     );
     assert_eq!(get(&lab, c, &format!("{b_vip}:8080")), None);
 
+    // The daemon of w1 crashes and comes back: its containers keep their interfaces, the new
+    // daemon answers their DNS again, and nothing is made twice.
+    let on_w1 = web.iter().find(|(_, h, _)| h == "w1").expect("web runs on w1").clone();
+    let links = network_links(&lab, "w1");
+    lab.restart_daemon("w1").unwrap();
+    wait("w1's containers to resolve names again", || {
+        let out = probe_in(&lab, "w1", &on_w1.0, &["dig", "tasks.web"]);
+        serde_json::from_slice::<Vec<String>>(&out.stdout)
+            .is_ok_and(|a| a.into_iter().collect::<BTreeSet<_>>() == web_addrs)
+    });
+    assert_eq!(network_links(&lab, "w1"), links, "the restart changed w1's devices");
+    assert_eq!(endpoints(&lab, "a_web").len(), 3, "no task was replaced");
+    for _ in 0..6 {
+        assert!(get(&lab, c, "web:8080").is_some());
+    }
+
     // A dead host's tasks leave DNS and the VIP as soon as the manager marks it down.
     let on_w2: BTreeSet<String> = web
         .iter()
@@ -317,4 +333,77 @@ fn published_ports_answer_where_their_mode_says_and_internal_networks_stay_insid
             network_links(&lab, host).is_empty()
         });
     }
+}
+
+const CHURN: &str = "services:
+  a:
+    image: probe
+    command: [\"sleep\", \"3600\"]
+    init: true
+    networks: [churn]
+    deploy:
+      replicas: 3
+  b:
+    image: probe
+    command: [\"sleep\", \"3600\"]
+    init: true
+    networks: [churn]
+    deploy:
+      replicas: 2
+networks:
+  churn:
+    external: true
+";
+
+/// Addresses of the unfinished tasks on the network, with a duplicate check.
+fn live_addresses(lab: &shoal_lab::Lab) -> usize {
+    let rt = rt();
+    let tasks: Vec<serde_json::Value> = rt
+        .block_on(lab.client("m1").get("/v1/tasks"))
+        .unwrap();
+    let mut seen = BTreeSet::new();
+    for t in tasks {
+        let finished = ["complete", "shutdown", "failed", "rejected", "orphaned"]
+            .contains(&t["status"]["state"].as_str().unwrap_or(""));
+        if finished {
+            continue;
+        }
+        for a in t["networks"].as_array().into_iter().flatten() {
+            let addr = a["address"].as_str().unwrap().to_owned();
+            assert!(seen.insert(addr.clone()), "{addr} held by two live tasks");
+        }
+    }
+    seen.len()
+}
+
+#[test]
+fn addresses_never_collide_under_churn_and_all_come_back() {
+    let Some(lab) = container_lab("churn", 1, 1) else {
+        return;
+    };
+    lab.shoal_ok("m1", &["network", "create", "churn"]).unwrap();
+    let file = lab.state().dir.join("churn.yml");
+    std::fs::write(&file, CHURN).unwrap();
+    let file = file.to_str().unwrap();
+    for round in 0..50 {
+        lab.shoal_ok("m1", &deploy_args(file, "c")).unwrap();
+        if round % 10 == 0 {
+            live_addresses(&lab);
+        }
+        lab.shoal_ok("m1", &["stack", "rm", "c"]).unwrap();
+    }
+    wait("every task of the churned stack to go", || {
+        live_addresses(&lab) == 0
+    });
+    wait("every address of the network to be free", || {
+        let info: serde_json::Value = serde_json::from_str(
+            &lab.shoal_ok("m1", &["network", "inspect", "churn"]).unwrap(),
+        )
+        .unwrap();
+        info[0]["addresses_in_use"] == 0
+    });
+    wait("the hosts' network devices to go", || {
+        network_links(&lab, "m1").is_empty() && network_links(&lab, "w1").is_empty()
+    });
+    lab.shoal_ok("m1", &["network", "rm", "churn"]).unwrap();
 }

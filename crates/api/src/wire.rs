@@ -505,3 +505,14 @@ pub struct LogPublishResponse {
     /// False once nobody reads the subscription: the agent stops.
     pub active: bool,
 }
+
+/// `GET /v1/networks/{id}`: a network and how many of its addresses are held (tasks' and
+/// virtual IPs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkInfo {
+    /// The network.
+    #[serde(flatten)]
+    pub network: crate::network::Network,
+    /// Addresses held on it.
+    pub addresses_in_use: usize,
+}

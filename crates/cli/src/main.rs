@@ -1002,7 +1002,7 @@ async fn network(c: &Client, cmd: NetworkCmd, json: bool) -> Result<()> {
         NetworkCmd::Inspect { networks } => {
             let mut out = Vec::new();
             for n in networks {
-                let info: Network = c.get(&format!("/v1/networks/{}", path_part(&n))).await?;
+                let info: NetworkInfo = c.get(&format!("/v1/networks/{}", path_part(&n))).await?;
                 out.push(info);
             }
             print_json(&out)?;

@@ -716,14 +716,26 @@ async fn network_create(
     Ok((StatusCode::CREATED, Json(Created { id })))
 }
 
-async fn network_inspect(State(m): State<Shared>, Path(id): Path<String>) -> Result<Json<Network>> {
+async fn network_inspect(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Json<NetworkInfo>> {
     let c = cluster(&m).await?;
     let store = c.store.read().expect("store lock");
-    store
+    let network = store
         .network_by_ref(&id)
         .cloned()
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found("network", &id))
+        .ok_or_else(|| ApiError::not_found("network", &id))?;
+    // This manager's index is built as it applies the log; one that applied nothing yet
+    // builds it here.
+    let in_use = match &store.ipam.0 {
+        Some(ipam) => ipam.used(&network.id),
+        None => crate::allocator::Ipam::build(&store).used(&network.id),
+    };
+    Ok(Json(NetworkInfo {
+        network,
+        addresses_in_use: in_use,
+    }))
 }
 
 async fn network_remove(State(m): State<Shared>, Path(id): Path<String>) -> Result<StatusCode> {

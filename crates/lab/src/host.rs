@@ -177,6 +177,22 @@ pub fn kill(state: &LabState, host: &str) -> Result<(), LabError> {
     Ok(())
 }
 
+/// Kills the host's daemon only (its containers keep running) and waits until it is gone.
+pub fn kill_daemon(state: &LabState, host: &str) -> Result<(), LabError> {
+    let Some(pid) = std::fs::read_to_string(dir(state, host).join("pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    else {
+        return Ok(());
+    };
+    if alive(state, host) {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+    let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
+    let _ = std::fs::remove_file(socket(state, host));
+    Ok(())
+}
+
 /// Kills every process of a lab.
 pub fn kill_all(lab: &str) -> Result<(), LabError> {
     kill_under(&lab_cgroup(lab))

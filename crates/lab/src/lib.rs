@@ -529,6 +529,17 @@ impl Lab {
         })
     }
 
+    /// Kills only the host's daemon (SIGKILL) and starts it again: its containers keep
+    /// running, and the new daemon takes them back (an agent crash or upgrade).
+    pub fn restart_daemon(&self, name: &str) -> Result<(), LabError> {
+        let h = self.host(name)?.clone();
+        host::kill_daemon(&self.state, name)?;
+        host::start(&self.state, &h)?;
+        wait_until(&format!("{name}'s daemon"), BOUND, || {
+            std::os::unix::net::UnixStream::connect(self.socket(name)).is_ok()
+        })
+    }
+
     /// Drops the host's underlay link.
     pub fn cut(&self, name: &str) -> Result<(), LabError> {
         self.host(name)?;
