@@ -17,11 +17,15 @@
 //!   kills, and 100 replicas over three lab hosts (see [`heal`]);
 //! - scale (root, only when named): 1,000 simulated agents against three managers, a
 //!   30,000-replica service placed, started and reported (see [`scale`]);
+//! - overlay (root, only when named): iperf3 across hosts over the overlay vs the underlay,
+//!   connection set-up through a VIP vs straight to a task, and a 100-replica deploy on an
+//!   overlay network (see [`overlay`]);
 //! - cluster (root): three managers in a lab, writes per second through the leader and a
 //!   follower, and 20 leader kills until writes are accepted again (see [`cluster`]).
 
 mod cluster;
 mod heal;
+mod overlay;
 mod scale;
 
 use shoal_api::service::Service;
@@ -597,6 +601,13 @@ fn main() {
             rt.block_on(heal::heal());
         } else {
             println!("heal: skipped (needs root)");
+        }
+    }
+    if parts.contains(&"overlay") {
+        if root {
+            rt.block_on(overlay::overlay(swarm));
+        } else {
+            println!("overlay: skipped (needs root)");
         }
     }
     // Not part of "all": it takes minutes and thousands of connections.

@@ -51,7 +51,10 @@ pub struct HostNetwork {
     /// This host's underlay address (known once the node joined a cluster).
     local: RwLock<Ipv4Addr>,
     views: Views,
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
+    /// Wakes the VIP refresher (set: the views changed since its last pass).
+    refresh: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    refresher: std::sync::Once,
     /// The runtime resolvers run on (the caller's, or the one a blocking call came from).
     runtime: Option<tokio::runtime::Handle>,
     upstream: Vec<std::net::SocketAddr>,
@@ -103,7 +106,9 @@ impl HostNetwork {
             dir: dir.to_owned(),
             local: RwLock::new(local),
             views: Arc::default(),
-            state: Mutex::default(),
+            state: Arc::default(),
+            refresh: Arc::default(),
+            refresher: std::sync::Once::new(),
             runtime: tokio::runtime::Handle::try_current().ok(),
             upstream: dns::host_resolvers(),
         }
@@ -402,48 +407,26 @@ impl HostNetwork {
             .map(|v| (v.network.id.clone(), v))
             .collect();
         self.sync_remotes()?;
-        let mut state = self.state.lock().expect("network state lock");
-        let mut first_err = None;
-        let wanted: Vec<(TaskId, String)> = state
-            .attached
-            .iter()
-            .map(|(id, a)| (id.clone(), lb::ruleset(&self.vips(&a.networks))))
-            .collect();
-        for (id, rules) in wanted {
-            let a = state.attached.get_mut(&id).expect("listed above");
-            if a.rules == rules {
-                continue;
-            }
-            match lb::apply(&a.netns, &rules) {
-                Ok(()) => a.rules = rules,
-                Err(e) => {
-                    tracing::warn!(task_id = %id, error = %e, "VIP rules not loaded");
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        first_err.map_or(Ok(()), Err)
+        // The containers' VIP rules follow on the refresher's thread: one `nft` per container
+        // whose backends changed, which must not hold up the tasks this message starts. Changes
+        // arriving during a pass are taken together by the next.
+        self.refresher.call_once(|| {
+            let (state, views, refresh) =
+                (self.state.clone(), self.views.clone(), self.refresh.clone());
+            std::thread::Builder::new()
+                .name("vip-refresher".into())
+                .spawn(move || refresh_vips(&state, &views, &refresh))
+                .expect("spawning the VIP refresher");
+        });
+        let (dirty, wake) = &*self.refresh;
+        *dirty.lock().expect("refresh lock") = true;
+        wake.notify_one();
+        Ok(())
     }
 
     /// VIP → running task addresses, for the services on `networks`.
     fn vips(&self, networks: &[NetworkId]) -> BTreeMap<Ipv4Addr, Vec<Ipv4Addr>> {
-        let views = self.views.read().expect("views lock");
-        let mut out = BTreeMap::new();
-        for id in networks {
-            let Some(v) = views.get(id) else { continue };
-            for s in &v.services {
-                let Some(vip) = s.vip else { continue };
-                out.insert(
-                    vip,
-                    v.endpoints
-                        .iter()
-                        .filter(|e| e.running && e.service_id == s.service_id)
-                        .map(|e| e.addr)
-                        .collect(),
-                );
-            }
-        }
-        out
+        vips(&self.views, networks)
     }
 
     /// Networks with local containers, by VNI.
@@ -562,5 +545,64 @@ impl HostNetwork {
             }
             Ok(())
         })
+    }
+}
+
+/// VIP → running task addresses, for the services on `networks`.
+fn vips(views: &Views, networks: &[NetworkId]) -> BTreeMap<Ipv4Addr, Vec<Ipv4Addr>> {
+    let views = views.read().expect("views lock");
+    let mut out = BTreeMap::new();
+    for id in networks {
+        let Some(v) = views.get(id) else { continue };
+        for s in &v.services {
+            let Some(vip) = s.vip else { continue };
+            out.insert(
+                vip,
+                v.endpoints
+                    .iter()
+                    .filter(|e| e.running && e.service_id == s.service_id)
+                    .map(|e| e.addr)
+                    .collect(),
+            );
+        }
+    }
+    out
+}
+
+/// The VIP refresher: whenever the views changed, loads new rules into every attached
+/// container whose VIP backends changed. The state lock is not held while `nft` runs, so
+/// attaching and detaching go on meanwhile.
+fn refresh_vips(state: &Mutex<State>, views: &Views, refresh: &(Mutex<bool>, std::sync::Condvar)) {
+    let (dirty, wake) = refresh;
+    loop {
+        {
+            let mut d = dirty.lock().expect("refresh lock");
+            while !*d {
+                d = wake.wait(d).expect("refresh lock");
+            }
+            *d = false;
+        }
+        let work: Vec<(TaskId, PathBuf, String)> = {
+            let state = state.lock().expect("network state lock");
+            state
+                .attached
+                .iter()
+                .filter_map(|(id, a)| {
+                    let rules = lb::ruleset(&vips(views, &a.networks));
+                    (rules != a.rules).then(|| (id.clone(), a.netns.clone(), rules))
+                })
+                .collect()
+        };
+        for (id, netns, rules) in work {
+            match lb::apply(&netns, &rules) {
+                Ok(()) => {
+                    if let Some(a) = state.lock().expect("network state lock").attached.get_mut(&id) {
+                        a.rules = rules;
+                    }
+                }
+                // A container detached meanwhile has no namespace left to load into.
+                Err(e) => tracing::debug!(task_id = %id, error = %e, "VIP rules not loaded"),
+            }
+        }
     }
 }
