@@ -73,6 +73,24 @@ fn get(lab: &shoal_lab::Lab, (task, host): (&str, &str), target: &str) -> Option
     v["hostname"].as_str().map(str::to_owned)
 }
 
+/// The VIP rules in the namespace of `task`'s container.
+fn vip_rules(lab: &shoal_lab::Lab, (task, host): (&str, &str)) -> String {
+    let pid_file = lab
+        .state()
+        .dir
+        .join("hosts")
+        .join(host)
+        .join("data/containers")
+        .join(task)
+        .join("init.pid");
+    let pid = std::fs::read_to_string(pid_file).unwrap();
+    let out = std::process::Command::new("nsenter")
+        .args(["-t", pid.trim(), "-n", "--", "nft", "list", "table", "ip", "shoal"])
+        .output()
+        .expect("nft");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn vip(lab: &shoal_lab::Lab, service: &str) -> String {
     let s: serde_json::Value = serde_json::from_str(
         &lab.shoal_ok("m1", &["--format", "json", "service", "inspect", service])
@@ -108,6 +126,11 @@ fn services_find_and_reach_each_other_across_hosts_and_stacks_stay_apart() {
     assert_eq!(rr.len(), 2);
     assert_eq!(dig(&lab, c, "rr"), rr);
 
+    // The client's VIP rules follow the running tasks (loaded as the manager's views arrive).
+    wait("the client's VIP rules to list every web task", || {
+        let rules = vip_rules(&lab, c);
+        web_addrs.iter().all(|a| rules.contains(a.as_str()))
+    });
     // Through the VIP, connections spread over every replica (30 tries: all three are hit
     // unless the random choice is broken, with odds below 1e-5).
     let want: BTreeSet<String> = web.iter().map(|(id, _, _)| id[..12].to_owned()).collect();
@@ -160,6 +183,10 @@ fn services_find_and_reach_each_other_across_hosts_and_stacks_stay_apart() {
     lab.kill("w2").unwrap();
     wait("w2's tasks to leave DNS", || {
         dig(&lab, c, "tasks.web").is_disjoint(&on_w2)
+    });
+    wait("w2's tasks to leave the client's VIP rules", || {
+        let rules = vip_rules(&lab, c);
+        on_w2.iter().all(|a| !rules.contains(a.as_str()))
     });
     for _ in 0..10 {
         let answered = get(&lab, c, "web:8080");

@@ -37,6 +37,9 @@ struct Attached {
 #[derive(Debug, Default)]
 struct State {
     attached: BTreeMap<TaskId, Attached>,
+    /// Attachments being made (outside the lock): their networks and reserved gateway
+    /// address, so that pruning spares their devices and no address is given twice.
+    pending: BTreeMap<TaskId, (Vec<NetworkId>, Option<Ipv4Addr>)>,
     /// The cluster's published ports, from the last assignment that carried them.
     ports: PortPlan,
     /// The host rules last loaded (`None`: never touched).
@@ -52,6 +55,9 @@ pub struct HostNetwork {
     local: RwLock<Ipv4Addr>,
     views: Views,
     state: Arc<Mutex<State>>,
+    /// Held while devices of the host's namespace are made or pruned (two attachments to one
+    /// new network must not both create its bridge).
+    devices: Mutex<()>,
     /// Wakes the VIP refresher (set: the views changed since its last pass).
     refresh: Arc<(Mutex<bool>, std::sync::Condvar)>,
     refresher: std::sync::Once,
@@ -107,6 +113,7 @@ impl HostNetwork {
             local: RwLock::new(local),
             views: Arc::default(),
             state: Arc::default(),
+            devices: Mutex::default(),
             refresh: Arc::default(),
             refresher: std::sync::Once::new(),
             runtime: tokio::runtime::Handle::try_current().ok(),
@@ -136,16 +143,42 @@ impl HostNetwork {
         if task.networks.is_empty() {
             return Ok(None);
         }
-        let mut state = self.state.lock().expect("network state lock");
-        if let Some(old) = state.attached.remove(&task.id) {
-            old.dns.abort();
-        }
+        let networks: Vec<NetworkId> = task.networks.iter().map(|a| a.network_id.clone()).collect();
+        let outside = {
+            let views = self.views.read().expect("views lock");
+            networks
+                .iter()
+                .any(|id| views.get(id).is_some_and(|v| !v.network.spec.internal))
+        };
+        // Under the lock only to reserve: the namespace, links and rules are made outside it,
+        // so containers starting together are attached together.
+        let gw = {
+            let mut state = self.state.lock().expect("network state lock");
+            if let Some(old) = state.attached.remove(&task.id) {
+                old.dns.abort();
+            }
+            let used: BTreeSet<Ipv4Addr> = state
+                .attached
+                .values()
+                .filter_map(|a| a.gw)
+                .chain(state.pending.values().filter_map(|p| p.1))
+                .collect();
+            let gw = if outside {
+                Some(free_gateway_address(&used)?)
+            } else {
+                None
+            };
+            state.pending.insert(task.id.clone(), (networks, gw));
+            gw
+        };
         let path = self.netns_path(&task.id);
         // A half-made attachment of an earlier attempt goes first.
-        self.remove_veths(&task.id, task.networks.len())?;
-        netns::remove(&path)?;
-        let used: BTreeSet<Ipv4Addr> = state.attached.values().filter_map(|a| a.gw).collect();
-        let result = self.attach_inner(task, &path, &used);
+        let result = self
+            .remove_veths(&task.id, task.networks.len())
+            .and_then(|()| netns::remove(&path))
+            .and_then(|()| self.attach_inner(task, &path, gw));
+        let mut state = self.state.lock().expect("network state lock");
+        state.pending.remove(&task.id);
         match result {
             Ok(a) => {
                 state.attached.insert(task.id.clone(), a);
@@ -155,9 +188,9 @@ impl HostNetwork {
                 Ok(Some(path))
             }
             Err(e) => {
+                drop(state);
                 let _ = self.remove_veths(&task.id, task.networks.len());
                 let _ = netns::remove(&path);
-                drop(state);
                 let _ = self.prune();
                 Err(e)
             }
@@ -168,18 +201,17 @@ impl HostNetwork {
         &self,
         task: &Task,
         path: &Path,
-        used_gw: &BTreeSet<Ipv4Addr>,
+        gw: Option<Ipv4Addr>,
     ) -> Result<Attached, NetError> {
         netns::create(path)?;
         let mut networks = Vec::new();
-        let mut outside = false;
         for (i, a) in task.networks.iter().enumerate() {
-            let (vni, internal) = self
+            let vni = self
                 .views
                 .read()
                 .expect("views lock")
                 .get(&a.network_id)
-                .map(|v| (v.network.vni, v.network.spec.internal))
+                .map(|v| v.network.vni)
                 .ok_or_else(|| NetError::Netlink {
                     what: format!("attaching to network {}", a.network),
                     message: "the manager has not described that network to this node".into(),
@@ -195,6 +227,7 @@ impl HostNetwork {
                 std::fs::File::open(path).map_err(NetError::io(format!("opening {}", path.display())))?;
             let fd = std::os::fd::AsRawFd::as_raw_fd(&ns_file);
             let (host2, peer2) = (host.clone(), peer.clone());
+            let devices = self.devices.lock().expect("devices lock");
             let mtu = netns::run_in(host_ns(), move |h| async move {
                 let underlay = link::underlay(&h, local).await?;
                 let (br, _) = link::ensure_network(&h, vni, local, underlay).await?;
@@ -202,6 +235,7 @@ impl HostNetwork {
                 link::add_veth(&h, &host2, &peer2, br, mtu, fd).await?;
                 Ok(mtu)
             })?;
+            drop(devices);
             drop(ns_file);
             let name = format!("eth{i}");
             netns::run_in(path, move |h| async move {
@@ -209,13 +243,10 @@ impl HostNetwork {
             })?;
             tracing::debug!(task_id = %task.id, network = %a.network, %ip, mtu, "attached");
             networks.push(a.network_id.clone());
-            outside |= !internal;
         }
-        let gw = if outside {
-            Some(self.attach_gateway(task, path, networks.len(), used_gw)?)
-        } else {
-            None
-        };
+        if let Some(addr) = gw {
+            self.attach_gateway(task, path, networks.len(), addr)?;
+        }
         let sock = netns::blocking_in(path, || {
             let s = std::net::UdpSocket::bind((dns::RESOLVER, 53))?;
             s.set_nonblocking(true)?;
@@ -245,17 +276,9 @@ impl HostNetwork {
         task: &Task,
         path: &Path,
         n: usize,
-        used: &BTreeSet<Ipv4Addr>,
-    ) -> Result<Ipv4Addr, NetError> {
-        let (base, prefix) = ports::GW_SUBNET;
-        let size = 1u32 << (32 - prefix);
-        let addr = (2..size - 1)
-            .map(|i| Ipv4Addr::from(u32::from(base) + i))
-            .find(|a| !used.contains(a))
-            .ok_or_else(|| NetError::Netlink {
-                what: "the gateway bridge".into(),
-                message: "no free address".into(),
-            })?;
+        addr: Ipv4Addr,
+    ) -> Result<(), NetError> {
+        let prefix = ports::GW_SUBNET.1;
         let host = link::gw_veth_name(task.id.as_str());
         let peer = format!("shq{}", &host[3..]);
         let local = self.local();
@@ -263,6 +286,7 @@ impl HostNetwork {
             std::fs::File::open(path).map_err(NetError::io(format!("opening {}", path.display())))?;
         let fd = std::os::fd::AsRawFd::as_raw_fd(&ns_file);
         let (host2, peer2) = (host.clone(), peer.clone());
+        let devices = self.devices.lock().expect("devices lock");
         let mtu = netns::run_in(host_ns(), move |h| async move {
             let (_, mtu) = link::underlay(&h, local).await?;
             let mtu = mtu.min(9000);
@@ -271,13 +295,13 @@ impl HostNetwork {
             link::add_veth(&h, &host2, &peer2, br, mtu, fd).await?;
             Ok(mtu)
         })?;
+        drop(devices);
         drop(ns_file);
         let name = format!("eth{n}");
         netns::run_in(path, move |h| async move {
             link::configure_inside(&h, &peer, &name, mac_for(addr), mtu, (addr, prefix)).await?;
             link::default_route(&h, &name, ports::GW_ADDR).await
-        })?;
-        Ok(addr)
+        })
     }
 
     /// Takes the cluster's published ports from an assignment message.
@@ -437,6 +461,7 @@ impl HostNetwork {
             .attached
             .values()
             .flat_map(|a| a.networks.iter())
+            .chain(state.pending.values().flat_map(|p| p.0.iter()))
             .filter_map(|id| views.get(id).map(|v| (v.network.vni, id.clone())))
             .collect()
     }
@@ -516,14 +541,19 @@ impl HostNetwork {
             let names = state
                 .attached
                 .iter()
-                .flat_map(|(id, a)| {
-                    (0..a.networks.len())
+                .map(|(id, a)| (id, a.networks.len(), a.gw.is_some()))
+                .chain(state.pending.iter().map(|(id, p)| (id, p.0.len(), p.1.is_some())))
+                .flat_map(|(id, n, gw)| {
+                    (0..n)
                         .map(move |i| link::veth_name(id.as_str(), i))
-                        .chain(a.gw.map(|_| link::gw_veth_name(id.as_str())))
+                        .chain(gw.then(|| link::gw_veth_name(id.as_str())))
                 })
                 .collect();
-            (names, state.attached.values().any(|a| a.gw.is_some()))
+            let gw_used = state.attached.values().any(|a| a.gw.is_some())
+                || state.pending.values().any(|p| p.1.is_some());
+            (names, gw_used)
         };
+        let _devices = self.devices.lock().expect("devices lock");
         netns::run_in(host_ns(), move |h| async move {
             for (name, _) in link::links(&h).await? {
                 let vni = name
@@ -546,6 +576,19 @@ impl HostNetwork {
             Ok(())
         })
     }
+}
+
+/// The lowest address of the gateway subnet not in `used`.
+fn free_gateway_address(used: &BTreeSet<Ipv4Addr>) -> Result<Ipv4Addr, NetError> {
+    let (base, prefix) = ports::GW_SUBNET;
+    let size = 1u32 << (32 - prefix);
+    (2..size - 1)
+        .map(|i| Ipv4Addr::from(u32::from(base) + i))
+        .find(|a| !used.contains(a))
+        .ok_or_else(|| NetError::Netlink {
+            what: "the gateway bridge".into(),
+            message: "no free address".into(),
+        })
 }
 
 /// VIP → running task addresses, for the services on `networks`.
