@@ -281,7 +281,11 @@ pub fn network_links(lab: &Lab, host: &str) -> Vec<String> {
         .lines()
         .filter_map(|l| l.split(": ").nth(1))
         .map(|n| n.split('@').next().unwrap_or(n).to_owned())
-        .filter(|n| ["shb", "shv", "shc", "shd", "shgw"].iter().any(|p| n.starts_with(p)))
+        .filter(|n| {
+            ["shb", "shv", "shc", "shd", "shgw"]
+                .iter()
+                .any(|p| n.starts_with(p))
+        })
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect()

@@ -85,7 +85,17 @@ fn vip_rules(lab: &shoal_lab::Lab, (task, host): (&str, &str)) -> String {
         .join("init.pid");
     let pid = std::fs::read_to_string(pid_file).unwrap();
     let out = std::process::Command::new("nsenter")
-        .args(["-t", pid.trim(), "-n", "--", "nft", "list", "table", "ip", "shoal"])
+        .args([
+            "-t",
+            pid.trim(),
+            "-n",
+            "--",
+            "nft",
+            "list",
+            "table",
+            "ip",
+            "shoal",
+        ])
         .output()
         .expect("nft");
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -115,7 +125,10 @@ fn services_find_and_reach_each_other_across_hosts_and_stacks_stay_apart() {
     // By name: the short name and the full name give the service's VIP.
     let web = endpoints(&lab, "a_web");
     assert_eq!(web.len(), 3);
-    assert!(web.iter().all(|(_, h, _)| h != "m1"), "web runs on the workers");
+    assert!(
+        web.iter().all(|(_, h, _)| h != "m1"),
+        "web runs on the workers"
+    );
     let a_vip = vip(&lab, "a_web");
     assert_eq!(dig(&lab, c, "web"), BTreeSet::from([a_vip.clone()]));
     assert_eq!(dig(&lab, c, "a_web"), BTreeSet::from([a_vip.clone()]));
@@ -138,7 +151,10 @@ fn services_find_and_reach_each_other_across_hosts_and_stacks_stay_apart() {
     for _ in 0..30 {
         seen.insert(get(&lab, c, "web:8080").expect("the VIP answers"));
     }
-    assert_eq!(seen, want, "connections through the VIP reach every replica");
+    assert_eq!(
+        seen, want,
+        "connections through the VIP reach every replica"
+    );
 
     // Stack b has the same names on its own network: a's client sees only a's service, and
     // cannot reach b's tasks at all.
@@ -159,7 +175,11 @@ fn services_find_and_reach_each_other_across_hosts_and_stacks_stay_apart() {
 
     // The daemon of w1 crashes and comes back: its containers keep their interfaces, the new
     // daemon answers their DNS again, and nothing is made twice.
-    let on_w1 = web.iter().find(|(_, h, _)| h == "w1").expect("web runs on w1").clone();
+    let on_w1 = web
+        .iter()
+        .find(|(_, h, _)| h == "w1")
+        .expect("web runs on w1")
+        .clone();
     let links = network_links(&lab, "w1");
     lab.restart_daemon("w1").unwrap();
     wait("w1's containers to resolve names again", || {
@@ -167,7 +187,11 @@ fn services_find_and_reach_each_other_across_hosts_and_stacks_stay_apart() {
         serde_json::from_slice::<Vec<String>>(&out.stdout)
             .is_ok_and(|a| a.into_iter().collect::<BTreeSet<_>>() == web_addrs)
     });
-    assert_eq!(network_links(&lab, "w1"), links, "the restart changed w1's devices");
+    assert_eq!(
+        network_links(&lab, "w1"),
+        links,
+        "the restart changed w1's devices"
+    );
     assert_eq!(endpoints(&lab, "a_web").len(), 3, "no task was replaced");
     for _ in 0..6 {
         assert!(get(&lab, c, "web:8080").is_some());
@@ -190,7 +214,10 @@ fn services_find_and_reach_each_other_across_hosts_and_stacks_stay_apart() {
     });
     for _ in 0..10 {
         let answered = get(&lab, c, "web:8080");
-        assert!(answered.is_some(), "the VIP sent a connection to a dead host");
+        assert!(
+            answered.is_some(),
+            "the VIP sent a connection to a dead host"
+        );
     }
 
     // Nothing is left on a host once its last task on a network is gone.
@@ -309,7 +336,10 @@ fn published_ports_answer_where_their_mode_says_and_internal_networks_stay_insid
             if local {
                 assert_eq!(client, m1, "a local task sees the client's address");
             } else {
-                assert_eq!(client, *via, "a forwarded connection comes from the forwarder");
+                assert_eq!(
+                    client, *via,
+                    "a forwarded connection comes from the forwarder"
+                );
             }
             seen.insert(served_by);
         }
@@ -345,7 +375,10 @@ fn published_ports_answer_where_their_mode_says_and_internal_networks_stay_insid
     )
     .unwrap();
     let out = lab
-        .shoal("m1", &["stack", "deploy", "-c", file.to_str().unwrap(), "q"])
+        .shoal(
+            "m1",
+            &["stack", "deploy", "-c", file.to_str().unwrap(), "q"],
+        )
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -385,9 +418,7 @@ networks:
 /// Addresses of the unfinished tasks on the network, with a duplicate check.
 fn live_addresses(lab: &shoal_lab::Lab) -> usize {
     let rt = rt();
-    let tasks: Vec<serde_json::Value> = rt
-        .block_on(lab.client("m1").get("/v1/tasks"))
-        .unwrap();
+    let tasks: Vec<serde_json::Value> = rt.block_on(lab.client("m1").get("/v1/tasks")).unwrap();
     let mut seen = BTreeSet::new();
     for t in tasks {
         let finished = ["complete", "shutdown", "failed", "rejected", "orphaned"]
@@ -424,7 +455,8 @@ fn addresses_never_collide_under_churn_and_all_come_back() {
     });
     wait("every address of the network to be free", || {
         let info: serde_json::Value = serde_json::from_str(
-            &lab.shoal_ok("m1", &["network", "inspect", "churn"]).unwrap(),
+            &lab.shoal_ok("m1", &["network", "inspect", "churn"])
+                .unwrap(),
         )
         .unwrap();
         info[0]["addresses_in_use"] == 0

@@ -15,6 +15,7 @@ use shoal_api::service::MountKind;
 use shoal_api::task::Task;
 use shoal_api::units::Duration;
 use shoal_api::TaskId;
+use shoal_overlay_net::HostNetwork;
 use shoal_runtime::digest::Digest;
 use shoal_runtime::image::{ImageError, ImageStore};
 use shoal_runtime::oci::OciRuntime;
@@ -25,7 +26,6 @@ use shoal_runtime::volume::VolumeStore;
 use std::collections::BTreeMap;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use shoal_overlay_net::HostNetwork;
 use std::sync::Arc;
 use tokio::io::AsyncBufReadExt;
 

@@ -4,8 +4,8 @@
 //! gets from its address ([`mac_for`]).
 
 use crate::ids::NetworkId;
-use crate::units::Timestamp;
 use crate::ids::{ServiceId, TaskId};
+use crate::units::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -277,7 +277,9 @@ mod tests {
         assert!(!a.contains(Ipv4Addr::new(10, 0, 2, 1)));
         assert!(a.overlaps(&Cidr::parse("10.0.0.0/16").unwrap()));
         assert!(!a.overlaps(&Cidr::parse("10.0.2.0/24").unwrap()));
-        assert!(Cidr::parse("10.0.1.5/24").unwrap_err().contains("host bits"));
+        assert!(Cidr::parse("10.0.1.5/24")
+            .unwrap_err()
+            .contains("host bits"));
         assert!(Cidr::parse("10.0.1.0").is_err());
         assert!(Cidr::parse("10.0.1.0/33").is_err());
         assert_eq!(mac_for(Ipv4Addr::new(10, 0, 1, 5)), [2, 0x42, 10, 0, 1, 5]);

@@ -96,7 +96,16 @@ fn iperf(server: Command, client: Command, target: Ipv4Addr) -> f64 {
     std::thread::sleep(Duration::from_millis(400));
     let mut client = client;
     let out = client
-        .args(["iperf3", "-c", &target.to_string(), "-p", "5301", "-t", "5", "-J"])
+        .args([
+            "iperf3",
+            "-c",
+            &target.to_string(),
+            "-p",
+            "5301",
+            "-t",
+            "5",
+            "-J",
+        ])
         .output()
         .expect("iperf3 -c");
     let _ = srv.wait();
@@ -194,7 +203,11 @@ pub async fn overlay(swarm: bool) {
         let (mut a, mut b) = (Vec::new(), Vec::new());
         for _ in 0..4 {
             a.extend(connects(&cli_pid, SocketAddr::new(vip.into(), 8080), 500));
-            b.extend(connects(&cli_pid, SocketAddr::new(srv[0].2.into(), 8080), 500));
+            b.extend(connects(
+                &cli_pid,
+                SocketAddr::new(srv[0].2.into(), 8080),
+                500,
+            ));
         }
         (a, b)
     });
@@ -217,7 +230,11 @@ pub async fn overlay(swarm: bool) {
         stack.networks.push(shoal_api::network::NetworkSpec {
             name: "bench_default".into(),
             driver: "overlay".into(),
-            labels: [(shoal_api::service::STACK_LABEL.to_owned(), "bench".to_owned())].into(),
+            labels: [(
+                shoal_api::service::STACK_LABEL.to_owned(),
+                "bench".to_owned(),
+            )]
+            .into(),
             ..Default::default()
         });
         stack.services[0]

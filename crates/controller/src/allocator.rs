@@ -17,7 +17,6 @@ use shoal_api::ids::{NetworkId, ServiceId, TaskId};
 use shoal_api::network::{Cidr, Network, NetworkSpec, FIRST_VNI};
 use shoal_api::service::{EndpointMode, ServiceSpec};
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
 
 /// The pool network subnets come from when the cluster was initialized without one (Swarm's).
 pub const DEFAULT_POOL: &str = "10.0.0.0/8";
@@ -207,9 +206,10 @@ pub fn allocate_networks(
     // Requested subnets are claimed before any is picked from the pool.
     for spec in &specs {
         if !spec.subnet.is_empty() {
-            taken.push(Cidr::parse(&spec.subnet).map_err(|e| {
-                format!("network {:?}: subnet {e}", spec.name)
-            })?);
+            taken.push(
+                Cidr::parse(&spec.subnet)
+                    .map_err(|e| format!("network {:?}: subnet {e}", spec.name))?,
+            );
         }
     }
     let (pools, size) = pool(store);
@@ -251,7 +251,7 @@ pub fn allocate_networks(
             spec,
             vni,
             subnet: cidr.to_string(),
-            gateway: Ipv4Addr::from(cidr.gateway()).to_string(),
+            gateway: cidr.gateway().to_string(),
         });
     }
     Ok(out)

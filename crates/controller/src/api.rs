@@ -3,8 +3,8 @@
 //! ([`ApiError`]). The same router serves the Unix socket and, optionally, TCP; agents use its
 //! `/v1/dispatcher/*` routes.
 
-use crate::dispatcher::{self, SessionError};
 use crate::allocator::allocate_networks;
+use crate::dispatcher::{self, SessionError};
 use crate::manager::{now, Cluster, Manager, ManagerError};
 use crate::raft::node::ProposeError;
 use crate::store::{Command, Store, StoreError};
@@ -836,10 +836,9 @@ async fn stack_deploy(
                 }
             }
         }
-        let networks = allocate_networks(&store, new_specs, || {
-            NetworkId::from_bits(rand::random())
-        })
-        .map_err(ApiError::bad)?;
+        let networks =
+            allocate_networks(&store, new_specs, || NetworkId::from_bits(rand::random()))
+                .map_err(ApiError::bad)?;
         result.networks_created = networks.iter().map(|n| n.spec.name.clone()).collect();
         let (mut create, mut update) = (Vec::new(), Vec::new());
         for spec in &req.stack.services {

@@ -8,17 +8,17 @@
 
 use crate::store::Store;
 use crate::watch::{EventHub, Subscription};
-use shoal_api::task::{Task, TaskState};
 use shoal_api::network::{
     split_address, Backend, Endpoint, NetworkView, PortPlan, PublishedPort, ServiceRecord,
 };
-use shoal_api::ServiceId;
+use shoal_api::task::{Task, TaskState};
 use shoal_api::wire::{Action, Assignments, Object};
 use shoal_api::NetworkId;
-use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use shoal_api::ServiceId;
 use shoal_api::{NodeId, TaskId};
+use std::collections::BTreeSet;
 use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -205,7 +205,10 @@ pub fn port_plan(store: &Store) -> PortPlan {
     }
     let addr_of = |n: &shoal_api::node::Node| -> Option<Ipv4Addr> {
         let a = &n.status.addr;
-        a.rsplit_once(':').map_or(a.as_str(), |(h, _)| h).parse().ok()
+        a.rsplit_once(':')
+            .map_or(a.as_str(), |(h, _)| h)
+            .parse()
+            .ok()
     };
     let peers = store.nodes.values().filter_map(addr_of).collect();
     let mut backends: BTreeMap<&ServiceId, Vec<Backend>> = BTreeMap::new();
@@ -285,7 +288,11 @@ pub fn network_views(store: &Store, node: &NodeId) -> Vec<NetworkView> {
         if t.networks.is_empty() || t.status.state.is_terminal() {
             continue;
         }
-        let Some(n) = t.node_id.as_ref().filter(|_| t.status.state >= TaskState::Assigned) else {
+        let Some(n) = t
+            .node_id
+            .as_ref()
+            .filter(|_| t.status.state >= TaskState::Assigned)
+        else {
             continue;
         };
         let Some(node_addr) = node_addr(n) else {

@@ -7,9 +7,9 @@
 //! store as it was. Batches from the leader loops ([`TaskOp`]) skip what no longer applies
 //! (a task deleted meanwhile) instead of failing, since they are recomputed from state anyway.
 
+use crate::allocator::{wants_vips, Ipam, Owner};
 use serde::{Deserialize, Serialize};
 use shoal_api::constraint::Constraint;
-use crate::allocator::{wants_vips, Ipam, Owner};
 use shoal_api::network::{Cidr, Network, NetworkAttachment, NetworkSpec, VirtualIp};
 use shoal_api::node::{
     Availability, ManagerStatus, Node, NodeDescription, NodeRole, NodeSpec, NodeState, NodeStatus,
@@ -393,7 +393,9 @@ fn check_published_ports<'a>(
     }
     for (_, spec) in specs {
         for p in &spec.endpoint.ports {
-            let Some(published) = p.published else { continue };
+            let Some(published) = p.published else {
+                continue;
+            };
             if let Some(other) = seen.insert((published, p.protocol.clone()), &spec.name) {
                 return Err(StoreError::Invalid(format!(
                     "service {:?}: port '{published}/{}' is already in use by service {other:?}",
@@ -669,11 +671,7 @@ impl Store {
                         .filter(|id| self.services.contains_key(*id));
                     check_service_spec(self, spec, existing, &networks)?;
                 }
-                check_published_ports(
-                    self,
-                    create.iter().chain(update.iter()),
-                    remove.as_slice(),
-                )?;
+                check_published_ports(self, create.iter().chain(update.iter()), remove.as_slice())?;
                 let specs: Vec<_> = create
                     .iter()
                     .map(|(_, s)| (s, None))
@@ -971,12 +969,12 @@ impl Store {
             match (e.action, &mut e.object) {
                 (Action::Create, Object::Network(n)) => ipam.add_network(n),
                 (Action::Delete, Object::Network(n)) => ipam.remove_network(&n.id),
-                (action, Object::Task(t)) => {
-                    if action == Action::Delete || t.status.state.is_terminal() {
-                        let owner = Owner::Task(t.id.clone());
-                        for a in &t.networks {
-                            ipam.release(&a.network_id, &a.address, &owner);
-                        }
+                (action, Object::Task(t))
+                    if action == Action::Delete || t.status.state.is_terminal() =>
+                {
+                    let owner = Owner::Task(t.id.clone());
+                    for a in &t.networks {
+                        ipam.release(&a.network_id, &a.address, &owner);
                     }
                 }
                 (Action::Delete, Object::Service(svc)) => {
@@ -1117,7 +1115,8 @@ impl Store {
             for a in task.networks.drain(..) {
                 ipam.release(&a.network_id, &a.address, &owner);
             }
-            let mut status = TaskStatus::new(TaskState::Rejected, task.created_at, "allocation failed");
+            let mut status =
+                TaskStatus::new(TaskState::Rejected, task.created_at, "allocation failed");
             status.err = err;
             task.status = status;
         }
@@ -1337,10 +1336,12 @@ mod tests {
         };
         apply(&mut store, Command::CreateNetwork(Box::new(n))).unwrap();
         let mut web = spec("web");
-        web.task.networks.push(shoal_api::service::NetworkAttachmentSpec {
-            target: "shared".into(),
-            aliases: vec![],
-        });
+        web.task
+            .networks
+            .push(shoal_api::service::NetworkAttachmentSpec {
+                target: "shared".into(),
+                aliases: vec![],
+            });
         let mut next_task = 100;
         for round in 0..50u128 {
             let id = sid(1000 + round);
@@ -1408,10 +1409,12 @@ mod tests {
         };
         store.apply(2, Command::CreateNetwork(Box::new(n))).unwrap();
         let mut web = spec("web");
-        web.task.networks.push(shoal_api::service::NetworkAttachmentSpec {
-            target: "tiny".into(),
-            aliases: vec![],
-        });
+        web.task
+            .networks
+            .push(shoal_api::service::NetworkAttachmentSpec {
+                target: "tiny".into(),
+                aliases: vec![],
+            });
         store
             .apply(
                 3,
@@ -1448,7 +1451,11 @@ mod tests {
                 },
             )
             .unwrap_err();
-        assert!(err.to_string().contains("no free address on network \"tiny\""), "{err}");
+        assert!(
+            err.to_string()
+                .contains("no free address on network \"tiny\""),
+            "{err}"
+        );
         assert_eq!(store.services, before.services);
     }
 

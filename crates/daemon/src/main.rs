@@ -90,7 +90,11 @@ struct Args {
     #[arg(long)]
     memory: Option<String>,
     /// Log filter (tracing's EnvFilter syntax).
-    #[arg(long, env = "SHOAL_LOG", default_value = "info,netlink_packet_route=error")]
+    #[arg(
+        long,
+        env = "SHOAL_LOG",
+        default_value = "info,netlink_packet_route=error"
+    )]
     log: String,
 }
 

@@ -34,7 +34,11 @@ pub fn answer(query: &[u8], lookup: &dyn Lookup) -> Option<Vec<u8>> {
         Err(_) => return None,
     };
     let q = req.queries().first()?.clone();
-    let name = q.name().to_utf8().trim_end_matches('.').to_ascii_lowercase();
+    let name = q
+        .name()
+        .to_utf8()
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
     let found = lookup.lookup(&name)?;
     let mut resp = Message::new();
     resp.set_id(req.id())
@@ -103,7 +107,9 @@ pub async fn serve(socket: UdpSocket, lookup: Arc<dyn Lookup>, upstream: Vec<Soc
         let socket = socket.clone();
         let upstream = upstream.clone();
         tokio::spawn(async move {
-            let resp = forward(&query, &upstream).await.or_else(|| servfail(&query));
+            let resp = forward(&query, &upstream)
+                .await
+                .or_else(|| servfail(&query));
             if let Some(resp) = resp {
                 let _ = socket.send_to(&resp, from).await;
             }
@@ -120,7 +126,8 @@ async fn forward(query: &[u8], upstream: &[SocketAddr]) -> Option<Vec<u8>> {
             continue;
         }
         let mut buf = vec![0u8; 4096];
-        if let Ok(Ok((n, _))) = tokio::time::timeout(FORWARD_TIMEOUT, sock.recv_from(&mut buf)).await
+        if let Ok(Ok((n, _))) =
+            tokio::time::timeout(FORWARD_TIMEOUT, sock.recv_from(&mut buf)).await
         {
             buf.truncate(n);
             return Some(buf);
@@ -172,7 +179,10 @@ mod tests {
     #[test]
     fn cluster_names_are_answered_and_others_forwarded() {
         let r = answer(&query("web.", RecordType::A), &Fixed).unwrap();
-        assert_eq!(addrs(&r), (ResponseCode::NoError, vec![Ipv4Addr::new(10, 0, 1, 2)]));
+        assert_eq!(
+            addrs(&r),
+            (ResponseCode::NoError, vec![Ipv4Addr::new(10, 0, 1, 2)])
+        );
         let r = answer(&query("TASKS.web.", RecordType::A), &Fixed).unwrap();
         assert_eq!(addrs(&r).1.len(), 2);
         let r = answer(&query("web.", RecordType::AAAA), &Fixed).unwrap();

@@ -8,8 +8,8 @@
 
 use crate::dns::{self, Lookup};
 use crate::link::{self, Remote};
-use crate::{lb, netns, NetError};
 use crate::ports;
+use crate::{lb, netns, NetError};
 use shoal_api::network::{mac_for, split_address, NetworkView, PortPlan};
 use shoal_api::task::Task;
 use shoal_api::{NetworkId, TaskId};
@@ -81,7 +81,11 @@ impl Lookup for ContainerLookup {
         };
         for id in &self.networks {
             let Some(v) = views.get(id) else { continue };
-            let Some(s) = v.services.iter().find(|s| s.names.iter().any(|n| n == name)) else {
+            let Some(s) = v
+                .services
+                .iter()
+                .find(|s| s.names.iter().any(|n| n == name))
+            else {
                 continue;
             };
             if let (false, Some(vip)) = (tasks_of, s.vip) {
@@ -223,8 +227,8 @@ impl HostNetwork {
             let host = link::veth_name(task.id.as_str(), i);
             let peer = format!("shp{}", &host[3..]);
             let local = self.local();
-            let ns_file =
-                std::fs::File::open(path).map_err(NetError::io(format!("opening {}", path.display())))?;
+            let ns_file = std::fs::File::open(path)
+                .map_err(NetError::io(format!("opening {}", path.display())))?;
             let fd = std::os::fd::AsRawFd::as_raw_fd(&ns_file);
             let (host2, peer2) = (host.clone(), peer.clone());
             let devices = self.devices.lock().expect("devices lock");
@@ -282,8 +286,8 @@ impl HostNetwork {
         let host = link::gw_veth_name(task.id.as_str());
         let peer = format!("shq{}", &host[3..]);
         let local = self.local();
-        let ns_file =
-            std::fs::File::open(path).map_err(NetError::io(format!("opening {}", path.display())))?;
+        let ns_file = std::fs::File::open(path)
+            .map_err(NetError::io(format!("opening {}", path.display())))?;
         let fd = std::os::fd::AsRawFd::as_raw_fd(&ns_file);
         let (host2, peer2) = (host.clone(), peer.clone());
         let devices = self.devices.lock().expect("devices lock");
@@ -343,7 +347,9 @@ impl HostNetwork {
             .runtime
             .clone()
             .or_else(|| tokio::runtime::Handle::try_current().ok())
-            .ok_or_else(|| NetError::io("serving DNS")(std::io::Error::other("no async runtime")))?;
+            .ok_or_else(|| {
+                NetError::io("serving DNS")(std::io::Error::other("no async runtime"))
+            })?;
         let _guard = rt.enter();
         let sock = tokio::net::UdpSocket::from_std(sock)
             .map_err(NetError::io("registering the resolver socket"))?;
@@ -363,7 +369,9 @@ impl HostNetwork {
         }
         let networks: Vec<NetworkId> = task.networks.iter().map(|a| a.network_id.clone()).collect();
         let gw_link = format!("eth{}", networks.len());
-        let gw = netns::run_in(&path, move |h| async move { link::address_of(&h, &gw_link).await })?;
+        let gw = netns::run_in(&path, move |h| async move {
+            link::address_of(&h, &gw_link).await
+        })?;
         let sock = netns::blocking_in(&path, || {
             let s = std::net::UdpSocket::bind((dns::RESOLVER, 53))?;
             s.set_nonblocking(true)?;
@@ -542,7 +550,12 @@ impl HostNetwork {
                 .attached
                 .iter()
                 .map(|(id, a)| (id, a.networks.len(), a.gw.is_some()))
-                .chain(state.pending.iter().map(|(id, p)| (id, p.0.len(), p.1.is_some())))
+                .chain(
+                    state
+                        .pending
+                        .iter()
+                        .map(|(id, p)| (id, p.0.len(), p.1.is_some())),
+                )
                 .flat_map(|(id, n, gw)| {
                     (0..n)
                         .map(move |i| link::veth_name(id.as_str(), i))
@@ -639,7 +652,12 @@ fn refresh_vips(state: &Mutex<State>, views: &Views, refresh: &(Mutex<bool>, std
         for (id, netns, rules) in work {
             match lb::apply(&netns, &rules) {
                 Ok(()) => {
-                    if let Some(a) = state.lock().expect("network state lock").attached.get_mut(&id) {
+                    if let Some(a) = state
+                        .lock()
+                        .expect("network state lock")
+                        .attached
+                        .get_mut(&id)
+                    {
                         a.rules = rules;
                     }
                 }

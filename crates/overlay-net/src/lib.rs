@@ -28,8 +28,6 @@ pub mod ports;
 
 pub use host::HostNetwork;
 
-
-
 /// Something on the host's network could not be done.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {

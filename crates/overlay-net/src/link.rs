@@ -83,12 +83,10 @@ fn link_name(m: &LinkMessage) -> Option<String> {
 
 /// Sets the link `name` up.
 pub async fn set_up(h: &Handle, name: &str) -> Result<(), NetError> {
-    let idx = index(h, name)
-        .await?
-        .ok_or_else(|| NetError::Netlink {
-            what: format!("setting {name} up"),
-            message: "no such device".into(),
-        })?;
+    let idx = index(h, name).await?.ok_or_else(|| NetError::Netlink {
+        what: format!("setting {name} up"),
+        message: "no such device".into(),
+    })?;
     h.link()
         .set(LinkUnspec::new_with_index(idx).up().build())
         .execute()
@@ -169,7 +167,9 @@ pub async fn ensure_network(
                 .add(msg)
                 .execute()
                 .await
-                .map_err(NetError::netlink(format!("creating VXLAN {vx} (VNI {vni})")))?;
+                .map_err(NetError::netlink(format!(
+                    "creating VXLAN {vx} (VNI {vni})"
+                )))?;
             index(h, &vx).await?.expect("just created")
         }
     };
@@ -216,10 +216,16 @@ pub async fn add_veth(
     let host_idx = index(h, host).await?.expect("just created");
     let peer_idx = index(h, peer).await?.expect("just created");
     h.link()
-        .set(LinkUnspec::new_with_index(peer_idx).setns_by_fd(netns_fd).build())
+        .set(
+            LinkUnspec::new_with_index(peer_idx)
+                .setns_by_fd(netns_fd)
+                .build(),
+        )
         .execute()
         .await
-        .map_err(NetError::netlink(format!("moving {peer} into the container")))?;
+        .map_err(NetError::netlink(format!(
+            "moving {peer} into the container"
+        )))?;
     h.link()
         .set(
             LinkUnspec::new_with_index(host_idx)
@@ -336,9 +342,9 @@ pub async fn sync_remotes(h: &Handle, vx: u32, remotes: &[Remote]) -> Result<(),
     }
     for r in remotes {
         let arp_ok = have_arp.remove(&r.addr).is_some_and(|m| {
-            m.attributes.iter().any(|a| {
-                matches!(a, NeighbourAttribute::LinkLocalAddress(l) if l.as_slice() == r.mac)
-            })
+            m.attributes.iter().any(
+                |a| matches!(a, NeighbourAttribute::LinkLocalAddress(l) if l.as_slice() == r.mac),
+            )
         });
         if !arp_ok {
             h.neighbours()
@@ -365,9 +371,10 @@ pub async fn sync_remotes(h: &Handle, vx: u32, remotes: &[Remote]) -> Result<(),
                 .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
                     r.host,
                 )));
-            req.execute()
-                .await
-                .map_err(NetError::netlink(format!("forwarding entry for {}", r.addr)))?;
+            req.execute().await.map_err(NetError::netlink(format!(
+                "forwarding entry for {}",
+                r.addr
+            )))?;
         }
     }
     for (_, m) in have_arp {

@@ -13,7 +13,8 @@ pub fn create(path: &Path) -> Result<(), NetError> {
         return Ok(());
     }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(NetError::io(format!("creating {}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(NetError::io(format!("creating {}", dir.display())))?;
     }
     std::fs::File::create(path).map_err(NetError::io(format!("creating {}", path.display())))?;
     let target = path.to_owned();
@@ -29,7 +30,9 @@ pub fn create(path: &Path) -> Result<(), NetError> {
             MsFlags::MS_BIND,
             None::<&str>,
         )
-        .map_err(|e| NetError::io(format!("binding the namespace to {}", target.display()))(e.into()))
+        .map_err(|e| {
+            NetError::io(format!("binding the namespace to {}", target.display()))(e.into())
+        })
     })
     .join()
     .map_err(|_| NetError::io("namespace thread")(std::io::Error::other("panicked")))??;

@@ -195,11 +195,17 @@ mod tests {
         let r = ruleset(&plan, &local, me);
         assert!(r.contains("chain p0_l0 {\n    meta l4proto tcp dnat ip to 172.30.0.2:80\n  }"));
         assert!(r.contains("meta mark set 0x5301 meta l4proto tcp dnat ip to 198.18.0.12:8080"));
-        assert!(r.contains("numgen random mod 2 vmap { 0 : jump p0_l0, 1 : jump p0_r1 }"), "{r}");
+        assert!(
+            r.contains("numgen random mod 2 vmap { 0 : jump p0_l0, 1 : jump p0_r1 }"),
+            "{r}"
+        );
         assert!(r.contains(
             "fib daddr type local tcp dport 8080 ip saddr @peers ip dscp 0x3f jump p0_local"
         ));
-        assert!(r.contains("fib daddr type local udp dport 5353 jump p1_local"), "{r}");
+        assert!(
+            r.contains("fib daddr type local udp dport 5353 jump p1_local"),
+            "{r}"
+        );
         assert!(!r.contains("p1_mesh"), "host mode never leaves the host");
         assert!(r.contains("elements = { 198.18.0.11, 198.18.0.12 }"));
     }

@@ -230,8 +230,14 @@ fn respond(mut s: TcpStream) {
     let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
     let (code, body) = if path == "/" {
         // The report, with the address the connection came from.
-        let client = s.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
-        (200, format!("{{\"client\":{},{}", json_str(&client), &report()[1..]))
+        let client = s
+            .peer_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        (
+            200,
+            format!("{{\"client\":{},{}", json_str(&client), &report()[1..]),
+        )
     } else if let Some(n) = path.strip_prefix("/exit/") {
         let code: i32 = n.parse().unwrap_or(1);
         let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nbye");
@@ -342,7 +348,10 @@ fn main() -> ExitCode {
                 _ => addr.to_owned(),
             };
             let addr = addr.as_str();
-            let target: Vec<std::net::SocketAddr> = addr.to_socket_addrs().map(|a| a.collect()).unwrap_or_default();
+            let target: Vec<std::net::SocketAddr> = addr
+                .to_socket_addrs()
+                .map(|a| a.collect())
+                .unwrap_or_default();
             let Some(target) = target.first() else {
                 eprintln!("probe: bad address {addr}");
                 return ExitCode::from(1);
