@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The main job: a lab of five hosts on this machine (three managers, two workers, each a network
 # namespace with its own shoald), examples/stacks/web.yml deployed as real containers spread over
-# them, one replica answering a request, then the leader's host killed (daemon and containers at
-# once): a new leader is elected, the lost replicas run elsewhere, and the cluster takes writes.
+# them on overlay networks; port 8080 answering on every host (the routing mesh); a worker
+# container reaching `web` by name through its virtual IP; then the leader's host killed (daemon
+# and containers at once): a new leader is elected, the lost replicas run elsewhere, and the
+# cluster takes writes.
 # The lab stays up for you to explore; `./target/release/shoal-lab down` removes all of it.
 # Run as root from anywhere: it installs what it needs.
 set -euo pipefail
@@ -38,15 +40,24 @@ $shoal stack deploy --wait -c examples/stacks/web.yml web
 $shoal stack ps web
 $shoal node ls
 
-step "GET / from one web replica, inside its network namespace"
-task=$($shoal --format json service ps web_web | python3 -c '
+step "the routing mesh: port 8080 answers on every host, and spreads over the replicas"
+for h in $($lab status | awk 'NR > 1 && $3 == "alive" {print $1 "=" $2}'); do
+  printf '%-3s %-15s ' "${h%%=*}" "${h#*=}:8080"
+  timeout 5 nsenter --net="/run/netns/shl-lab-m1" busybox wget -qO- "http://${h#*=}:8080/" || echo "(no answer)"
+done
+
+step "by name, from inside a web_worker container: DNS and the VIP of web_web"
+task=$($shoal --format json service ps web_worker | python3 -c '
 import json, sys
 print(next(t["id"] + " " + t["node_id"] for t in json.load(sys.stdin) if t["status"]["state"] == "running"))')
 set -- $task
 host=$($shoal --format json node inspect "$2" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["description"]["hostname"])')
 pid=$(cat "/var/tmp/shoal-lab/lab/hosts/$host/data/containers/$1/init.pid")
-echo "task $1 runs on $host:"
-nsenter --net="/proc/$pid/ns/net" busybox wget -qO- http://127.0.0.1:8080/
+echo "worker task $1 on $host:"
+vip=$(nsenter -t "$pid" -n -m busybox nslookup web 2>/dev/null | awk '/^Name/ {n=1; next} n && /^Address/ {print $NF; exit}')
+echo "web -> $vip (the VIP of web_web); tasks.web ->" $(nsenter -t "$pid" -n -m busybox nslookup tasks.web 2>/dev/null | awk '/^Name/ {n=1; next} n && /^Address/ {print $NF}')
+echo "three requests to http://web:8080/, through the VIP:"
+for _ in 1 2 3; do timeout 5 nsenter -t "$pid" -n -m busybox wget -qO- "http://$vip:8080/"; done
 
 step "shoal-lab kill $leader: power loss on the leader's host (daemon and containers)"
 start=$(date +%s.%N)
