@@ -30,9 +30,19 @@ const STACK: &str = "services:
     image: probe
     command: [\"sleep\", \"3600\"]
     init: true
+    networks: [default, side]
     deploy:
       placement:
         constraints: [node.role == manager]
+  aside:
+    image: probe
+    command: [\"serve\", \"8080\"]
+    init: true
+    networks:
+      side:
+        aliases: [sidekick]
+networks:
+  side:
 ";
 
 /// The running tasks of `service`: (task id, hostname, address).
@@ -138,6 +148,18 @@ fn services_find_and_reach_each_other_across_hosts_and_stacks_stay_apart() {
     let rr: BTreeSet<String> = endpoints(&lab, "a_rr").into_iter().map(|e| e.2).collect();
     assert_eq!(rr.len(), 2);
     assert_eq!(dig(&lab, c, "rr"), rr);
+
+    // The client is on two networks: an interface on each, and the names of both.
+    let report: serde_json::Value =
+        serde_json::from_slice(&probe_in(&lab, c.1, c.0, &["report"]).stdout).unwrap();
+    let addrs = report["addresses"].as_array().unwrap().len();
+    assert_eq!(addrs, 4, "lo, two overlays and the gateway bridge: {report}");
+    assert_eq!(dig(&lab, c, "sidekick"), BTreeSet::from([vip(&lab, "a_aside")]));
+    assert!(get(&lab, c, "sidekick:8080").is_some());
+    assert!(get(&lab, c, "aside:8080").is_some());
+    // web is not on `side`: from aside's own container, `web` is unknown.
+    let aside = endpoints(&lab, "a_aside").pop().unwrap();
+    assert!(dig(&lab, (&aside.0, &aside.1), "web").is_empty());
 
     // The client's VIP rules follow the running tasks (loaded as the manager's views arrive).
     wait("the client's VIP rules to list every web task", || {

@@ -263,8 +263,11 @@ pub async fn overlay(swarm: bool) {
                 .as_secs_f64(),
         );
         crate::remove_stack(&c).await;
-        // Until every container and its network are gone.
-        while tokio::task::block_in_place(|| lab.containers("m1")) > 0 {
+        // Until every container and its namespace are gone.
+        let netns = lab.state().dir.join("hosts/m1/data/netns");
+        while tokio::task::block_in_place(|| lab.containers("m1")) > 0
+            || std::fs::read_dir(&netns).is_ok_and(|d| d.count() > 0)
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

@@ -1460,6 +1460,45 @@ mod tests {
     }
 
     #[test]
+    fn encrypted_and_overlapping_networks_are_refused() {
+        let mut store = Store::default();
+        let net = |id: u128, name: &str, subnet: &str| NewNetwork {
+            id: NetworkId::from_bits(id),
+            spec: NetworkSpec {
+                name: name.into(),
+                driver: "overlay".into(),
+                ..Default::default()
+            },
+            vni: 4096 + id as u32,
+            subnet: subnet.into(),
+            gateway: String::new(),
+        };
+        let mut secret = net(1, "s_private", "10.0.1.0/24");
+        secret
+            .spec
+            .driver_opts
+            .insert("encrypted".into(), String::new());
+        let err = store
+            .apply(2, Command::CreateNetwork(Box::new(secret)))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("encrypted overlay networks are not supported yet"),
+            "{err}"
+        );
+        assert!(store.networks.is_empty());
+        store
+            .apply(3, Command::CreateNetwork(Box::new(net(2, "a", "10.0.0.0/16"))))
+            .unwrap();
+        let err = store
+            .apply(4, Command::CreateNetwork(Box::new(net(3, "b", "10.0.7.0/24"))))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "network \"b\": subnet 10.0.7.0/24 overlaps network \"a\"'s subnet 10.0.0.0/16"
+        );
+    }
+
+    #[test]
     fn a_published_port_in_use_is_refused_with_the_service_holding_it() {
         let mut store = Store::default();
         let mut a = spec("a_web");
