@@ -20,6 +20,7 @@ if [ "$(id -u)" = 0 ]; then
   command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
   command -v ip >/dev/null 2>&1 || need+=(iproute2)
   command -v nft >/dev/null 2>&1 || need+=(nftables)
+  command -v python3 >/dev/null 2>&1 || need+=(python3)
   if [ ${#need[@]} -gt 0 ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null) \
       || echo "could not install ${need[*]}: the tests that need them will say they skipped"

@@ -1482,15 +1482,22 @@ mod tests {
             .apply(2, Command::CreateNetwork(Box::new(secret)))
             .unwrap_err();
         assert!(
-            err.to_string().contains("encrypted overlay networks are not supported yet"),
+            err.to_string()
+                .contains("encrypted overlay networks are not supported yet"),
             "{err}"
         );
         assert!(store.networks.is_empty());
         store
-            .apply(3, Command::CreateNetwork(Box::new(net(2, "a", "10.0.0.0/16"))))
+            .apply(
+                3,
+                Command::CreateNetwork(Box::new(net(2, "a", "10.0.0.0/16"))),
+            )
             .unwrap();
         let err = store
-            .apply(4, Command::CreateNetwork(Box::new(net(3, "b", "10.0.7.0/24"))))
+            .apply(
+                4,
+                Command::CreateNetwork(Box::new(net(3, "b", "10.0.7.0/24"))),
+            )
             .unwrap_err();
         assert_eq!(
             err.to_string(),

@@ -47,6 +47,11 @@ pub fn ruleset(vips: &BTreeMap<Ipv4Addr, Vec<Ipv4Addr>>) -> String {
 
 /// Loads `rules` inside the namespace at `netns` in one transaction.
 pub fn apply(netns: &Path, rules: &str) -> Result<(), NetError> {
+    if !nft_installed() {
+        return Err(NetError::Nft(
+            "the nft command is missing: install nftables (apt-get install nftables)".into(),
+        ));
+    }
     let rules = rules.to_owned();
     let out = crate::netns::blocking_in(netns, move || {
         let mut child = std::process::Command::new("nft")
@@ -68,6 +73,13 @@ pub fn apply(netns: &Path, rules: &str) -> Result<(), NetError> {
         ));
     }
     Ok(())
+}
+
+/// True when `nft` is on the PATH.
+fn nft_installed() -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|d| d.join("nft").is_file())
+    })
 }
 
 #[cfg(test)]
