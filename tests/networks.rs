@@ -311,6 +311,15 @@ const PORTS: &str = "services:
     deploy:
       placement:
         constraints: [node.hostname == w1]
+  echo:
+    image: probe
+    command: [\"udpserve\", \"5353\"]
+    init: true
+    ports:
+      - \"9393:5353/udp\"
+    deploy:
+      placement:
+        constraints: [node.hostname == w1]
   out:
     image: probe
     command: [\"sleep\", \"3600\"]
@@ -340,6 +349,25 @@ fn get_from_host(lab: &shoal_lab::Lab, host: &str, addr: &str) -> Option<serde_j
          if not c: break\n    d += c\nprint(d.split(b'\\r\\n\\r\\n', 1)[1].decode())\n",
         addr.split(':').next().unwrap(),
         addr.split(':').nth(1).unwrap()
+    );
+    let out = lab
+        .command(host, std::path::Path::new("python3"))
+        .unwrap()
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// One UDP datagram to `addr` from a lab host's namespace: the probe's answer, or `None`.
+fn udp_from_host(lab: &shoal_lab::Lab, host: &str, addr: &str) -> Option<serde_json::Value> {
+    let (ip, port) = addr.split_once(':').unwrap();
+    let script = format!(
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.settimeout(3)\n\
+         s.sendto(b'ping', ('{ip}', {port}))\nprint(s.recv(512).decode())\n"
     );
     let out = lab
         .command(host, std::path::Path::new("python3"))
@@ -396,6 +424,20 @@ fn published_ports_answer_where_their_mode_says_and_internal_networks_stay_insid
             seen.insert(served_by);
         }
         assert_eq!(seen, web, "through {via}, both tasks serve");
+    }
+
+    // UDP through the mesh: every host answers, w1's task serves.
+    let echo = endpoints(&lab, "p_echo").pop().unwrap();
+    for via in [&m1, &w1, &w2] {
+        let r = udp_from_host(&lab, "m1", &format!("{via}:9393"))
+            .unwrap_or_else(|| panic!("{via}:9393/udp did not answer"));
+        assert!(echo.0.starts_with(r["hostname"].as_str().unwrap()));
+        let expected = if *via == w1 {
+            m1.as_str()
+        } else {
+            via.as_str()
+        };
+        assert_eq!(r["client"], expected);
     }
 
     // Host mode: only w1, where edge runs, answers; the task sees the client's address.

@@ -77,9 +77,8 @@ pub fn apply(netns: &Path, rules: &str) -> Result<(), NetError> {
 
 /// True when `nft` is on the PATH.
 fn nft_installed() -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|d| d.join("nft").is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join("nft").is_file()))
 }
 
 #[cfg(test)]

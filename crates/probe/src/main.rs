@@ -260,7 +260,7 @@ fn respond(mut s: TcpStream) {
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: probe report | serve [PORT] | dig NAME | exit CODE | alloc MB [SECS] | spawn N | sleep SECS | get HOST:PORT [PATH] | cat FILE | write FILE TEXT");
+    eprintln!("usage: probe report | serve [PORT] | udpserve [PORT] | dig NAME | exit CODE | alloc MB [SECS] | spawn N | sleep SECS | get HOST:PORT [PATH] | cat FILE | write FILE TEXT");
     ExitCode::from(2)
 }
 
@@ -324,6 +324,29 @@ fn main() -> ExitCode {
         Some("sleep") => {
             let secs: f64 = arg(2).and_then(|c| c.parse().ok()).unwrap_or(3600.0);
             std::thread::sleep(Duration::from_secs_f64(secs));
+            ExitCode::SUCCESS
+        }
+        Some("udpserve") => {
+            // Answers each datagram with this container's hostname and the sender's address.
+            let port = arg(2).unwrap_or("8080");
+            let sock = match std::net::UdpSocket::bind(format!("0.0.0.0:{port}")) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("probe: bind udp :{port}: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            println!("probe: serving udp on :{port}");
+            let host = read("/proc/sys/kernel/hostname");
+            let mut buf = [0u8; 512];
+            while let Ok((_, from)) = sock.recv_from(&mut buf) {
+                let reply = format!(
+                    "{{\"hostname\":{},\"client\":{}}}",
+                    json_str(&host),
+                    json_str(&from.ip().to_string())
+                );
+                let _ = sock.send_to(reply.as_bytes(), from);
+            }
             ExitCode::SUCCESS
         }
         Some("dig") => {
