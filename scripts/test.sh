@@ -17,6 +17,7 @@ if [ "$(id -u)" = 0 ]; then
   command -v runc >/dev/null 2>&1 || need+=(runc)
   command -v crun >/dev/null 2>&1 || need+=(crun)
   command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
+  command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
   command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
   command -v ip >/dev/null 2>&1 || need+=(iproute2)
   command -v nft >/dev/null 2>&1 || need+=(nftables)

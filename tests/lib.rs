@@ -140,6 +140,25 @@ pub fn container_lab(name: &str, managers: usize, workers: usize) -> Option<Lab>
     container_lab_with_spares(name, managers, workers, 0)
 }
 
+/// [`container_lab`] whose daemons get `args` too.
+pub fn container_lab_with_args(
+    name: &str,
+    managers: usize,
+    workers: usize,
+    args: &[&str],
+) -> Option<Lab> {
+    if let Err(why) = shoal_testkit::container_support() {
+        shoal_testkit::skip(&format!("this host cannot run containers: {why}"));
+        return None;
+    }
+    if !has_ip() {
+        return None;
+    }
+    let mut config = LabConfig::new(name, managers, workers);
+    config.daemon_args = args.iter().map(|s| s.to_string()).collect();
+    Some(Lab::up(config).expect("lab up"))
+}
+
 /// [`container_lab`] with spare hosts (`s1`, ...) that join no cluster until told.
 pub fn container_lab_with_spares(
     name: &str,

@@ -51,6 +51,8 @@ pub struct ContainerConfig {
     pub shim: PathBuf,
     /// Parent of the containers' cgroups (`/shoal`).
     pub cgroup_parent: String,
+    /// Registries pulled from over plain HTTP (`--insecure-registry HOST:PORT`).
+    pub insecure_registries: Vec<String>,
 }
 
 /// What the executor records of a container (`meta.json`).
@@ -82,6 +84,8 @@ pub struct ContainerExecutor {
     images: Arc<ImageStore>,
     volumes: VolumeStore,
     network: Arc<HostNetwork>,
+    /// One lock per reference being pulled: two tasks needing one image pull it once.
+    pulls: Arc<tokio::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 fn failed(context: &str) -> impl Fn(std::io::Error) -> ExecError + '_ {
@@ -113,12 +117,44 @@ impl ContainerExecutor {
             images: Arc::new(images),
             volumes,
             network,
+            pulls: Arc::default(),
         })
     }
 
     /// The node's image store.
     pub fn images(&self) -> &Arc<ImageStore> {
         &self.images
+    }
+
+    /// Pulls `reference` from its registry into the node's store (once, when several ask at
+    /// the same time).
+    pub async fn pull(
+        &self,
+        reference: &str,
+    ) -> Result<shoal_runtime::image::ImageRecord, shoal_registry::RegistryError> {
+        let lock = self
+            .pulls
+            .lock()
+            .await
+            .entry(reference.to_owned())
+            .or_default()
+            .clone();
+        let _pulling = lock.lock().await;
+        if let Ok(image) = self.images.get(reference) {
+            return Ok(image.record);
+        }
+        let options = shoal_registry::PullOptions {
+            insecure: self.config.insecure_registries.clone(),
+            credentials: None,
+        };
+        tracing::info!(%reference, "pulling");
+        shoal_registry::pull(
+            self.images.clone(),
+            reference,
+            &options,
+            |line| tracing::debug!(%line, "pull"),
+        )
+        .await
     }
 
     /// The node's volumes.
@@ -567,6 +603,16 @@ impl Executor for ContainerExecutor {
         let task = task.clone();
         Box::pin(async move {
             let id = task.id.to_string();
+            // An image named with its registry (`host:5000/app:1`) is pulled where the task
+            // lands; others must be in the node's store already.
+            let image = task.spec.container.image.clone();
+            let from_registry = shoal_registry::reference::Reference::parse(&image)
+                .is_ok_and(|r| r.registry != shoal_registry::reference::DOCKER_HUB);
+            if from_registry && this.images.get(&image).is_err() {
+                if let Err(e) = this.pull(&image).await {
+                    return Err(ExecError::Rejected(format!("pulling {image}: {e}")));
+                }
+            }
             let prep = {
                 let this = this.clone();
                 let task = task.clone();

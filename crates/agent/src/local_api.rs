@@ -2,7 +2,8 @@
 //! Docker's image and volume commands. Merged into the daemon's API router.
 //!
 //! - `GET /v1/images`, `POST /v1/images/import?tag=&change=` (body: the archive),
-//!   `GET /v1/images/inspect?ref=`, `POST /v1/images/tag?ref=&tag=`, `DELETE /v1/images?ref=`;
+//!   `GET /v1/images/inspect?ref=`, `POST /v1/images/tag?ref=&tag=`, `DELETE /v1/images?ref=`,
+//!   `POST /v1/images/pull?ref=` (from the image's registry);
 //! - `GET /v1/volumes`, `GET|DELETE /v1/volumes/{name}`.
 
 use crate::container::ContainerExecutor;
@@ -67,6 +68,7 @@ pub fn router(exec: ContainerExecutor) -> Router {
         )
         .route("/v1/images/inspect", get(image_inspect))
         .route("/v1/images/tag", post(image_tag))
+        .route("/v1/images/pull", post(image_pull))
         .route("/v1/volumes", get(volume_list))
         .route(
             "/v1/volumes/{name}",
@@ -84,6 +86,7 @@ pub fn unavailable_router(reason: &'static str) -> Router {
         .route("/v1/images/import", post(refuse))
         .route("/v1/images/inspect", get(refuse))
         .route("/v1/images/tag", post(refuse))
+        .route("/v1/images/pull", post(refuse))
         .route("/v1/volumes", get(refuse))
         .route("/v1/volumes/{name}", get(refuse).delete(refuse))
 }
@@ -162,6 +165,29 @@ async fn image_remove(
         }))
     })
     .await
+}
+
+async fn image_pull(
+    State(exec): State<ContainerExecutor>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<ImageResult>> {
+    let reference = q
+        .get("ref")
+        .ok_or_else(|| LocalError(StatusCode::BAD_REQUEST, "ref is required".into()))?
+        .clone();
+    let record = exec.pull(&reference).await.map_err(|e| {
+        let code = match &e {
+            shoal_registry::RegistryError::BadReference(..) => StatusCode::BAD_REQUEST,
+            shoal_registry::RegistryError::Registry { status: 404, .. } => StatusCode::NOT_FOUND,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        LocalError(code, e.to_string())
+    })?;
+    let image = exec.images().get(record.id.as_str()).ok();
+    Ok(Json(ImageResult {
+        images: vec![info(&exec, &record, image.as_ref())],
+        done: vec![format!("Pulled: {reference} ({})", record.manifest)],
+    }))
 }
 
 async fn image_import(

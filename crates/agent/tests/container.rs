@@ -38,6 +38,7 @@ impl Node {
             runtime: OciRuntime::new("builtin", &shim, &dir.path().join("run")),
             shim,
             cgroup_parent: parent.clone(),
+            insecure_registries: Vec::new(),
         })
         .unwrap();
         let tar = dir.path().join("busybox.tar");
@@ -62,6 +63,7 @@ impl Node {
             runtime: OciRuntime::new("builtin", &shim, &self.dir.path().join("run")),
             shim,
             cgroup_parent: self.parent.clone(),
+            insecure_registries: Vec::new(),
         })
         .unwrap()
     }

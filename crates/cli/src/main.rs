@@ -167,6 +167,12 @@ enum StackCmd {
 
 #[derive(Debug, Subcommand)]
 enum ImageCmd {
+    /// Pull an image from its registry (`host:5000/ns/app:tag` or `…@sha256:…`) onto the node
+    /// the CLI talks to.
+    Pull {
+        /// The image.
+        reference: String,
+    },
     /// Import an image: a root-filesystem tarball (as `docker import`), a `docker save`
     /// archive or an OCI image-layout archive, plain or gzip.
     #[command(visible_alias = "load")]
@@ -939,6 +945,24 @@ async fn image(c: &Client, cmd: ImageCmd, json: bool) -> Result<()> {
                 out.push(info);
             }
             print_json(&out)?;
+        }
+        ImageCmd::Pull { reference } => {
+            eprintln!("Pulling {reference} ...");
+            let r: ImageResult = c
+                .clone()
+                .with_timeout(Duration::from_secs(3600))
+                .call::<(), _>(
+                    Method::POST,
+                    &format!("/v1/images/pull?ref={}", query(&reference)),
+                    None,
+                )
+                .await?;
+            if json {
+                return print_json(&r);
+            }
+            for line in r.done {
+                println!("{line}");
+            }
         }
         ImageCmd::Tag { source, target } => {
             let _: ImageResult = c

@@ -89,6 +89,10 @@ struct Args {
     /// Memory the node offers, as 4G (default: the host's).
     #[arg(long)]
     memory: Option<String>,
+    /// A registry (HOST:PORT) to pull from over plain HTTP (repeatable). Registries on
+    /// localhost are always allowed; others need TLS, which shoal does not speak yet.
+    #[arg(long = "insecure-registry")]
+    insecure_registry: Vec<String>,
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(
         long,
@@ -194,6 +198,7 @@ fn container_executor(args: &Args) -> Result<ContainerExecutor> {
         runtime: OciRuntime::new(&name, &binary, &root),
         shim,
         cgroup_parent: args.cgroup_parent.clone(),
+        insecure_registries: args.insecure_registry.clone(),
     };
     ContainerExecutor::open(config)
         .map_err(|e| anyhow::anyhow!("opening the container executor: {e}"))

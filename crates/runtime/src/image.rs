@@ -594,6 +594,38 @@ impl ImageStore {
                 vec![tag],
             )]
         };
+        self.record_found(found, name, tag, staging)
+    }
+
+    /// Imports an OCI image layout already unpacked in `dir` (a registry pull's staging
+    /// directory), tagged `tag`. Every blob's digest is checked as in [`ImageStore::import`];
+    /// a failure leaves the store as it was.
+    pub fn import_layout(
+        &self,
+        dir: &Path,
+        name: &str,
+        tag: &str,
+    ) -> Result<Vec<ImageRecord>, ImageError> {
+        let tag = normalize(tag)?;
+        let _g = self.lock.lock().expect("image store lock");
+        let before = self.read_index()?;
+        let result = self
+            .import_oci_layout(dir)
+            .and_then(|found| self.record_found(found, name, Some(tag), dir));
+        if result.is_err() {
+            self.collect_garbage(&before);
+        }
+        result
+    }
+
+    /// Records imported images and their tags in the index.
+    fn record_found(
+        &self,
+        found: Vec<(ImageRecord, Vec<String>)>,
+        name: &str,
+        tag: Option<String>,
+        staging: &Path,
+    ) -> Result<Vec<ImageRecord>, ImageError> {
         if found.is_empty() {
             return Err(ImageError::BadArchive(format!("{} holds no image", name)));
         }

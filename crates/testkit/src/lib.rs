@@ -196,6 +196,54 @@ pub fn probe_tar(path: &Path) -> io::Result<()> {
     b.finish()
 }
 
+/// Writes an OCI image layout into `dir` (for skopeo to push): one uncompressed layer, the
+/// root-filesystem tarball at `rootfs`, with `entrypoint`, for `arch` (Go's names), tagged
+/// `tag` in the layout's index.
+pub fn oci_layout(
+    dir: &Path,
+    rootfs: &Path,
+    entrypoint: &[&str],
+    arch: &str,
+    tag: &str,
+) -> io::Result<()> {
+    use sha2::Digest as _;
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs)?;
+    let put = |bytes: &[u8]| -> io::Result<String> {
+        let hex = hex::encode(sha2::Sha256::digest(bytes));
+        std::fs::write(blobs.join(&hex), bytes)?;
+        Ok(format!("sha256:{hex}"))
+    };
+    let layer = std::fs::read(rootfs)?;
+    let layer_digest = put(&layer)?;
+    let config = serde_json::json!({
+        "architecture": arch,
+        "os": "linux",
+        "config": {"Entrypoint": entrypoint},
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+    })
+    .to_string();
+    let config_digest = put(config.as_bytes())?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": layer_digest, "size": layer.len()}],
+    })
+    .to_string();
+    let manifest_digest = put(manifest.as_bytes())?;
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "digest": manifest_digest, "size": manifest.len(),
+                       "annotations": {"org.opencontainers.image.ref.name": tag}}],
+    });
+    std::fs::write(dir.join("index.json"), index.to_string())?;
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)
+}
+
 /// A binary of the workspace (`shoal-runtime`, `shoald`) beside the running test's profile
 /// directory (`target/debug/deps/test-… → target/debug/NAME`); build the workspace's binaries
 /// first (`cargo build --workspace --bins`).

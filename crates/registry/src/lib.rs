@@ -1,0 +1,545 @@
+//! Pulling images from registries over the OCI distribution API (v2).
+//!
+//! [`pull`] resolves a reference's manifest (OCI or Docker schema 2; an index or manifest list
+//! picks linux and this machine's architecture), downloads the config and the layers (three
+//! at once) into a staging OCI layout, checking each blob's digest and size while it streams,
+//! and imports that layout into the node's image store, which checks every digest again and
+//! leaves nothing behind when anything fails. An interrupted pull leaves only its staging
+//! directory, which the store clears.
+//!
+//! Auth: anonymous, basic, and the bearer-token flow (`WWW-Authenticate: Bearer realm=…,
+//! service=…, scope=…`), with the user's credentials when given. Transport: plain HTTP for
+//! registries listed as insecure (`shoald --insecure-registry`) and for localhost; TLS is not
+//! spoken yet, so other registries are refused with a message that says so.
+//!
+//! The client is hyper over tokio; every request has a connect, answer and idle timeout.
+
+pub mod reference;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use reference::Reference;
+use sha2::{Digest as _, Sha256};
+use shoal_runtime::digest::Digest;
+use shoal_runtime::image::{go_arch, ImageRecord, ImageStore};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+/// Connecting to a registry.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A registry's answer (its headers).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Silence within a body being read.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Layers fetched at once (docker's default).
+pub const PARALLEL: usize = 3;
+
+/// Manifest types asked for, in order of preference.
+const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json, \
+    application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.docker.distribution.manifest.v2+json";
+
+/// A pull failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The reference is not an image name.
+    #[error("invalid reference format {0:?}: {1}")]
+    BadReference(String, String),
+    /// The registry could not be reached.
+    #[error("{registry}: {message}")]
+    Transport {
+        /// Registry.
+        registry: String,
+        /// What failed.
+        message: String,
+    },
+    /// The registry said no (`unauthorized`, `manifest unknown`, …).
+    #[error("{registry}: {message}")]
+    Registry {
+        /// Registry.
+        registry: String,
+        /// HTTP status.
+        status: u16,
+        /// The registry's words.
+        message: String,
+    },
+    /// What arrived is not what was asked for.
+    #[error("{0}")]
+    Content(String),
+    /// The image store refused it.
+    #[error("{0}")]
+    Store(#[from] shoal_runtime::image::ImageError),
+    /// A local file operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was done.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// How to pull.
+#[derive(Debug, Clone, Default)]
+pub struct PullOptions {
+    /// Registries (`host:port`) spoken to over plain HTTP.
+    pub insecure: Vec<String>,
+    /// User name and password (or token) for the registry.
+    pub credentials: Option<(String, String)>,
+}
+
+/// One request's worth of a registry session: where, and the auth it has earned.
+struct Session {
+    registry: String,
+    host: String,
+    repository: String,
+    credentials: Option<(String, String)>,
+    auth: Mutex<Option<String>>,
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RegistryError {
+    let what = what.into();
+    move |source| RegistryError::Io { what, source }
+}
+
+impl Session {
+    fn transport(&self, message: impl std::fmt::Display) -> RegistryError {
+        RegistryError::Transport {
+            registry: self.registry.clone(),
+            message: message.to_string(),
+        }
+    }
+
+    /// One GET of `url` (`http://host[:port]/path`), with the session's auth header.
+    async fn get_once(
+        &self,
+        url: &str,
+        accept: Option<&str>,
+        auth: Option<&str>,
+    ) -> Result<Response<Incoming>, RegistryError> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| self.transport(format!("{url}: only plain HTTP is spoken yet")))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let addr = if authority.contains(':') {
+            authority.to_owned()
+        } else {
+            format!("{authority}:80")
+        };
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&addr))
+            .await
+            .map_err(|_| {
+                self.transport(format!(
+                    "no connection to {addr} within {CONNECT_TIMEOUT:?}"
+                ))
+            })?
+            .map_err(|e| self.transport(format!("connecting to {addr}: {e}")))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.transport(e))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = Request::get(path).header("host", authority);
+        if let Some(a) = accept {
+            req = req.header("accept", a);
+        }
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let req = req
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| self.transport(e))?;
+        tokio::time::timeout(ANSWER_TIMEOUT, sender.send_request(req))
+            .await
+            .map_err(|_| self.transport(format!("no answer within {ANSWER_TIMEOUT:?}")))?
+            .map_err(|e| self.transport(e))
+    }
+
+    /// GET `path` on the registry, answering an auth challenge once; follows redirects.
+    async fn get(
+        &self,
+        path: &str,
+        accept: Option<&str>,
+    ) -> Result<Response<Incoming>, RegistryError> {
+        let mut url = format!("http://{}{path}", self.host);
+        let mut challenged = false;
+        for _ in 0..5 {
+            let auth = self.auth.lock().expect("auth lock").clone();
+            let resp = self.get_once(&url, accept, auth.as_deref()).await?;
+            let status = resp.status();
+            if status.is_redirection() {
+                if let Some(loc) = resp.headers().get("location").and_then(|v| v.to_str().ok()) {
+                    url = if loc.starts_with("http") {
+                        loc.to_owned()
+                    } else {
+                        format!("http://{}{loc}", self.host)
+                    };
+                    continue;
+                }
+            }
+            if status == StatusCode::UNAUTHORIZED && !challenged {
+                challenged = true;
+                let challenge = resp
+                    .headers()
+                    .get("www-authenticate")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                let header = self.answer_challenge(&challenge).await?;
+                *self.auth.lock().expect("auth lock") = Some(header);
+                continue;
+            }
+            if !status.is_success() {
+                return Err(self.refusal(resp).await);
+            }
+            return Ok(resp);
+        }
+        Err(self.transport(format!("{path}: too many redirects")))
+    }
+
+    /// The registry's error, in its own words (`{"errors":[{"code","message"}]}`).
+    async fn refusal(&self, resp: Response<Incoming>) -> RegistryError {
+        let status = resp.status();
+        let body = read_small(resp).await.unwrap_or_default();
+        let message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| {
+                let e = v.get("errors")?.get(0)?.clone();
+                let msg = e.get("message")?.as_str()?.to_owned();
+                Some(msg)
+            })
+            .unwrap_or_else(|| {
+                status
+                    .canonical_reason()
+                    .unwrap_or("error")
+                    .to_ascii_lowercase()
+            });
+        RegistryError::Registry {
+            registry: self.registry.clone(),
+            status: status.as_u16(),
+            message,
+        }
+    }
+
+    /// The Authorization header that answers `challenge` (basic, or a bearer token fetched
+    /// from the realm with the user's credentials, if any).
+    async fn answer_challenge(&self, challenge: &str) -> Result<String, RegistryError> {
+        let basic = self.credentials.as_ref().map(|(u, p)| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+            )
+        });
+        if challenge.to_ascii_lowercase().starts_with("basic") {
+            return basic.ok_or_else(|| RegistryError::Registry {
+                registry: self.registry.clone(),
+                status: 401,
+                message: "unauthorized: the registry needs a user name and password".into(),
+            });
+        }
+        let Some(params) = challenge.strip_prefix("Bearer ") else {
+            return Err(RegistryError::Registry {
+                registry: self.registry.clone(),
+                status: 401,
+                message: format!("unauthorized (challenge {challenge:?})"),
+            });
+        };
+        let field = |name: &str| {
+            params.split(',').find_map(|kv| {
+                let (k, v) = kv.trim().split_once('=')?;
+                (k == name).then(|| v.trim_matches('"').to_owned())
+            })
+        };
+        let realm =
+            field("realm").ok_or_else(|| self.transport("bearer challenge without realm"))?;
+        let mut query = Vec::new();
+        if let Some(s) = field("service") {
+            query.push(format!("service={s}"));
+        }
+        query.push(format!(
+            "scope={}",
+            field("scope").unwrap_or_else(|| format!("repository:{}:pull", self.repository))
+        ));
+        let url = format!("{realm}?{}", query.join("&"));
+        let resp = self.get_once(&url, None, basic.as_deref()).await?;
+        if !resp.status().is_success() {
+            return Err(self.refusal(resp).await);
+        }
+        let body = read_small(resp).await.map_err(|e| self.transport(e))?;
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| self.transport(format!("token answer: {e}")))?;
+        let token = v
+            .get("token")
+            .or_else(|| v.get("access_token"))
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| self.transport("the token answer has no token"))?;
+        Ok(format!("Bearer {token}"))
+    }
+}
+
+/// Reads a small body (manifests, errors, tokens: at most 4 MiB).
+async fn read_small(resp: Response<Incoming>) -> Result<Vec<u8>, String> {
+    let mut body = resp.into_body();
+    let mut out = Vec::new();
+    while let Some(frame) = tokio::time::timeout(IDLE_TIMEOUT, body.frame())
+        .await
+        .map_err(|_| "the body stalled".to_owned())?
+    {
+        let frame = frame.map_err(|e| e.to_string())?;
+        if let Some(d) = frame.data_ref() {
+            out.extend_from_slice(d);
+            if out.len() > 4 << 20 {
+                return Err("more than 4 MiB".into());
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[derive(serde::Deserialize)]
+struct Desc {
+    digest: String,
+    size: u64,
+    #[serde(default)]
+    platform: Option<Plat>,
+}
+
+#[derive(serde::Deserialize)]
+struct Plat {
+    architecture: String,
+    os: String,
+}
+
+#[derive(serde::Deserialize)]
+struct ManifestDoc {
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
+    #[serde(default)]
+    manifests: Vec<Desc>,
+    #[serde(default)]
+    config: Option<Desc>,
+    #[serde(default)]
+    layers: Vec<Desc>,
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Fetches the manifest `r` names and checks its digest when one was asked for.
+async fn manifest(s: &Session, r: &str) -> Result<(Vec<u8>, String), RegistryError> {
+    let resp = s
+        .get(&format!("/v2/{}/manifests/{r}", s.repository), Some(ACCEPT))
+        .await?;
+    let media = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let bytes = read_small(resp).await.map_err(|e| s.transport(e))?;
+    if r.starts_with("sha256:") && sha256(&bytes) != r {
+        return Err(RegistryError::Content(format!(
+            "{}: manifest {r} arrived with digest {}",
+            s.registry,
+            sha256(&bytes)
+        )));
+    }
+    Ok((bytes, media))
+}
+
+/// Streams blob `d` into `dir/blobs/sha256/<hex>`, checking size and digest as it goes.
+async fn blob(s: &Session, d: &Desc, dir: &Path) -> Result<(), RegistryError> {
+    let hex = d
+        .digest
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| RegistryError::Content(format!("unsupported blob digest {:?}", d.digest)))?;
+    let target = dir.join("blobs/sha256").join(hex);
+    let partial = target.with_extension("partial");
+    let resp = s
+        .get(&format!("/v2/{}/blobs/{}", s.repository, d.digest), None)
+        .await?;
+    let mut file = tokio::fs::File::create(&partial)
+        .await
+        .map_err(io(format!("creating {}", partial.display())))?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut body = resp.into_body();
+    while let Some(frame) = tokio::time::timeout(IDLE_TIMEOUT, body.frame())
+        .await
+        .map_err(|_| s.transport(format!("blob {}: no data for {IDLE_TIMEOUT:?}", d.digest)))?
+    {
+        let frame = frame.map_err(|e| s.transport(format!("blob {}: {e}", d.digest)))?;
+        if let Some(data) = frame.data_ref() {
+            size += data.len() as u64;
+            if size > d.size {
+                return Err(RegistryError::Content(format!(
+                    "{}: blob {} is larger than the {} bytes its manifest says",
+                    s.registry, d.digest, d.size
+                )));
+            }
+            hasher.update(data);
+            file.write_all(data)
+                .await
+                .map_err(io(format!("writing {}", partial.display())))?;
+        }
+    }
+    file.flush().await.map_err(io("flushing a blob"))?;
+    let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+    if actual != d.digest || size != d.size {
+        return Err(RegistryError::Content(format!(
+            "{}: blob {} arrived as {actual} ({size} bytes, {} expected): refused",
+            s.registry, d.digest, d.size
+        )));
+    }
+    tokio::fs::rename(&partial, &target)
+        .await
+        .map_err(io(format!("renaming {}", partial.display())))
+}
+
+/// Pulls `reference` into `store`; returns what it imported. `progress` hears a line per
+/// step (`pulling layer sha256:… (1.2 MB)`, `layer … done`).
+pub async fn pull(
+    store: Arc<ImageStore>,
+    reference: &str,
+    options: &PullOptions,
+    progress: impl Fn(String) + Send + Sync,
+) -> Result<ImageRecord, RegistryError> {
+    let r = Reference::parse(reference)?;
+    let host = r.api_host().to_owned();
+    let plain = options.insecure.contains(&r.registry)
+        || host.starts_with("localhost")
+        || host.starts_with("127.");
+    if !plain {
+        return Err(RegistryError::Transport {
+            registry: r.registry.clone(),
+            message: "this registry needs TLS, which shoal does not speak yet; a registry on a \
+                      trusted network can be used over plain HTTP with shoald \
+                      --insecure-registry HOST:PORT"
+                .into(),
+        });
+    }
+    let s = Session {
+        registry: r.registry.clone(),
+        host,
+        repository: r.repository.clone(),
+        credentials: options.credentials.clone(),
+        auth: Mutex::new(None),
+    };
+    let (mut bytes, mut media) = manifest(&s, r.manifest_ref()).await?;
+    let mut doc: ManifestDoc = serde_json::from_slice(&bytes)
+        .map_err(|e| RegistryError::Content(format!("{}: manifest: {e}", s.registry)))?;
+    if !doc.manifests.is_empty() {
+        let arch = go_arch();
+        let pick = doc
+            .manifests
+            .iter()
+            .find(|m| {
+                m.platform
+                    .as_ref()
+                    .is_some_and(|p| p.os == "linux" && p.architecture == arch)
+            })
+            .ok_or_else(|| {
+                RegistryError::Content(format!("{r}: no image for linux/{arch} in its index"))
+            })?;
+        let digest = pick.digest.clone();
+        progress(format!("{r}: index, picked linux/{arch} {digest}"));
+        (bytes, media) = manifest(&s, &digest).await?;
+        doc = serde_json::from_slice(&bytes)
+            .map_err(|e| RegistryError::Content(format!("{}: manifest: {e}", s.registry)))?;
+    }
+    if media.is_empty() {
+        media = doc.media_type.clone();
+    }
+    let config = doc
+        .config
+        .take()
+        .ok_or_else(|| RegistryError::Content(format!("{r}: the manifest names no config")))?;
+    let staging = tempfile::Builder::new()
+        .prefix("pull-")
+        .tempdir_in(store.root().join("tmp"))
+        .map_err(io("creating a staging directory"))?;
+    let dir = staging.path();
+    std::fs::create_dir_all(dir.join("blobs/sha256")).map_err(io("creating the staging layout"))?;
+    let digest = sha256(&bytes);
+    std::fs::write(
+        dir.join("blobs/sha256").join(&digest["sha256:".len()..]),
+        &bytes,
+    )
+    .map_err(io("writing the manifest"))?;
+    blob(&s, &config, dir).await?;
+    let total = doc.layers.len();
+    let progress = &progress;
+    let shown = r.store_name();
+    let shown = &shown;
+    // Three at once, as docker: each layer waits for a permit.
+    let gate = tokio::sync::Semaphore::new(PARALLEL);
+    let mut fetches = Vec::new();
+    for (i, l) in doc.layers.iter().enumerate() {
+        let (s, gate) = (&s, &gate);
+        fetches.push(async move {
+            let _permit = gate.acquire().await.expect("the gate stays open");
+            progress(format!(
+                "{shown}: pulling layer {}/{total} {} ({} bytes)",
+                i + 1,
+                &l.digest[..19],
+                l.size
+            ));
+            blob(s, l, dir).await
+        });
+    }
+    let results = futures::future::join_all(fetches).await;
+    results.into_iter().collect::<Result<Vec<()>, _>>()?;
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": media,
+            "digest": digest,
+            "size": bytes.len(),
+        }],
+    });
+    std::fs::write(dir.join("index.json"), index.to_string()).map_err(io("writing index.json"))?;
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)
+        .map_err(io("writing oci-layout"))?;
+    let name = r.store_name();
+    let tag = if r.tag.is_some() {
+        name.clone()
+    } else {
+        // Pulled by digest only: kept under the digest's short form as its tag.
+        format!(
+            "{}:{}",
+            name.split('@').next().unwrap_or(&name),
+            &digest["sha256:".len().."sha256:".len() + 12]
+        )
+    };
+    let dir_owned = dir.to_owned();
+    let store2 = store.clone();
+    let source = r.to_string();
+    let records =
+        tokio::task::spawn_blocking(move || store2.import_layout(&dir_owned, &source, &tag))
+            .await
+            .map_err(|e| RegistryError::Content(format!("import: {e}")))??;
+    drop(staging);
+    let record = records
+        .into_iter()
+        .next()
+        .ok_or_else(|| RegistryError::Content(format!("{r}: nothing imported")))?;
+    progress(format!(
+        "{name}: pulled, {}",
+        Digest::parse(&digest).map_or(digest.clone(), |d| d.to_string())
+    ));
+    Ok(record)
+}

@@ -1,0 +1,190 @@
+//! Pulls from a real registry (Debian's docker-registry, distribution 2.8) on the loopback of a
+//! network namespace of the test's own, filled by skopeo: an image pushed by skopeo is pulled
+//! and its digest matches; an unknown tag says "manifest unknown"; a corrupted blob is refused
+//! and the store is left as it was.
+
+use shoal_registry::{pull, PullOptions, RegistryError};
+use shoal_runtime::image::ImageStore;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Registry(Child);
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An OCI layout of one image: the busybox root filesystem as its layer.
+fn busybox_layout(dir: &Path) {
+    let rootfs = dir.with_extension("tar");
+    shoal_testkit::busybox_tar(&rootfs).unwrap();
+    shoal_testkit::oci_layout(dir, &rootfs, &["sh"], shoal_runtime::image::go_arch(), "1").unwrap();
+}
+
+fn tools() -> bool {
+    for (tool, pkg) in [
+        ("skopeo", "skopeo"),
+        ("docker-registry", "docker-registry"),
+        ("ip", "iproute2"),
+    ] {
+        if shoal_runtime::oci::which(tool).is_none() {
+            shoal_testkit::skip(&format!("{tool} is not installed (apt-get install {pkg})"));
+            return false;
+        }
+    }
+    if !nix::unistd::geteuid().is_root() {
+        shoal_testkit::skip("registry tests need root (a network namespace of their own)");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn images_pushed_by_skopeo_are_pulled_checked_and_refused_when_corrupt() {
+    if !tools() {
+        return;
+    }
+    // A network namespace of this test process's own: the registry's port and every request
+    // stay on its loopback.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    assert!(Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .unwrap()
+        .success());
+    let d = tempfile::tempdir().unwrap();
+    let storage = d.path().join("registry");
+    let config = d.path().join("registry.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:5000\n",
+            storage.display()
+        ),
+    )
+    .unwrap();
+    let _registry = Registry(
+        Command::new("docker-registry")
+            .args(["serve", config.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let start = Instant::now();
+    while std::net::TcpStream::connect("127.0.0.1:5000").is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the registry did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let layout = d.path().join("layout");
+    busybox_layout(&layout);
+    let out = Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:1", layout.display()))
+        .arg("docker://127.0.0.1:5000/tools/bb:1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            "docker://127.0.0.1:5000/tools/bb:1",
+        ])
+        .output()
+        .unwrap();
+    let pushed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    let store = Arc::new(ImageStore::open(&d.path().join("store")).unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let opts = PullOptions::default();
+    let record = rt
+        .block_on(pull(
+            store.clone(),
+            "127.0.0.1:5000/tools/bb:1",
+            &opts,
+            |_| {},
+        ))
+        .unwrap();
+    assert_eq!(
+        record.manifest.to_string(),
+        pushed["Digest"].as_str().unwrap()
+    );
+    let image = store.get("127.0.0.1:5000/tools/bb:1").unwrap();
+    assert_eq!(image.record.id, record.id);
+    assert!(!store.lower_dirs(&image).is_empty());
+
+    // By digest, too.
+    let by_digest = format!(
+        "127.0.0.1:5000/tools/bb@{}",
+        pushed["Digest"].as_str().unwrap()
+    );
+    let again = rt
+        .block_on(pull(store.clone(), &by_digest, &opts, |_| {}))
+        .unwrap();
+    assert_eq!(again.id, record.id);
+
+    // An unknown tag: the registry's words.
+    let err = rt
+        .block_on(pull(
+            store.clone(),
+            "127.0.0.1:5000/tools/bb:nope",
+            &opts,
+            |_| {},
+        ))
+        .unwrap_err();
+    assert!(
+        matches!(&err, RegistryError::Registry { status: 404, .. })
+            && err.to_string().contains("manifest unknown"),
+        "{err}"
+    );
+
+    // A registry that serves a corrupted layer: refused, and the store is as it was.
+    store
+        .remove("127.0.0.1:5000/tools/bb:1", &|_| Vec::new())
+        .unwrap();
+    let before = store.list().unwrap();
+    let blobs = storage.join("docker/registry/v2/blobs/sha256");
+    let mut biggest: Option<(u64, std::path::PathBuf)> = None;
+    for prefix in std::fs::read_dir(&blobs).unwrap().flatten() {
+        for b in std::fs::read_dir(prefix.path()).unwrap().flatten() {
+            let data = b.path().join("data");
+            let len = std::fs::metadata(&data).map(|m| m.len()).unwrap_or(0);
+            if biggest.as_ref().is_none_or(|(l, _)| len > *l) {
+                biggest = Some((len, data));
+            }
+        }
+    }
+    let (len, data) = biggest.unwrap();
+    std::fs::write(&data, vec![b'x'; len as usize]).unwrap();
+    let err = rt
+        .block_on(pull(
+            store.clone(),
+            "127.0.0.1:5000/tools/bb:1",
+            &opts,
+            |_| {},
+        ))
+        .unwrap_err();
+    assert!(err.to_string().contains("refused"), "{err}");
+    assert_eq!(store.list().unwrap(), before);
+    let leftovers = std::fs::read_dir(store.root().join("tmp")).unwrap().count();
+    assert_eq!(leftovers, 0, "the failed pull left files behind");
+
+    // A registry that requires TLS (not listed as insecure, not loopback) is refused clearly.
+    let err = rt
+        .block_on(pull(store, "registry.example:5000/app:1", &opts, |_| {}))
+        .unwrap_err();
+    assert!(err.to_string().contains("needs TLS"), "{err}");
+}
