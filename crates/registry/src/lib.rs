@@ -8,9 +8,10 @@
 //! directory, which the store clears.
 //!
 //! Auth: anonymous, basic, and the bearer-token flow (`WWW-Authenticate: Bearer realm=…,
-//! service=…, scope=…`), with the user's credentials when given. Transport: plain HTTP for
-//! registries listed as insecure (`shoald --insecure-registry`) and for localhost; TLS is not
-//! spoken yet, so other registries are refused with a message that says so.
+//! service=…, scope=…`), with the user's credentials when given. Transport: TLS (rustls) with
+//! the system's roots and, as docker's `certs.d`, a registry's own CA from
+//! `<certs dir>/HOST:PORT/ca.crt` (`/etc/shoal/certs.d`); plain HTTP only for registries listed
+//! as insecure (`shoald --insecure-registry`) and for localhost.
 //!
 //! The client is hyper over tokio; every request has a connect, answer and idle timeout.
 
@@ -87,6 +88,10 @@ pub enum RegistryError {
     },
 }
 
+/// Where registries' own CAs are looked for by default (`HOST:PORT/ca.crt`), as docker's
+/// `/etc/docker/certs.d`.
+pub const CERTS_DIR: &str = "/etc/shoal/certs.d";
+
 /// How to pull.
 #[derive(Debug, Clone, Default)]
 pub struct PullOptions {
@@ -94,11 +99,48 @@ pub struct PullOptions {
     pub insecure: Vec<String>,
     /// User name and password (or token) for the registry.
     pub credentials: Option<(String, String)>,
+    /// Where registries' CAs are (`None`: [`CERTS_DIR`]).
+    pub certs_dir: Option<std::path::PathBuf>,
+}
+
+/// The TLS settings for `registry`: the system's roots, and its own CA from `certs_dir`.
+fn tls_config(
+    registry: &str,
+    certs_dir: &Path,
+) -> Result<tokio_rustls::TlsConnector, RegistryError> {
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    let ca = certs_dir.join(registry).join("ca.crt");
+    if let Ok(pem) = std::fs::read(&ca) {
+        for cert in rustls_pemfile::certs(&mut &pem[..]) {
+            let cert = cert.map_err(io(format!("reading {}", ca.display())))?;
+            roots.add(cert).map_err(|e| RegistryError::Transport {
+                registry: registry.to_owned(),
+                message: format!("{}: {e}", ca.display()),
+            })?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| RegistryError::Transport {
+            registry: registry.to_owned(),
+            message: e.to_string(),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 /// One request's worth of a registry session: where, and the auth it has earned.
 struct Session {
     registry: String,
+    /// `http` or `https`.
+    scheme: &'static str,
+    tls: Option<tokio_rustls::TlsConnector>,
     host: String,
     repository: String,
     credentials: Option<(String, String)>,
@@ -125,15 +167,23 @@ impl Session {
         accept: Option<&str>,
         auth: Option<&str>,
     ) -> Result<Response<Incoming>, RegistryError> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| self.transport(format!("{url}: only plain HTTP is spoken yet")))?;
+        let (tls, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
+            (Some(rest), _) => (true, rest),
+            (None, Some(rest)) => (false, rest),
+            _ => return Err(self.transport(format!("{url}: not an http(s) URL"))),
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
+        let host_only = authority
+            .rsplit_once(':')
+            .filter(|(_, p)| p.parse::<u16>().is_ok())
+            .map_or(authority, |(h, _)| h);
         let addr = if authority.contains(':') {
             authority.to_owned()
+        } else if tls {
+            format!("{authority}:443")
         } else {
             format!("{authority}:80")
         };
@@ -145,12 +195,36 @@ impl Session {
                 ))
             })?
             .map_err(|e| self.transport(format!("connecting to {addr}: {e}")))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| self.transport(e))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let mut sender = if tls {
+            let connector = self.tls.clone().ok_or_else(|| {
+                self.transport(format!("{url}: TLS is not set up for this registry"))
+            })?;
+            let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host_only.to_owned())
+                .map_err(|e| self.transport(format!("{host_only}: {e}")))?;
+            let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, stream))
+                .await
+                .map_err(|_| {
+                    self.transport(format!(
+                        "no TLS handshake with {addr} within {CONNECT_TIMEOUT:?}"
+                    ))
+                })?
+                .map_err(|e| self.transport(format!("TLS with {addr}: {e}")))?;
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| self.transport(e))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            sender
+        } else {
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| self.transport(e))?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            sender
+        };
         let mut req = Request::get(path).header("host", authority);
         if let Some(a) = accept {
             req = req.header("accept", a);
@@ -173,7 +247,7 @@ impl Session {
         path: &str,
         accept: Option<&str>,
     ) -> Result<Response<Incoming>, RegistryError> {
-        let mut url = format!("http://{}{path}", self.host);
+        let mut url = format!("{}://{}{path}", self.scheme, self.host);
         let mut challenged = false;
         for _ in 0..5 {
             let auth = self.auth.lock().expect("auth lock").clone();
@@ -184,7 +258,7 @@ impl Session {
                     url = if loc.starts_with("http") {
                         loc.to_owned()
                     } else {
-                        format!("http://{}{loc}", self.host)
+                        format!("{}://{}{loc}", self.scheme, self.host)
                     };
                     continue;
                 }
@@ -423,17 +497,19 @@ pub async fn pull(
     let plain = options.insecure.contains(&r.registry)
         || host.starts_with("localhost")
         || host.starts_with("127.");
-    if !plain {
-        return Err(RegistryError::Transport {
-            registry: r.registry.clone(),
-            message: "this registry needs TLS, which shoal does not speak yet; a registry on a \
-                      trusted network can be used over plain HTTP with shoald \
-                      --insecure-registry HOST:PORT"
-                .into(),
-        });
-    }
+    let tls = if plain {
+        None
+    } else {
+        let dir = options
+            .certs_dir
+            .clone()
+            .unwrap_or_else(|| std::path::PathBuf::from(CERTS_DIR));
+        Some(tls_config(&r.registry, &dir)?)
+    };
     let s = Session {
         registry: r.registry.clone(),
+        scheme: if plain { "http" } else { "https" },
+        tls,
         host,
         repository: r.repository.clone(),
         credentials: options.credentials.clone(),

@@ -182,9 +182,88 @@ fn images_pushed_by_skopeo_are_pulled_checked_and_refused_when_corrupt() {
     let leftovers = std::fs::read_dir(store.root().join("tmp")).unwrap().count();
     assert_eq!(leftovers, 0, "the failed pull left files behind");
 
-    // A registry that requires TLS (not listed as insecure, not loopback) is refused clearly.
+    // Over TLS: a registry on an address of this namespace's own (not loopback, so not plain
+    // HTTP), its certificate from a CA of the test's; pulled once the CA is in certs.d.
+    assert!(Command::new("ip")
+        .args(["addr", "add", "192.0.2.1/32", "dev", "lo"])
+        .status()
+        .unwrap()
+        .success());
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let mut server_params = rcgen::CertificateParams::new(vec!["192.0.2.1".to_owned()]).unwrap();
+    server_params.subject_alt_names = vec![rcgen::SanType::IpAddress("192.0.2.1".parse().unwrap())];
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server = server_params.signed_by(&server_key, &ca, &ca_key).unwrap();
+    std::fs::write(d.path().join("server.crt"), server.pem()).unwrap();
+    std::fs::write(d.path().join("server.key"), server_key.serialize_pem()).unwrap();
+    let tls_config = d.path().join("tls.yml");
+    std::fs::write(
+        &tls_config,
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+             http:\n  addr: 192.0.2.1:5443\n  tls:\n    certificate: {}\n    key: {}\n",
+            d.path().join("tls-data").display(),
+            d.path().join("server.crt").display(),
+            d.path().join("server.key").display()
+        ),
+    )
+    .unwrap();
+    let _tls_registry = Registry(
+        Command::new("docker-registry")
+            .args(["serve", tls_config.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let start = Instant::now();
+    while std::net::TcpStream::connect("192.0.2.1:5443").is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the TLS registry did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:1", layout.display()))
+        .arg("docker://192.0.2.1:5443/tools/bb:1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let certs = d.path().join("certs.d");
+    let tls_opts = PullOptions {
+        certs_dir: Some(certs.clone()),
+        ..PullOptions::default()
+    };
     let err = rt
-        .block_on(pull(store, "registry.example:5000/app:1", &opts, |_| {}))
+        .block_on(pull(
+            store.clone(),
+            "192.0.2.1:5443/tools/bb:1",
+            &tls_opts,
+            |_| {},
+        ))
         .unwrap_err();
-    assert!(err.to_string().contains("needs TLS"), "{err}");
+    assert!(err.to_string().contains("certificate"), "{err}");
+    std::fs::create_dir_all(certs.join("192.0.2.1:5443")).unwrap();
+    std::fs::write(certs.join("192.0.2.1:5443/ca.crt"), ca.pem()).unwrap();
+    let record = rt
+        .block_on(pull(
+            store.clone(),
+            "192.0.2.1:5443/tools/bb:1",
+            &tls_opts,
+            |_| {},
+        ))
+        .unwrap();
+    assert_eq!(
+        store.get("192.0.2.1:5443/tools/bb:1").unwrap().record.id,
+        record.id
+    );
 }
