@@ -131,6 +131,7 @@ impl ContainerExecutor {
     pub async fn pull(
         &self,
         reference: &str,
+        credentials: Option<(String, String)>,
     ) -> Result<shoal_runtime::image::ImageRecord, shoal_registry::RegistryError> {
         let lock = self
             .pulls
@@ -145,7 +146,8 @@ impl ContainerExecutor {
         }
         let options = shoal_registry::PullOptions {
             insecure: self.config.insecure_registries.clone(),
-            credentials: None,
+            credentials,
+            certs_dir: None,
         };
         tracing::info!(%reference, "pulling");
         shoal_registry::pull(
@@ -155,6 +157,20 @@ impl ContainerExecutor {
             |line| tracing::debug!(%line, "pull"),
         )
         .await
+    }
+
+    /// Checks credentials against a registry, as this node would use them.
+    pub async fn login(
+        &self,
+        registry: &str,
+        credentials: (String, String),
+    ) -> Result<(), shoal_registry::RegistryError> {
+        let options = shoal_registry::PullOptions {
+            insecure: self.config.insecure_registries.clone(),
+            credentials: Some(credentials),
+            certs_dir: None,
+        };
+        shoal_registry::login(registry, &options).await
     }
 
     /// The node's volumes.
@@ -609,7 +625,7 @@ impl Executor for ContainerExecutor {
             let from_registry = shoal_registry::reference::Reference::parse(&image)
                 .is_ok_and(|r| r.registry != shoal_registry::reference::DOCKER_HUB);
             if from_registry && this.images.get(&image).is_err() {
-                if let Err(e) = this.pull(&image).await {
+                if let Err(e) = this.pull(&image, None).await {
                     return Err(ExecError::Rejected(format!("pulling {image}: {e}")));
                 }
             }

@@ -3,7 +3,9 @@
 //!
 //! - `GET /v1/images`, `POST /v1/images/import?tag=&change=` (body: the archive),
 //!   `GET /v1/images/inspect?ref=`, `POST /v1/images/tag?ref=&tag=`, `DELETE /v1/images?ref=`,
-//!   `POST /v1/images/pull?ref=` (from the image's registry);
+//!   `POST /v1/images/pull?ref=` (from the image's registry; `X-Registry-Auth` carries the
+//!   user's credentials), `POST /v1/registry/login` (`{registry, username, password}`: checks
+//!   them, stores nothing);
 //! - `GET /v1/volumes`, `GET|DELETE /v1/volumes/{name}`.
 
 use crate::container::ContainerExecutor;
@@ -69,6 +71,7 @@ pub fn router(exec: ContainerExecutor) -> Router {
         .route("/v1/images/inspect", get(image_inspect))
         .route("/v1/images/tag", post(image_tag))
         .route("/v1/images/pull", post(image_pull))
+        .route("/v1/registry/login", post(registry_login))
         .route("/v1/volumes", get(volume_list))
         .route(
             "/v1/volumes/{name}",
@@ -87,6 +90,7 @@ pub fn unavailable_router(reason: &'static str) -> Router {
         .route("/v1/images/inspect", get(refuse))
         .route("/v1/images/tag", post(refuse))
         .route("/v1/images/pull", post(refuse))
+        .route("/v1/registry/login", post(refuse))
         .route("/v1/volumes", get(refuse))
         .route("/v1/volumes/{name}", get(refuse).delete(refuse))
 }
@@ -167,15 +171,58 @@ async fn image_remove(
     .await
 }
 
+/// `POST /v1/registry/login`.
+#[derive(Debug, serde::Deserialize)]
+struct LoginRequest {
+    registry: String,
+    username: String,
+    password: String,
+}
+
+async fn registry_login(
+    State(exec): State<ContainerExecutor>,
+    Json(req): Json<LoginRequest>,
+) -> Result<StatusCode> {
+    exec.login(&req.registry, (req.username, req.password))
+        .await
+        .map_err(|e| {
+            let code = match &e {
+                shoal_registry::RegistryError::Registry { status: 401, .. } => {
+                    StatusCode::UNAUTHORIZED
+                }
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            LocalError(code, e.to_string())
+        })?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 async fn image_pull(
     State(exec): State<ContainerExecutor>,
     Query(q): Query<HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Json<ImageResult>> {
+    // The user's credentials for this registry, as docker sends them: base64 JSON
+    // `{"username","password"}` in X-Registry-Auth. Used for this pull only, never stored.
+    let credentials = headers
+        .get("x-registry-auth")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.decode(v).ok()
+        })
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| {
+            Some((
+                v.get("username")?.as_str()?.to_owned(),
+                v.get("password")?.as_str()?.to_owned(),
+            ))
+        });
     let reference = q
         .get("ref")
         .ok_or_else(|| LocalError(StatusCode::BAD_REQUEST, "ref is required".into()))?
         .clone();
-    let record = exec.pull(&reference).await.map_err(|e| {
+    let record = exec.pull(&reference, credentials).await.map_err(|e| {
         let code = match &e {
             shoal_registry::RegistryError::BadReference(..) => StatusCode::BAD_REQUEST,
             shoal_registry::RegistryError::Registry { status: 404, .. } => StatusCode::NOT_FOUND,

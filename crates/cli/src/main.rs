@@ -1,6 +1,7 @@
 //! `shoal`: the command-line client. It turns commands (and stack files) into API calls and
 //! prints the answers as tables or JSON; it never does the cluster's work itself.
 
+mod credentials;
 mod output;
 
 use anyhow::{bail, Context, Result};
@@ -60,6 +61,26 @@ enum Command {
     /// Manage this node's volumes.
     #[command(subcommand)]
     Volume(VolumeCmd),
+    /// Log in to a registry: the node checks the credentials, and they are kept in
+    /// `~/.shoal/config.json` (docker's format; `$SHOAL_CONFIG` names another directory).
+    Login {
+        /// The registry (`host:port`).
+        registry: String,
+        /// User name.
+        #[arg(short, long)]
+        username: String,
+        /// Password (prefer --password-stdin).
+        #[arg(short, long, conflicts_with = "password_stdin")]
+        password: Option<String>,
+        /// Read the password from stdin.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Forget the credentials of a registry.
+    Logout {
+        /// The registry (`host:port`).
+        registry: String,
+    },
     /// Manage overlay networks.
     #[command(subcommand)]
     Network(NetworkCmd),
@@ -601,6 +622,39 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Image(cmd) => image(&c, cmd, json).await?,
         Command::Volume(cmd) => volume(&c, cmd, json).await?,
         Command::Network(cmd) => network(&c, cmd, json).await?,
+        Command::Login {
+            registry,
+            username,
+            password,
+            password_stdin,
+        } => {
+            let password = match (password, password_stdin) {
+                (Some(p), _) => p,
+                (None, true) => {
+                    let mut p = String::new();
+                    std::io::stdin().read_line(&mut p)?;
+                    p.trim_end_matches(['\r', '\n']).to_owned()
+                }
+                (None, false) => bail!("give the password with --password-stdin or --password"),
+            };
+            c.send_no_content(
+                Method::POST,
+                "/v1/registry/login",
+                Some(&serde_json::json!({
+                    "registry": registry, "username": username, "password": password,
+                })),
+            )
+            .await?;
+            credentials::store(&registry, &username, &password)?;
+            println!("Login Succeeded");
+        }
+        Command::Logout { registry } => {
+            if credentials::remove(&registry)? {
+                println!("Removing login credentials for {registry}");
+            } else {
+                println!("Not logged in to {registry}");
+            }
+        }
         Command::Events { since } => {
             let mut lines = Lines::new(c.stream(&format!("/v1/events?since={since}")).await?);
             while let Some(e) = lines.next::<serde_json::Value>().await? {
@@ -948,8 +1002,11 @@ async fn image(c: &Client, cmd: ImageCmd, json: bool) -> Result<()> {
         }
         ImageCmd::Pull { reference } => {
             eprintln!("Pulling {reference} ...");
+            let mut c = c.clone();
+            if let Some(auth) = credentials::header_for(&reference)? {
+                c = c.with_header("x-registry-auth", auth);
+            }
             let r: ImageResult = c
-                .clone()
                 .with_timeout(Duration::from_secs(3600))
                 .call::<(), _>(
                     Method::POST,

@@ -149,6 +149,8 @@ pub struct Client {
     endpoint: Endpoint,
     timeout: Duration,
     pool: std::sync::Arc<Pool>,
+    /// Extra headers sent with every request (`X-Registry-Auth` for a pull).
+    headers: Vec<(String, String)>,
 }
 
 /// The body of a response, read as it arrives.
@@ -161,7 +163,14 @@ impl Client {
             endpoint,
             timeout: REQUEST_TIMEOUT,
             pool: Default::default(),
+            headers: Vec::new(),
         }
+    }
+
+    /// The same client, sending the header `name: value` with every request.
+    pub fn with_header(mut self, name: &str, value: String) -> Client {
+        self.headers.push((name.to_owned(), value));
+        self
     }
 
     /// The same client with another bound on the wait for an answer.
@@ -249,13 +258,15 @@ impl Client {
         path: &str,
         body: RequestBody,
     ) -> Result<(hyper::Response<Incoming>, Sender), ClientError> {
-        let mut req = Request::builder()
+        let mut builder = Request::builder()
             .method(method)
             .uri(path)
             .header("host", "shoal")
-            .header("content-type", "application/json")
-            .body(body)
-            .map_err(|e| self.transport(&e))?;
+            .header("content-type", "application/json");
+        for (k, v) in &self.headers {
+            builder = builder.header(k.as_str(), v.as_str());
+        }
+        let mut req = builder.body(body).map_err(|e| self.transport(&e))?;
         let timeout = self.timeout;
         if let Some(mut sender) = self.pool.take() {
             match tokio::time::timeout(timeout, sender.try_send_request(req)).await {

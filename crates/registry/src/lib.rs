@@ -342,10 +342,12 @@ impl Session {
         if let Some(s) = field("service") {
             query.push(format!("service={s}"));
         }
-        query.push(format!(
-            "scope={}",
-            field("scope").unwrap_or_else(|| format!("repository:{}:pull", self.repository))
-        ));
+        let scope = field("scope").or_else(|| {
+            (!self.repository.is_empty()).then(|| format!("repository:{}:pull", self.repository))
+        });
+        if let Some(scope) = scope {
+            query.push(format!("scope={scope}"));
+        }
         let url = format!("{realm}?{}", query.join("&"));
         let resp = self.get_once(&url, None, basic.as_deref()).await?;
         if !resp.status().is_success() {
@@ -484,17 +486,18 @@ async fn blob(s: &Session, d: &Desc, dir: &Path) -> Result<(), RegistryError> {
         .map_err(io(format!("renaming {}", partial.display())))
 }
 
-/// Pulls `reference` into `store`; returns what it imported. `progress` hears a line per
-/// step (`pulling layer sha256:… (1.2 MB)`, `layer … done`).
-pub async fn pull(
-    store: Arc<ImageStore>,
-    reference: &str,
+/// The session for `registry` (`host:port`, `docker.io`) and `repository`.
+fn session(
+    registry: &str,
+    repository: &str,
     options: &PullOptions,
-    progress: impl Fn(String) + Send + Sync,
-) -> Result<ImageRecord, RegistryError> {
-    let r = Reference::parse(reference)?;
-    let host = r.api_host().to_owned();
-    let plain = options.insecure.contains(&r.registry)
+) -> Result<Session, RegistryError> {
+    let host = if registry == reference::DOCKER_HUB {
+        reference::DOCKER_HUB_API.to_owned()
+    } else {
+        registry.to_owned()
+    };
+    let plain = options.insecure.iter().any(|i| i == registry)
         || host.starts_with("localhost")
         || host.starts_with("127.");
     let tls = if plain {
@@ -504,17 +507,38 @@ pub async fn pull(
             .certs_dir
             .clone()
             .unwrap_or_else(|| std::path::PathBuf::from(CERTS_DIR));
-        Some(tls_config(&r.registry, &dir)?)
+        Some(tls_config(registry, &dir)?)
     };
-    let s = Session {
-        registry: r.registry.clone(),
+    Ok(Session {
+        registry: registry.to_owned(),
         scheme: if plain { "http" } else { "https" },
         tls,
         host,
-        repository: r.repository.clone(),
+        repository: repository.to_owned(),
         credentials: options.credentials.clone(),
         auth: Mutex::new(None),
-    };
+    })
+}
+
+/// Checks `options.credentials` against `registry` (`docker login`): the registry's API root
+/// must answer once the challenge is met.
+pub async fn login(registry: &str, options: &PullOptions) -> Result<(), RegistryError> {
+    let s = session(registry, "", options)?;
+    let resp = s.get("/v2/", None).await?;
+    let _ = read_small(resp).await;
+    Ok(())
+}
+
+/// Pulls `reference` into `store`; returns what it imported. `progress` hears a line per
+/// step (`pulling layer sha256:… (1.2 MB)`, `layer … done`).
+pub async fn pull(
+    store: Arc<ImageStore>,
+    reference: &str,
+    options: &PullOptions,
+    progress: impl Fn(String) + Send + Sync,
+) -> Result<ImageRecord, RegistryError> {
+    let r = Reference::parse(reference)?;
+    let s = session(&r.registry, &r.repository, options)?;
     let (mut bytes, mut media) = manifest(&s, r.manifest_ref()).await?;
     let mut doc: ManifestDoc = serde_json::from_slice(&bytes)
         .map_err(|e| RegistryError::Content(format!("{}: manifest: {e}", s.registry)))?;

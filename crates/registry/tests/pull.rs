@@ -266,4 +266,106 @@ fn images_pushed_by_skopeo_are_pulled_checked_and_refused_when_corrupt() {
         store.get("192.0.2.1:5443/tools/bb:1").unwrap().record.id,
         record.id
     );
+
+    // Basic auth (htpasswd) behind TLS: no credentials and a wrong password are refused in the
+    // registry's words; the right ones pull, and `login` checks them the same way.
+    let hash = bcrypt::hash("s3cret", 5).unwrap();
+    std::fs::write(d.path().join("htpasswd"), format!("alice:{hash}\n")).unwrap();
+    let auth_config = d.path().join("auth.yml");
+    std::fs::write(
+        &auth_config,
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+             auth:\n  htpasswd:\n    realm: shoal-test\n    path: {}\n\
+             http:\n  addr: 192.0.2.1:5444\n  tls:\n    certificate: {}\n    key: {}\n",
+            d.path().join("auth-data").display(),
+            d.path().join("htpasswd").display(),
+            d.path().join("server.crt").display(),
+            d.path().join("server.key").display()
+        ),
+    )
+    .unwrap();
+    let _auth_registry = Registry(
+        Command::new("docker-registry")
+            .args(["serve", auth_config.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let start = Instant::now();
+    while std::net::TcpStream::connect("192.0.2.1:5444").is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the auth registry did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            "alice:s3cret",
+        ])
+        .arg(format!("oci:{}:1", layout.display()))
+        .arg("docker://192.0.2.1:5444/private/bb:1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::create_dir_all(certs.join("192.0.2.1:5444")).unwrap();
+    std::fs::write(certs.join("192.0.2.1:5444/ca.crt"), ca.pem()).unwrap();
+    let with = |creds: Option<(&str, &str)>| PullOptions {
+        certs_dir: Some(certs.clone()),
+        credentials: creds.map(|(u, p)| (u.to_owned(), p.to_owned())),
+        ..PullOptions::default()
+    };
+    let err = rt
+        .block_on(pull(
+            store.clone(),
+            "192.0.2.1:5444/private/bb:1",
+            &with(None),
+            |_| {},
+        ))
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::Registry { status: 401, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("user name and password"), "{err}");
+    let err = rt
+        .block_on(pull(
+            store.clone(),
+            "192.0.2.1:5444/private/bb:1",
+            &with(Some(("alice", "wrong"))),
+            |_| {},
+        ))
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::Registry { status: 401, .. }),
+        "{err}"
+    );
+    assert!(rt
+        .block_on(shoal_registry::login(
+            "192.0.2.1:5444",
+            &with(Some(("alice", "wrong")))
+        ))
+        .is_err());
+    rt.block_on(shoal_registry::login(
+        "192.0.2.1:5444",
+        &with(Some(("alice", "s3cret"))),
+    ))
+    .unwrap();
+    rt.block_on(pull(
+        store.clone(),
+        "192.0.2.1:5444/private/bb:1",
+        &with(Some(("alice", "s3cret"))),
+        |_| {},
+    ))
+    .unwrap();
 }
