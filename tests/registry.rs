@@ -90,6 +90,86 @@ fn a_stack_whose_image_is_only_in_the_registry_runs_on_every_worker() {
             "{w}: {images}"
         );
     }
+    // The deploy pinned the image to the digest its tag had (`--resolve-image always`).
+    let digest_of = |tag: &str| -> String {
+        let out = lab
+            .command("m1", std::path::Path::new("skopeo"))
+            .unwrap()
+            .args(["inspect", "--tls-verify=false"])
+            .arg(format!("docker://198.18.0.11:5000/tools/probe:{tag}"))
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["Digest"].as_str().unwrap().to_owned()
+    };
+    let image = || -> String {
+        let s: serde_json::Value = serde_json::from_str(
+            &lab.shoal_ok("m1", &["--format", "json", "service", "inspect", "r_app"])
+                .unwrap(),
+        )
+        .unwrap();
+        s[0]["spec"]["task"]["container"]["image"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let first = digest_of("1");
+    assert_eq!(image(), format!("198.18.0.11:5000/tools/probe:1@{first}"));
+    // The tag moves to another image: nothing changes until the next deploy, and
+    // `--resolve-image changed` keeps the digest of an image the file did not change.
+    let moved = dir.join("moved");
+    // The same program by another path: another config, so another digest.
+    shoal_testkit::oci_layout(&moved, &rootfs, &["/./probe"], go_arch(), "1").unwrap();
+    let out = lab
+        .command("m1", std::path::Path::new("skopeo"))
+        .unwrap()
+        .args(["--insecure-policy", "copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:1", moved.display()))
+        .arg("docker://198.18.0.11:5000/tools/probe:1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let second = digest_of("1");
+    assert_ne!(first, second);
+    let file = lab.state().dir.join("r.yml");
+    let f = file.to_str().unwrap();
+    lab.shoal_ok(
+        "m1",
+        &[
+            "stack",
+            "deploy",
+            "--resolve-image",
+            "changed",
+            "-c",
+            f,
+            "r",
+        ],
+    )
+    .unwrap();
+    assert_eq!(image(), format!("198.18.0.11:5000/tools/probe:1@{first}"));
+    lab.shoal_ok(
+        "m1",
+        &["stack", "deploy", "--resolve-image", "never", "-c", f, "r"],
+    )
+    .unwrap();
+    assert_eq!(image(), "198.18.0.11:5000/tools/probe:1");
+    lab.shoal_ok("m1", &deploy_args(f, "r")).unwrap();
+    assert_eq!(image(), format!("198.18.0.11:5000/tools/probe:1@{second}"));
+    let hosts2 = hostnames(&lab, "m1");
+    wait("both replicas to run the moved tag's image", || {
+        let t = tasks(&lab, "m1", "r_app");
+        t.iter()
+            .filter(|t| t["desired_state"] == "running" && t["status"]["state"] == "running")
+            .filter(|t| {
+                t["spec"]["container"]["image"]
+                    .as_str()
+                    .is_some_and(|i| i.ends_with(&second))
+            })
+            .count()
+            == 2
+    });
+    let _ = hosts2;
+
     // `image pull` on a node, by hand.
     let out = lab
         .shoal_ok("m1", &["image", "pull", "198.18.0.11:5000/tools/probe:1"])

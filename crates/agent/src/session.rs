@@ -342,8 +342,15 @@ impl Agent {
         } else {
             Vec::new()
         };
-        let keep: Option<std::collections::BTreeSet<TaskId>> =
-            a.full.then(|| self.executor.tasks().into_iter().collect());
+        // Kept: containers this host has, and every task assigned to it (one being started
+        // may not have a container yet, but its namespace is being made).
+        let keep: Option<std::collections::BTreeSet<TaskId>> = a.full.then(|| {
+            self.executor
+                .tasks()
+                .into_iter()
+                .chain(a.tasks.iter().map(|t| t.id.clone()))
+                .collect()
+        });
         let r = tokio::task::spawn_blocking(move || {
             for t in &resume {
                 if let Err(e) = net.resume(t) {

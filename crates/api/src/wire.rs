@@ -192,6 +192,22 @@ pub struct StackDeploy {
     /// Remove services of the stack that are no longer in it.
     #[serde(default)]
     pub prune: bool,
+    /// Whether the manager pins images to their registry's digest (`--resolve-image`).
+    #[serde(default)]
+    pub resolve_image: ResolveImage,
+}
+
+/// `--resolve-image`, as docker spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResolveImage {
+    /// Every image named with its registry is pinned to the digest its tag points at now.
+    #[default]
+    Always,
+    /// Only images that are new or changed in the stack file are pinned again.
+    Changed,
+    /// Images are used as written.
+    Never,
 }
 
 /// What a stack deploy did.
@@ -209,6 +225,9 @@ pub struct StackDeployResult {
     pub unchanged: Vec<String>,
     /// Services removed (with prune).
     pub removed: Vec<String>,
+    /// What the user should know (an image that could not be pinned to a digest).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// One line of `stack ls`.

@@ -57,6 +57,7 @@ async fn deploy(c: &Client, name: &str, replicas: u64) {
             &StackDeploy {
                 stack: stack(name, replicas),
                 prune: false,
+                resolve_image: Default::default(),
             },
         )
         .await

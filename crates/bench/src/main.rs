@@ -159,6 +159,7 @@ async fn deploy_then_scale(
                 &StackDeploy {
                     stack: stack(100),
                     prune: false,
+                    resolve_image: Default::default(),
                 },
             )
             .await
@@ -505,6 +506,7 @@ async fn containers_bench(swarm: bool) {
             &StackDeploy {
                 stack: heal,
                 prune: false,
+                resolve_image: Default::default(),
             },
         )
         .await

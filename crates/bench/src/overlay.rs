@@ -253,6 +253,7 @@ pub async fn overlay(swarm: bool) {
                 &StackDeploy {
                     stack,
                     prune: false,
+                    resolve_image: Default::default(),
                 },
             )
             .await

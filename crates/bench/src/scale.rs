@@ -152,6 +152,7 @@ pub async fn scale() {
             &StackDeploy {
                 stack: crate::stack(TASKS),
                 prune: false,
+                resolve_image: Default::default(),
             },
         )
         .await

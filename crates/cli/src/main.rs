@@ -162,6 +162,10 @@ enum StackCmd {
         /// Give up waiting after this long.
         #[arg(long, default_value = "5m")]
         timeout: shoal_api::units::Duration,
+        /// Pin images to their registry's digest: always, changed (only images that changed in
+        /// the files) or never.
+        #[arg(long, default_value = "always", value_parser = ["always", "changed", "never"])]
+        resolve_image: String,
         /// Stack name.
         name: String,
     },
@@ -579,8 +583,22 @@ async fn run(cli: Cli) -> Result<()> {
             prune,
             wait,
             timeout,
+            resolve_image,
             name,
-        }) => deploy(&c, &files, prune, wait, timeout.0, &name, json).await?,
+        }) => {
+            let resolve_image = match resolve_image.as_str() {
+                "changed" => ResolveImage::Changed,
+                "never" => ResolveImage::Never,
+                _ => ResolveImage::Always,
+            };
+            let options = DeployOptions {
+                prune,
+                wait,
+                timeout: timeout.0,
+                resolve_image,
+            };
+            deploy(&c, &files, &options, &name, json).await?
+        }
         Command::Stack(StackCmd::Ls) => {
             let stacks: Vec<StackSummary> = c.get("/v1/stacks").await?;
             if json {
@@ -700,15 +718,28 @@ fn load_files(files: &[String]) -> Result<stack::Loaded> {
     Ok(stack::load(&sources, &opts)?)
 }
 
-async fn deploy(
-    c: &Client,
-    files: &[String],
+/// `stack deploy`'s options.
+#[derive(Debug, Clone, Copy)]
+struct DeployOptions {
     prune: bool,
     wait: bool,
     timeout: Duration,
+    resolve_image: ResolveImage,
+}
+
+async fn deploy(
+    c: &Client,
+    files: &[String],
+    options: &DeployOptions,
     name: &str,
     json: bool,
 ) -> Result<()> {
+    let DeployOptions {
+        prune,
+        wait,
+        timeout,
+        resolve_image,
+    } = *options;
     let loaded = load_files(files)?;
     for w in &loaded.warnings {
         eprintln!("{w}");
@@ -718,12 +749,19 @@ async fn deploy(
     let result: StackDeployResult = c
         .post(
             &format!("/v1/stacks/{}/deploy", path_part(name)),
-            &StackDeploy { stack: spec, prune },
+            &StackDeploy {
+                stack: spec,
+                prune,
+                resolve_image,
+            },
         )
         .await?;
     if json {
         print_json(&result)?;
     } else {
+        for w in &result.warnings {
+            eprintln!("warning: {w}");
+        }
         for n in &result.networks_created {
             println!("Creating network {n}");
         }

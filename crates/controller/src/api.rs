@@ -788,10 +788,59 @@ async fn stack_list(State(m): State<Shared>) -> Result<Json<Vec<StackSummary>>> 
     Ok(Json(stacks.into_values().collect()))
 }
 
+/// `--resolve-image`: pins each service's image (when it names its registry) to the digest its
+/// tag points at now, so every replica runs the same bytes whatever the tag does later. With
+/// `changed`, a service whose image did not change in the file keeps the digest it has.
+/// Images of Docker Hub are left as written (shoal does not reach it). Done before the store
+/// is read, so no lock is held while registries answer. An image that cannot be resolved is
+/// used as written, with a warning (as docker does): each node then pulls it by its tag.
+async fn pin_images(m: &Manager, c: &Cluster, req: &mut StackDeploy) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if req.resolve_image == ResolveImage::Never {
+        return warnings;
+    }
+    let options = shoal_registry::PullOptions {
+        insecure: m.insecure_registries().to_vec(),
+        ..Default::default()
+    };
+    let unpinned = |image: &str| image.split('@').next().unwrap_or(image).to_owned();
+    for spec in &mut req.stack.services {
+        let image = spec.task.container.image.clone();
+        let Ok(r) = shoal_registry::reference::Reference::parse(&image) else {
+            continue;
+        };
+        if r.registry == shoal_registry::reference::DOCKER_HUB || r.digest.is_some() {
+            continue;
+        }
+        if req.resolve_image == ResolveImage::Changed {
+            let existing = c
+                .store
+                .read()
+                .expect("store lock")
+                .services
+                .values()
+                .find(|s| s.spec.name == spec.name)
+                .map(|s| s.spec.task.container.image.clone());
+            if let Some(existing) = existing.filter(|e| unpinned(e) == image && e.contains('@')) {
+                spec.task.container.image = existing;
+                continue;
+            }
+        }
+        match shoal_registry::resolve(&image, &options).await {
+            Ok(pinned) => spec.task.container.image = pinned,
+            Err(e) => warnings.push(format!(
+                "image {image} could not be accessed on a registry to record its digest ({e}): \
+                 each node will pull it by its tag, possibly getting different versions"
+            )),
+        }
+    }
+    warnings
+}
+
 async fn stack_deploy(
     State(m): State<Shared>,
     Path(name): Path<String>,
-    Body(req): Body<StackDeploy>,
+    Body(mut req): Body<StackDeploy>,
 ) -> Result<Json<StackDeployResult>> {
     let c = cluster(&m).await?;
     if req.stack.name != name {
@@ -800,7 +849,11 @@ async fn stack_deploy(
             req.stack.name
         )));
     }
-    let mut result = StackDeployResult::default();
+    let warnings = pin_images(&m, &c, &mut req).await;
+    let mut result = StackDeployResult {
+        warnings,
+        ..Default::default()
+    };
     let cmd = {
         let store = c.store.read().expect("store lock");
         for ext in &req.stack.external_networks {

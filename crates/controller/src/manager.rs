@@ -41,6 +41,8 @@ pub struct ManagerConfig {
     pub force_new_cluster: bool,
     /// Bytes of event history kept in memory (`--event-history`).
     pub event_history: usize,
+    /// Registries reached over plain HTTP when images are pinned to digests.
+    pub insecure_registries: Vec<String>,
 }
 
 /// The manager could not start or act.
@@ -304,6 +306,11 @@ impl Manager {
         }
         *self.membership.write().expect("membership lock") = m;
         Ok(())
+    }
+
+    /// Registries reached over plain HTTP (`--insecure-registry`).
+    pub fn insecure_registries(&self) -> &[String] {
+        &self.config.insecure_registries
     }
 
     /// What this node is in its cluster, if it belongs to one.

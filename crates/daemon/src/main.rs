@@ -227,6 +227,7 @@ async fn main() -> Result<()> {
             ..Default::default()
         },
         force_new_cluster: args.force_new_cluster,
+        insecure_registries: args.insecure_registry.clone(),
         event_history: shoal_api::units::parse_bytes(&args.event_history)
             .context("--event-history")? as usize,
         dispatcher: DispatcherSettings {

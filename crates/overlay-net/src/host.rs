@@ -515,6 +515,17 @@ impl HostNetwork {
     /// Removes the devices of networks with no local container, and namespaces of containers
     /// this host no longer has (`keep`: tasks whose containers exist).
     pub fn sweep(&self, keep: &BTreeSet<TaskId>) -> Result<(), NetError> {
+        // Attachments being made are never swept.
+        let mut keep = keep.clone();
+        keep.extend(
+            self.state
+                .lock()
+                .expect("network state lock")
+                .pending
+                .keys()
+                .cloned(),
+        );
+        let keep = &keep;
         let attached: Vec<TaskId> = self
             .state
             .lock()

@@ -529,6 +529,28 @@ pub async fn login(registry: &str, options: &PullOptions) -> Result<(), Registry
     Ok(())
 }
 
+/// The digest `reference`'s tag points at now (of its index when it has one, as docker pins),
+/// as `name:tag@sha256:…`; a reference already pinned is returned as it is.
+pub async fn resolve(reference: &str, options: &PullOptions) -> Result<String, RegistryError> {
+    let r = Reference::parse(reference)?;
+    if r.digest.is_some() {
+        return Ok(reference.to_owned());
+    }
+    let s = session(&r.registry, &r.repository, options)?;
+    let (bytes, _) = manifest(&s, r.manifest_ref()).await?;
+    let name = reference.trim();
+    let name = if name
+        .rsplit('/')
+        .next()
+        .is_some_and(|last| last.contains(':'))
+    {
+        name.to_owned()
+    } else {
+        format!("{name}:latest")
+    };
+    Ok(format!("{name}@{}", sha256(&bytes)))
+}
+
 /// Pulls `reference` into `store`; returns what it imported. `progress` hears a line per
 /// step (`pulling layer sha256:… (1.2 MB)`, `layer … done`).
 pub async fn pull(
