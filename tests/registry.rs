@@ -177,6 +177,24 @@ fn a_stack_whose_image_is_only_in_the_registry_runs_on_every_worker() {
         out.contains("Pulled: 198.18.0.11:5000/tools/probe:1"),
         "{out}"
     );
+    // `image push` from one node, `image pull` on another.
+    let out = lab
+        .shoal_ok(
+            "m1",
+            &["image", "push", "probe", "198.18.0.11:5000/tools/mine:2"],
+        )
+        .unwrap();
+    assert!(
+        out.contains("Pushed: 198.18.0.11:5000/tools/mine:2"),
+        "{out}"
+    );
+    let out = lab
+        .shoal_ok("w1", &["image", "pull", "198.18.0.11:5000/tools/mine:2"])
+        .unwrap();
+    assert!(
+        out.contains("Pulled: 198.18.0.11:5000/tools/mine:2"),
+        "{out}"
+    );
 
     // An image the registry does not have: the task says why.
     let file = lab.state().dir.join("nope.yml");

@@ -159,6 +159,28 @@ impl ContainerExecutor {
         .await
     }
 
+    /// Pushes the image `source` to `target` (its name when `None`); returns the digest.
+    pub async fn push(
+        &self,
+        source: &str,
+        target: Option<&str>,
+        credentials: Option<(String, String)>,
+    ) -> Result<String, shoal_registry::RegistryError> {
+        let options = shoal_registry::PullOptions {
+            insecure: self.config.insecure_registries.clone(),
+            credentials,
+            certs_dir: None,
+        };
+        shoal_registry::push(
+            self.images.clone(),
+            source,
+            target.unwrap_or(source),
+            &options,
+            |line| tracing::debug!(%line, "push"),
+        )
+        .await
+    }
+
     /// Checks credentials against a registry, as this node would use them.
     pub async fn login(
         &self,

@@ -3,7 +3,8 @@
 //!
 //! - `GET /v1/images`, `POST /v1/images/import?tag=&change=` (body: the archive),
 //!   `GET /v1/images/inspect?ref=`, `POST /v1/images/tag?ref=&tag=`, `DELETE /v1/images?ref=`,
-//!   `POST /v1/images/pull?ref=` (from the image's registry; `X-Registry-Auth` carries the
+//!   `POST /v1/images/push?ref=&target=` (to a registry), `POST /v1/images/pull?ref=` (from the
+//!   image's registry; `X-Registry-Auth` carries the
 //!   user's credentials), `POST /v1/registry/login` (`{registry, username, password}`: checks
 //!   them, stores nothing);
 //! - `GET /v1/volumes`, `GET|DELETE /v1/volumes/{name}`.
@@ -72,6 +73,7 @@ pub fn router(exec: ContainerExecutor) -> Router {
         .route("/v1/images/tag", post(image_tag))
         .route("/v1/images/pull", post(image_pull))
         .route("/v1/registry/login", post(registry_login))
+        .route("/v1/images/push", post(image_push))
         .route("/v1/volumes", get(volume_list))
         .route(
             "/v1/volumes/{name}",
@@ -91,6 +93,7 @@ pub fn unavailable_router(reason: &'static str) -> Router {
         .route("/v1/images/tag", post(refuse))
         .route("/v1/images/pull", post(refuse))
         .route("/v1/registry/login", post(refuse))
+        .route("/v1/images/push", post(refuse))
         .route("/v1/volumes", get(refuse))
         .route("/v1/volumes/{name}", get(refuse).delete(refuse))
 }
@@ -197,14 +200,10 @@ async fn registry_login(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn image_pull(
-    State(exec): State<ContainerExecutor>,
-    Query(q): Query<HashMap<String, String>>,
-    headers: axum::http::HeaderMap,
-) -> Result<Json<ImageResult>> {
-    // The user's credentials for this registry, as docker sends them: base64 JSON
-    // `{"username","password"}` in X-Registry-Auth. Used for this pull only, never stored.
-    let credentials = headers
+/// The user's credentials for a registry, as docker sends them: base64 JSON
+/// `{"username","password"}` in X-Registry-Auth. Used for one pull or push, never stored.
+fn registry_auth(headers: &axum::http::HeaderMap) -> Option<(String, String)> {
+    headers
         .get("x-registry-auth")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
@@ -217,19 +216,52 @@ async fn image_pull(
                 v.get("username")?.as_str()?.to_owned(),
                 v.get("password")?.as_str()?.to_owned(),
             ))
-        });
+        })
+}
+
+fn registry_status(e: &shoal_registry::RegistryError) -> StatusCode {
+    match e {
+        shoal_registry::RegistryError::BadReference(..) => StatusCode::BAD_REQUEST,
+        shoal_registry::RegistryError::Registry { status: 404, .. } => StatusCode::NOT_FOUND,
+        shoal_registry::RegistryError::Registry { status: 401, .. } => StatusCode::UNAUTHORIZED,
+        shoal_registry::RegistryError::Store(ImageError::NotFound(_)) => StatusCode::NOT_FOUND,
+        _ => StatusCode::BAD_GATEWAY,
+    }
+}
+
+async fn image_push(
+    State(exec): State<ContainerExecutor>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<ImageResult>> {
+    let source = q
+        .get("ref")
+        .ok_or_else(|| LocalError(StatusCode::BAD_REQUEST, "ref is required".into()))?;
+    let target = q.get("target").map(String::as_str);
+    let digest = exec
+        .push(source, target, registry_auth(&headers))
+        .await
+        .map_err(|e| LocalError(registry_status(&e), e.to_string()))?;
+    Ok(Json(ImageResult {
+        images: vec![],
+        done: vec![format!("Pushed: {} ({digest})", target.unwrap_or(source))],
+    }))
+}
+
+async fn image_pull(
+    State(exec): State<ContainerExecutor>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<ImageResult>> {
+    let credentials = registry_auth(&headers);
     let reference = q
         .get("ref")
         .ok_or_else(|| LocalError(StatusCode::BAD_REQUEST, "ref is required".into()))?
         .clone();
-    let record = exec.pull(&reference, credentials).await.map_err(|e| {
-        let code = match &e {
-            shoal_registry::RegistryError::BadReference(..) => StatusCode::BAD_REQUEST,
-            shoal_registry::RegistryError::Registry { status: 404, .. } => StatusCode::NOT_FOUND,
-            _ => StatusCode::BAD_GATEWAY,
-        };
-        LocalError(code, e.to_string())
-    })?;
+    let record = exec
+        .pull(&reference, credentials)
+        .await
+        .map_err(|e| LocalError(registry_status(&e), e.to_string()))?;
     let image = exec.images().get(record.id.as_str()).ok();
     Ok(Json(ImageResult {
         images: vec![info(&exec, &record, image.as_ref())],

@@ -192,6 +192,13 @@ enum StackCmd {
 
 #[derive(Debug, Subcommand)]
 enum ImageCmd {
+    /// Push an image of the node the CLI talks to to a registry (`host:5000/ns/app:tag`).
+    Push {
+        /// The image (its name says where it goes, unless TARGET does).
+        reference: String,
+        /// Where to push it, when not under its own name.
+        target: Option<String>,
+    },
     /// Pull an image from its registry (`host:5000/ns/app:tag` or `…@sha256:…`) onto the node
     /// the CLI talks to.
     Pull {
@@ -1037,6 +1044,28 @@ async fn image(c: &Client, cmd: ImageCmd, json: bool) -> Result<()> {
                 out.push(info);
             }
             print_json(&out)?;
+        }
+        ImageCmd::Push { reference, target } => {
+            let to = target.clone().unwrap_or_else(|| reference.clone());
+            eprintln!("Pushing {to} ...");
+            let mut c = c.clone();
+            if let Some(auth) = credentials::header_for(&to)? {
+                c = c.with_header("x-registry-auth", auth);
+            }
+            let mut path = format!("/v1/images/push?ref={}", query(&reference));
+            if let Some(t) = &target {
+                path.push_str(&format!("&target={}", query(t)));
+            }
+            let r: ImageResult = c
+                .with_timeout(Duration::from_secs(3600))
+                .call::<(), _>(Method::POST, &path, None)
+                .await?;
+            if json {
+                return print_json(&r);
+            }
+            for line in r.done {
+                println!("{line}");
+            }
         }
         ImageCmd::Pull { reference } => {
             eprintln!("Pulling {reference} ...");

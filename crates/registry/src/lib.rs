@@ -19,9 +19,9 @@ pub mod reference;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use reference::Reference;
 use sha2::{Digest as _, Sha256};
@@ -167,6 +167,23 @@ impl Session {
         accept: Option<&str>,
         auth: Option<&str>,
     ) -> Result<Response<Incoming>, RegistryError> {
+        let headers: Vec<(&str, String)> = accept
+            .map(|a| ("accept", a.to_owned()))
+            .into_iter()
+            .collect();
+        self.request_once(Method::GET, url, &headers, auth, Bytes::new())
+            .await
+    }
+
+    /// One request to `url` (`http(s)://host[:port]/path`).
+    async fn request_once(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, String)],
+        auth: Option<&str>,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, RegistryError> {
         let (tls, rest) = match (url.strip_prefix("https://"), url.strip_prefix("http://")) {
             (Some(rest), _) => (true, rest),
             (None, Some(rest)) => (false, rest),
@@ -225,41 +242,74 @@ impl Session {
             });
             sender
         };
-        let mut req = Request::get(path).header("host", authority);
-        if let Some(a) = accept {
-            req = req.header("accept", a);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", authority)
+            .header("content-length", body.len());
+        for (k, v) in headers {
+            req = req.header(*k, v.as_str());
         }
         if let Some(a) = auth {
             req = req.header("authorization", a);
         }
-        let req = req
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| self.transport(e))?;
+        let req = req.body(Full::new(body)).map_err(|e| self.transport(e))?;
         tokio::time::timeout(ANSWER_TIMEOUT, sender.send_request(req))
             .await
             .map_err(|_| self.transport(format!("no answer within {ANSWER_TIMEOUT:?}")))?
             .map_err(|e| self.transport(e))
     }
 
-    /// GET `path` on the registry, answering an auth challenge once; follows redirects.
+    /// GET `path` on the registry, answering an auth challenge once; follows redirects; any
+    /// status but success is an error in the registry's words.
     async fn get(
         &self,
         path: &str,
         accept: Option<&str>,
     ) -> Result<Response<Incoming>, RegistryError> {
-        let mut url = format!("{}://{}{path}", self.scheme, self.host);
+        let headers: Vec<(&str, String)> = accept
+            .map(|a| ("accept", a.to_owned()))
+            .into_iter()
+            .collect();
+        let resp = self
+            .send(Method::GET, path, &headers, Bytes::new(), true)
+            .await?;
+        if !resp.status().is_success() {
+            return Err(self.refusal(resp).await);
+        }
+        Ok(resp)
+    }
+
+    /// The full URL of `path_or_url` (a path, or a `Location` the registry gave).
+    fn url(&self, path_or_url: &str) -> String {
+        if path_or_url.starts_with("http://") || path_or_url.starts_with("https://") {
+            path_or_url.to_owned()
+        } else {
+            format!("{}://{}{path_or_url}", self.scheme, self.host)
+        }
+    }
+
+    /// Sends a request, answering an auth challenge once (and, when `follow`, following
+    /// redirects); returns the final answer whatever its status.
+    async fn send(
+        &self,
+        method: Method,
+        path_or_url: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+        follow: bool,
+    ) -> Result<Response<Incoming>, RegistryError> {
+        let mut url = self.url(path_or_url);
         let mut challenged = false;
         for _ in 0..5 {
             let auth = self.auth.lock().expect("auth lock").clone();
-            let resp = self.get_once(&url, accept, auth.as_deref()).await?;
+            let resp = self
+                .request_once(method.clone(), &url, headers, auth.as_deref(), body.clone())
+                .await?;
             let status = resp.status();
-            if status.is_redirection() {
+            if follow && status.is_redirection() {
                 if let Some(loc) = resp.headers().get("location").and_then(|v| v.to_str().ok()) {
-                    url = if loc.starts_with("http") {
-                        loc.to_owned()
-                    } else {
-                        format!("{}://{}{loc}", self.scheme, self.host)
-                    };
+                    url = self.url(loc);
                     continue;
                 }
             }
@@ -275,12 +325,9 @@ impl Session {
                 *self.auth.lock().expect("auth lock") = Some(header);
                 continue;
             }
-            if !status.is_success() {
-                return Err(self.refusal(resp).await);
-            }
             return Ok(resp);
         }
-        Err(self.transport(format!("{path}: too many redirects")))
+        Err(self.transport(format!("{path_or_url}: too many redirects")))
     }
 
     /// The registry's error, in its own words (`{"errors":[{"code","message"}]}`).
@@ -484,6 +531,165 @@ async fn blob(s: &Session, d: &Desc, dir: &Path) -> Result<(), RegistryError> {
     tokio::fs::rename(&partial, &target)
         .await
         .map_err(io(format!("renaming {}", partial.display())))
+}
+
+/// Size of each chunk of a blob upload (the distribution API's PATCH).
+const CHUNK: usize = 4 << 20;
+
+/// Whether the registry has blob `digest` in the session's repository.
+async fn has_blob(s: &Session, digest: &str) -> Result<bool, RegistryError> {
+    let resp = s
+        .send(
+            Method::HEAD,
+            &format!("/v2/{}/blobs/{digest}", s.repository),
+            &[],
+            Bytes::new(),
+            true,
+        )
+        .await?;
+    match resp.status() {
+        st if st.is_success() => Ok(true),
+        StatusCode::NOT_FOUND => Ok(false),
+        _ => Err(s.refusal(resp).await),
+    }
+}
+
+/// The `Location` of an answer, or an error in the registry's words.
+async fn location(
+    s: &Session,
+    resp: Response<Incoming>,
+    what: &str,
+) -> Result<String, RegistryError> {
+    if !resp.status().is_success() {
+        return Err(s.refusal(resp).await);
+    }
+    resp.headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .ok_or_else(|| s.transport(format!("{what}: the registry gave no Location")))
+}
+
+/// Uploads blob `digest` from `file`: mounted from `from` (another repository of the same
+/// registry) when the registry has it there, else in chunks (POST, PATCH…, PUT).
+async fn upload_blob(
+    s: &Session,
+    digest: &str,
+    file: &Path,
+    from: Option<&str>,
+) -> Result<(), RegistryError> {
+    let start_path = match from {
+        Some(repo) => format!(
+            "/v2/{}/blobs/uploads/?mount={digest}&from={repo}",
+            s.repository
+        ),
+        None => format!("/v2/{}/blobs/uploads/", s.repository),
+    };
+    let resp = s
+        .send(Method::POST, &start_path, &[], Bytes::new(), false)
+        .await?;
+    if resp.status() == StatusCode::CREATED {
+        // Mounted across repositories: nothing to send.
+        return Ok(());
+    }
+    let mut loc = location(s, resp, "starting an upload").await?;
+    let bytes = tokio::fs::read(file)
+        .await
+        .map_err(io(format!("reading {}", file.display())))?;
+    let mut offset = 0usize;
+    while offset < bytes.len() {
+        let end = (offset + CHUNK).min(bytes.len());
+        let chunk = Bytes::copy_from_slice(&bytes[offset..end]);
+        let headers = [
+            ("content-type", "application/octet-stream".to_owned()),
+            ("content-range", format!("{offset}-{}", end - 1)),
+        ];
+        let resp = s.send(Method::PATCH, &loc, &headers, chunk, false).await?;
+        loc = location(s, resp, "uploading a chunk").await?;
+        offset = end;
+    }
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let resp = s
+        .send(
+            Method::PUT,
+            &format!("{loc}{sep}digest={digest}"),
+            &[("content-type", "application/octet-stream".to_owned())],
+            Bytes::new(),
+            false,
+        )
+        .await?;
+    if !resp.status().is_success() {
+        return Err(s.refusal(resp).await);
+    }
+    Ok(())
+}
+
+/// Pushes the image `source` (a name, id or digest in `store`) to `target`
+/// (`host:5000/ns/app:tag`): every blob its registry lacks, then its manifest, byte for byte,
+/// so its digest stays the same. Returns that digest.
+pub async fn push(
+    store: Arc<ImageStore>,
+    source: &str,
+    target: &str,
+    options: &PullOptions,
+    progress: impl Fn(String) + Send + Sync,
+) -> Result<String, RegistryError> {
+    let r = Reference::parse(target)?;
+    let Some(tag) = r.tag.clone() else {
+        return Err(RegistryError::BadReference(
+            target.to_owned(),
+            "push needs a tag".into(),
+        ));
+    };
+    let image = store.get(source)?;
+    let manifest_path = store.blob_file(&image.record.manifest);
+    let bytes = std::fs::read(&manifest_path)
+        .map_err(io(format!("reading {}", manifest_path.display())))?;
+    let doc: ManifestDoc = serde_json::from_slice(&bytes)
+        .map_err(|e| RegistryError::Content(format!("{source}: its manifest: {e}")))?;
+    let media = if doc.media_type.is_empty() {
+        "application/vnd.oci.image.manifest.v1+json".to_owned()
+    } else {
+        doc.media_type.clone()
+    };
+    let config = doc
+        .config
+        .as_ref()
+        .ok_or_else(|| RegistryError::Content(format!("{source}: its manifest names no config")))?;
+    // A blob already in another repository of the same registry is mounted, not sent again:
+    // the image's other names there say where.
+    let from: Option<String> = image.record.tags.iter().find_map(|t| {
+        let other = Reference::parse(t).ok()?;
+        (other.registry == r.registry && other.repository != r.repository)
+            .then_some(other.repository)
+    });
+    let s = session(&r.registry, &r.repository, options)?;
+    for d in std::iter::once(config).chain(doc.layers.iter()) {
+        if has_blob(&s, &d.digest).await? {
+            progress(format!("{}: layer already exists", &d.digest[..19]));
+            continue;
+        }
+        let parsed = Digest::parse(&d.digest)
+            .ok_or_else(|| RegistryError::Content(format!("unsupported digest {:?}", d.digest)))?;
+        let file = store.blob_file(&parsed);
+        progress(format!("{}: pushing {} bytes", &d.digest[..19], d.size));
+        upload_blob(&s, &d.digest, &file, from.as_deref()).await?;
+    }
+    let resp = s
+        .send(
+            Method::PUT,
+            &format!("/v2/{}/manifests/{tag}", r.repository),
+            &[("content-type", media)],
+            Bytes::from(bytes.clone()),
+            false,
+        )
+        .await?;
+    if !resp.status().is_success() {
+        return Err(s.refusal(resp).await);
+    }
+    let digest = sha256(&bytes);
+    progress(format!("{tag}: digest: {digest} size: {}", bytes.len()));
+    Ok(digest)
 }
 
 /// The session for `registry` (`host:port`, `docker.io`) and `repository`.

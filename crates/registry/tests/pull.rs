@@ -105,7 +105,8 @@ fn images_pushed_by_skopeo_are_pulled_checked_and_refused_when_corrupt() {
         ])
         .output()
         .unwrap();
-    let pushed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pushed_by_skopeo: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pushed_digest = pushed_by_skopeo["Digest"].as_str().unwrap().to_owned();
 
     let store = Arc::new(ImageStore::open(&d.path().join("store")).unwrap());
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -118,19 +119,13 @@ fn images_pushed_by_skopeo_are_pulled_checked_and_refused_when_corrupt() {
             |_| {},
         ))
         .unwrap();
-    assert_eq!(
-        record.manifest.to_string(),
-        pushed["Digest"].as_str().unwrap()
-    );
+    assert_eq!(record.manifest.to_string(), pushed_digest);
     let image = store.get("127.0.0.1:5000/tools/bb:1").unwrap();
     assert_eq!(image.record.id, record.id);
     assert!(!store.lower_dirs(&image).is_empty());
 
     // By digest, too.
-    let by_digest = format!(
-        "127.0.0.1:5000/tools/bb@{}",
-        pushed["Digest"].as_str().unwrap()
-    );
+    let by_digest = format!("127.0.0.1:5000/tools/bb@{}", pushed_digest);
     let again = rt
         .block_on(pull(store.clone(), &by_digest, &opts, |_| {}))
         .unwrap();
@@ -151,23 +146,81 @@ fn images_pushed_by_skopeo_are_pulled_checked_and_refused_when_corrupt() {
         "{err}"
     );
 
+    // Push: an image imported here (a root-filesystem tarball) goes up in chunks; skopeo
+    // copies it back and the digests match. The pulled image pushed to another repository of
+    // the same registry is mounted there, not sent again.
+    let tarball = d.path().join("rootfs.tar");
+    shoal_testkit::busybox_tar(&tarball).unwrap();
+    let imported = store
+        .import(
+            &tarball,
+            &shoal_runtime::image::ImportOptions {
+                tag: Some("local/bb:7".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let pushed = rt
+        .block_on(shoal_registry::push(
+            store.clone(),
+            "local/bb:7",
+            "127.0.0.1:5000/pushed/bb:7",
+            &opts,
+            |_| {},
+        ))
+        .unwrap();
+    assert_eq!(pushed, imported[0].manifest.to_string());
+    let back = d.path().join("back");
+    let out = Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "--src-tls-verify=false"])
+        .arg("docker://127.0.0.1:5000/pushed/bb:7")
+        .arg(format!("oci:{}:7", back.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            "docker://127.0.0.1:5000/pushed/bb:7",
+        ])
+        .output()
+        .unwrap();
+    let there: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        there["Digest"],
+        pushed.as_str(),
+        "the registry holds the manifest as pushed"
+    );
+    let mounted = rt
+        .block_on(shoal_registry::push(
+            store.clone(),
+            "127.0.0.1:5000/tools/bb:1",
+            "127.0.0.1:5000/other/bb:1",
+            &opts,
+            |_| {},
+        ))
+        .unwrap();
+    assert_eq!(mounted, record.manifest.to_string());
+
     // A registry that serves a corrupted layer: refused, and the store is as it was.
     store
         .remove("127.0.0.1:5000/tools/bb:1", &|_| Vec::new())
         .unwrap();
     let before = store.list().unwrap();
-    let blobs = storage.join("docker/registry/v2/blobs/sha256");
-    let mut biggest: Option<(u64, std::path::PathBuf)> = None;
-    for prefix in std::fs::read_dir(&blobs).unwrap().flatten() {
-        for b in std::fs::read_dir(prefix.path()).unwrap().flatten() {
-            let data = b.path().join("data");
-            let len = std::fs::metadata(&data).map(|m| m.len()).unwrap_or(0);
-            if biggest.as_ref().is_none_or(|(l, _)| len > *l) {
-                biggest = Some((len, data));
-            }
-        }
-    }
-    let (len, data) = biggest.unwrap();
+    // The layer as the registry holds it (skopeo compressed it on the way up).
+    let layer = pushed_by_skopeo["Layers"][0].as_str().unwrap();
+    let hex = layer.trim_start_matches("sha256:").to_owned();
+    let data = storage
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(&hex)
+        .join("data");
+    let len = std::fs::metadata(&data).unwrap().len();
     std::fs::write(&data, vec![b'x'; len as usize]).unwrap();
     let err = rt
         .block_on(pull(

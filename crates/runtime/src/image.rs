@@ -345,6 +345,11 @@ impl ImageStore {
         self.root.join("blobs/sha256").join(d.hex())
     }
 
+    /// The file of a blob (manifest, config, compressed or plain layer) in the store.
+    pub fn blob_file(&self, d: &Digest) -> PathBuf {
+        self.blob_path(d)
+    }
+
     /// The directory a layer is unpacked in.
     pub fn layer_dir(&self, diff_id: &Digest) -> PathBuf {
         self.root.join("layers").join(diff_id.hex())
