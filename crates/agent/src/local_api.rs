@@ -3,7 +3,7 @@
 //!
 //! - `GET /v1/images`, `POST /v1/images/import?tag=&change=` (body: the archive),
 //!   `GET /v1/images/inspect?ref=`, `POST /v1/images/tag?ref=&tag=`, `DELETE /v1/images?ref=`,
-//!   `POST /v1/images/push?ref=&target=` (to a registry), `POST /v1/images/pull?ref=` (from the
+//!   `POST /v1/images/push?ref=&target=` (to a registry), `POST /v1/images/prune?all=`, `POST /v1/images/pull?ref=` (from the
 //!   image's registry; `X-Registry-Auth` carries the
 //!   user's credentials), `POST /v1/registry/login` (`{registry, username, password}`: checks
 //!   them, stores nothing);
@@ -74,6 +74,7 @@ pub fn router(exec: ContainerExecutor) -> Router {
         .route("/v1/images/pull", post(image_pull))
         .route("/v1/registry/login", post(registry_login))
         .route("/v1/images/push", post(image_push))
+        .route("/v1/images/prune", post(image_prune))
         .route("/v1/volumes", get(volume_list))
         .route(
             "/v1/volumes/{name}",
@@ -94,6 +95,7 @@ pub fn unavailable_router(reason: &'static str) -> Router {
         .route("/v1/images/pull", post(refuse))
         .route("/v1/registry/login", post(refuse))
         .route("/v1/images/push", post(refuse))
+        .route("/v1/images/prune", post(refuse))
         .route("/v1/volumes", get(refuse))
         .route("/v1/volumes/{name}", get(refuse).delete(refuse))
 }
@@ -166,6 +168,22 @@ async fn image_remove(
         let done = exec
             .images()
             .remove(&reference, &move |id| e2.using_image(id))?;
+        Ok(Json(ImageResult {
+            images: vec![],
+            done,
+        }))
+    })
+    .await
+}
+
+async fn image_prune(
+    State(exec): State<ContainerExecutor>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<ImageResult>> {
+    let all = q.get("all").is_some_and(|v| v == "true" || v == "1");
+    blocking(move || {
+        let e2 = exec.clone();
+        let done = exec.images().prune(all, &move |id| e2.using_image(id))?;
         Ok(Json(ImageResult {
             images: vec![],
             done,

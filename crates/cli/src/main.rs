@@ -192,6 +192,12 @@ enum StackCmd {
 
 #[derive(Debug, Subcommand)]
 enum ImageCmd {
+    /// Remove images that lost their tags (`-a`: every image no container uses).
+    Prune {
+        /// Every unused image, not only untagged ones.
+        #[arg(short, long)]
+        all: bool,
+    },
     /// Push an image of the node the CLI talks to to a registry (`host:5000/ns/app:tag`).
     Push {
         /// The image (its name says where it goes, unless TARGET does).
@@ -1044,6 +1050,17 @@ async fn image(c: &Client, cmd: ImageCmd, json: bool) -> Result<()> {
                 out.push(info);
             }
             print_json(&out)?;
+        }
+        ImageCmd::Prune { all } => {
+            let r: ImageResult = c
+                .call::<(), _>(Method::POST, &format!("/v1/images/prune?all={all}"), None)
+                .await?;
+            if json {
+                return print_json(&r);
+            }
+            for line in r.done {
+                println!("{line}");
+            }
         }
         ImageCmd::Push { reference, target } => {
             let to = target.clone().unwrap_or_else(|| reference.clone());

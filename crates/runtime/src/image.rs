@@ -505,6 +505,26 @@ impl ImageStore {
         Ok(done)
     }
 
+    /// `image prune`: removes images no container uses that have no tag left (a tag moved to
+    /// a newer import or pull), or, with `all`, every image no container uses. Returns what
+    /// it did, as `remove` words it.
+    pub fn prune(
+        &self,
+        all: bool,
+        in_use: &dyn Fn(&Digest) -> Vec<String>,
+    ) -> Result<Vec<String>, ImageError> {
+        let candidates: Vec<ImageRecord> = self
+            .list()?
+            .into_iter()
+            .filter(|i| (all || i.tags.is_empty()) && in_use(&i.id).is_empty())
+            .collect();
+        let mut done = Vec::new();
+        for i in candidates {
+            done.extend(self.remove(i.id.as_str(), in_use)?);
+        }
+        Ok(done)
+    }
+
     /// Removes blobs and layers no image refers to.
     fn collect_garbage(&self, index: &IndexFile) {
         let mut blobs: BTreeSet<String> = BTreeSet::new();

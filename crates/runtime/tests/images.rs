@@ -332,6 +332,38 @@ fn removal_untags_refuses_while_used_and_collects_layers() {
 }
 
 #[test]
+fn prune_removes_images_that_lost_their_tags_and_with_all_every_unused_one() {
+    let d = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(&d.path().join("store")).unwrap();
+    let one = d.path().join("one.tar");
+    docker_save(&one, "demo:1", &[base_layer()], None);
+    let two = d.path().join("two.tar");
+    docker_save(&two, "demo:1", &[base_layer(), top_layer()], None);
+    let old = store.import(&one, &ImportOptions::default()).unwrap()[0]
+        .id
+        .clone();
+    let new = store.import(&two, &ImportOptions::default()).unwrap()[0]
+        .id
+        .clone();
+    assert_eq!(
+        store.list().unwrap().len(),
+        2,
+        "the old image lost its tag and stays"
+    );
+    let none = |_: &Digest| Vec::<String>::new();
+    let done = store.prune(false, &none).unwrap();
+    assert_eq!(done, [format!("Deleted: {old}")]);
+    let used = |_: &Digest| vec!["web.1".to_string()];
+    assert!(
+        store.prune(true, &used).unwrap().is_empty(),
+        "an image in use stays"
+    );
+    let done = store.prune(true, &none).unwrap();
+    assert_eq!(done.last().unwrap(), &format!("Deleted: {new}"));
+    assert_eq!(contents(&store), (vec![], vec![]));
+}
+
+#[test]
 fn images_of_many_layers_mount() {
     if !nix::unistd::geteuid().is_root() {
         shoal_testkit::skip("mounting overlayfs needs root");
