@@ -26,6 +26,64 @@ fn busybox_layout(dir: &Path) {
     shoal_testkit::oci_layout(dir, &rootfs, &["sh"], shoal_runtime::image::go_arch(), "1").unwrap();
 }
 
+/// An OCI layout whose tag `multi` names an index of two images, for this machine's
+/// architecture and another; returns the config digest of this machine's.
+fn multi_platform_layout(dir: &Path) -> String {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |bytes: &[u8]| {
+        let d = shoal_runtime::digest::Digest::of(bytes).to_string();
+        std::fs::write(blobs.join(&d["sha256:".len()..]), bytes).unwrap();
+        d
+    };
+    let rootfs = dir.with_extension("tar");
+    shoal_testkit::busybox_tar(&rootfs).unwrap();
+    let layer = std::fs::read(&rootfs).unwrap();
+    let layer_digest = put(&layer);
+    let ours = shoal_runtime::image::go_arch();
+    let other = if ours == "arm64" { "amd64" } else { "arm64" };
+    let mut entries = Vec::new();
+    let mut our_config = String::new();
+    for arch in [other, ours] {
+        let config = serde_json::json!({
+            "architecture": arch, "os": "linux", "config": {"Cmd": ["sh"]},
+            "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+        })
+        .to_string();
+        let config_digest = put(config.as_bytes());
+        if arch == ours {
+            our_config = config_digest.clone();
+        }
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer.len()}],
+        })
+        .to_string();
+        entries.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": put(manifest.as_bytes()), "size": manifest.len(),
+            "platform": {"os": "linux", "architecture": arch},
+        }));
+    }
+    let nested = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    })
+    .to_string();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json",
+                       "digest": put(nested.as_bytes()), "size": nested.len(),
+                       "annotations": {"org.opencontainers.image.ref.name": "multi"}}],
+    });
+    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    our_config
+}
+
 fn tools() -> bool {
     for (tool, pkg) in [
         ("skopeo", "skopeo"),
@@ -145,6 +203,35 @@ fn images_pushed_by_skopeo_are_pulled_checked_and_refused_when_corrupt() {
             && err.to_string().contains("manifest unknown"),
         "{err}"
     );
+
+    // A multi-platform index: the pull picks this machine's image.
+    let multi = d.path().join("multi");
+    let ours = multi_platform_layout(&multi);
+    let out = Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--all",
+            "--dest-tls-verify=false",
+        ])
+        .arg(format!("oci:{}:multi", multi.display()))
+        .arg("docker://127.0.0.1:5000/tools/multi:1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let picked = rt
+        .block_on(pull(
+            store.clone(),
+            "127.0.0.1:5000/tools/multi:1",
+            &opts,
+            |_| {},
+        ))
+        .unwrap();
+    assert_eq!(picked.id.to_string(), ours);
 
     // Push: an image imported here (a root-filesystem tarball) goes up in chunks; skopeo
     // copies it back and the digests match. The pulled image pushed to another repository of
