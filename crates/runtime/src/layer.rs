@@ -1,4 +1,4 @@
-//! Unpacking one image layer (a tar stream, plain or gzip) into a directory that overlayfs can
+//! Unpacking one image layer (a tar stream: plain, gzip or zstd) into a directory that overlayfs can
 //! stack: OCI whiteouts (`.wh.NAME`, `.wh..wh..opq`) become overlayfs whiteouts (a 0:0 character
 //! device, the `trusted.overlay.opaque` attribute), device nodes and fifos are made with mknod,
 //! and no entry may land outside the directory.
@@ -11,11 +11,16 @@ use std::path::{Component, Path, PathBuf};
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE: &str = ".wh..wh..opq";
 
-/// Opens `reader` as a tar stream, un-gzipping it when it starts with the gzip magic.
+/// Opens `reader` as a tar stream, decompressing it when it starts with the gzip or the zstd
+/// magic (OCI's `+gzip` and `+zstd` layers).
 pub fn decompressed<'a, R: BufRead + 'a>(mut reader: R) -> io::Result<Box<dyn Read + 'a>> {
     let head = reader.fill_buf()?;
     if head.starts_with(&[0x1f, 0x8b]) {
         Ok(Box::new(flate2::bufread::MultiGzDecoder::new(reader)))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        let decoder = ruzstd::decoding::StreamingDecoder::new(reader)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("zstd: {e}")))?;
+        Ok(Box::new(decoder))
     } else {
         Ok(Box::new(reader))
     }
@@ -237,6 +242,20 @@ mod tests {
         gz.write_all(&bytes).unwrap();
         let (id, _) = unpack(&gz.finish().unwrap()[..], dir.path()).unwrap();
         assert_eq!(id, Digest::of(&bytes));
+    }
+
+    #[test]
+    fn zstd_layers_hash_the_uncompressed_tar() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = tar_of(&[("a", b"1"), ("b/c", b"22")]);
+        let zst = ruzstd::encoding::compress_to_vec(
+            &bytes[..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        assert_eq!(&zst[..4], &[0x28, 0xb5, 0x2f, 0xfd]);
+        let (id, _) = unpack(&zst[..], dir.path()).unwrap();
+        assert_eq!(id, Digest::of(&bytes));
+        assert_eq!(std::fs::read(dir.path().join("b/c")).unwrap(), b"22");
     }
 
     #[test]
