@@ -195,6 +195,30 @@ fn a_stack_whose_image_is_only_in_the_registry_runs_on_every_worker() {
         out.contains("Pulled: 198.18.0.11:5000/tools/mine:2"),
         "{out}"
     );
+    // `service update --image` pins the new image too.
+    lab.shoal_ok(
+        "m1",
+        &[
+            "service",
+            "update",
+            "--image",
+            "198.18.0.11:5000/tools/mine:2",
+            "r_app",
+        ],
+    )
+    .unwrap();
+    let mine = {
+        let out = lab
+            .command("m1", std::path::Path::new("skopeo"))
+            .unwrap()
+            .args(["inspect", "--tls-verify=false"])
+            .arg("docker://198.18.0.11:5000/tools/mine:2")
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["Digest"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(image(), format!("198.18.0.11:5000/tools/mine:2@{mine}"));
 
     // An image the registry does not have: the task says why.
     let file = lab.state().dir.join("nope.yml");

@@ -21,7 +21,7 @@ use shoal_api::service::{Service, ServiceMode, ServiceSpec, STACK_LABEL};
 use shoal_api::task::Task;
 use shoal_api::wire::*;
 use shoal_api::{NetworkId, NodeId, ServiceId, TaskId};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -549,9 +549,14 @@ async fn service_list(State(m): State<Shared>) -> Result<Json<Vec<ServiceSummary
 
 async fn service_create(
     State(m): State<Shared>,
-    Body(spec): Body<ServiceSpec>,
+    Query(q): Query<HashMap<String, String>>,
+    Body(mut spec): Body<ServiceSpec>,
 ) -> Result<(StatusCode, Json<Created>)> {
     let c = cluster(&m).await?;
+    let mode = resolve_mode(&q, ResolveImage::Always)?;
+    if let Ok(image) = pin_image(&m, &spec.task.container.image, None, mode).await {
+        spec.task.container.image = image;
+    }
     let id = ServiceId::from_bits(rand::random());
     c.raft
         .propose(Command::CreateService {
@@ -572,10 +577,17 @@ async fn service_inspect(State(m): State<Shared>, Path(id): Path<String>) -> Res
 async fn service_update(
     State(m): State<Shared>,
     Path(id): Path<String>,
-    Body(req): Body<ServiceUpdate>,
+    Query(q): Query<HashMap<String, String>>,
+    Body(mut req): Body<ServiceUpdate>,
 ) -> Result<Json<Service>> {
     let c = cluster(&m).await?;
     let s = find_service(&c.store.read().expect("store lock"), &id)?;
+    // An update pins an image that changed (`changed`, docker's default for updates).
+    let mode = resolve_mode(&q, ResolveImage::Changed)?;
+    let existing = s.spec.task.container.image.clone();
+    if let Ok(image) = pin_image(&m, &req.spec.task.container.image, Some(&existing), mode).await {
+        req.spec.task.container.image = image;
+    }
     c.raft
         .propose(Command::UpdateService {
             id: s.id.clone(),
@@ -788,53 +800,83 @@ async fn stack_list(State(m): State<Shared>) -> Result<Json<Vec<StackSummary>>> 
     Ok(Json(stacks.into_values().collect()))
 }
 
-/// `--resolve-image`: pins each service's image (when it names its registry) to the digest its
-/// tag points at now, so every replica runs the same bytes whatever the tag does later. With
-/// `changed`, a service whose image did not change in the file keeps the digest it has.
-/// Images of Docker Hub are left as written (shoal does not reach it). Done before the store
-/// is read, so no lock is held while registries answer. An image that cannot be resolved is
-/// used as written, with a warning (as docker does): each node then pulls it by its tag.
-async fn pin_images(m: &Manager, c: &Cluster, req: &mut StackDeploy) -> Vec<String> {
-    let mut warnings = Vec::new();
-    if req.resolve_image == ResolveImage::Never {
-        return warnings;
+/// `--resolve-image`: pins `image` (when it names its registry) to the digest its tag points
+/// at now, so every replica runs the same bytes whatever the tag does later. With `changed`,
+/// an image equal to `existing` without its digest keeps `existing`'s digest. Docker Hub
+/// images and images already pinned are left as written. An image that cannot be resolved is
+/// used as written, and the warning says so (as docker does): each node then pulls it by tag.
+async fn pin_image(
+    m: &Manager,
+    image: &str,
+    existing: Option<&str>,
+    mode: ResolveImage,
+) -> std::result::Result<String, String> {
+    if mode == ResolveImage::Never {
+        return Ok(image.to_owned());
+    }
+    let Ok(r) = shoal_registry::reference::Reference::parse(image) else {
+        return Ok(image.to_owned());
+    };
+    if r.registry == shoal_registry::reference::DOCKER_HUB || r.digest.is_some() {
+        return Ok(image.to_owned());
+    }
+    if mode == ResolveImage::Changed {
+        if let Some(e) = existing.filter(|e| e.split('@').next() == Some(image) && e.contains('@'))
+        {
+            return Ok(e.to_owned());
+        }
     }
     let options = shoal_registry::PullOptions {
         insecure: m.insecure_registries().to_vec(),
         ..Default::default()
     };
-    let unpinned = |image: &str| image.split('@').next().unwrap_or(image).to_owned();
+    shoal_registry::resolve(image, &options).await.map_err(|e| {
+        format!(
+            "image {image} could not be accessed on a registry to record its digest ({e}): \
+             each node will pull it by its tag, possibly getting different versions"
+        )
+    })
+}
+
+/// Pins the images of a stack's services (see [`pin_image`]), before the store is read, so no
+/// lock is held while registries answer; returns the warnings.
+async fn pin_images(m: &Manager, c: &Cluster, req: &mut StackDeploy) -> Vec<String> {
+    let mut warnings = Vec::new();
     for spec in &mut req.stack.services {
-        let image = spec.task.container.image.clone();
-        let Ok(r) = shoal_registry::reference::Reference::parse(&image) else {
-            continue;
-        };
-        if r.registry == shoal_registry::reference::DOCKER_HUB || r.digest.is_some() {
-            continue;
-        }
-        if req.resolve_image == ResolveImage::Changed {
-            let existing = c
-                .store
-                .read()
-                .expect("store lock")
-                .services
-                .values()
-                .find(|s| s.spec.name == spec.name)
-                .map(|s| s.spec.task.container.image.clone());
-            if let Some(existing) = existing.filter(|e| unpinned(e) == image && e.contains('@')) {
-                spec.task.container.image = existing;
-                continue;
-            }
-        }
-        match shoal_registry::resolve(&image, &options).await {
-            Ok(pinned) => spec.task.container.image = pinned,
-            Err(e) => warnings.push(format!(
-                "image {image} could not be accessed on a registry to record its digest ({e}): \
-                 each node will pull it by its tag, possibly getting different versions"
-            )),
+        let existing = c
+            .store
+            .read()
+            .expect("store lock")
+            .services
+            .values()
+            .find(|s| s.spec.name == spec.name)
+            .map(|s| s.spec.task.container.image.clone());
+        match pin_image(
+            m,
+            &spec.task.container.image,
+            existing.as_deref(),
+            req.resolve_image,
+        )
+        .await
+        {
+            Ok(image) => spec.task.container.image = image,
+            Err(w) => warnings.push(w),
         }
     }
     warnings
+}
+
+/// `?resolve_image=always|changed|never` of `service create|update`.
+fn resolve_mode(q: &HashMap<String, String>, default: ResolveImage) -> Result<ResolveImage> {
+    match q.get("resolve_image").map(String::as_str) {
+        None => Ok(default),
+        Some("always") => Ok(ResolveImage::Always),
+        Some("changed") => Ok(ResolveImage::Changed),
+        Some("never") => Ok(ResolveImage::Never),
+        Some(other) => Err(ApiError::bad(format!(
+            "resolve_image {other:?}: use always, changed or never"
+        ))),
+    }
 }
 
 async fn stack_deploy(
