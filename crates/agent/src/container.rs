@@ -132,6 +132,7 @@ impl ContainerExecutor {
         &self,
         reference: &str,
         credentials: Option<(String, String)>,
+        progress: impl Fn(shoal_registry::Progress) + Send + Sync,
     ) -> Result<shoal_runtime::image::ImageRecord, shoal_registry::RegistryError> {
         let lock = self
             .pulls
@@ -150,12 +151,10 @@ impl ContainerExecutor {
             certs_dir: None,
         };
         tracing::info!(%reference, "pulling");
-        shoal_registry::pull(
-            self.images.clone(),
-            reference,
-            &options,
-            |line| tracing::debug!(%line, "pull"),
-        )
+        shoal_registry::pull(self.images.clone(), reference, &options, |p| {
+            tracing::debug!(progress = %p, "pull");
+            progress(p);
+        })
         .await
     }
 
@@ -165,6 +164,7 @@ impl ContainerExecutor {
         source: &str,
         target: Option<&str>,
         credentials: Option<(String, String)>,
+        progress: impl Fn(shoal_registry::Progress) + Send + Sync,
     ) -> Result<String, shoal_registry::RegistryError> {
         let options = shoal_registry::PullOptions {
             insecure: self.config.insecure_registries.clone(),
@@ -176,7 +176,10 @@ impl ContainerExecutor {
             source,
             target.unwrap_or(source),
             &options,
-            |line| tracing::debug!(%line, "push"),
+            |p| {
+                tracing::debug!(progress = %p, "push");
+                progress(p);
+            },
         )
         .await
     }
@@ -647,7 +650,7 @@ impl Executor for ContainerExecutor {
             let from_registry = shoal_registry::reference::Reference::parse(&image)
                 .is_ok_and(|r| r.registry != shoal_registry::reference::DOCKER_HUB);
             if from_registry && this.images.get(&image).is_err() {
-                if let Err(e) = this.pull(&image, None).await {
+                if let Err(e) = this.pull(&image, None, |_| {}).await {
                     return Err(ExecError::Rejected(format!("pulling {image}: {e}")));
                 }
             }

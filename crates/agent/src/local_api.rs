@@ -251,40 +251,94 @@ async fn image_push(
     State(exec): State<ContainerExecutor>,
     Query(q): Query<HashMap<String, String>>,
     headers: axum::http::HeaderMap,
-) -> Result<Json<ImageResult>> {
+) -> Result<Response> {
     let source = q
         .get("ref")
         .ok_or_else(|| LocalError(StatusCode::BAD_REQUEST, "ref is required".into()))?;
-    let target = q.get("target").map(String::as_str);
-    let digest = exec
-        .push(source, target, registry_auth(&headers))
-        .await
-        .map_err(|e| LocalError(registry_status(&e), e.to_string()))?;
-    Ok(Json(ImageResult {
-        images: vec![],
-        done: vec![format!("Pushed: {} ({digest})", target.unwrap_or(source))],
-    }))
+    let source = source.clone();
+    let target = q.get("target").cloned();
+    let credentials = registry_auth(&headers);
+    let job = move |progress: Box<dyn Fn(shoal_registry::Progress) + Send + Sync>| async move {
+        let digest = exec
+            .push(&source, target.as_deref(), credentials, progress)
+            .await
+            .map_err(|e| LocalError(registry_status(&e), e.to_string()))?;
+        Ok(ImageResult {
+            images: vec![],
+            done: vec![format!(
+                "Pushed: {} ({digest})",
+                target.as_deref().unwrap_or(&source)
+            )],
+        })
+    };
+    Ok(respond(streamed(&q), job).await)
+}
+
+/// Whether the caller asked for progress lines (`?progress=true`).
+fn streamed(q: &HashMap<String, String>) -> bool {
+    q.get("progress").is_some_and(|v| v == "true" || v == "1")
+}
+
+/// Runs a registry job: with `stream`, answers at once with newline-delimited JSON —
+/// `{"progress": …}` per step, then `{"result": …}` or `{"error": …}` — otherwise with the
+/// result (or the error's status) once done.
+async fn respond<F, Fut>(stream: bool, job: F) -> Response
+where
+    F: FnOnce(Box<dyn Fn(shoal_registry::Progress) + Send + Sync>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<ImageResult>> + Send + 'static,
+{
+    if !stream {
+        return match job(Box::new(|_| {})).await {
+            Ok(r) => Json(r).into_response(),
+            Err(e) => e.into_response(),
+        };
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let lines = tx.clone();
+    tokio::spawn(async move {
+        let progress = move |p: shoal_registry::Progress| {
+            let _ = lines.send(serde_json::json!({ "progress": p }).to_string() + "\n");
+        };
+        let end = match job(Box::new(progress)).await {
+            Ok(r) => serde_json::json!({ "result": r }),
+            Err(LocalError(_, message)) => serde_json::json!({ "error": message }),
+        };
+        let _ = tx.send(end.to_string() + "\n");
+    });
+    let body = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|line| (Ok::<_, std::io::Error>(bytes::Bytes::from(line)), rx))
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
 }
 
 async fn image_pull(
     State(exec): State<ContainerExecutor>,
     Query(q): Query<HashMap<String, String>>,
     headers: axum::http::HeaderMap,
-) -> Result<Json<ImageResult>> {
+) -> Result<Response> {
     let credentials = registry_auth(&headers);
     let reference = q
         .get("ref")
         .ok_or_else(|| LocalError(StatusCode::BAD_REQUEST, "ref is required".into()))?
         .clone();
-    let record = exec
-        .pull(&reference, credentials)
-        .await
-        .map_err(|e| LocalError(registry_status(&e), e.to_string()))?;
-    let image = exec.images().get(record.id.as_str()).ok();
-    Ok(Json(ImageResult {
-        images: vec![info(&exec, &record, image.as_ref())],
-        done: vec![format!("Pulled: {reference} ({})", record.manifest)],
-    }))
+    let job = move |progress: Box<dyn Fn(shoal_registry::Progress) + Send + Sync>| async move {
+        let record = exec
+            .pull(&reference, credentials, progress)
+            .await
+            .map_err(|e| LocalError(registry_status(&e), e.to_string()))?;
+        let image = exec.images().get(record.id.as_str()).ok();
+        Ok(ImageResult {
+            images: vec![info(&exec, &record, image.as_ref())],
+            done: vec![format!("Pulled: {reference} ({})", record.manifest)],
+        })
+    };
+    Ok(respond(streamed(&q), job).await)
 }
 
 async fn image_import(

@@ -1064,46 +1064,23 @@ async fn image(c: &Client, cmd: ImageCmd, json: bool) -> Result<()> {
         }
         ImageCmd::Push { reference, target } => {
             let to = target.clone().unwrap_or_else(|| reference.clone());
-            eprintln!("Pushing {to} ...");
             let mut c = c.clone();
             if let Some(auth) = credentials::header_for(&to)? {
                 c = c.with_header("x-registry-auth", auth);
             }
-            let mut path = format!("/v1/images/push?ref={}", query(&reference));
+            let mut path = format!("/v1/images/push?progress=true&ref={}", query(&reference));
             if let Some(t) = &target {
                 path.push_str(&format!("&target={}", query(t)));
             }
-            let r: ImageResult = c
-                .with_timeout(Duration::from_secs(3600))
-                .call::<(), _>(Method::POST, &path, None)
-                .await?;
-            if json {
-                return print_json(&r);
-            }
-            for line in r.done {
-                println!("{line}");
-            }
+            registry_job(&c, &path, &format!("Pushing {to}"), "pushing", json).await?;
         }
         ImageCmd::Pull { reference } => {
-            eprintln!("Pulling {reference} ...");
             let mut c = c.clone();
             if let Some(auth) = credentials::header_for(&reference)? {
                 c = c.with_header("x-registry-auth", auth);
             }
-            let r: ImageResult = c
-                .with_timeout(Duration::from_secs(3600))
-                .call::<(), _>(
-                    Method::POST,
-                    &format!("/v1/images/pull?ref={}", query(&reference)),
-                    None,
-                )
-                .await?;
-            if json {
-                return print_json(&r);
-            }
-            for line in r.done {
-                println!("{line}");
-            }
+            let path = format!("/v1/images/pull?progress=true&ref={}", query(&reference));
+            registry_job(&c, &path, &format!("Pulling {reference}"), "pulling", json).await?;
         }
         ImageCmd::Tag { source, target } => {
             let _: ImageResult = c
@@ -1142,6 +1119,77 @@ async fn image(c: &Client, cmd: ImageCmd, json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Follows a pull or push as the node streams it: a bar per layer on a terminal (`verb`,
+/// then done), plain lines otherwise; then the result's lines, or the error.
+async fn registry_job(c: &Client, path: &str, title: &str, verb: &str, json: bool) -> Result<()> {
+    use std::io::IsTerminal;
+    let c = c.clone().with_timeout(Duration::from_secs(3600));
+    let mut lines = Lines::new(c.stream_post(path).await?);
+    let terminal = std::io::stderr().is_terminal() && !json;
+    let bars = MultiProgress::new();
+    if !terminal {
+        bars.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    if !json {
+        eprintln!("{title} ...");
+    }
+    let mut open: BTreeMap<String, ProgressBar> = BTreeMap::new();
+    while let Some(line) = lines.next::<serde_json::Value>().await? {
+        if let Some(p) = line.get("progress") {
+            let p: shoal_registry::Progress = serde_json::from_value(p.clone())?;
+            match &p {
+                shoal_registry::Progress::Start { digest, size } => {
+                    let short = shoal_registry::short(digest).to_owned();
+                    if terminal {
+                        let bar = bars.add(ProgressBar::new_spinner());
+                        bar.set_style(
+                            ProgressStyle::with_template("{spinner} {msg}").expect("template"),
+                        );
+                        bar.set_message(format!("{short}: {verb} {}", output::size(*size)));
+                        bar.enable_steady_tick(Duration::from_millis(120));
+                        open.insert(digest.clone(), bar);
+                    } else if !json {
+                        eprintln!("{short}: {verb} {}", output::size(*size));
+                    }
+                }
+                shoal_registry::Progress::Done { digest } => {
+                    let short = shoal_registry::short(digest);
+                    match open.remove(digest) {
+                        Some(bar) => bar.finish_with_message(format!("{short}: done")),
+                        None if !json => eprintln!("{short}: done"),
+                        None => {}
+                    }
+                }
+                shoal_registry::Progress::Note(n) => {
+                    if terminal {
+                        let _ = bars.println(n);
+                    } else if !json {
+                        eprintln!("{n}");
+                    }
+                }
+            }
+        } else if let Some(r) = line.get("result") {
+            for bar in open.values() {
+                bar.finish_and_clear();
+            }
+            let r: ImageResult = serde_json::from_value(r.clone())?;
+            if json {
+                return print_json(&r);
+            }
+            for l in r.done {
+                println!("{l}");
+            }
+            return Ok(());
+        } else if let Some(e) = line.get("error") {
+            for bar in open.values() {
+                bar.abandon();
+            }
+            bail!("{}", e.as_str().unwrap_or("the node failed"));
+        }
+    }
+    bail!("the node ended the answer without a result")
 }
 
 async fn network(c: &Client, cmd: NetworkCmd, json: bool) -> Result<()> {

@@ -411,6 +411,11 @@ impl Client {
         // The connection goes with the stream and closes when it is dropped.
         Ok(self.send(Method::GET, path, None).await?.0.into_body())
     }
+
+    /// POSTs (no body) and returns the answer's body to read as it arrives.
+    pub async fn stream_post(&self, path: &str) -> Result<Incoming, ClientError> {
+        Ok(self.send(Method::POST, path, None).await?.0.into_body())
+    }
 }
 
 /// Reads newline-delimited JSON values from a streaming body.

@@ -92,6 +92,42 @@ pub enum RegistryError {
 /// `/etc/docker/certs.d`.
 pub const CERTS_DIR: &str = "/etc/shoal/certs.d";
 
+/// What a pull or push is doing, for progress displays.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Progress {
+    /// A blob (config or layer) is being fetched or sent.
+    Start {
+        /// Its digest.
+        digest: String,
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// That blob is done.
+    Done {
+        /// Its digest.
+        digest: String,
+    },
+    /// Anything else worth a line.
+    Note(String),
+}
+
+impl std::fmt::Display for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Progress::Start { digest, size } => write!(f, "{}: {size} bytes", short(digest)),
+            Progress::Done { digest } => write!(f, "{}: done", short(digest)),
+            Progress::Note(n) => f.write_str(n),
+        }
+    }
+}
+
+/// The first 12 hex digits of a digest, as docker shows layers.
+pub fn short(digest: &str) -> &str {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    &hex[..hex.len().min(12)]
+}
+
 /// How to pull.
 #[derive(Debug, Clone, Default)]
 pub struct PullOptions {
@@ -632,7 +668,7 @@ pub async fn push(
     source: &str,
     target: &str,
     options: &PullOptions,
-    progress: impl Fn(String) + Send + Sync,
+    progress: impl Fn(Progress) + Send + Sync,
 ) -> Result<String, RegistryError> {
     let r = Reference::parse(target)?;
     let Some(tag) = r.tag.clone() else {
@@ -666,14 +702,23 @@ pub async fn push(
     let s = session(&r.registry, &r.repository, options)?;
     for d in std::iter::once(config).chain(doc.layers.iter()) {
         if has_blob(&s, &d.digest).await? {
-            progress(format!("{}: layer already exists", &d.digest[..19]));
+            progress(Progress::Note(format!(
+                "{}: already exists",
+                short(&d.digest)
+            )));
             continue;
         }
         let parsed = Digest::parse(&d.digest)
             .ok_or_else(|| RegistryError::Content(format!("unsupported digest {:?}", d.digest)))?;
         let file = store.blob_file(&parsed);
-        progress(format!("{}: pushing {} bytes", &d.digest[..19], d.size));
+        progress(Progress::Start {
+            digest: d.digest.clone(),
+            size: d.size,
+        });
         upload_blob(&s, &d.digest, &file, from.as_deref()).await?;
+        progress(Progress::Done {
+            digest: d.digest.clone(),
+        });
     }
     let resp = s
         .send(
@@ -688,7 +733,10 @@ pub async fn push(
         return Err(s.refusal(resp).await);
     }
     let digest = sha256(&bytes);
-    progress(format!("{tag}: digest: {digest} size: {}", bytes.len()));
+    progress(Progress::Note(format!(
+        "{tag}: digest: {digest} size: {}",
+        bytes.len()
+    )));
     Ok(digest)
 }
 
@@ -763,7 +811,7 @@ pub async fn pull(
     store: Arc<ImageStore>,
     reference: &str,
     options: &PullOptions,
-    progress: impl Fn(String) + Send + Sync,
+    progress: impl Fn(Progress) + Send + Sync,
 ) -> Result<ImageRecord, RegistryError> {
     let r = Reference::parse(reference)?;
     let s = session(&r.registry, &r.repository, options)?;
@@ -784,7 +832,9 @@ pub async fn pull(
                 RegistryError::Content(format!("{r}: no image for linux/{arch} in its index"))
             })?;
         let digest = pick.digest.clone();
-        progress(format!("{r}: index, picked linux/{arch} {digest}"));
+        progress(Progress::Note(format!(
+            "{r}: index, picked linux/{arch} {digest}"
+        )));
         (bytes, media) = manifest(&s, &digest).await?;
         doc = serde_json::from_slice(&bytes)
             .map_err(|e| RegistryError::Content(format!("{}: manifest: {e}", s.registry)))?;
@@ -809,24 +859,23 @@ pub async fn pull(
     )
     .map_err(io("writing the manifest"))?;
     blob(&s, &config, dir).await?;
-    let total = doc.layers.len();
     let progress = &progress;
-    let shown = r.store_name();
-    let shown = &shown;
     // Three at once, as docker: each layer waits for a permit.
     let gate = tokio::sync::Semaphore::new(PARALLEL);
     let mut fetches = Vec::new();
-    for (i, l) in doc.layers.iter().enumerate() {
+    for l in &doc.layers {
         let (s, gate) = (&s, &gate);
         fetches.push(async move {
             let _permit = gate.acquire().await.expect("the gate stays open");
-            progress(format!(
-                "{shown}: pulling layer {}/{total} {} ({} bytes)",
-                i + 1,
-                &l.digest[..19],
-                l.size
-            ));
-            blob(s, l, dir).await
+            progress(Progress::Start {
+                digest: l.digest.clone(),
+                size: l.size,
+            });
+            blob(s, l, dir).await?;
+            progress(Progress::Done {
+                digest: l.digest.clone(),
+            });
+            Ok::<(), RegistryError>(())
         });
     }
     let results = futures::future::join_all(fetches).await;
@@ -865,9 +914,6 @@ pub async fn pull(
         .into_iter()
         .next()
         .ok_or_else(|| RegistryError::Content(format!("{r}: nothing imported")))?;
-    progress(format!(
-        "{name}: pulled, {}",
-        Digest::parse(&digest).map_or(digest.clone(), |d| d.to_string())
-    ));
+    progress(Progress::Note(format!("{name}: pulled, digest {digest}")));
     Ok(record)
 }
