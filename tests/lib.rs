@@ -260,9 +260,8 @@ pub fn deploy(lab: &Lab, via: &str, name: &str, yaml: &str) {
     deploy_file(lab, via, &file, name);
 }
 
-/// Runs the image's `/probe ARGS` inside the container of `task` on `host` (its network and
-/// mount namespaces, as `docker exec` would), returning its output.
-pub fn probe_in(lab: &Lab, host: &str, task: &str, args: &[&str]) -> std::process::Output {
+/// The pid of the first process of `task`'s container on `host`.
+pub fn init_pid(lab: &Lab, host: &str, task: &str) -> String {
     let pid_file = lab
         .state()
         .dir
@@ -271,13 +270,46 @@ pub fn probe_in(lab: &Lab, host: &str, task: &str, args: &[&str]) -> std::proces
         .join("data/containers")
         .join(task)
         .join("init.pid");
-    let pid = std::fs::read_to_string(&pid_file)
-        .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()));
+    std::fs::read_to_string(&pid_file)
+        .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()))
+        .trim()
+        .to_owned()
+}
+
+/// Runs the host's `cmd` in the network namespace of `task`'s container on `host`.
+pub fn in_container_netns(lab: &Lab, host: &str, task: &str, cmd: &[&str]) -> std::process::Output {
+    let pid = init_pid(lab, host, task);
     std::process::Command::new("nsenter")
-        .args(["-t", pid.trim(), "-n", "-m", "--", "/probe"])
+        .args(["-t", &pid, "-n", "--"])
+        .args(cmd)
+        .output()
+        .expect("nsenter")
+}
+
+/// Runs the image's `/probe ARGS` inside the container of `task` on `host` (its network and
+/// mount namespaces, as `docker exec` would), returning its output.
+pub fn probe_in(lab: &Lab, host: &str, task: &str, args: &[&str]) -> std::process::Output {
+    let pid = init_pid(lab, host, task);
+    std::process::Command::new("nsenter")
+        .args(["-t", &pid, "-n", "-m", "--", "/probe"])
         .args(args)
         .output()
         .expect("nsenter")
+}
+
+/// Runs a Python script in a lab host's namespace (as a client outside any container) and
+/// reads the JSON it prints; `None` when it fails.
+pub fn python_in(lab: &Lab, host: &str, script: &str) -> Option<serde_json::Value> {
+    let out = lab
+        .command(host, std::path::Path::new("python3"))
+        .unwrap()
+        .args(["-c", script])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
 }
 
 /// Hostname by node id, through `via`.

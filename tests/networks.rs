@@ -85,29 +85,7 @@ fn get(lab: &shoal_lab::Lab, (task, host): (&str, &str), target: &str) -> Option
 
 /// The VIP rules in the namespace of `task`'s container.
 fn vip_rules(lab: &shoal_lab::Lab, (task, host): (&str, &str)) -> String {
-    let pid_file = lab
-        .state()
-        .dir
-        .join("hosts")
-        .join(host)
-        .join("data/containers")
-        .join(task)
-        .join("init.pid");
-    let pid = std::fs::read_to_string(pid_file).unwrap();
-    let out = std::process::Command::new("nsenter")
-        .args([
-            "-t",
-            pid.trim(),
-            "-n",
-            "--",
-            "nft",
-            "list",
-            "table",
-            "ip",
-            "shoal",
-        ])
-        .output()
-        .expect("nft");
+    let out = in_container_netns(lab, host, task, &["nft", "list", "table", "ip", "shoal"]);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -153,28 +131,7 @@ fn services_find_and_reach_each_other_across_hosts_and_stacks_stay_apart() {
     wait("rr to list both of its tasks", || dig(&lab, c, "rr") == rr);
 
     // The client is on two networks: an interface on each, and the names of both.
-    let pid = std::fs::read_to_string(
-        lab.state()
-            .dir
-            .join("hosts/m1/data/containers")
-            .join(c.0)
-            .join("init.pid"),
-    )
-    .unwrap();
-    let out = std::process::Command::new("nsenter")
-        .args([
-            "-t",
-            pid.trim(),
-            "-n",
-            "--",
-            "ip",
-            "-o",
-            "-4",
-            "addr",
-            "show",
-        ])
-        .output()
-        .unwrap();
+    let out = in_container_netns(&lab, "m1", c.0, &["ip", "-o", "-4", "addr", "show"]);
     let ifaces: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
@@ -353,16 +310,7 @@ fn get_from_host(lab: &shoal_lab::Lab, host: &str, addr: &str) -> Option<serde_j
         addr.split(':').next().unwrap(),
         addr.split(':').nth(1).unwrap()
     );
-    let out = lab
-        .command(host, std::path::Path::new("python3"))
-        .unwrap()
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        return None;
-    }
-    serde_json::from_slice(&out.stdout).ok()
+    python_in(lab, host, &script)
 }
 
 /// One UDP datagram to `addr` from a lab host's namespace: the probe's answer, or `None`.
@@ -372,16 +320,7 @@ fn udp_from_host(lab: &shoal_lab::Lab, host: &str, addr: &str) -> Option<serde_j
         "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.settimeout(3)\n\
          s.sendto(b'ping', ('{ip}', {port}))\nprint(s.recv(512).decode())\n"
     );
-    let out = lab
-        .command(host, std::path::Path::new("python3"))
-        .unwrap()
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        return None;
-    }
-    serde_json::from_slice(&out.stdout).ok()
+    python_in(lab, host, &script)
 }
 
 #[test]

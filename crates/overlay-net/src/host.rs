@@ -91,13 +91,7 @@ impl Lookup for ContainerLookup {
             if let (false, Some(vip)) = (tasks_of, s.vip) {
                 return Some(vec![vip]);
             }
-            return Some(
-                v.endpoints
-                    .iter()
-                    .filter(|e| e.running && e.service_id == s.service_id)
-                    .map(|e| e.addr)
-                    .collect(),
-            );
+            return Some(running_addresses(v, &s.service_id));
         }
         None
     }
@@ -615,6 +609,15 @@ fn free_gateway_address(used: &BTreeSet<Ipv4Addr>) -> Result<Ipv4Addr, NetError>
         })
 }
 
+/// The addresses of `service`'s running tasks on the network of `view`.
+fn running_addresses(view: &NetworkView, service: &shoal_api::ServiceId) -> Vec<Ipv4Addr> {
+    view.endpoints
+        .iter()
+        .filter(|e| e.running && e.service_id == *service)
+        .map(|e| e.addr)
+        .collect()
+}
+
 /// VIP → running task addresses, for the services on `networks`.
 fn vips(views: &Views, networks: &[NetworkId]) -> BTreeMap<Ipv4Addr, Vec<Ipv4Addr>> {
     let views = views.read().expect("views lock");
@@ -623,14 +626,7 @@ fn vips(views: &Views, networks: &[NetworkId]) -> BTreeMap<Ipv4Addr, Vec<Ipv4Add
         let Some(v) = views.get(id) else { continue };
         for s in &v.services {
             let Some(vip) = s.vip else { continue };
-            out.insert(
-                vip,
-                v.endpoints
-                    .iter()
-                    .filter(|e| e.running && e.service_id == s.service_id)
-                    .map(|e| e.addr)
-                    .collect(),
-            );
+            out.insert(vip, running_addresses(v, &s.service_id));
         }
     }
     out

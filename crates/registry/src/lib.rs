@@ -211,6 +211,23 @@ impl Session {
             .await
     }
 
+    /// HTTP/1.1 over `io` (TCP or TLS); the connection is driven on a task of its own.
+    async fn handshake<T>(
+        &self,
+        io: T,
+    ) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, RegistryError>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| self.transport(e))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
     /// One request to `url` (`http(s)://host[:port]/path`).
     async fn request_once(
         &self,
@@ -262,21 +279,9 @@ impl Session {
                     ))
                 })?
                 .map_err(|e| self.transport(format!("TLS with {addr}: {e}")))?;
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| self.transport(e))?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            sender
+            self.handshake(stream).await?
         } else {
-            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| self.transport(e))?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            sender
+            self.handshake(stream).await?
         };
         let mut req = Request::builder()
             .method(method)

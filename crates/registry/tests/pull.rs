@@ -12,6 +12,29 @@ use std::time::{Duration, Instant};
 
 struct Registry(Child);
 
+impl Registry {
+    /// Starts docker-registry with `config` and waits until it answers on `addr`.
+    fn start(config: &Path, addr: &str) -> Registry {
+        let registry = Registry(
+            Command::new("docker-registry")
+                .args(["serve", config.to_str().unwrap()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let start = Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the registry on {addr} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        registry
+    }
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -126,22 +149,7 @@ fn images_pushed_by_skopeo_are_pulled_checked_and_refused_when_corrupt() {
         ),
     )
     .unwrap();
-    let _registry = Registry(
-        Command::new("docker-registry")
-            .args(["serve", config.to_str().unwrap()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let start = Instant::now();
-    while std::net::TcpStream::connect("127.0.0.1:5000").is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the registry did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _registry = Registry::start(&config, "127.0.0.1:5000");
     let layout = d.path().join("layout");
     busybox_layout(&layout);
     let out = Command::new("skopeo")
@@ -351,22 +359,7 @@ fn images_pushed_by_skopeo_are_pulled_checked_and_refused_when_corrupt() {
         ),
     )
     .unwrap();
-    let _tls_registry = Registry(
-        Command::new("docker-registry")
-            .args(["serve", tls_config.to_str().unwrap()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let start = Instant::now();
-    while std::net::TcpStream::connect("192.0.2.1:5443").is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the TLS registry did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _tls_registry = Registry::start(&tls_config, "192.0.2.1:5443");
     let out = Command::new("skopeo")
         .args(["--insecure-policy", "copy", "--dest-tls-verify=false"])
         .arg(format!("oci:{}:1", layout.display()))
@@ -425,22 +418,7 @@ fn images_pushed_by_skopeo_are_pulled_checked_and_refused_when_corrupt() {
         ),
     )
     .unwrap();
-    let _auth_registry = Registry(
-        Command::new("docker-registry")
-            .args(["serve", auth_config.to_str().unwrap()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let start = Instant::now();
-    while std::net::TcpStream::connect("192.0.2.1:5444").is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the auth registry did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _auth_registry = Registry::start(&auth_config, "192.0.2.1:5444");
     let out = Command::new("skopeo")
         .args([
             "--insecure-policy",
