@@ -147,16 +147,9 @@ pub fn container_lab_with_args(
     workers: usize,
     args: &[&str],
 ) -> Option<Lab> {
-    if let Err(why) = shoal_testkit::container_support() {
-        shoal_testkit::skip(&format!("this host cannot run containers: {why}"));
-        return None;
-    }
-    if !has_ip() {
-        return None;
-    }
     let mut config = LabConfig::new(name, managers, workers);
     config.daemon_args = args.iter().map(|s| s.to_string()).collect();
-    Some(Lab::up(config).expect("lab up"))
+    container_lab_from(config)
 }
 
 /// [`container_lab`] with spare hosts (`s1`, ...) that join no cluster until told.
@@ -166,6 +159,13 @@ pub fn container_lab_with_spares(
     workers: usize,
     spares: usize,
 ) -> Option<Lab> {
+    let mut config = LabConfig::new(name, managers, workers);
+    config.spares = spares;
+    container_lab_from(config)
+}
+
+/// A real-container lab of `config`, or `None` (said why) on a host that cannot run one.
+fn container_lab_from(config: LabConfig) -> Option<Lab> {
     if let Err(why) = shoal_testkit::container_support() {
         shoal_testkit::skip(&format!("this host cannot run containers: {why}"));
         return None;
@@ -173,8 +173,6 @@ pub fn container_lab_with_spares(
     if !has_ip() {
         return None;
     }
-    let mut config = LabConfig::new(name, managers, workers);
-    config.spares = spares;
     Some(Lab::up(config).expect("lab up"))
 }
 

@@ -525,7 +525,7 @@ impl Store {
         // The revision moves with the log even for refused commands: the index was used.
         self.revision = revision;
         result.map(|_| {
-            self.settle_addresses(revision, &mut events);
+            self.settle_addresses(&mut events);
             events
         })
     }
@@ -963,7 +963,7 @@ impl Store {
     /// Keeps the allocator's index in step with what a command changed: networks come and go,
     /// finished and deleted tasks give their addresses back, and services get (or give back) a
     /// virtual IP per attached network. Event copies of services show their virtual IPs.
-    fn settle_addresses(&mut self, _rev: u64, events: &mut [Event]) {
+    fn settle_addresses(&mut self, events: &mut [Event]) {
         let mut ipam = self.ipam.0.take().unwrap_or_default();
         for e in events.iter_mut() {
             match (e.action, &mut e.object) {

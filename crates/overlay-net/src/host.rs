@@ -245,17 +245,7 @@ impl HostNetwork {
         if let Some(addr) = gw {
             self.attach_gateway(task, path, networks.len(), addr)?;
         }
-        let sock = netns::blocking_in(path, || {
-            let s = std::net::UdpSocket::bind((dns::RESOLVER, 53))?;
-            s.set_nonblocking(true)?;
-            Ok(s)
-        })?;
-        let lookup = Arc::new(ContainerLookup {
-            views: self.views.clone(),
-            networks: networks.clone(),
-        });
-        let upstream = self.upstream.clone();
-        let dns = self.serve_dns(sock, lookup, upstream)?;
+        let dns = self.serve_dns(path, &networks)?;
         let rules = lb::ruleset(&self.vips(&networks));
         lb::apply(path, &rules)?;
         Ok(Attached {
@@ -331,12 +321,23 @@ impl HostNetwork {
         Ok(())
     }
 
+    /// Opens the resolver's socket on 127.0.0.11:53 inside the namespace at `path` and serves
+    /// it, answering with the services of `networks`.
     fn serve_dns(
         &self,
-        sock: std::net::UdpSocket,
-        lookup: Arc<ContainerLookup>,
-        upstream: Vec<std::net::SocketAddr>,
+        path: &Path,
+        networks: &[NetworkId],
     ) -> Result<tokio::task::AbortHandle, NetError> {
+        let sock = netns::blocking_in(path, || {
+            let s = std::net::UdpSocket::bind((dns::RESOLVER, 53))?;
+            s.set_nonblocking(true)?;
+            Ok(s)
+        })?;
+        let lookup = Arc::new(ContainerLookup {
+            views: self.views.clone(),
+            networks: networks.to_vec(),
+        });
+        let upstream = self.upstream.clone();
         let rt = self
             .runtime
             .clone()
@@ -366,16 +367,7 @@ impl HostNetwork {
         let gw = netns::run_in(&path, move |h| async move {
             link::address_of(&h, &gw_link).await
         })?;
-        let sock = netns::blocking_in(&path, || {
-            let s = std::net::UdpSocket::bind((dns::RESOLVER, 53))?;
-            s.set_nonblocking(true)?;
-            Ok(s)
-        })?;
-        let lookup = Arc::new(ContainerLookup {
-            views: self.views.clone(),
-            networks: networks.clone(),
-        });
-        let dns = self.serve_dns(sock, lookup, self.upstream.clone())?;
+        let dns = self.serve_dns(&path, &networks)?;
         tracing::info!(task_id = %task.id, "resumed the networking of a running container");
         state.attached.insert(
             task.id.clone(),

@@ -290,6 +290,14 @@ pub struct Remote {
     pub host: Ipv4Addr,
 }
 
+/// The IPv4 destination of a neighbour or forwarding entry.
+fn destination(m: &NeighbourMessage) -> Option<Ipv4Addr> {
+    m.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(ip.to_owned()),
+        _ => None,
+    })
+}
+
 /// Makes the VXLAN device `vx` know exactly `remotes`: a neighbour entry (so its ARP proxy
 /// answers for them) and a forwarding entry (so frames go to their host) for each; entries of
 /// endpoints gone are deleted.
@@ -306,10 +314,7 @@ pub async fn sync_remotes(h: &Handle, vx: u32, remotes: &[Remote]) -> Result<(),
         if m.header.ifindex != vx {
             continue;
         }
-        if let Some(ip) = m.attributes.iter().find_map(|a| match a {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(ip.to_owned()),
-            _ => None,
-        }) {
+        if let Some(ip) = destination(&m) {
             have_arp.insert(ip, m);
         }
     }
@@ -332,10 +337,7 @@ pub async fn sync_remotes(h: &Handle, vx: u32, remotes: &[Remote]) -> Result<(),
             }
             _ => None,
         });
-        let dst = m.attributes.iter().find_map(|a| match a {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(ip.to_owned()),
-            _ => None,
-        });
+        let dst = destination(&m);
         if let Some(mac) = mac {
             have_fdb.insert(mac, (dst, m));
         }
