@@ -31,7 +31,7 @@ const STACK: &str = "services:
 #[test]
 fn a_stack_whose_image_is_only_in_the_registry_runs_on_every_worker() {
     for (tool, pkg) in [("skopeo", "skopeo"), ("docker-registry", "docker-registry")] {
-        if shoal_runtime_which(tool).is_none() {
+        if shoal_testkit::which(tool).is_none() {
             shoal_testkit::skip(&format!("{tool} is not installed (apt-get install {pkg})"));
             return;
         }
@@ -245,13 +245,6 @@ fn a_stack_whose_image_is_only_in_the_registry_runs_on_every_worker() {
     });
 }
 
-fn shoal_runtime_which(tool: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(tool))
-            .find(|p| p.is_file())
-    })
-}
 
 fn go_arch() -> &'static str {
     match std::env::consts::ARCH {

@@ -53,6 +53,8 @@ pub struct ContainerConfig {
     pub cgroup_parent: String,
     /// Registries pulled from over plain HTTP (`--insecure-registry HOST:PORT`).
     pub insecure_registries: Vec<String>,
+    /// Docker Hub mirrors tried before Docker Hub (`--registry-mirror`).
+    pub registry_mirrors: Vec<String>,
 }
 
 /// What the executor records of a container (`meta.json`).
@@ -149,6 +151,7 @@ impl ContainerExecutor {
             insecure: self.config.insecure_registries.clone(),
             credentials,
             certs_dir: None,
+            mirrors: self.config.registry_mirrors.clone(),
         };
         tracing::info!(%reference, "pulling");
         shoal_registry::pull(self.images.clone(), reference, &options, |p| {
@@ -170,6 +173,7 @@ impl ContainerExecutor {
             insecure: self.config.insecure_registries.clone(),
             credentials,
             certs_dir: None,
+            mirrors: Vec::new(),
         };
         shoal_registry::push(
             self.images.clone(),
@@ -194,6 +198,7 @@ impl ContainerExecutor {
             insecure: self.config.insecure_registries.clone(),
             credentials: Some(credentials),
             certs_dir: None,
+            mirrors: Vec::new(),
         };
         shoal_registry::login(registry, &options).await
     }
@@ -644,12 +649,10 @@ impl Executor for ContainerExecutor {
         let task = task.clone();
         Box::pin(async move {
             let id = task.id.to_string();
-            // An image named with its registry (`host:5000/app:1`) is pulled where the task
-            // lands; others must be in the node's store already.
+            // An image the node lacks is pulled where the task lands, from its registry (Docker
+            // Hub's through the node's mirrors first).
             let image = task.spec.container.image.clone();
-            let from_registry = shoal_registry::reference::Reference::parse(&image)
-                .is_ok_and(|r| r.registry != shoal_registry::reference::DOCKER_HUB);
-            if from_registry && this.images.get(&image).is_err() {
+            if this.images.get(&image).is_err() {
                 if let Err(e) = this.pull(&image, None, |_| {}).await {
                     return Err(ExecError::Rejected(format!("pulling {image}: {e}")));
                 }

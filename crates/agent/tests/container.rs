@@ -39,6 +39,7 @@ impl Node {
             shim,
             cgroup_parent: parent.clone(),
             insecure_registries: Vec::new(),
+            registry_mirrors: Vec::new(),
         })
         .unwrap();
         let tar = dir.path().join("busybox.tar");
@@ -64,6 +65,7 @@ impl Node {
             shim,
             cgroup_parent: self.parent.clone(),
             insecure_registries: Vec::new(),
+            registry_mirrors: Vec::new(),
         })
         .unwrap()
     }

@@ -1143,21 +1143,32 @@ async fn registry_job(c: &Client, path: &str, title: &str, verb: &str, json: boo
                 shoal_registry::Progress::Start { digest, size } => {
                     let short = shoal_registry::short(digest).to_owned();
                     if terminal {
-                        let bar = bars.add(ProgressBar::new_spinner());
+                        let bar = bars.add(ProgressBar::new(*size));
                         bar.set_style(
-                            ProgressStyle::with_template("{spinner} {msg}").expect("template"),
+                            ProgressStyle::with_template(
+                                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                            )
+                            .expect("template")
+                            .progress_chars("=> "),
                         );
-                        bar.set_message(format!("{short}: {verb} {}", output::size(*size)));
-                        bar.enable_steady_tick(Duration::from_millis(120));
+                        bar.set_message(format!("{short}: {verb}"));
                         open.insert(digest.clone(), bar);
                     } else if !json {
                         eprintln!("{short}: {verb} {}", output::size(*size));
                     }
                 }
+                shoal_registry::Progress::Advance { digest, bytes } => {
+                    if let Some(bar) = open.get(digest) {
+                        bar.set_position(*bytes);
+                    }
+                }
                 shoal_registry::Progress::Done { digest } => {
                     let short = shoal_registry::short(digest);
                     match open.remove(digest) {
-                        Some(bar) => bar.finish_with_message(format!("{short}: done")),
+                        Some(bar) => {
+                            bar.set_position(bar.length().unwrap_or(0));
+                            bar.finish_with_message(format!("{short}: done"));
+                        }
                         None if !json => eprintln!("{short}: done"),
                         None => {}
                     }

@@ -387,7 +387,7 @@ fn runc_runs_the_same_stack() {
     if !containers_supported() {
         return;
     }
-    if shoal_runtime_which("runc").is_none() {
+    if shoal_testkit::which("runc").is_none() {
         shoal_testkit::skip("runc is not installed (apt-get install runc)");
         return;
     }
@@ -409,12 +409,3 @@ fn runc_runs_the_same_stack() {
     wait_for("containers removed", || d.shims().is_empty());
 }
 
-fn shoal_runtime_which(name: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain(["/usr/sbin".into(), "/usr/bin".into()])
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}

@@ -90,9 +90,13 @@ struct Args {
     #[arg(long)]
     memory: Option<String>,
     /// A registry (HOST:PORT) to pull from over plain HTTP (repeatable). Registries on
-    /// localhost are always allowed; others need TLS, which shoal does not speak yet.
+    /// localhost are always allowed; others are spoken to over TLS.
     #[arg(long = "insecure-registry")]
     insecure_registry: Vec<String>,
+    /// A Docker Hub mirror (http://HOST:PORT or https://HOST:PORT, repeatable) tried before
+    /// Docker Hub, as docker's `registry-mirrors`.
+    #[arg(long = "registry-mirror")]
+    registry_mirror: Vec<String>,
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(
         long,
@@ -199,6 +203,7 @@ fn container_executor(args: &Args) -> Result<ContainerExecutor> {
         shim,
         cgroup_parent: args.cgroup_parent.clone(),
         insecure_registries: args.insecure_registry.clone(),
+        registry_mirrors: args.registry_mirror.clone(),
     };
     ContainerExecutor::open(config)
         .map_err(|e| anyhow::anyhow!("opening the container executor: {e}"))

@@ -49,19 +49,6 @@ pub fn cgroup_parent(lab: &str, host: &str) -> String {
 pub fn start(state: &LabState, h: &HostInfo) -> Result<(), LabError> {
     let d = dir(state, &h.name);
     std::fs::create_dir_all(d.join("data")).map_err(io_err(&d))?;
-    let cg = lab_cgroup(&state.name).join(&h.name).join("daemon");
-    std::fs::create_dir_all(&cg).map_err(io_err(&cg))?;
-    let procs_path = cg.join("cgroup.procs");
-    let mut procs = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&procs_path)
-        .map_err(io_err(&procs_path))?;
-    let log_path = d.join("shoald.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(io_err(&log_path))?;
     let bin = state.bin_dir.join("shoald");
     let mut cmd = Command::new(&bin);
     cmd.arg("--data-root")
@@ -80,11 +67,65 @@ pub fn start(state: &LabState, h: &HostInfo) -> Result<(), LabError> {
                 Executor::Sim => "sim",
             },
         ])
-        .args(&state.daemon_args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-    net::enter(&mut cmd, &state.name, &h.name)?;
+        .args(&state.daemon_args);
+    spawn(state, &h.name, cmd, &d.join("shoald.log"), &d.join("pid"))
+}
+
+/// The lab's registry host: its namespace name and where its files are.
+pub const REGISTRY_HOST: &str = "reg";
+
+/// The port the lab's registry listens on.
+pub const REGISTRY_PORT: u16 = 5000;
+
+/// Starts Debian's docker-registry (distribution) in the registry host's namespace, listening
+/// on `addr`:5000 over plain HTTP, its storage under the lab's directory.
+pub fn start_registry(state: &LabState, addr: &str) -> Result<(), LabError> {
+    let d = dir(state, REGISTRY_HOST);
+    std::fs::create_dir_all(&d).map_err(io_err(&d))?;
+    let config = d.join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+             http:\n  addr: {addr}:{REGISTRY_PORT}\n",
+            d.join("data").display()
+        ),
+    )
+    .map_err(io_err(&config))?;
+    let mut cmd = Command::new("docker-registry");
+    cmd.arg("serve").arg(&config);
+    spawn(
+        state,
+        REGISTRY_HOST,
+        cmd,
+        &d.join("registry.log"),
+        &d.join("pid"),
+    )
+}
+
+/// Spawns `cmd` inside `host`'s namespace and cgroup, in a session of its own, its output
+/// appended to `log`, its pid written to `pid_file`.
+fn spawn(
+    state: &LabState,
+    host: &str,
+    mut cmd: Command,
+    log: &Path,
+    pid_file: &Path,
+) -> Result<(), LabError> {
+    let cg = lab_cgroup(&state.name).join(host).join("daemon");
+    std::fs::create_dir_all(&cg).map_err(io_err(&cg))?;
+    let procs_path = cg.join("cgroup.procs");
+    let mut procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&procs_path)
+        .map_err(io_err(&procs_path))?;
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(io_err(log))?;
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log_file);
+    net::enter(&mut cmd, &state.name, host)?;
     // SAFETY: between fork and exec the closure only calls write(2) on a descriptor opened
     // before the fork (moving this process into the host's cgroup: "0" is the writer) and
     // setsid(2); both are async-signal-safe.
@@ -95,9 +136,9 @@ pub fn start(state: &LabState, h: &HostInfo) -> Result<(), LabError> {
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(io_err(&bin))?;
-    let pid_file = d.join("pid");
-    std::fs::write(&pid_file, child.id().to_string()).map_err(io_err(&pid_file))?;
+    let program = PathBuf::from(cmd.get_program());
+    let child = cmd.spawn().map_err(io_err(&program))?;
+    std::fs::write(pid_file, child.id().to_string()).map_err(io_err(pid_file))?;
     Ok(())
 }
 

@@ -111,6 +111,10 @@ pub struct LabConfig {
     pub log: String,
     /// Extra `shoald` flags for every host.
     pub daemon_args: Vec<String>,
+    /// Run a registry (Debian's docker-registry) on its own host, `A.B.C.250:5000`, as every
+    /// daemon's Docker Hub mirror: the test images are imported on `m1` only and pushed there,
+    /// and the other hosts pull them where their tasks land.
+    pub registry: bool,
 }
 
 impl LabConfig {
@@ -133,6 +137,7 @@ impl LabConfig {
             executor: Executor::Container,
             log: "info,raft=warn,netlink_packet_route=error".into(),
             daemon_args: Vec::new(),
+            registry: false,
         }
     }
 }
@@ -174,6 +179,9 @@ pub struct LabState {
     /// Extra `shoald` flags.
     #[serde(default)]
     pub daemon_args: Vec<String>,
+    /// The lab's registry (`A.B.C.250:5000`), when it runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
 }
 
 /// A host's status, as `shoal-lab status` shows it.
@@ -290,6 +298,25 @@ impl Lab {
                 spare: true,
             });
         }
+        let mut daemon_args = config.daemon_args.clone();
+        let registry = if config.registry {
+            if shoal_testkit::which("docker-registry").is_none() {
+                return Err(LabError::Config(
+                    "--registry runs Debian's docker-registry: apt-get install docker-registry"
+                        .into(),
+                ));
+            }
+            let at = format!("{prefix}.250:{}", host::REGISTRY_PORT);
+            daemon_args.extend([
+                "--insecure-registry".to_owned(),
+                at.clone(),
+                "--registry-mirror".to_owned(),
+                format!("http://{at}"),
+            ]);
+            Some(at)
+        } else {
+            None
+        };
         let state = LabState {
             name: config.name.clone(),
             dir: config.dir.clone(),
@@ -297,7 +324,8 @@ impl Lab {
             hosts,
             executor: config.executor,
             log: config.log.clone(),
-            daemon_args: config.daemon_args.clone(),
+            daemon_args,
+            registry,
         };
         std::fs::create_dir_all(&state.dir).map_err(io_err(&state.dir))?;
         let file = state.dir.join("lab.json");
@@ -316,6 +344,11 @@ impl Lab {
         net::make_switch(&self.state.name)?;
         for h in &self.state.hosts {
             net::make_host(&self.state.name, &h.name, &h.addr)?;
+        }
+        if let Some(at) = &self.state.registry {
+            let addr = at.split(':').next().unwrap_or(at);
+            net::make_host(&self.state.name, host::REGISTRY_HOST, addr)?;
+            host::start_registry(&self.state, addr)?;
         }
         for h in &self.state.hosts {
             host::start(&self.state, h)?;
@@ -383,11 +416,14 @@ impl Lab {
         shoal_testkit::probe_tar(&probe).map_err(io_err(&probe))?;
         let busybox = busybox.to_string_lossy().into_owned();
         let probe = probe.to_string_lossy().into_owned();
+        let hosts: Vec<&HostInfo> = match &self.state.registry {
+            // The registry serves the others.
+            Some(_) => self.state.hosts.iter().take(1).collect(),
+            None => self.state.hosts.iter().collect(),
+        };
         std::thread::scope(|s| {
-            let jobs: Vec<_> = self
-                .state
-                .hosts
-                .iter()
+            let jobs: Vec<_> = hosts
+                .into_iter()
                 .map(|h| {
                     let (busybox, probe) = (&busybox, &probe);
                     s.spawn(move || -> Result<(), LabError> {
@@ -421,7 +457,18 @@ impl Lab {
                 .collect();
             jobs.into_iter()
                 .try_for_each(|j| j.join().expect("import thread"))
-        })
+        })?;
+        if let Some(at) = &self.state.registry {
+            let m1 = &self.state.hosts[0].name;
+            for image in ["busybox:latest", "probe:latest"] {
+                let target = format!("{at}/library/{image}");
+                // The registry may still be starting: its first pushes are refused.
+                wait_until(&format!("pushing {image} to {at}"), BOUND, || {
+                    self.shoal_ok(m1, &["image", "push", image, &target]).is_ok()
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// The lab that is up in `dir` (for commands run in another process).
@@ -665,3 +712,4 @@ impl Drop for Lab {
         }
     }
 }
+

@@ -103,6 +103,13 @@ pub enum Progress {
         /// Its size in bytes.
         size: u64,
     },
+    /// Bytes of that blob moved so far (sent now and then, not for every packet).
+    Advance {
+        /// Its digest.
+        digest: String,
+        /// Bytes moved so far.
+        bytes: u64,
+    },
     /// That blob is done.
     Done {
         /// Its digest.
@@ -116,6 +123,7 @@ impl std::fmt::Display for Progress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Progress::Start { digest, size } => write!(f, "{}: {size} bytes", short(digest)),
+            Progress::Advance { digest, bytes } => write!(f, "{}: {bytes} bytes so far", short(digest)),
             Progress::Done { digest } => write!(f, "{}: done", short(digest)),
             Progress::Note(n) => f.write_str(n),
         }
@@ -137,6 +145,9 @@ pub struct PullOptions {
     pub credentials: Option<(String, String)>,
     /// Where registries' CAs are (`None`: [`CERTS_DIR`]).
     pub certs_dir: Option<std::path::PathBuf>,
+    /// Mirrors of Docker Hub (`http://host:port`, `https://host:port`, or `host:port` for
+    /// HTTPS), tried in order before Docker Hub itself, as docker's `registry-mirrors`.
+    pub mirrors: Vec<String>,
 }
 
 /// The TLS settings for `registry`: the system's roots, and its own CA from `certs_dir`.
@@ -525,7 +536,15 @@ async fn manifest(s: &Session, r: &str) -> Result<(Vec<u8>, String), RegistryErr
 }
 
 /// Streams blob `d` into `dir/blobs/sha256/<hex>`, checking size and digest as it goes.
-async fn blob(s: &Session, d: &Desc, dir: &Path) -> Result<(), RegistryError> {
+/// How many bytes of a blob pass between two [`Progress::Advance`] reports.
+const ADVANCE_EVERY: u64 = 512 << 10;
+
+async fn blob(
+    s: &Session,
+    d: &Desc,
+    dir: &Path,
+    progress: &(impl Fn(Progress) + Send + Sync),
+) -> Result<(), RegistryError> {
     let hex = d
         .digest
         .strip_prefix("sha256:")
@@ -541,6 +560,7 @@ async fn blob(s: &Session, d: &Desc, dir: &Path) -> Result<(), RegistryError> {
         .map_err(io(format!("creating {}", partial.display())))?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
+    let mut reported = 0u64;
     let mut body = resp.into_body();
     while let Some(frame) = tokio::time::timeout(IDLE_TIMEOUT, body.frame())
         .await
@@ -559,6 +579,13 @@ async fn blob(s: &Session, d: &Desc, dir: &Path) -> Result<(), RegistryError> {
             file.write_all(data)
                 .await
                 .map_err(io(format!("writing {}", partial.display())))?;
+            if size - reported >= ADVANCE_EVERY {
+                reported = size;
+                progress(Progress::Advance {
+                    digest: d.digest.clone(),
+                    bytes: size,
+                });
+            }
         }
     }
     file.flush().await.map_err(io("flushing a blob"))?;
@@ -618,6 +645,7 @@ async fn upload_blob(
     digest: &str,
     file: &Path,
     from: Option<&str>,
+    progress: &(impl Fn(Progress) + Send + Sync),
 ) -> Result<(), RegistryError> {
     let start_path = match from {
         Some(repo) => format!(
@@ -648,6 +676,10 @@ async fn upload_blob(
         let resp = s.send(Method::PATCH, &loc, &headers, chunk, false).await?;
         loc = location(s, resp, "uploading a chunk").await?;
         offset = end;
+        progress(Progress::Advance {
+            digest: digest.to_owned(),
+            bytes: offset as u64,
+        });
     }
     let sep = if loc.contains('?') { '&' } else { '?' };
     let resp = s
@@ -720,7 +752,7 @@ pub async fn push(
             digest: d.digest.clone(),
             size: d.size,
         });
-        upload_blob(&s, &d.digest, &file, from.as_deref()).await?;
+        upload_blob(&s, &d.digest, &file, from.as_deref(), &progress).await?;
         progress(Progress::Done {
             digest: d.digest.clone(),
         });
@@ -820,7 +852,67 @@ pub async fn pull(
 ) -> Result<ImageRecord, RegistryError> {
     let r = Reference::parse(reference)?;
     let s = session(&r.registry, &r.repository, options)?;
-    let (mut bytes, mut media) = manifest(&s, r.manifest_ref()).await?;
+    if r.registry != reference::DOCKER_HUB || options.mirrors.is_empty() {
+        return pull_from(&store, &r, &s, &progress).await;
+    }
+    // Docker Hub's images come from its mirrors first; Docker Hub answers when none has it.
+    let mut first_error = None;
+    for url in &options.mirrors {
+        let m = mirror_session(url, &r.repository, options)?;
+        match pull_from(&store, &r, &m, &progress).await {
+            Ok(record) => return Ok(record),
+            Err(e) => {
+                tracing::warn!(mirror = %url, %reference, error = %e, "pull from mirror failed");
+                progress(Progress::Note(format!("mirror {url}: {e}")));
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match pull_from(&store, &r, &s, &progress).await {
+        // Docker Hub out of reach says less than what the mirror said.
+        Err(RegistryError::Transport { .. }) if first_error.is_some() => {
+            Err(first_error.expect("checked"))
+        }
+        other => other,
+    }
+}
+
+/// A session with a Docker Hub mirror (`http://host:port`, `https://host:port`, `host:port`).
+fn mirror_session(
+    url: &str,
+    repository: &str,
+    options: &PullOptions,
+) -> Result<Session, RegistryError> {
+    let (plain, host) = match url.split_once("://") {
+        Some(("http", h)) => (true, h),
+        Some(("https", h)) => (false, h),
+        Some(_) => {
+            return Err(RegistryError::BadReference(
+                url.to_owned(),
+                "a mirror is http://HOST:PORT or https://HOST:PORT".into(),
+            ))
+        }
+        None => (false, url),
+    };
+    let host = host.trim_end_matches('/');
+    let mut s = session(host, repository, options)?;
+    if plain {
+        s.scheme = "http";
+        s.tls = None;
+    }
+    // Mirrors are read anonymously: the user's Docker Hub credentials stay with Docker Hub.
+    s.credentials = None;
+    Ok(s)
+}
+
+/// Pulls the image `r` names through the session `s` (its registry or a mirror).
+async fn pull_from(
+    store: &Arc<ImageStore>,
+    r: &Reference,
+    s: &Session,
+    progress: &(impl Fn(Progress) + Send + Sync),
+) -> Result<ImageRecord, RegistryError> {
+    let (mut bytes, mut media) = manifest(s, r.manifest_ref()).await?;
     let mut doc: ManifestDoc = serde_json::from_slice(&bytes)
         .map_err(|e| RegistryError::Content(format!("{}: manifest: {e}", s.registry)))?;
     if !doc.manifests.is_empty() {
@@ -840,7 +932,7 @@ pub async fn pull(
         progress(Progress::Note(format!(
             "{r}: index, picked linux/{arch} {digest}"
         )));
-        (bytes, media) = manifest(&s, &digest).await?;
+        (bytes, media) = manifest(s, &digest).await?;
         doc = serde_json::from_slice(&bytes)
             .map_err(|e| RegistryError::Content(format!("{}: manifest: {e}", s.registry)))?;
     }
@@ -863,20 +955,19 @@ pub async fn pull(
         &bytes,
     )
     .map_err(io("writing the manifest"))?;
-    blob(&s, &config, dir).await?;
-    let progress = &progress;
+    blob(s, &config, dir, progress).await?;
     // Three at once, as docker: each layer waits for a permit.
     let gate = tokio::sync::Semaphore::new(PARALLEL);
     let mut fetches = Vec::new();
     for l in &doc.layers {
-        let (s, gate) = (&s, &gate);
+        let gate = &gate;
         fetches.push(async move {
             let _permit = gate.acquire().await.expect("the gate stays open");
             progress(Progress::Start {
                 digest: l.digest.clone(),
                 size: l.size,
             });
-            blob(s, l, dir).await?;
+            blob(s, l, dir, progress).await?;
             progress(Progress::Done {
                 digest: l.digest.clone(),
             });

@@ -261,3 +261,15 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     );
     path
 }
+
+/// The path of `program` on `PATH` (or in /usr/sbin and /usr/bin, which a test's PATH may
+/// lack), if it is there.
+pub fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(["/usr/sbin".into(), "/usr/bin".into()])
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}

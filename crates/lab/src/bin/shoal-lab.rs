@@ -43,6 +43,11 @@ enum Cmd {
         /// Where shoald, shoal and shoal-runtime are (default: beside shoal-lab).
         #[arg(long)]
         bin_dir: Option<PathBuf>,
+        /// Run a registry (Debian's docker-registry) at A.B.C.250:5000 as every host's Docker
+        /// Hub mirror: the test images are imported on m1 only and pushed there, and the other
+        /// hosts pull them where their tasks land.
+        #[arg(long)]
+        registry: bool,
     },
     /// Stop everything and remove every namespace, link, mount, cgroup and file of the lab.
     Down,
@@ -105,11 +110,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             executor,
             log,
             bin_dir,
+            registry,
         } => {
             let mut config = LabConfig::new(&cli.name, managers, workers);
             config.dir = dir.clone();
             config.subnet = subnet;
             config.log = log;
+            config.registry = registry;
             if let Some(b) = bin_dir {
                 config.bin_dir = b;
             }
@@ -171,5 +178,8 @@ fn print_status(lab: &Lab) {
             s.role,
             lead
         );
+    }
+    if let Some(at) = &lab.state().registry {
+        println!("\nregistry {at} (plain HTTP; every host's Docker Hub mirror)");
     }
 }
