@@ -18,6 +18,7 @@ need=()
 command -v nsenter >/dev/null || need+=(util-linux)
 command -v ip >/dev/null || need+=(iproute2)
 command -v nft >/dev/null || need+=(nftables)
+command -v docker-registry >/dev/null || need+=(docker-registry)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
@@ -29,8 +30,8 @@ export PATH="$bin:$PATH"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "shoal-lab up: 3 managers, 2 workers, the test images on every host"
-$lab up --managers 3 --workers 2
+step "shoal-lab up: 3 managers, 2 workers, and a registry every host pulls the test images from"
+$lab up --managers 3 --workers 2 --registry
 leader=$($lab status | awk '/\(leader\)/ {print $1}')
 other=$($lab status | awk -v l="$leader" '$5 == "manager" && $1 != l {print $1; exit}')
 eval "$($lab env "$other")"
@@ -40,6 +41,8 @@ step "stack deploy, through a follower (it forwards writes to the leader)"
 $shoal stack deploy --wait -c examples/stacks/web.yml web
 $shoal stack ps web
 $shoal node ls
+echo "images on w1, pulled from the lab's registry where its tasks landed:"
+(eval "$($lab env w1)"; $shoal image ls)
 
 step "the routing mesh: port 8080 answers on every host, and spreads over the replicas"
 for h in $($lab status | awk 'NR > 1 && $3 == "alive" {print $1 "=" $2}'); do

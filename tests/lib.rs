@@ -165,7 +165,7 @@ pub fn container_lab_with_spares(
 }
 
 /// A real-container lab of `config`, or `None` (said why) on a host that cannot run one.
-fn container_lab_from(config: LabConfig) -> Option<Lab> {
+pub fn container_lab_from(config: LabConfig) -> Option<Lab> {
     if let Err(why) = shoal_testkit::container_support() {
         shoal_testkit::skip(&format!("this host cannot run containers: {why}"));
         return None;

@@ -653,7 +653,13 @@ impl Executor for ContainerExecutor {
             // Hub's through the node's mirrors first).
             let image = task.spec.container.image.clone();
             if this.images.get(&image).is_err() {
-                if let Err(e) = this.pull(&image, None, |_| {}).await {
+                // Credentials sent with the service (`--with-registry-auth`) for its registry.
+                let credentials = task.spec.container.registry_auth.as_ref().and_then(|a| {
+                    let r = shoal_registry::reference::Reference::parse(&image).ok()?;
+                    (r.registry == a.server)
+                        .then(|| (a.username.clone(), a.password.clone().unwrap_or_default()))
+                });
+                if let Err(e) = this.pull(&image, credentials, |_| {}).await {
                     return Err(ExecError::Rejected(format!("pulling {image}: {e}")));
                 }
             }

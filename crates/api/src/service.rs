@@ -154,6 +154,10 @@ pub struct ContainerSpec {
     /// Keep stdin open.
     #[serde(default)]
     pub open_stdin: bool,
+    /// Credentials for pulling the image (`--with-registry-auth`), given to the nodes that
+    /// run its tasks; the API shows them without the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<RegistryAuth>,
     /// Run an init process as PID 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<bool>,
@@ -393,6 +397,69 @@ pub struct EndpointSpec {
     /// Published ports.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortConfig>,
+}
+
+/// Credentials for a registry, sent with a service (`--with-registry-auth`).
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryAuth {
+    /// The registry (`host:port`, `docker.io`).
+    pub server: String,
+    /// User name.
+    pub username: String,
+    /// Password or token; `None` where the API shows it (redacted): an update that sends it
+    /// back so keeps the one the cluster holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("server", &self.server)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl ServiceSpec {
+    /// The spec as the API shows it: credentials without their password.
+    pub fn redact(&mut self) {
+        if let Some(a) = &mut self.task.container.registry_auth {
+            a.password = None;
+        }
+    }
+
+    /// Takes the credentials `existing` holds where this spec sends them back redacted, or
+    /// sends none (an update without `--with-registry-auth` keeps them).
+    pub fn keep_registry_auth(&mut self, existing: &ServiceSpec) {
+        let Some(old) = &existing.task.container.registry_auth else {
+            return;
+        };
+        match &self.task.container.registry_auth {
+            None => self.task.container.registry_auth = Some(old.clone()),
+            Some(new)
+                if new.password.is_none()
+                    && new.server == old.server
+                    && new.username == old.username =>
+            {
+                self.task.container.registry_auth = Some(old.clone());
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+impl Service {
+    /// The service as the API shows it (see [`ServiceSpec::redact`]).
+    pub fn redacted(mut self) -> Service {
+        self.spec.redact();
+        if let Some(p) = &mut self.previous_spec {
+            p.redact();
+        }
+        self
+    }
 }
 
 /// Everything a user declares about a service.

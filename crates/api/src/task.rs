@@ -148,6 +148,14 @@ pub struct Task {
 }
 
 impl Task {
+    /// The task as the API shows it: registry credentials without their password.
+    pub fn redacted(mut self) -> Task {
+        if let Some(a) = &mut self.spec.container.registry_auth {
+            a.password = None;
+        }
+        self
+    }
+
     /// The name docker gives this task: `service.slot` or `service.nodeid`.
     pub fn name(&self) -> String {
         if self.slot > 0 {

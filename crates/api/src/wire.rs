@@ -266,6 +266,17 @@ pub enum Object {
     Network(Box<Network>),
 }
 
+impl Object {
+    /// The object as the API shows it (see [`Service::redacted`], [`Task::redacted`]).
+    pub fn redacted(self) -> Object {
+        match self {
+            Object::Service(s) => Object::Service(Box::new(s.redacted())),
+            Object::Task(t) => Object::Task(Box::new(t.redacted())),
+            other => other,
+        }
+    }
+}
+
 /// What happened to an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -124,6 +124,21 @@ pub fn header_for(reference: &str) -> Result<Option<String>> {
     }))
 }
 
+/// The credentials kept for `image`'s registry, to send with a service
+/// (`--with-registry-auth`).
+pub fn registry_auth_for(image: &str) -> Result<Option<shoal_api::service::RegistryAuth>> {
+    let Ok(r) = shoal_registry::reference::Reference::parse(image) else {
+        return Ok(None);
+    };
+    Ok(
+        get(&r.registry)?.map(|(username, password)| shoal_api::service::RegistryAuth {
+            server: r.registry.clone(),
+            username,
+            password: Some(password),
+        }),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

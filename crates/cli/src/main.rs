@@ -166,6 +166,10 @@ enum StackCmd {
         /// the files) or never.
         #[arg(long, default_value = "always", value_parser = ["always", "changed", "never"])]
         resolve_image: String,
+        /// Send the credentials `shoal login` keeps for each image's registry to the nodes
+        /// that run its tasks.
+        #[arg(long)]
+        with_registry_auth: bool,
         /// Stack name.
         name: String,
     },
@@ -391,6 +395,10 @@ struct UpdateArgs {
     /// Replace every task even if nothing changed.
     #[arg(long)]
     force: bool,
+    /// Send the credentials `shoal login` keeps for the image's registry to the nodes that
+    /// run its tasks.
+    #[arg(long)]
+    with_registry_auth: bool,
     /// Service name or id.
     service: String,
 }
@@ -597,6 +605,7 @@ async fn run(cli: Cli) -> Result<()> {
             wait,
             timeout,
             resolve_image,
+            with_registry_auth,
             name,
         }) => {
             let resolve_image = match resolve_image.as_str() {
@@ -609,6 +618,7 @@ async fn run(cli: Cli) -> Result<()> {
                 wait,
                 timeout: timeout.0,
                 resolve_image,
+                with_registry_auth,
             };
             deploy(&c, &files, &options, &name, json).await?
         }
@@ -738,6 +748,7 @@ struct DeployOptions {
     wait: bool,
     timeout: Duration,
     resolve_image: ResolveImage,
+    with_registry_auth: bool,
 }
 
 async fn deploy(
@@ -752,12 +763,19 @@ async fn deploy(
         wait,
         timeout,
         resolve_image,
+        with_registry_auth,
     } = *options;
     let loaded = load_files(files)?;
     for w in &loaded.warnings {
         eprintln!("{w}");
     }
-    let spec = convert::convert(name, &loaded.config).with_context(|| files.join(", "))?;
+    let mut spec = convert::convert(name, &loaded.config).with_context(|| files.join(", "))?;
+    if with_registry_auth {
+        for s in &mut spec.services {
+            s.task.container.registry_auth =
+                credentials::registry_auth_for(&s.task.container.image)?;
+        }
+    }
     let wanted: Vec<String> = spec.services.iter().map(|s| s.name.clone()).collect();
     let result: StackDeployResult = c
         .post(
@@ -1398,6 +1416,10 @@ async fn logs(
 fn updated_spec(mut spec: ServiceSpec, a: &UpdateArgs) -> Result<ServiceSpec> {
     if let Some(image) = &a.image {
         spec.task.container.image = image.clone();
+    }
+    if a.with_registry_auth {
+        spec.task.container.registry_auth =
+            credentials::registry_auth_for(&spec.task.container.image)?;
     }
     if let Some(r) = a.replicas {
         match spec.mode {

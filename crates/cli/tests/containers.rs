@@ -408,4 +408,3 @@ fn runc_runs_the_same_stack() {
     d.ok(&["stack", "rm", "p"]);
     wait_for("containers removed", || d.shims().is_empty());
 }
-

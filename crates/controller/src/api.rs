@@ -17,7 +17,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use shoal_api::network::{Network, NetworkSpec};
 use shoal_api::node::{Node, NodeRole};
-use shoal_api::service::{Service, ServiceMode, ServiceSpec, STACK_LABEL};
+use shoal_api::service::{RegistryAuth, Service, ServiceMode, ServiceSpec, STACK_LABEL};
 use shoal_api::task::Task;
 use shoal_api::wire::*;
 use shoal_api::{NetworkId, NodeId, ServiceId, TaskId};
@@ -538,7 +538,7 @@ async fn service_list(State(m): State<Shared>) -> Result<Json<Vec<ServiceSummary
             .map(|s| {
                 let (running, desired) = store.replica_counts(s);
                 ServiceSummary {
-                    service: s.clone(),
+                    service: s.clone().redacted(),
                     running,
                     desired,
                 }
@@ -554,7 +554,8 @@ async fn service_create(
 ) -> Result<(StatusCode, Json<Created>)> {
     let c = cluster(&m).await?;
     let mode = resolve_mode(&q, ResolveImage::Always)?;
-    if let Ok(image) = pin_image(&m, &spec.task.container.image, None, mode).await {
+    let auth = spec.task.container.registry_auth.clone();
+    if let Ok(image) = pin_image(&m, &spec.task.container.image, None, mode, auth.as_ref()).await {
         spec.task.container.image = image;
     }
     let id = ServiceId::from_bits(rand::random());
@@ -571,7 +572,7 @@ async fn service_create(
 async fn service_inspect(State(m): State<Shared>, Path(id): Path<String>) -> Result<Json<Service>> {
     let c = cluster(&m).await?;
     let s = find_service(&c.store.read().expect("store lock"), &id)?;
-    Ok(Json(s))
+    Ok(Json(s.redacted()))
 }
 
 async fn service_update(
@@ -584,8 +585,18 @@ async fn service_update(
     let s = find_service(&c.store.read().expect("store lock"), &id)?;
     // An update pins an image that changed (`changed`, docker's default for updates).
     let mode = resolve_mode(&q, ResolveImage::Changed)?;
+    req.spec.keep_registry_auth(&s.spec);
     let existing = s.spec.task.container.image.clone();
-    if let Ok(image) = pin_image(&m, &req.spec.task.container.image, Some(&existing), mode).await {
+    let auth = req.spec.task.container.registry_auth.clone();
+    if let Ok(image) = pin_image(
+        &m,
+        &req.spec.task.container.image,
+        Some(&existing),
+        mode,
+        auth.as_ref(),
+    )
+    .await
+    {
         req.spec.task.container.image = image;
     }
     c.raft
@@ -597,7 +608,7 @@ async fn service_update(
         })
         .await?;
     let s = find_service(&c.store.read().expect("store lock"), s.id.as_str())?;
-    Ok(Json(s))
+    Ok(Json(s.redacted()))
 }
 
 async fn service_scale(
@@ -626,7 +637,7 @@ async fn service_scale(
         })
         .await?;
     let s = find_service(&c.store.read().expect("store lock"), s.id.as_str())?;
-    Ok(Json(s))
+    Ok(Json(s.redacted()))
 }
 
 async fn service_remove(State(m): State<Shared>, Path(id): Path<String>) -> Result<StatusCode> {
@@ -636,8 +647,9 @@ async fn service_remove(State(m): State<Shared>, Path(id): Path<String>) -> Resu
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Tasks as the API lists them: in order, credentials redacted.
 fn sorted_tasks<'a>(tasks: impl Iterator<Item = &'a Task>) -> Vec<Task> {
-    let mut out: Vec<Task> = tasks.cloned().collect();
+    let mut out: Vec<Task> = tasks.cloned().map(Task::redacted).collect();
     out.sort_by(|a, b| {
         (
             &a.service_name,
@@ -810,6 +822,7 @@ async fn pin_image(
     image: &str,
     existing: Option<&str>,
     mode: ResolveImage,
+    auth: Option<&RegistryAuth>,
 ) -> std::result::Result<String, String> {
     if mode == ResolveImage::Never {
         return Ok(image.to_owned());
@@ -828,6 +841,9 @@ async fn pin_image(
     }
     let options = shoal_registry::PullOptions {
         insecure: m.insecure_registries().to_vec(),
+        credentials: auth
+            .filter(|a| a.server == r.registry)
+            .map(|a| (a.username.clone(), a.password.clone().unwrap_or_default())),
         ..Default::default()
     };
     shoal_registry::resolve(image, &options).await.map_err(|e| {
@@ -850,12 +866,17 @@ async fn pin_images(m: &Manager, c: &Cluster, req: &mut StackDeploy) -> Vec<Stri
             .services
             .values()
             .find(|s| s.spec.name == spec.name)
-            .map(|s| s.spec.task.container.image.clone());
+            .map(|s| s.spec.clone());
+        if let Some(e) = &existing {
+            spec.keep_registry_auth(e);
+        }
+        let auth = spec.task.container.registry_auth.clone();
         match pin_image(
             m,
             &spec.task.container.image,
-            existing.as_deref(),
+            existing.as_ref().map(|e| e.task.container.image.as_str()),
             req.resolve_image,
+            auth.as_ref(),
         )
         .await
         {
@@ -1041,7 +1062,8 @@ async fn events(State(m): State<Shared>, Query(q): Query<EventsQuery>) -> Result
     });
     use futures::StreamExt;
     let lines = backlog.chain(live.flatten()).map(|e| {
-        let e: Event = e.expect("infallible");
+        let mut e: Event = e.expect("infallible");
+        e.object = e.object.redacted();
         let mut line = serde_json::to_vec(&e).expect("events serialize");
         line.push(b'\n');
         Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line))

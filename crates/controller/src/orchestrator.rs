@@ -61,6 +61,18 @@ pub trait IdSource {
     fn task_id(&mut self) -> TaskId;
 }
 
+/// The nodes a global service wants a task on: up, not drained, matching its constraints.
+pub fn global_nodes<'a>(
+    service: &Service,
+    nodes: impl IntoIterator<Item = &'a Node>,
+) -> impl Iterator<Item = &'a Node> {
+    let constraints =
+        Constraint::parse_all(&service.spec.task.placement.constraints).unwrap_or_default();
+    nodes
+        .into_iter()
+        .filter(move |n| node_eligible(n, &constraints))
+}
+
 fn node_eligible(node: &Node, constraints: &[Constraint]) -> bool {
     node.status.state != NodeState::Down
         && node.spec.availability != Availability::Drain
@@ -173,9 +185,7 @@ pub fn reconcile(
     // Which slots should exist.
     let wanted_slots: Vec<SlotKey> = match service.spec.mode {
         ServiceMode::Replicated { replicas } => (1..=replicas).map(SlotKey::Replica).collect(),
-        ServiceMode::Global => nodes
-            .iter()
-            .filter(|n| node_eligible(n, &constraints))
+        ServiceMode::Global => global_nodes(service, nodes)
             .map(|n| SlotKey::Node(n.id.clone()))
             .collect(),
     };

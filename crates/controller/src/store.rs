@@ -1260,12 +1260,11 @@ impl Store {
             .count() as u64;
         let desired = match s.spec.mode {
             ServiceMode::Replicated { replicas } => replicas,
-            ServiceMode::Global => self
-                .tasks_of(&s.id)
-                .filter(|t| t.wanted() && !t.status.state.is_terminal())
-                .filter_map(|t| t.node_id.clone())
-                .collect::<BTreeSet<_>>()
-                .len() as u64,
+            // Every node it should run on, as docker counts: a task rejected there still
+            // counts as missing.
+            ServiceMode::Global => {
+                crate::orchestrator::global_nodes(s, self.nodes.values()).count() as u64
+            }
         };
         if s.removing {
             (running, 0)
@@ -1653,6 +1652,42 @@ mod tests {
         let err = store.apply(2, deploy).unwrap_err();
         assert!(matches!(err, StoreError::NameInUse { .. }));
         assert_eq!(store.services, before.services);
+    }
+
+    #[test]
+    fn a_global_service_wants_a_task_on_every_eligible_node_before_any_exists() {
+        let mut store = Store::default();
+        let mut global = spec("g");
+        global.mode = ServiceMode::Global;
+        global.task.placement.constraints = vec!["node.role == worker".into()];
+        store
+            .apply(
+                1,
+                Command::CreateService {
+                    id: sid(1),
+                    spec: Box::new(global),
+                    at: Timestamp(1),
+                },
+            )
+            .unwrap();
+        for (n, role) in [(7, NodeRole::Manager), (8, NodeRole::Worker), (9, NodeRole::Worker)] {
+            store
+                .apply(
+                    n,
+                    Command::RegisterNode {
+                        id: NodeId::from_bits(n as u128),
+                        description: Box::default(),
+                        addr: String::new(),
+                        role,
+                        raft_id: 0,
+                        at: Timestamp(2),
+                    },
+                )
+                .unwrap();
+        }
+        // No task yet (or all rejected): 0 of the 2 workers, never 0/0.
+        let s = store.services[&sid(1)].clone();
+        assert_eq!(store.replica_counts(&s), (0, 2));
     }
 
     #[test]

@@ -124,7 +124,9 @@ fn spawn(
         .append(true)
         .open(log)
         .map_err(io_err(log))?;
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log_file);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file);
     net::enter(&mut cmd, &state.name, host)?;
     // SAFETY: between fork and exec the closure only calls write(2) on a descriptor opened
     // before the fork (moving this process into the host's cgroup: "0" is the writer) and

@@ -464,7 +464,8 @@ impl Lab {
                 let target = format!("{at}/library/{image}");
                 // The registry may still be starting: its first pushes are refused.
                 wait_until(&format!("pushing {image} to {at}"), BOUND, || {
-                    self.shoal_ok(m1, &["image", "push", image, &target]).is_ok()
+                    self.shoal_ok(m1, &["image", "push", image, &target])
+                        .is_ok()
                 })?;
             }
         }
@@ -712,4 +713,3 @@ impl Drop for Lab {
         }
     }
 }
-

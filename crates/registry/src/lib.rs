@@ -123,7 +123,9 @@ impl std::fmt::Display for Progress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Progress::Start { digest, size } => write!(f, "{}: {size} bytes", short(digest)),
-            Progress::Advance { digest, bytes } => write!(f, "{}: {bytes} bytes so far", short(digest)),
+            Progress::Advance { digest, bytes } => {
+                write!(f, "{}: {bytes} bytes so far", short(digest))
+            }
             Progress::Done { digest } => write!(f, "{}: done", short(digest)),
             Progress::Note(n) => f.write_str(n),
         }
@@ -389,9 +391,19 @@ impl Session {
         let message = serde_json::from_slice::<serde_json::Value>(&body)
             .ok()
             .and_then(|v| {
+                // As docker shows them: `unauthorized: authentication required`.
                 let e = v.get("errors")?.get(0)?.clone();
                 let msg = e.get("message")?.as_str()?.to_owned();
-                Some(msg)
+                let code = e
+                    .get("code")
+                    .and_then(|c| c.as_str())
+                    .map(|c| c.replace('_', " ").to_ascii_lowercase())
+                    .unwrap_or_default();
+                Some(if code.is_empty() || code == msg {
+                    msg
+                } else {
+                    format!("{code}: {msg}")
+                })
             })
             .unwrap_or_else(|| {
                 status

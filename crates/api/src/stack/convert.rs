@@ -528,6 +528,7 @@ fn convert_service(
                 read_only: s.read_only,
                 tty: s.tty,
                 open_stdin: s.stdin_open,
+                registry_auth: None,
                 init: s.init,
             },
             resources: Resources {
