@@ -213,7 +213,7 @@ impl ContainerExecutor {
         &self.config.runtime
     }
 
-    fn dir(&self, id: &str) -> PathBuf {
+    pub(crate) fn dir(&self, id: &str) -> PathBuf {
         self.config.data_root.join("containers").join(id)
     }
 

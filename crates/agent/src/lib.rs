@@ -8,6 +8,7 @@
 //! - [`session`]: registration, heartbeats, assignments and batched status reports.
 
 pub mod container;
+pub mod exec;
 pub mod executor;
 pub mod local_api;
 pub mod reconcile;

@@ -7,16 +7,21 @@
 //!   image's registry; `X-Registry-Auth` carries the
 //!   user's credentials), `POST /v1/registry/login` (`{registry, username, password}`: checks
 //!   them, stores nothing);
-//! - `GET /v1/volumes`, `GET|DELETE /v1/volumes/{name}`.
+//! - `GET /v1/volumes`, `GET|DELETE /v1/volumes/{name}`;
+//! - `GET /v1/containers` (this node's containers), `GET /v1/containers/{id}`,
+//!   `GET /v1/containers/{id}/logs?tail=N`, `POST /v1/containers/{id}/exec` (body an
+//!   `ExecSpec`; answers JSON lines `{"stdout": …}`, `{"stderr": …}`, then `{"exit": CODE}`).
+//!   `{id}` is a container id, a unique prefix, or its `service.slot` name.
 
-use crate::container::ContainerExecutor;
+use crate::container::{ContainerExecutor, ContainerMeta};
+use crate::executor::{ExecError, Executor, Observed};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use shoal_api::units::Timestamp;
-use shoal_api::wire::{ErrorBody, ImageInfo, ImageResult, VolumeInfo};
+use shoal_api::wire::{ContainerInfo, ErrorBody, ExecSpec, ImageInfo, ImageResult, VolumeInfo};
 use shoal_runtime::image::{Image, ImageError, ImageRecord, ImportOptions};
 use shoal_runtime::volume::{Volume, VolumeError};
 use std::collections::HashMap;
@@ -76,6 +81,10 @@ pub fn router(exec: ContainerExecutor) -> Router {
         .route("/v1/images/push", post(image_push))
         .route("/v1/images/prune", post(image_prune))
         .route("/v1/volumes", get(volume_list))
+        .route("/v1/containers", get(container_list))
+        .route("/v1/containers/{id}", get(container_inspect))
+        .route("/v1/containers/{id}/logs", get(container_logs))
+        .route("/v1/containers/{id}/exec", post(container_exec))
         .route(
             "/v1/volumes/{name}",
             get(volume_inspect).delete(volume_remove),
@@ -98,6 +107,10 @@ pub fn unavailable_router(reason: &'static str) -> Router {
         .route("/v1/images/prune", post(refuse))
         .route("/v1/volumes", get(refuse))
         .route("/v1/volumes/{name}", get(refuse).delete(refuse))
+        .route("/v1/containers", get(refuse))
+        .route("/v1/containers/{id}", get(refuse))
+        .route("/v1/containers/{id}/logs", get(refuse))
+        .route("/v1/containers/{id}/exec", post(refuse))
 }
 
 fn info(exec: &ContainerExecutor, r: &ImageRecord, image: Option<&Image>) -> ImageInfo {
@@ -440,4 +453,152 @@ async fn volume_remove(
         Ok(StatusCode::NO_CONTENT)
     })
     .await
+}
+
+impl From<ExecError> for LocalError {
+    fn from(e: ExecError) -> Self {
+        let code = match &e {
+            ExecError::NotFound(_) => StatusCode::NOT_FOUND,
+            ExecError::Rejected(_) => StatusCode::BAD_REQUEST,
+            ExecError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        LocalError(code, e.to_string())
+    }
+}
+
+fn container_info(exec: &ContainerExecutor, meta: ContainerMeta) -> ContainerInfo {
+    let (state, exit_code) = match exec.observe(&meta.task) {
+        Observed::Running { .. } => ("running", None),
+        Observed::Exited { code, .. } => ("exited", Some(code)),
+        Observed::Absent => ("created", None),
+    };
+    ContainerInfo {
+        id: meta.id,
+        task: meta.task,
+        name: meta.name,
+        image: meta.image,
+        created: meta.created,
+        state: state.to_owned(),
+        exit_code,
+    }
+}
+
+async fn container_list(State(exec): State<ContainerExecutor>) -> Result<Json<Vec<ContainerInfo>>> {
+    blocking(move || {
+        let mut all: Vec<ContainerInfo> = exec
+            .containers()
+            .into_iter()
+            .map(|m| container_info(&exec, m))
+            .collect();
+        all.sort_by(|a, b| b.created.cmp(&a.created));
+        Ok(Json(all))
+    })
+    .await
+}
+
+async fn container_inspect(
+    State(exec): State<ContainerExecutor>,
+    Path(id): Path<String>,
+) -> Result<Json<ContainerInfo>> {
+    blocking(move || {
+        let meta = exec.find_container(&id)?;
+        Ok(Json(container_info(&exec, meta)))
+    })
+    .await
+}
+
+async fn container_logs(
+    State(exec): State<ContainerExecutor>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Vec<shoal_runtime::logs::LogEntry>>> {
+    let tail = match q.get("tail") {
+        Some(t) => Some(t.parse::<usize>().map_err(|_| {
+            LocalError(
+                StatusCode::BAD_REQUEST,
+                format!("tail {t:?} is not a number"),
+            )
+        })?),
+        None => None,
+    };
+    blocking(move || {
+        let meta = exec.find_container(&id)?;
+        let path = exec.log_file(&meta.task);
+        let mut entries = shoal_runtime::logs::read_rotated(&path).map_err(internal)?;
+        if let Some(n) = tail {
+            entries = entries.split_off(entries.len().saturating_sub(n));
+        }
+        Ok(Json(entries))
+    })
+    .await
+}
+
+/// Runs a process in a container and streams its output as JSON lines, then its exit code.
+async fn container_exec(
+    State(exec): State<ContainerExecutor>,
+    Path(id): Path<String>,
+    Json(spec): Json<ExecSpec>,
+) -> Result<Response> {
+    let meta = {
+        let exec = exec.clone();
+        blocking(move || Ok(exec.find_container(&id)?)).await?
+    };
+    if !matches!(exec.observe(&meta.task), Observed::Running { .. }) {
+        return Err(LocalError(
+            StatusCode::CONFLICT,
+            format!("container {} ({}) is not running", meta.name, meta.id),
+        ));
+    }
+    let mut running = exec.exec(&meta.id, &spec)?;
+    tracing::info!(container = %meta.id, cmd = ?spec.cmd, "exec");
+    let stdout = running.child.stdout.take().expect("piped");
+    let stderr = running.child.stderr.take().expect("piped");
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
+    let line = |key: &str, value: serde_json::Value| {
+        let mut l = serde_json::to_vec(&serde_json::json!({ key: value })).expect("serializes");
+        l.push(b'\n');
+        bytes::Bytes::from(l)
+    };
+    let pump = |mut r: Box<dyn tokio::io::AsyncRead + Send + Unpin>, key: &'static str| {
+        let tx = tx.clone();
+        async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = vec![0u8; 16 << 10];
+            loop {
+                match r.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        if tx.send(line(key, text.into())).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let out = pump(Box::new(stdout), "stdout");
+    let err = pump(Box::new(stderr), "stderr");
+    tokio::spawn(async move {
+        futures::join!(out, err);
+        if tx.is_closed() {
+            // The caller went away: so does its process.
+            let _ = running.child.kill().await;
+        }
+        let code = match running.child.wait().await {
+            Ok(status) => status.code().unwrap_or(128),
+            Err(_) => 128,
+        };
+        let _ = tx.send(line("exit", code.into())).await;
+        drop(running);
+    });
+    let body = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    });
+    Ok(Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(axum::body::Body::from_stream(body))
+        .expect("valid response"))
 }

@@ -546,3 +546,41 @@ pub struct NetworkInfo {
     /// Addresses held on it.
     pub addresses_in_use: usize,
 }
+
+/// `POST /v1/containers/{id}/exec` (node API): what to run in a container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecSpec {
+    /// The command and its arguments.
+    pub cmd: Vec<String>,
+    /// `KEY=VALUE` entries laid over the container's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    /// `user`, `uid` or `uid:gid`, resolved in the container's /etc/passwd (default: the
+    /// container's user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Working directory (default: the container's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+}
+
+/// A container of the node (`GET /v1/containers`, node API).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    /// Its id (the task id).
+    pub id: String,
+    /// The task.
+    pub task: crate::TaskId,
+    /// `service.slot`.
+    pub name: String,
+    /// The image as the task names it.
+    pub image: String,
+    /// When it was created (ms since the epoch).
+    pub created: u64,
+    /// `running`, `exited` or `created`.
+    pub state: String,
+    /// Its exit code, once exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}

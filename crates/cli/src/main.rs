@@ -1,6 +1,7 @@
 //! `shoal`: the command-line client. It turns commands (and stack files) into API calls and
 //! prints the answers as tables or JSON; it never does the cluster's work itself.
 
+mod container;
 mod credentials;
 mod output;
 
@@ -61,6 +62,9 @@ enum Command {
     /// Manage this node's volumes.
     #[command(subcommand)]
     Volume(VolumeCmd),
+    /// This node's containers: list, inspect, logs, exec.
+    #[command(subcommand)]
+    Container(container::ContainerCmd),
     /// Log in to a registry: the node checks the credentials, and they are kept in
     /// `~/.shoal/config.json` (docker's format; `$SHOAL_CONFIG` names another directory).
     Login {
@@ -322,6 +326,8 @@ enum VolumeCmd {
 enum ServiceCmd {
     /// List services.
     Ls,
+    /// Run a command in a running task of the service on the node the CLI talks to.
+    Exec(container::ExecArgs),
     /// List a service's tasks.
     Ps {
         /// Service name or id.
@@ -662,6 +668,12 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Node(cmd) => node(&c, cmd, json).await?,
         Command::Image(cmd) => image(&c, cmd, json).await?,
         Command::Volume(cmd) => volume(&c, cmd, json).await?,
+        Command::Container(cmd) => {
+            let code = container::run(&c, cmd, json).await?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+        }
         Command::Network(cmd) => network(&c, cmd, json).await?,
         Command::Login {
             registry,
@@ -942,6 +954,12 @@ async fn service(c: &Client, cmd: ServiceCmd, json: bool) -> Result<()> {
                 return print_json(&services);
             }
             output::services(&services);
+        }
+        ServiceCmd::Exec(args) => {
+            let code = container::service_exec(c, &args.target, &args).await?;
+            if code != 0 {
+                std::process::exit(code);
+            }
         }
         ServiceCmd::Ps { service } => {
             let s = find_service(c, &service).await?;

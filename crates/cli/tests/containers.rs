@@ -405,6 +405,92 @@ fn runc_runs_the_same_stack() {
         assert_eq!(report["hostname"], "probe-api");
         assert_eq!(report["pid"], 1);
     }
+    exec_runs_inside_the_container(&d);
     d.ok(&["stack", "rm", "p"]);
+    d.ok(&["stack", "rm", "x"]);
     wait_for("containers removed", || d.shims().is_empty());
+}
+
+const EXEC_STACK: &str = "services:
+  app:
+    image: busybox
+    command: [\"sleep\", \"600\"]
+    hostname: exec-app
+    user: \"1000:1000\"
+    working_dir: /tmp
+    environment: [FOO=bar]
+";
+
+#[test]
+fn exec_runs_inside_the_container_under_the_builtin_runtime() {
+    if !containers_supported() {
+        return;
+    }
+    let d = Daemon::with_containers(&[]);
+    d.ok(&["cluster", "init"]);
+    d.import_images();
+    exec_runs_inside_the_container(&d);
+    d.ok(&["stack", "rm", "x"]);
+    wait_for("containers removed", || d.shims().is_empty());
+}
+
+/// `service exec` and `container exec` run in the container's namespaces and cgroup, as its
+/// user with its env and workdir unless told otherwise, and exit with the process's code.
+fn exec_runs_inside_the_container(d: &Daemon) {
+    deploy(d, "x", EXEC_STACK);
+    let out = d.ok(&[
+        "service",
+        "exec",
+        "x_app",
+        "--",
+        "sh",
+        "-c",
+        "id -u; id -g; pwd; echo $FOO; hostname; tr '\\0' ' ' < /proc/1/cmdline; echo; \
+         [ \"$(cat /proc/1/cgroup)\" = \"$(cat /proc/self/cgroup)\" ] && echo same-cgroup",
+    ]);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "1000",
+            "1000",
+            "/tmp",
+            "bar",
+            "exec-app",
+            "sleep 600 ",
+            "same-cgroup"
+        ],
+        "{out}"
+    );
+    let out = d.ok(&[
+        "container",
+        "exec",
+        "-u",
+        "0",
+        "-w",
+        "/",
+        "-e",
+        "FOO=baz",
+        "x_app.1",
+        "--",
+        "sh",
+        "-c",
+        "id -u; pwd; echo $FOO",
+    ]);
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["0", "/", "baz"], "{out}");
+    let out = d.shoal(&[
+        "container",
+        "exec",
+        "x_app.1",
+        "--",
+        "sh",
+        "-c",
+        "echo oops >&2; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+    let out = d.shoal(&["container", "exec", "nope", "--", "true"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no container nope"));
+    let ls = d.ok(&["container", "ls"]);
+    assert!(ls.contains("x_app.1.") && ls.contains("running"), "{ls}");
 }

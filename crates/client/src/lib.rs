@@ -416,6 +416,20 @@ impl Client {
     pub async fn stream_post(&self, path: &str) -> Result<Incoming, ClientError> {
         Ok(self.send(Method::POST, path, None).await?.0.into_body())
     }
+
+    /// POSTs `body` as JSON and returns the answer's body to read as it arrives.
+    pub async fn stream_post_json<B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<Incoming, ClientError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| self.transport(&e))?;
+        Ok(self
+            .send(Method::POST, path, Some(bytes))
+            .await?
+            .0
+            .into_body())
+    }
 }
 
 /// Reads newline-delimited JSON values from a streaming body.

@@ -1670,7 +1670,11 @@ mod tests {
                 },
             )
             .unwrap();
-        for (n, role) in [(7, NodeRole::Manager), (8, NodeRole::Worker), (9, NodeRole::Worker)] {
+        for (n, role) in [
+            (7, NodeRole::Manager),
+            (8, NodeRole::Worker),
+            (9, NodeRole::Worker),
+        ] {
             store
                 .apply(
                     n,

@@ -191,6 +191,80 @@ impl Runtime {
         })
     }
 
+    /// Runs `process` inside the running container `id` (runc's `exec`): in its cgroup and
+    /// namespaces, as the process's user with its capabilities, env and cwd, with this
+    /// process's stdio. Returns its exit code (128 + the signal that killed it).
+    pub fn exec(
+        &self,
+        id: &str,
+        process: &oci_spec::runtime::Process,
+    ) -> Result<i32, RuntimeError> {
+        let state = self.load(id)?;
+        if self.status(&state) != "running" {
+            return Err(RuntimeError::Spec(format!("container {id} is not running")));
+        }
+        let pid = state.pid;
+        // Its cgroup, in every hierarchy (v1) or the unified one (v2), as /proc says.
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .map_err(sys(format!("reading /proc/{pid}/cgroup")))?;
+        for line in cgroups.lines() {
+            let mut parts = line.splitn(3, ':');
+            let (Some(_), Some(controllers), Some(path)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let dir = if controllers.is_empty() {
+                Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'))
+            } else {
+                let name = controllers.trim_start_matches("name=");
+                Path::new("/sys/fs/cgroup")
+                    .join(name)
+                    .join(path.trim_start_matches('/'))
+            };
+            let procs = dir.join("cgroup.procs");
+            if procs.exists() {
+                std::fs::write(&procs, b"0").map_err(sys(format!("joining {}", dir.display())))?;
+            }
+        }
+        // Its namespaces: those that differ from ours, the mount namespace last (it changes
+        // what /proc shows), the pid namespace taking effect for the child forked below.
+        let mut join = Vec::new();
+        for name in ["ipc", "uts", "net", "cgroup", "pid", "mnt"] {
+            let theirs = format!("/proc/{pid}/ns/{name}");
+            let same = std::fs::read_link(&theirs).ok()
+                == std::fs::read_link(format!("/proc/self/ns/{name}")).ok();
+            if same {
+                continue;
+            }
+            let fd = std::fs::File::open(&theirs).map_err(sys(format!("opening {theirs}")))?;
+            join.push((OwnedFd::from(fd), name));
+        }
+        for (fd, name) in &join {
+            nix::sched::setns(fd, CloneFlags::empty())
+                .map_err(sys(format!("joining the container's {name} namespace")))?;
+        }
+        // SAFETY: this program is single-threaded (the shoal-runtime CLI), so the child may
+        // run any code before it execs.
+        match unsafe { nix::unistd::fork() }.map_err(sys("fork"))? {
+            nix::unistd::ForkResult::Child => {
+                let err = exec_child(process);
+                eprintln!("shoal-runtime exec: {err}");
+                std::process::exit(127);
+            }
+            nix::unistd::ForkResult::Parent { child } => loop {
+                match nix::sys::wait::waitpid(child, None) {
+                    Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => return Ok(code),
+                    Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => {
+                        return Ok(128 + sig as i32)
+                    }
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(sys("waiting for the process")(e)),
+                }
+            },
+        }
+    }
+
     /// Creates the container `id` from `bundle`; returns its init's pid.
     pub fn create(
         &self,
@@ -671,6 +745,32 @@ fn prepare(ctx: &InitContext) -> Result<Exec, String> {
         args.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?,
         env.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?,
     ))
+}
+
+/// The exec'd process, in the child, inside the container: identity, cwd, then exec.
+/// Returns only on failure.
+fn exec_child(process: &oci_spec::runtime::Process) -> String {
+    let run = || -> Result<std::convert::Infallible, String> {
+        nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+        let env: Vec<String> = process.env().clone().unwrap_or_default();
+        let args: Vec<String> = process.args().clone().unwrap_or_default();
+        let program = find_program(args.first().ok_or("process.args is empty")?, &env)?;
+        set_identity(process)?;
+        nix::unistd::chdir(process.cwd())
+            .map_err(|e| format!("chdir to {}: {e}", process.cwd().display()))?;
+        if process.no_new_privileges().unwrap_or(false) {
+            nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))?;
+        }
+        let cstr = |s: &str| CString::new(s).map_err(|_| format!("{s:?} contains NUL"));
+        let argv: Vec<CString> = args.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?;
+        let envp: Vec<CString> = env.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?;
+        nix::unistd::execve(&cstr(&program)?, &argv, &envp)
+            .map_err(|e| format!("exec {program}: {e}"))
+    };
+    match run() {
+        Err(e) => e,
+        Ok(never) => match never {},
+    }
 }
 
 /// Groups, gid, uid, then capabilities (the bounding set is cut while still root).

@@ -142,6 +142,14 @@ impl OciRuntime {
         }
     }
 
+    /// The `exec` command (`exec --process FILE ID`, as runc spells it), for a caller that
+    /// sets its stdio.
+    pub fn exec_command(&self, id: &str, process_file: &Path) -> Command {
+        let mut c = self.command();
+        c.arg("exec").arg("--process").arg(process_file).arg(id);
+        c
+    }
+
     /// Creates a container with this process's stdio (the caller's choice).
     pub fn create(&self, id: &str, bundle: &Path, pid_file: &Path) -> Result<(), OciError> {
         let bundle = bundle.to_string_lossy();

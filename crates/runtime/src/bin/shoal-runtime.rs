@@ -48,6 +48,15 @@ enum Cmd {
         /// Container id.
         id: String,
     },
+    /// Runs a process inside a running container (its namespaces, cgroup, user, env, cwd);
+    /// exits with the process's code.
+    Exec {
+        /// The process, as an OCI `process` object (runc's `--process`).
+        #[arg(long, short = 'p')]
+        process: PathBuf,
+        /// Container id.
+        id: String,
+    },
     /// Sends a signal to the container's init.
     Kill {
         /// Container id.
@@ -109,6 +118,22 @@ fn main() -> ExitCode {
                 serde_json::to_string_pretty(&s).expect("state serializes")
             );
         }),
+        Cmd::Exec { process, id } => {
+            let code = std::fs::read(&process)
+                .map_err(|e| format!("reading {}: {e}", process.display()))
+                .and_then(|b| {
+                    serde_json::from_slice::<oci_spec::runtime::Process>(&b)
+                        .map_err(|e| format!("{}: {e}", process.display()))
+                })
+                .and_then(|p| rt.exec(&id, &p).map_err(|e| e.to_string()));
+            return match code {
+                Ok(c) => ExitCode::from(c as u8),
+                Err(e) => {
+                    eprintln!("shoal-runtime: {e}");
+                    ExitCode::from(125)
+                }
+            };
+        }
         Cmd::Kill { id, signal } => parse_signal(&signal).and_then(|s| rt.kill(&id, s)),
         Cmd::Delete { force, id } => rt.delete(&id, force),
         Cmd::Shim {
