@@ -490,7 +490,7 @@ async fn container_list(State(exec): State<ContainerExecutor>) -> Result<Json<Ve
             .into_iter()
             .map(|m| container_info(&exec, m))
             .collect();
-        all.sort_by(|a, b| b.created.cmp(&a.created));
+        all.sort_by_key(|c| std::cmp::Reverse(c.created));
         Ok(Json(all))
     })
     .await
