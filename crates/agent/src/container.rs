@@ -88,6 +88,8 @@ pub struct ContainerExecutor {
     network: Arc<HostNetwork>,
     /// One lock per reference being pulled: two tasks needing one image pull it once.
     pulls: Arc<tokio::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Each container's health verdict and its last check's output.
+    pub(crate) health: Arc<std::sync::Mutex<BTreeMap<String, (shoal_api::task::Health, String)>>>,
 }
 
 fn failed(context: &str) -> impl Fn(std::io::Error) -> ExecError + '_ {
@@ -120,6 +122,7 @@ impl ContainerExecutor {
             volumes,
             network,
             pulls: Arc::default(),
+            health: Arc::default(),
         })
     }
 
@@ -785,6 +788,32 @@ impl Executor for ContainerExecutor {
         } else {
             e.error
         }
+    }
+
+    fn health_policy(&self, task: &Task) -> Option<crate::health::Policy> {
+        let image = self
+            .images
+            .get(&task.spec.container.image)
+            .ok()
+            .and_then(|i| i.run_config().healthcheck);
+        crate::health::policy(task.spec.container.healthcheck.as_ref(), image.as_ref())
+    }
+
+    fn health_check(
+        &self,
+        container: &str,
+        policy: &crate::health::Policy,
+    ) -> BoxFuture<'static, (bool, String)> {
+        let this = self.clone();
+        let container = container.to_owned();
+        let policy = policy.clone();
+        Box::pin(async move { this.run_health_check(&container, &policy).await })
+    }
+
+    fn record_health(&self, container: &str, health: shoal_api::task::Health, output: &str) {
+        let mut all = self.health.lock().expect("health lock");
+        all.retain(|id, _| self.dir(id).exists());
+        all.insert(container.to_owned(), (health, output.to_owned()));
     }
 }
 

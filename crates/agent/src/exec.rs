@@ -125,3 +125,64 @@ impl ContainerExecutor {
         })
     }
 }
+
+/// Output of a health check kept (docker keeps 4 KiB).
+const HEALTH_OUTPUT: usize = 4096;
+
+impl ContainerExecutor {
+    /// Runs the policy's command in the container: passed when it exits 0 within the timeout
+    /// (killed when it does not).
+    pub(crate) async fn run_health_check(
+        &self,
+        container: &str,
+        policy: &crate::health::Policy,
+    ) -> (bool, String) {
+        let spec = ExecSpec {
+            cmd: policy.cmd.clone(),
+            ..Default::default()
+        };
+        let mut running = match self.exec(container, &spec) {
+            Ok(r) => r,
+            Err(e) => return (false, e.to_string()),
+        };
+        let mut stdout = running.child.stdout.take().expect("piped");
+        let mut stderr = running.child.stderr.take().expect("piped");
+        let read = async {
+            use tokio::io::AsyncReadExt;
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let _ = futures::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
+            out.extend_from_slice(&err);
+            let status = running.child.wait().await;
+            (status, out)
+        };
+        match tokio::time::timeout(policy.timeout, read).await {
+            Ok((status, out)) => {
+                let mut text = String::from_utf8_lossy(&out).into_owned();
+                if text.len() > HEALTH_OUTPUT {
+                    let mut cut = HEALTH_OUTPUT;
+                    while !text.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    text.truncate(cut);
+                }
+                (status.is_ok_and(|s| s.success()), text)
+            }
+            Err(_) => {
+                let _ = running.child.kill().await;
+                (
+                    false,
+                    format!("Health check exceeded timeout ({:?})", policy.timeout),
+                )
+            }
+        }
+    }
+
+    /// The container's health verdict and its last check's output, if it is checked.
+    pub fn health_of(&self, container: &str) -> Option<(shoal_api::task::Health, String)> {
+        self.health
+            .lock()
+            .expect("health lock")
+            .get(container)
+            .cloned()
+    }
+}

@@ -88,6 +88,22 @@ pub trait Executor: Send + Sync + 'static {
     fn exit_reason(&self, _container: &str) -> Option<String> {
         None
     }
+    /// The health check the task's container follows (its service's over its image's), if
+    /// it has one and this executor can run it.
+    fn health_policy(&self, _task: &Task) -> Option<crate::health::Policy> {
+        None
+    }
+    /// Runs one health check in the container: whether it passed, and what it printed.
+    fn health_check(
+        &self,
+        container: &str,
+        _policy: &crate::health::Policy,
+    ) -> BoxFuture<'static, (bool, String)> {
+        let container = container.to_owned();
+        Box::pin(async move { (false, format!("{container}: no health checks here")) })
+    }
+    /// Records the verdict and the last check's output, for `container ls|inspect`.
+    fn record_health(&self, _container: &str, _health: shoal_api::task::Health, _output: &str) {}
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -10,6 +10,7 @@
 pub mod container;
 pub mod exec;
 pub mod executor;
+pub mod health;
 pub mod local_api;
 pub mod reconcile;
 pub mod session;

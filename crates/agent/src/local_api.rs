@@ -472,7 +472,10 @@ fn container_info(exec: &ContainerExecutor, meta: ContainerMeta) -> ContainerInf
         Observed::Exited { code, .. } => ("exited", Some(code)),
         Observed::Absent => ("created", None),
     };
+    let health = exec.health_of(&meta.id);
     ContainerInfo {
+        health: health.as_ref().map(|h| h.0),
+        health_output: health.map(|h| h.1),
         id: meta.id,
         task: meta.task,
         name: meta.name,

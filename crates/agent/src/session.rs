@@ -5,9 +5,10 @@
 //! workers and containers carry on meanwhile.
 
 use crate::executor::{now, ExecError, Executor, Observed};
+use crate::health::Tracker;
 use crate::reconcile::{self, Op};
 use shoal_api::node::NodeDescription;
-use shoal_api::task::{Task, TaskState, TaskStatus};
+use shoal_api::task::{Health, Task, TaskState, TaskStatus};
 use shoal_api::units::Duration as ApiDuration;
 use shoal_api::wire::*;
 use shoal_api::{NodeId, TaskId};
@@ -613,6 +614,8 @@ impl Agent {
     /// finished and no longer assigned.
     async fn work(self: Arc<Self>, mut rx: watch::Receiver<Task>) {
         let mut known: Option<TaskStatus> = None;
+        // The running container's health checks: its id, verdicts so far, when it started.
+        let mut health: Option<(String, Tracker, tokio::time::Instant)> = None;
         loop {
             let task = rx.borrow_and_update().clone();
             let status = match &known {
@@ -631,7 +634,16 @@ impl Agent {
                     set(TaskStatus::new(TaskState::Starting, now(), "starting"));
                     match self.executor.start(&task).await {
                         Ok(container) => {
-                            let mut s = TaskStatus::new(TaskState::Running, now(), "started");
+                            // With a health check it counts as running once healthy.
+                            let mut s = match self.executor.health_policy(&task) {
+                                Some(_) => {
+                                    let mut s =
+                                        TaskStatus::new(TaskState::Starting, now(), "started");
+                                    s.health = Some(Health::Starting);
+                                    s
+                                }
+                                None => TaskStatus::new(TaskState::Running, now(), "started"),
+                            };
                             s.container_id = container;
                             set(s);
                         }
@@ -649,12 +661,72 @@ impl Agent {
                     continue;
                 }
                 Op::Watch { container } => {
-                    if status.state < TaskState::Running {
+                    if health.as_ref().is_none_or(|(c, ..)| *c != container) {
+                        health = self.executor.health_policy(&task).map(|p| {
+                            (
+                                container.clone(),
+                                Tracker::new(p),
+                                tokio::time::Instant::now(),
+                            )
+                        });
+                    }
+                    if status.state < TaskState::Running && health.is_none() {
                         let mut s = TaskStatus::new(TaskState::Running, now(), "started");
                         s.container_id = container.clone();
                         set(s);
+                    } else if status.state < TaskState::Starting {
+                        let mut s = TaskStatus::new(TaskState::Starting, now(), "started");
+                        s.container_id = container.clone();
+                        s.health = Some(Health::Starting);
+                        set(s);
                     }
+                    let executor = self.executor.clone();
+                    let check = async {
+                        let Some((c, tracker, started)) = health.as_mut() else {
+                            return std::future::pending().await;
+                        };
+                        tokio::time::sleep_until(*started + tracker.next_at).await;
+                        let (passed, output) = executor.health_check(c, tracker.policy()).await;
+                        let change = tracker.record(passed, started.elapsed());
+                        (tracker.state(), change, output)
+                    };
                     tokio::select! {
+                        (verdict, change, output) = check => {
+                            self.executor.record_health(&container, verdict, &output);
+                            match change {
+                                Some(Health::Healthy) => {
+                                    let mut s = TaskStatus::new(TaskState::Running, now(), "started");
+                                    s.container_id = container.clone();
+                                    s.health = Some(Health::Healthy);
+                                    set(s);
+                                }
+                                Some(Health::Unhealthy) if task.desired_state <= TaskState::Running => {
+                                    tracing::warn!(task_id = %task.id, output = %output.trim(), "unhealthy container: stopping it");
+                                    // Shown while it stops.
+                                    let mut s = status.clone();
+                                    s.health = Some(Health::Unhealthy);
+                                    set(s);
+                                    let grace = task
+                                        .spec
+                                        .container
+                                        .stop_grace_period
+                                        .unwrap_or(ApiDuration::from_secs(10));
+                                    if let Err(e) = self.executor.stop(&container, grace).await {
+                                        tracing::warn!(task_id = %task.id, error = %e, "stop failed");
+                                    }
+                                    let mut s = TaskStatus::new(TaskState::Failed, now(), "started");
+                                    s.err = match output.trim() {
+                                        "" => "unhealthy container".to_owned(),
+                                        o => format!("unhealthy container: {o}"),
+                                    };
+                                    s.container_id = container.clone();
+                                    s.health = Some(Health::Unhealthy);
+                                    set(s);
+                                }
+                                _ => {}
+                            }
+                            continue;
+                        }
                         exit = self.executor.wait(&container) => {
                             if let Ok(code) = exit {
                                 if task.desired_state <= TaskState::Running {

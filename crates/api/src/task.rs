@@ -99,6 +99,40 @@ pub struct TaskStatus {
     /// The container's id on its node.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub container_id: String,
+    /// Its health check's verdict, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+}
+
+/// What a container's health check says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// No check has passed yet.
+    Starting,
+    /// The last check passed.
+    Healthy,
+    /// `retries` checks in a row failed.
+    Unhealthy,
+}
+
+impl Health {
+    /// The word shown in tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Starting => "starting",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
+
+    /// As docker shows it beside a state: `health: starting`, `healthy`, `unhealthy`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Health::Starting => "health: starting",
+            other => other.as_str(),
+        }
+    }
 }
 
 impl TaskStatus {
@@ -111,6 +145,7 @@ impl TaskStatus {
             err: String::new(),
             exit_code: None,
             container_id: String::new(),
+            health: None,
         }
     }
 }

@@ -583,4 +583,10 @@ pub struct ContainerInfo {
     /// Its exit code, once exited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// Its health check's verdict, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::task::Health>,
+    /// What its last health check printed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_output: Option<String>,
 }

@@ -80,9 +80,10 @@ pub async fn run(c: &Client, cmd: ContainerCmd, json: bool) -> Result<i32> {
                             c.id.chars().take(12).collect(),
                             c.name.clone(),
                             c.image.clone(),
-                            match c.exit_code {
-                                Some(code) => format!("{} ({code})", c.state),
-                                None => c.state.clone(),
+                            match (c.exit_code, c.health) {
+                                (Some(code), _) => format!("{} ({code})", c.state),
+                                (None, Some(h)) => format!("{} ({})", c.state, h.label()),
+                                (None, None) => c.state.clone(),
                             },
                         ]
                     }),

@@ -123,7 +123,10 @@ pub fn tasks(list: &[Task], nodes: &[Node]) {
                 t.spec.container.image.clone(),
                 host(t),
                 t.desired_state.to_string(),
-                t.status.state.to_string(),
+                match t.status.health {
+                    Some(h) => format!("{} ({})", t.status.state, h.label()),
+                    None => t.status.state.to_string(),
+                },
                 t.status.err.clone(),
             ]
         }),

@@ -494,3 +494,58 @@ fn exec_runs_inside_the_container(d: &Daemon) {
     let ls = d.ok(&["container", "ls"]);
     assert!(ls.contains("x_app.1.") && ls.contains("running"), "{ls}");
 }
+
+const HEALTH_STACK: &str = "services:
+  app:
+    image: busybox
+    command: [\"sh\", \"-c\", \"sleep 1; touch /tmp/ok; exec sleep 600\"]
+    stop_grace_period: 1s
+    healthcheck:
+      test: [\"CMD\", \"test\", \"-f\", \"/tmp/ok\"]
+      interval: 300ms
+      retries: 2
+      start_period: 30s
+";
+
+#[test]
+fn a_task_runs_once_healthy_and_an_unhealthy_one_is_replaced() {
+    if !containers_supported() {
+        return;
+    }
+    let d = Daemon::with_containers(&[]);
+    d.ok(&["cluster", "init"]);
+    d.import_images();
+    // `--wait` returns once the task runs, which it does only once its check passed.
+    deploy(&d, "h", HEALTH_STACK);
+    let tasks = d.tasks("h_app");
+    let first = tasks
+        .iter()
+        .find(|t| t["desired_state"] == "running")
+        .unwrap()
+        .clone();
+    assert_eq!(first["status"]["state"], "running", "{first}");
+    assert_eq!(first["status"]["health"], "healthy", "{first}");
+    let ls = d.ok(&["container", "ls"]);
+    assert!(ls.contains("running (healthy)"), "{ls}");
+    let ps = d.ok(&["service", "ps", "h_app"]);
+    assert!(ps.contains("running (healthy)"), "{ps}");
+    // The check fails from now on: the task fails as unhealthy and a new one replaces it.
+    d.ok(&["service", "exec", "h_app", "--", "rm", "/tmp/ok"]);
+    wait_for("the unhealthy task to fail and be replaced", || {
+        let tasks = d.tasks("h_app");
+        let failed = tasks.iter().any(|t| {
+            t["id"] == first["id"]
+                && t["status"]["state"] == "failed"
+                && t["status"]["health"] == "unhealthy"
+                && t["status"]["err"] == "unhealthy container"
+        });
+        let replaced = tasks.iter().any(|t| {
+            t["id"] != first["id"]
+                && t["status"]["state"] == "running"
+                && t["status"]["health"] == "healthy"
+        });
+        failed && replaced
+    });
+    d.ok(&["stack", "rm", "h"]);
+    wait_for("containers removed", || d.shims().is_empty());
+}

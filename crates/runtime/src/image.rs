@@ -185,6 +185,33 @@ pub struct RunConfig {
     /// Stop signal.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub stop_signal: String,
+    /// The image's health check (docker's `HEALTHCHECK`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<ImageHealthcheck>,
+}
+
+/// An image's health check, as docker writes it in the config (durations in nanoseconds).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageHealthcheck {
+    /// `["CMD", …]`, `["CMD-SHELL", "…"]` or `["NONE"]`.
+    #[serde(default, deserialize_with = "null_vec")]
+    pub test: Vec<String>,
+    /// Between checks.
+    #[serde(default)]
+    pub interval: u64,
+    /// A check's limit.
+    #[serde(default)]
+    pub timeout: u64,
+    /// Grace after start.
+    #[serde(default)]
+    pub start_period: u64,
+    /// Between checks during the start period.
+    #[serde(default)]
+    pub start_interval: u64,
+    /// Failures in a row before unhealthy.
+    #[serde(default)]
+    pub retries: u64,
 }
 
 fn null_vec<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
