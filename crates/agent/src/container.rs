@@ -55,6 +55,8 @@ pub struct ContainerConfig {
     pub insecure_registries: Vec<String>,
     /// Docker Hub mirrors tried before Docker Hub (`--registry-mirror`).
     pub registry_mirrors: Vec<String>,
+    /// Registries this node never contacts (`--block-registry`).
+    pub blocked_registries: Vec<String>,
 }
 
 /// What the executor records of a container (`meta.json`).
@@ -131,6 +133,20 @@ impl ContainerExecutor {
         &self.images
     }
 
+    /// How this node speaks to registries, with the user's credentials if any.
+    fn registry_options(
+        &self,
+        credentials: Option<(String, String)>,
+    ) -> shoal_registry::PullOptions {
+        shoal_registry::PullOptions {
+            insecure: self.config.insecure_registries.clone(),
+            credentials,
+            certs_dir: None,
+            mirrors: self.config.registry_mirrors.clone(),
+            blocked: self.config.blocked_registries.clone(),
+        }
+    }
+
     /// Pulls `reference` from its registry into the node's store (once, when several ask at
     /// the same time).
     pub async fn pull(
@@ -150,12 +166,7 @@ impl ContainerExecutor {
         if let Ok(image) = self.images.get(reference) {
             return Ok(image.record);
         }
-        let options = shoal_registry::PullOptions {
-            insecure: self.config.insecure_registries.clone(),
-            credentials,
-            certs_dir: None,
-            mirrors: self.config.registry_mirrors.clone(),
-        };
+        let options = self.registry_options(credentials);
         tracing::info!(%reference, "pulling");
         shoal_registry::pull(self.images.clone(), reference, &options, |p| {
             tracing::debug!(progress = %p, "pull");
@@ -172,12 +183,7 @@ impl ContainerExecutor {
         credentials: Option<(String, String)>,
         progress: impl Fn(shoal_registry::Progress) + Send + Sync,
     ) -> Result<String, shoal_registry::RegistryError> {
-        let options = shoal_registry::PullOptions {
-            insecure: self.config.insecure_registries.clone(),
-            credentials,
-            certs_dir: None,
-            mirrors: Vec::new(),
-        };
+        let options = self.registry_options(credentials);
         shoal_registry::push(
             self.images.clone(),
             source,
@@ -197,12 +203,7 @@ impl ContainerExecutor {
         registry: &str,
         credentials: (String, String),
     ) -> Result<(), shoal_registry::RegistryError> {
-        let options = shoal_registry::PullOptions {
-            insecure: self.config.insecure_registries.clone(),
-            credentials: Some(credentials),
-            certs_dir: None,
-            mirrors: Vec::new(),
-        };
+        let options = self.registry_options(Some(credentials));
         shoal_registry::login(registry, &options).await
     }
 

@@ -40,6 +40,7 @@ impl Node {
             cgroup_parent: parent.clone(),
             insecure_registries: Vec::new(),
             registry_mirrors: Vec::new(),
+            blocked_registries: vec!["docker.io".into()],
         })
         .unwrap();
         let tar = dir.path().join("busybox.tar");
@@ -66,6 +67,7 @@ impl Node {
             cgroup_parent: self.parent.clone(),
             insecure_registries: Vec::new(),
             registry_mirrors: Vec::new(),
+            blocked_registries: vec!["docker.io".into()],
         })
         .unwrap()
     }
@@ -167,7 +169,7 @@ async fn bad_tasks_are_rejected_with_docker_reasons() {
                 image: "nope".into(),
                 ..Default::default()
             },
-            "No such image: nope",
+            "pulling nope: docker.io: this node does not contact it (shoald --block-registry)",
         ),
         (
             ContainerSpec {

@@ -500,8 +500,25 @@ impl ServiceSpec {
 pub enum UpdateState {
     /// Tasks are being replaced.
     Updating,
+    /// A task of the update failed (`failure_action: pause`): nothing more is replaced until
+    /// the next update.
+    Paused,
     /// Every task runs the current spec.
     Completed,
+    /// A task of the update failed (`failure_action: rollback`) or `service rollback` was
+    /// asked: tasks are going back to the previous spec, per `rollback_config`.
+    RollbackStarted,
+    /// A task of the rollback failed (its `failure_action: pause`).
+    RollbackPaused,
+    /// Every task runs the previous spec again.
+    RollbackCompleted,
+}
+
+impl UpdateState {
+    /// True while tasks are being replaced (an update or a rollback).
+    pub fn in_progress(self) -> bool {
+        matches!(self, UpdateState::Updating | UpdateState::RollbackStarted)
+    }
 }
 
 /// When and how the last update went.
@@ -515,6 +532,10 @@ pub struct UpdateStatus {
     /// When it completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<Timestamp>,
+    /// What happened, as docker says it (`update paused due to failure or early termination
+    /// of task …`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 /// A service the cluster holds.

@@ -107,7 +107,7 @@ async fn start_daemon(dir: tempfile::TempDir, extra: &[String]) -> Daemon {
         .arg(dir.path().join("data"))
         .arg("--socket")
         .arg(&socket)
-        .args(["--log", "warn"])
+        .args(["--log", "warn", "--block-registry", "docker.io"])
         .args(extra)
         .stderr(Stdio::null())
         .spawn()

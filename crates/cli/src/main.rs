@@ -11,7 +11,9 @@ use hyper::Method;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use shoal_api::network::{Network, NetworkSpec};
 use shoal_api::node::{Availability, Node};
-use shoal_api::service::{Service, ServiceMode, ServiceSpec, UpdateOrder, UpdateState};
+use shoal_api::service::{
+    FailureAction, Service, ServiceMode, ServiceSpec, UpdateOrder, UpdateState,
+};
 use shoal_api::stack::{self, convert, LoadOptions, SourceFile};
 use shoal_api::task::Task;
 use shoal_api::wire::*;
@@ -326,6 +328,11 @@ enum VolumeCmd {
 enum ServiceCmd {
     /// List services.
     Ls,
+    /// Go back to the spec before the last update, rolled out per the rollback config.
+    Rollback {
+        /// Service name or id.
+        service: String,
+    },
     /// Run a command in a running task of the service on the node the CLI talks to.
     Exec(container::ExecArgs),
     /// List a service's tasks.
@@ -398,6 +405,18 @@ struct UpdateArgs {
     /// stop-first or start-first.
     #[arg(long = "update-order")]
     order: Option<String>,
+    /// When an updated task fails: pause, continue or rollback.
+    #[arg(long = "update-failure-action")]
+    failure_action: Option<String>,
+    /// How long each updated task is watched for failure.
+    #[arg(long = "update-monitor")]
+    monitor: Option<shoal_api::units::Duration>,
+    /// Fraction of tasks that may fail before the failure action (0 to 1).
+    #[arg(long = "update-max-failure-ratio")]
+    max_failure_ratio: Option<f64>,
+    /// Go back to the spec before the last update (as `service rollback`).
+    #[arg(long)]
+    rollback: bool,
     /// Replace every task even if nothing changed.
     #[arg(long)]
     force: bool,
@@ -861,14 +880,25 @@ async fn wait_converged(
             };
             bar.set_length(s.desired);
             bar.set_position(s.running.min(s.desired));
-            let updating = s
-                .service
-                .update_status
-                .as_ref()
-                .is_some_and(|u| u.state == UpdateState::Updating);
+            let status = s.service.update_status.as_ref();
+            let updating = status.is_some_and(|u| u.state.in_progress());
+            // An update of this deploy that paused or rolled back is an answer too: a failure.
+            if let Some(u) = status.filter(|_| s.service.spec_version >= since) {
+                if matches!(
+                    u.state,
+                    UpdateState::Paused
+                        | UpdateState::RollbackPaused
+                        | UpdateState::RollbackCompleted
+                ) {
+                    bars.clear().ok();
+                    bail!("service {name}: {}", u.message);
+                }
+            }
             let ok = s.running == s.desired && !updating;
             bar.set_message(if ok {
                 "converged"
+            } else if status.is_some_and(|u| u.state == UpdateState::RollbackStarted) {
+                "rolling back"
             } else if updating {
                 "updating"
             } else {
@@ -990,6 +1020,8 @@ async fn service(c: &Client, cmd: ServiceCmd, json: bool) -> Result<()> {
                 println!("{name} scaled to {replicas}");
             }
         }
+        ServiceCmd::Update(args) if args.rollback => rollback(c, &args.service, json).await?,
+        ServiceCmd::Rollback { service } => rollback(c, &service, json).await?,
         ServiceCmd::Update(args) => {
             let s = find_service(c, &args.service).await?;
             let spec = updated_spec(s.spec.clone(), &args)?;
@@ -1473,10 +1505,41 @@ fn updated_spec(mut spec: ServiceSpec, a: &UpdateArgs) -> Result<ServiceSpec> {
             other => bail!("--update-order {other:?}: use stop-first or start-first"),
         };
     }
+    if let Some(f) = &a.failure_action {
+        spec.update_config.failure_action = match f.as_str() {
+            "pause" => FailureAction::Pause,
+            "continue" => FailureAction::Continue,
+            "rollback" => FailureAction::Rollback,
+            other => bail!("--update-failure-action {other:?}: use pause, continue or rollback"),
+        };
+    }
+    if let Some(m) = a.monitor {
+        spec.update_config.monitor = m;
+    }
+    if let Some(r) = a.max_failure_ratio {
+        if !(0.0..=1.0).contains(&r) {
+            bail!("--update-max-failure-ratio {r}: a fraction from 0 to 1");
+        }
+        spec.update_config.max_failure_ratio = r;
+    }
     if a.force {
         spec.task.force_update += 1;
     }
     Ok(spec)
+}
+
+/// `service rollback` (and `service update --rollback`).
+async fn rollback(c: &Client, service: &str, json: bool) -> Result<()> {
+    let s = find_service(c, service).await?;
+    let s: Service = c
+        .post(&format!("/v1/services/{}/rollback", s.id), &())
+        .await?;
+    if json {
+        print_json(&s)
+    } else {
+        println!("{}", s.spec.name);
+        Ok(())
+    }
 }
 
 async fn node(c: &Client, cmd: NodeCmd, json: bool) -> Result<()> {

@@ -221,7 +221,9 @@ services:
     d.ok(&["stack", "deploy", "-c", &file, "bad"]);
     wait_for("the ghost task rejected", || {
         d.tasks("bad_ghost").iter().any(|t| {
-            t["status"]["state"] == "rejected" && t["status"]["err"] == "No such image: nope:1"
+            t["status"]["state"] == "rejected"
+                && t["status"]["err"]
+                    == "pulling nope:1: docker.io: this node does not contact it (shoald --block-registry)"
         })
     });
     wait_for("the hog task failed", || {
@@ -547,5 +549,136 @@ fn a_task_runs_once_healthy_and_an_unhealthy_one_is_replaced() {
         failed && replaced
     });
     d.ok(&["stack", "rm", "h"]);
+    wait_for("containers removed", || d.shims().is_empty());
+}
+
+/// A service whose tasks take a second to stop (the shell ignores SIGTERM) and run once
+/// healthy; `ORDER` and `FAILURE` are filled in.
+const UPDATE_STACK: &str = "services:
+  app:
+    image: busybox
+    command: [\"sh\", \"-c\", \"touch /tmp/ok; echo v1; sleep 600\"]
+    stop_grace_period: 1s
+    healthcheck:
+      test: [\"CMD\", \"test\", \"-f\", \"/tmp/ok\"]
+      interval: 200ms
+      retries: 1
+    deploy:
+      replicas: 1
+      update_config:
+        order: ORDER
+        failure_action: FAILURE
+        monitor: 30s
+";
+
+/// Deploys `yaml` as stack `name`; the CLI's output when it fails.
+fn deploy_result(d: &Daemon, name: &str, yaml: &str) -> Result<(), String> {
+    let file = write_stack(d, name, yaml);
+    let out = d.shoal(&[
+        "stack",
+        "deploy",
+        "--wait",
+        "--timeout",
+        "60s",
+        "-c",
+        &file,
+        name,
+    ]);
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// When a task's status last changed, in ms.
+fn since(t: &Value) -> u64 {
+    t["status"]["since"].as_u64().unwrap()
+}
+
+#[test]
+fn updates_keep_their_order_and_a_broken_one_rolls_back() {
+    if !containers_supported() {
+        return;
+    }
+    let d = Daemon::with_containers(&[]);
+    d.ok(&["cluster", "init"]);
+    d.import_images();
+    for order in ["stop-first", "start-first"] {
+        let stack = UPDATE_STACK
+            .replace("ORDER", order)
+            .replace("FAILURE", "pause");
+        deploy_result(&d, "u", &stack).unwrap();
+        let old = d.tasks("u_app")[0].clone();
+        deploy_result(&d, "u", &stack.replace("echo v1", "echo v2")).unwrap();
+        // Start-first: the old task is still stopping when the new one runs.
+        wait_for("the old task to stop", || {
+            d.tasks("u_app")
+                .iter()
+                .any(|t| t["id"] == old["id"] && t["status"]["state"] == "shutdown")
+        });
+        let tasks = d.tasks("u_app");
+        let old = tasks.iter().find(|t| t["id"] == old["id"]).unwrap();
+        let new = tasks
+            .iter()
+            .find(|t| t["desired_state"] == "running" && t["status"]["state"] == "running")
+            .unwrap();
+        // The old task's status last changed when it stopped; the new one's when it became
+        // healthy, so running.
+        if order == "stop-first" {
+            assert!(since(old) <= since(new), "{order}: {old}\n{new}");
+        } else {
+            assert!(since(new) <= since(old), "{order}: {old}\n{new}");
+        }
+        d.ok(&["stack", "rm", "u"]);
+        wait_for("stack u removed", || d.shims().is_empty());
+    }
+
+    // An update to an image that cannot run (the probe image has no shell) fails within
+    // `monitor`: with `failure_action: rollback` the service goes back by itself, and the
+    // deploy says so.
+    let stack = UPDATE_STACK
+        .replace("ORDER", "start-first")
+        .replace("FAILURE", "rollback");
+    deploy_result(&d, "r", &stack).unwrap();
+    let err = deploy_result(&d, "r", &stack.replace("image: busybox", "image: probe")).unwrap_err();
+    assert!(
+        err.contains("r_app: update rolled back due to failure or early termination of task"),
+        "{err}"
+    );
+    let s = &d.json(&["service", "inspect", "r_app"])[0];
+    assert_eq!(s["spec"]["task"]["container"]["image"], "busybox", "{s}");
+    assert_eq!(s["update_status"]["state"], "rollback_completed", "{s}");
+    let running: Vec<Value> = d
+        .tasks("r_app")
+        .into_iter()
+        .filter(|t| t["status"]["state"] == "running")
+        .collect();
+    assert_eq!(running.len(), 1);
+    assert_eq!(running[0]["spec"]["container"]["image"], "busybox");
+    // `service rollback` by hand: back to the spec before the last update.
+    d.ok(&[
+        "service",
+        "update",
+        "--update-failure-action",
+        "pause",
+        "r_app",
+    ]);
+    let out = d.ok(&["service", "rollback", "r_app"]);
+    assert_eq!(out.trim(), "r_app");
+    wait_for("the manual rollback to complete", || {
+        d.json(&["service", "inspect", "r_app"])[0]["update_status"]["state"]
+            == "rollback_completed"
+    });
+    let s = &d.json(&["service", "inspect", "r_app"])[0];
+    assert_eq!(
+        s["spec"]["update_config"]["failure_action"], "rollback",
+        "{s}"
+    );
+    assert_eq!(
+        s["previous_spec"]["update_config"]["failure_action"], "pause",
+        "{s}"
+    );
+    d.ok(&["stack", "rm", "r"]);
     wait_for("containers removed", || d.shims().is_empty());
 }

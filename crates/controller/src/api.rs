@@ -7,7 +7,7 @@ use crate::allocator::allocate_networks;
 use crate::dispatcher::{self, SessionError};
 use crate::manager::{now, Cluster, Manager, ManagerError};
 use crate::raft::node::ProposeError;
-use crate::store::{Command, Store, StoreError};
+use crate::store::{Command, Store, StoreError, TaskOp};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, State};
 use axum::http::StatusCode;
@@ -340,6 +340,7 @@ pub fn router(manager: Shared) -> Router {
         )
         .route("/v1/services/{id}/update", post(service_update))
         .route("/v1/services/{id}/scale", post(service_scale))
+        .route("/v1/services/{id}/rollback", post(service_rollback))
         .route("/v1/services/{id}/tasks", get(service_tasks))
         .route("/v1/services/{id}/logs", get(service_logs))
         .route("/v1/tasks", get(task_list))
@@ -635,6 +636,31 @@ async fn service_scale(
             expected_version: Some(s.version),
             at: now(),
         })
+        .await?;
+    let s = find_service(&c.store.read().expect("store lock"), s.id.as_str())?;
+    Ok(Json(s.redacted()))
+}
+
+/// `service rollback`: back to the spec before the last update, rolled out per the
+/// service's `rollback_config`.
+async fn service_rollback(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Json<Service>> {
+    let c = cluster(&m).await?;
+    let s = find_service(&c.store.read().expect("store lock"), &id)?;
+    if s.previous_spec.is_none() {
+        return Err(ApiError::bad(format!(
+            "service {} has no previous spec to roll back to",
+            s.spec.name
+        )));
+    }
+    c.raft
+        .propose(Command::Tasks(vec![TaskOp::Rollback {
+            service: s.id.clone(),
+            message: "manually requested rollback".into(),
+            at: now(),
+        }]))
         .await?;
     let s = find_service(&c.store.read().expect("store lock"), s.id.as_str())?;
     Ok(Json(s.redacted()))

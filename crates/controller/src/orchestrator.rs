@@ -23,7 +23,8 @@ use crate::store::TaskOp;
 use shoal_api::constraint::Constraint;
 use shoal_api::node::{Availability, Node, NodeState};
 use shoal_api::service::{
-    ResourceAmounts, RestartCondition, Service, ServiceMode, UpdateOrder, UpdateState, UpdateStatus,
+    FailureAction, ResourceAmounts, RestartCondition, Service, ServiceMode, UpdateOrder,
+    UpdateState, UpdateStatus,
 };
 use shoal_api::task::{Task, TaskState, TaskStatus};
 use shoal_api::units::{Duration as ApiDuration, Timestamp};
@@ -215,11 +216,18 @@ pub fn reconcile(
         }
     }
 
-    let update = service.spec.update_config;
-    let updating = service
-        .update_status
-        .as_ref()
-        .is_some_and(|u| u.state == UpdateState::Updating);
+    let state = service.update_status.as_ref().map(|u| u.state);
+    let rolling_back = state == Some(UpdateState::RollbackStarted);
+    let update = if rolling_back {
+        service.spec.rollback_config
+    } else {
+        service.spec.update_config
+    };
+    let updating = state.is_some_and(UpdateState::in_progress);
+    let paused = matches!(
+        state,
+        Some(UpdateState::Paused | UpdateState::RollbackPaused)
+    );
     let mut outdated_slots = Vec::new();
     let mut in_flight = 0u64;
     // Slots with a task on its way to another node, and tasks running alone in their slot.
@@ -268,8 +276,12 @@ pub fn reconcile(
 
         match (current, old) {
             (None, None) => {
-                if is_stopping && update.order == UpdateOrder::StopFirst && updating {
+                if updating {
+                    // An update's slot: stopping its old task (stop-first), or refilled now;
+                    // either way part of the batch in flight.
                     in_flight += 1;
+                }
+                if is_stopping && update.order == UpdateOrder::StopFirst && updating {
                     continue;
                 }
                 plan.ops.push(TaskOp::Create(Box::new(new_task(
@@ -334,8 +346,62 @@ pub fn reconcile(
         }
     }
 
-    // Rolling update of the outdated slots.
-    if !outdated_slots.is_empty() {
+    // A task of the update that failed within `monitor` of its creation (or was rejected)
+    // counts against `max_failure_ratio`; past it, `failure_action` decides.
+    if updating {
+        let started_at = service.update_status.as_ref().map_or(now, |u| u.started_at);
+        let failed: Vec<&Task> = tasks
+            .iter()
+            .copied()
+            .filter(|t| {
+                t.spec == service.spec.task
+                    && t.created_at >= started_at
+                    && t.status.state.is_failure()
+                    && (t.status.state == TaskState::Rejected
+                        || t.status.since <= t.created_at.after(update.monitor))
+            })
+            .collect();
+        let total = wanted_slots.len().max(1) as f64;
+        if let Some(first) = failed.first() {
+            if failed.len() as f64 > update.max_failure_ratio * total {
+                let what = if rolling_back { "rollback" } else { "update" };
+                let why = format!("failure or early termination of task {}", first.id.short());
+                let pause = |state| TaskOp::UpdateStatus {
+                    service: service.id.clone(),
+                    status: UpdateStatus {
+                        state,
+                        started_at,
+                        completed_at: None,
+                        message: format!("{what} paused due to {why}"),
+                    },
+                };
+                match (update.failure_action, rolling_back) {
+                    (FailureAction::Continue, _) => {}
+                    (FailureAction::Rollback, false) if service.previous_spec.is_some() => {
+                        // The next pass works from the previous spec.
+                        plan.ops.clear();
+                        plan.ops.push(TaskOp::Rollback {
+                            service: service.id.clone(),
+                            message: format!("update rolled back due to {why}"),
+                            at: now,
+                        });
+                        return plan;
+                    }
+                    (_, true) => {
+                        plan.ops.push(pause(UpdateState::RollbackPaused));
+                        return plan;
+                    }
+                    (_, false) => {
+                        plan.ops.push(pause(UpdateState::Paused));
+                        return plan;
+                    }
+                }
+            }
+        }
+    }
+
+    // Rolling update of the outdated slots (not while paused).
+    if !outdated_slots.is_empty() && !paused {
         let delay_ok = match last_progress {
             Some(p) if !update.delay.is_zero() && in_flight == 0 => {
                 let ready = p.after(update.delay);
@@ -357,12 +423,12 @@ pub fn reconcile(
                 .take(budget.min(usize::MAX as u64) as usize)
             {
                 match update.order {
+                    // The replacement is made once the old task has stopped (a later pass).
                     UpdateOrder::StopFirst => stop(old, &mut plan.ops),
-                    UpdateOrder::StartFirst => {}
+                    UpdateOrder::StartFirst => plan.ops.push(TaskOp::Create(Box::new(new_task(
+                        service, key, None, now, ids,
+                    )))),
                 }
-                plan.ops.push(TaskOp::Create(Box::new(new_task(
-                    service, key, None, now, ids,
-                ))));
             }
         }
     } else if updating && in_flight == 0 {
@@ -371,12 +437,25 @@ pub fn reconcile(
             .as_ref()
             .map(|u| u.started_at)
             .unwrap_or(now);
+        let (state, message) = if rolling_back {
+            (UpdateState::RollbackCompleted, "rollback completed")
+        } else {
+            (UpdateState::Completed, "update completed")
+        };
+        let message = match service.update_status.as_ref() {
+            // A rollback the orchestrator started keeps saying why.
+            Some(u) if rolling_back && u.message.starts_with("update rolled back") => {
+                u.message.clone()
+            }
+            _ => message.to_owned(),
+        };
         plan.ops.push(TaskOp::UpdateStatus {
             service: service.id.clone(),
             status: UpdateStatus {
-                state: UpdateState::Completed,
+                state,
                 started_at,
                 completed_at: Some(now),
+                message,
             },
         });
     }
@@ -777,6 +856,120 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_update_task_pauses_rolls_back_or_is_ignored_per_failure_action() {
+        for action in [
+            FailureAction::Pause,
+            FailureAction::Rollback,
+            FailureAction::Continue,
+        ] {
+            let mut ids = Counter(0);
+            let nodes = [node(1)];
+            let mut s = service(3);
+            let mut tasks = Vec::new();
+            let p = run(&s, &tasks, &nodes, 0, &mut ids);
+            apply(&mut tasks, &p);
+            set_state(&mut tasks, |_| true, TaskState::Running, 1);
+            s.previous_spec = Some(s.spec.clone());
+            s.spec.task.container.image = "broken:2".into();
+            s.spec.update_config.failure_action = action;
+            s.spec.update_config.order = UpdateOrder::StartFirst;
+            s.spec.update_config.monitor = Duration::from_secs(5);
+            s.update_status = Some(UpdateStatus {
+                state: UpdateState::Updating,
+                started_at: Timestamp(100),
+                completed_at: None,
+                message: String::new(),
+            });
+            let p = run(&s, &tasks, &nodes, 100, &mut ids);
+            assert_eq!(creates(&p), 1, "first batch");
+            apply(&mut tasks, &p);
+            set_state(&mut tasks, |t| !t.wanted(), TaskState::Shutdown, 101);
+            // The new task dies 2 s after it was made: within `monitor`.
+            set_state(
+                &mut tasks,
+                |t| t.spec.container.image == "broken:2",
+                TaskState::Failed,
+                2_100,
+            );
+            let p = run(&s, &tasks, &nodes, 2_100, &mut ids);
+            let paused = p.ops.iter().find_map(|o| match o {
+                TaskOp::UpdateStatus { status, .. } if status.state == UpdateState::Paused => {
+                    Some(status.message.clone())
+                }
+                _ => None,
+            });
+            let rolled_back = p
+                .ops
+                .iter()
+                .any(|o| matches!(o, TaskOp::Rollback { message, .. } if message.starts_with("update rolled back due to failure")));
+            // New tasks for the slots still on the old spec (the failed slot's restart aside).
+            let outdated_replaced = p
+                .ops
+                .iter()
+                .filter(|o| matches!(o, TaskOp::Create(t) if t.slot != 1))
+                .count();
+            match action {
+                FailureAction::Pause => {
+                    let m = paused.expect("paused");
+                    assert!(
+                        m.starts_with("update paused due to failure or early termination of task"),
+                        "{m}"
+                    );
+                    assert_eq!(outdated_replaced, 0, "nothing more replaced: {:?}", p.ops);
+                }
+                FailureAction::Rollback => {
+                    assert!(rolled_back, "{:?}", p.ops);
+                    assert_eq!(p.ops.len(), 1, "only the rollback: {:?}", p.ops);
+                }
+                FailureAction::Continue => {
+                    assert!(paused.is_none() && !rolled_back, "{:?}", p.ops);
+                    assert!(outdated_replaced >= 1, "the update goes on: {:?}", p.ops);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_rollback_uses_rollback_config_and_ends_rolled_back() {
+        let mut ids = Counter(0);
+        let nodes = [node(1)];
+        let mut s = service(2);
+        let mut tasks = Vec::new();
+        let p = run(&s, &tasks, &nodes, 0, &mut ids);
+        apply(&mut tasks, &p);
+        set_state(&mut tasks, |_| true, TaskState::Running, 1);
+        // The spec went back to what the tasks run... except the tasks run "img:2".
+        for t in &mut tasks {
+            t.spec.container.image = "img:2".into();
+        }
+        s.spec.rollback_config.parallelism = 0;
+        s.spec.rollback_config.order = UpdateOrder::StartFirst;
+        s.update_status = Some(UpdateStatus {
+            state: UpdateState::RollbackStarted,
+            started_at: Timestamp(100),
+            completed_at: None,
+            message: "update rolled back due to failure or early termination of task x".into(),
+        });
+        let p = run(&s, &tasks, &nodes, 100, &mut ids);
+        assert_eq!(creates(&p), 2, "parallelism 0: all at once");
+        apply(&mut tasks, &p);
+        set_state(&mut tasks, |t| !t.wanted(), TaskState::Shutdown, 101);
+        set_state(&mut tasks, |t| t.wanted(), TaskState::Running, 102);
+        let p = run(&s, &tasks, &nodes, 103, &mut ids);
+        let done = p.ops.iter().find_map(|o| match o {
+            TaskOp::UpdateStatus { status, .. } => Some(status.clone()),
+            _ => None,
+        });
+        let done = done.expect("status");
+        assert_eq!(done.state, UpdateState::RollbackCompleted);
+        assert!(
+            done.message.starts_with("update rolled back due to"),
+            "{}",
+            done.message
+        );
+    }
+
+    #[test]
     fn rolling_update_goes_in_batches_with_delay() {
         let mut ids = Counter(0);
         let nodes = [node(1)];
@@ -792,13 +985,22 @@ mod tests {
             state: UpdateState::Updating,
             started_at: Timestamp(100),
             completed_at: None,
+            message: String::new(),
         });
         let p = run(&s, &tasks, &nodes, 100, &mut ids);
-        assert_eq!(creates(&p), 2, "first batch");
+        assert_eq!(
+            creates(&p),
+            0,
+            "stop-first: the first batch stops before anything starts"
+        );
+        assert_eq!(stops(&p).len(), 2, "first batch");
         apply(&mut tasks, &p);
-        // Stop-first: the old tasks stop; nothing more while the batch is in flight.
-        assert_eq!(creates(&run(&s, &tasks, &nodes, 101, &mut ids)), 0);
+        // Nothing more while the batch is stopping; its replacements once it stopped.
+        assert!(run(&s, &tasks, &nodes, 101, &mut ids).ops.is_empty());
         set_state(&mut tasks, |t| !t.wanted(), TaskState::Shutdown, 102);
+        let p = run(&s, &tasks, &nodes, 102, &mut ids);
+        assert_eq!(creates(&p), 2, "first batch's replacements");
+        apply(&mut tasks, &p);
         set_state(
             &mut tasks,
             |t| t.wanted() && t.spec.container.image == "img:2",
@@ -807,11 +1009,15 @@ mod tests {
         );
         let p = run(&s, &tasks, &nodes, 205, &mut ids);
         assert_eq!(creates(&p), 0, "delay not over");
+        assert!(stops(&p).is_empty(), "delay not over: {:?}", p.ops);
         assert_eq!(p.wake_at, Some(Timestamp(10_200)));
         let p = run(&s, &tasks, &nodes, 10_200, &mut ids);
-        assert_eq!(creates(&p), 2, "second batch");
+        assert_eq!(stops(&p).len(), 2, "second batch");
         apply(&mut tasks, &p);
-        set_state(&mut tasks, |t| !t.wanted(), TaskState::Shutdown, 10_300);
+        set_state(&mut tasks, |t| !t.wanted(), TaskState::Shutdown, 10_250);
+        let p = run(&s, &tasks, &nodes, 10_250, &mut ids);
+        assert_eq!(creates(&p), 2, "second batch's replacements");
+        apply(&mut tasks, &p);
         set_state(
             &mut tasks,
             |t| t.wanted() && t.status.state < TaskState::Running,
@@ -837,6 +1043,7 @@ mod tests {
             state: UpdateState::Updating,
             started_at: Timestamp(5),
             completed_at: None,
+            message: String::new(),
         });
         let p = run(&s, &tasks, &nodes, 5, &mut ids);
         assert_eq!(creates(&p), 1);
@@ -971,6 +1178,11 @@ mod tests {
             .id
             .clone();
         assert!(p.ops.contains(&TaskOp::Delete { id: on_node1 }));
+        // Stop-first: node 2's old task goes first, its replacement comes after.
+        assert_eq!(creates(&p), 0, "{:?}", p.ops);
+        apply(&mut tasks, &p);
+        set_state(&mut tasks, |t| !t.wanted(), TaskState::Shutdown, 2);
+        let p = run(&s, &tasks, &nodes, 2, &mut ids);
         let created: Vec<_> = p
             .ops
             .iter()

@@ -108,6 +108,17 @@ pub enum TaskOp {
         /// Its new update status.
         status: UpdateStatus,
     },
+    /// Orchestrator (an update's task failed, `failure_action: rollback`) or `service
+    /// rollback`: the service goes back to its previous spec, rolled out per its
+    /// `rollback_config`.
+    Rollback {
+        /// The service.
+        service: ServiceId,
+        /// Why, for its update status.
+        message: String,
+        /// When.
+        at: Timestamp,
+    },
     /// Orchestrator: a removed service whose tasks are all gone.
     DeleteService {
         /// The service.
@@ -951,6 +962,7 @@ impl Store {
                 state: UpdateState::Updating,
                 started_at: at,
                 completed_at: None,
+                message: "update in progress".into(),
             });
         }
         ev.push(Event {
@@ -1221,6 +1233,33 @@ impl Store {
                 if let Some(s) = self.services.get_mut(&service) {
                     s.update_status = Some(status);
                     s.version = rev;
+                    ev.push(Event {
+                        revision: rev,
+                        action: Action::Update,
+                        object: Object::Service(Box::new(s.clone())),
+                    });
+                }
+            }
+            TaskOp::Rollback {
+                service,
+                message,
+                at,
+            } => {
+                if let Some(s) = self.services.get_mut(&service) {
+                    let Some(previous) = s.previous_spec.take() else {
+                        return;
+                    };
+                    let current = std::mem::replace(&mut s.spec, previous);
+                    s.previous_spec = Some(current);
+                    s.spec_version = rev;
+                    s.version = rev;
+                    s.updated_at = at;
+                    s.update_status = Some(UpdateStatus {
+                        state: UpdateState::RollbackStarted,
+                        started_at: at,
+                        completed_at: None,
+                        message,
+                    });
                     ev.push(Event {
                         revision: rev,
                         action: Action::Update,

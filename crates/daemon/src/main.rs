@@ -97,6 +97,11 @@ struct Args {
     /// Docker Hub, as docker's `registry-mirrors`.
     #[arg(long = "registry-mirror")]
     registry_mirror: Vec<String>,
+    /// A registry this node never contacts (HOST:PORT, or docker.io for Docker Hub;
+    /// repeatable): pulls from it fail at once, Docker Hub's mirrors aside. The lab and the
+    /// tests block docker.io, so nothing of theirs leaves the machine.
+    #[arg(long = "block-registry")]
+    block_registry: Vec<String>,
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(
         long,
@@ -204,6 +209,7 @@ fn container_executor(args: &Args) -> Result<ContainerExecutor> {
         cgroup_parent: args.cgroup_parent.clone(),
         insecure_registries: args.insecure_registry.clone(),
         registry_mirrors: args.registry_mirror.clone(),
+        blocked_registries: args.block_registry.clone(),
     };
     ContainerExecutor::open(config)
         .map_err(|e| anyhow::anyhow!("opening the container executor: {e}"))

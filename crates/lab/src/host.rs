@@ -67,6 +67,8 @@ pub fn start(state: &LabState, h: &HostInfo) -> Result<(), LabError> {
                 Executor::Sim => "sim",
             },
         ])
+        // Nothing of the lab's leaves the machine: Docker Hub is never asked.
+        .args(["--block-registry", "docker.io"])
         .args(&state.daemon_args);
     spawn(state, &h.name, cmd, &d.join("shoald.log"), &d.join("pid"))
 }

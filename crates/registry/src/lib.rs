@@ -150,6 +150,9 @@ pub struct PullOptions {
     /// Mirrors of Docker Hub (`http://host:port`, `https://host:port`, or `host:port` for
     /// HTTPS), tried in order before Docker Hub itself, as docker's `registry-mirrors`.
     pub mirrors: Vec<String>,
+    /// Registries never contacted (`shoald --block-registry`; `docker.io` for Docker Hub):
+    /// a pull from one fails at once, its mirrors aside.
+    pub blocked: Vec<String>,
 }
 
 /// The TLS settings for `registry`: the system's roots, and its own CA from `certs_dir`.
@@ -795,6 +798,12 @@ fn session(
     repository: &str,
     options: &PullOptions,
 ) -> Result<Session, RegistryError> {
+    if options.blocked.iter().any(|b| b == registry) {
+        return Err(RegistryError::Transport {
+            registry: registry.to_owned(),
+            message: "this node does not contact it (shoald --block-registry)".into(),
+        });
+    }
     let host = if registry == reference::DOCKER_HUB {
         reference::DOCKER_HUB_API.to_owned()
     } else {

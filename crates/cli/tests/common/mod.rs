@@ -62,6 +62,8 @@ impl Daemon {
             .arg("--socket")
             .arg(self.socket())
             .args(["--hostname", "test-node", "--log", "info,raft=warn"])
+            // Nothing of the tests' leaves the machine.
+            .args(["--block-registry", "docker.io"])
             .args(self.executor_args())
             .args(&self.extra)
             .stdout(Stdio::null())
