@@ -523,8 +523,8 @@ async fn run(cli: Cli) -> Result<()> {
                 eprintln!("{w}");
             }
             match cli.format {
-                Format::Json => print_json(&loaded.config)?,
-                Format::Table => print!("{}", serde_yaml::to_string(&loaded.config)?),
+                Format::Json => print_json(&stack::render::value(&loaded))?,
+                Format::Table => print!("{}", stack::render::yaml(&loaded)),
             }
             return Ok(());
         }

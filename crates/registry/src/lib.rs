@@ -872,8 +872,8 @@ pub async fn pull(
     progress: impl Fn(Progress) + Send + Sync,
 ) -> Result<ImageRecord, RegistryError> {
     let r = Reference::parse(reference)?;
-    let s = session(&r.registry, &r.repository, options)?;
     if r.registry != reference::DOCKER_HUB || options.mirrors.is_empty() {
+        let s = session(&r.registry, &r.repository, options)?;
         return pull_from(&store, &r, &s, &progress).await;
     }
     // Docker Hub's images come from its mirrors first; Docker Hub answers when none has it.
@@ -889,8 +889,12 @@ pub async fn pull(
             }
         }
     }
-    match pull_from(&store, &r, &s, &progress).await {
-        // Docker Hub out of reach says less than what the mirror said.
+    let hub = match session(&r.registry, &r.repository, options) {
+        Ok(s) => pull_from(&store, &r, &s, &progress).await,
+        Err(e) => Err(e),
+    };
+    match hub {
+        // Docker Hub out of reach (or blocked) says less than what the mirror said.
         Err(RegistryError::Transport { .. }) if first_error.is_some() => {
             Err(first_error.expect("checked"))
         }

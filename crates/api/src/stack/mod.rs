@@ -13,6 +13,7 @@
 pub mod compose;
 pub mod convert;
 pub mod interpolate;
+pub mod render;
 pub mod yaml;
 
 use compose::Config;
@@ -108,6 +109,9 @@ pub struct Loaded {
     pub config: Config,
     /// Warnings, worded as docker words them where docker warns.
     pub warnings: Vec<String>,
+    /// The top-level `x-` extensions (a later file's replace an earlier's), kept for
+    /// `stack config`.
+    pub extensions: Map<String, J>,
 }
 
 /// A stack file is not valid. Every variant names the file, and the key path and line where
@@ -192,8 +196,10 @@ fn line_of(lines: &HashMap<String, usize>, path: &str) -> Option<usize> {
 pub fn load(files: &[SourceFile], opts: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
     let mut warnings = Vec::new();
     let mut merged: Option<J> = None;
+    let mut extensions = Map::new();
     for file in files {
-        let config = load_one(file, opts, &mut warnings)?;
+        let (config, x) = load_one(file, opts, &mut warnings)?;
+        extensions.extend(x);
         let value = serde_json::to_value(&config).expect("config serializes");
         merged = Some(match merged {
             None => value,
@@ -208,14 +214,18 @@ pub fn load(files: &[SourceFile], opts: &LoadOptions<'_>) -> Result<Loaded, Load
         message: format!("merged files do not agree: {e}"),
     })?;
     warnings.dedup();
-    Ok(Loaded { config, warnings })
+    Ok(Loaded {
+        config,
+        warnings,
+        extensions,
+    })
 }
 
 fn load_one(
     file: &SourceFile,
     opts: &LoadOptions<'_>,
     warnings: &mut Vec<String>,
-) -> Result<Config, LoadError> {
+) -> Result<(Config, Map<String, J>), LoadError> {
     let name = file.name.as_str();
     let mut tree = yaml::parse(&file.content).map_err(|e| LoadError::Syntax {
         file: name.to_owned(),
@@ -242,6 +252,15 @@ fn load_one(
     }
     let mut lines = HashMap::new();
     let mut value = yaml::to_json(&tree, "", &mut lines);
+    let extensions: Map<String, J> = value
+        .as_object()
+        .map(|top| {
+            top.iter()
+                .filter(|(k, _)| k.starts_with("x-"))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
     set_aside_ignored(&mut value, warnings);
     move_external_names(&mut value);
     let mut config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
@@ -267,7 +286,7 @@ fn load_one(
         }
     }
     resolve(&mut config, name, opts, &lines)?;
-    Ok(config)
+    Ok((config, extensions))
 }
 
 fn check_forbidden(file: &str, top: &[(String, yaml::Node)]) -> Result<(), LoadError> {
@@ -407,16 +426,37 @@ fn move_external_names(value: &mut J) {
     }
 }
 
+/// A relative path joined to `dir` and cleaned as docker's loader does (Go's `filepath.Join`:
+/// no `.`, `..` or trailing `/`); an absolute path is kept as written, as docker keeps it.
 fn join_path(dir: &str, p: &str) -> String {
     if p.starts_with('/') {
         return p.to_owned();
     }
-    let rel = p.strip_prefix("./").unwrap_or(p);
-    let dir = dir.trim_end_matches('/');
-    if rel == "." || rel.is_empty() {
-        dir.to_owned()
-    } else {
-        format!("{dir}/{rel}")
+    clean_path(&format!("{dir}/{p}"))
+}
+
+/// Go's `path.Clean`, lexically.
+fn clean_path(p: &str) -> String {
+    let rooted = p.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for part in p.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.last().is_some_and(|l| *l != "..") {
+                    parts.pop();
+                } else if !rooted {
+                    parts.push("..");
+                }
+            }
+            other => parts.push(other),
+        }
+    }
+    let joined = parts.join("/");
+    match (rooted, joined.is_empty()) {
+        (true, _) => format!("/{joined}"),
+        (false, true) => ".".to_owned(),
+        (false, false) => joined,
     }
 }
 
@@ -678,6 +718,15 @@ mod tests {
         );
         assert!(l.warnings[1].starts_with("Ignoring deprecated options:"));
         assert_eq!(l.config.services["web"].restart.as_deref(), Some("always"));
+    }
+
+    #[test]
+    fn relative_paths_are_joined_and_cleaned_as_docker_does() {
+        assert_eq!(join_path("/tmp", "./data/"), "/tmp/data");
+        assert_eq!(join_path("/tmp/a", "../b/./c/"), "/tmp/b/c");
+        assert_eq!(join_path("/tmp", "."), "/tmp");
+        assert_eq!(join_path("/", "../x"), "/x");
+        assert_eq!(join_path("/tmp", "/srv/x/../y/"), "/srv/x/../y/");
     }
 
     #[test]
