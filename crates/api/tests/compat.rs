@@ -30,9 +30,12 @@ fn compat_dir() -> Option<PathBuf> {
     }
 }
 
+/// The shared corpus, then shoal's own files (`tests/compat/`).
 fn corpus(dir: &Path) -> Vec<PathBuf> {
+    let own = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/compat");
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
+        .chain(std::fs::read_dir(&own).unwrap())
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "yml"))
         .collect();
@@ -252,15 +255,45 @@ fn docker_stack_config_and_shoal_agree_on_the_corpus() {
             read_file: &read,
             skip_interpolation: false,
         };
-        let ours = stack::load(
+        let loaded = stack::load(
             &[SourceFile {
                 name: name.clone(),
                 content: text,
             }],
             &opts,
         )
-        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+        // `stack config`'s own output: the same version and top-level `x-` extensions as
+        // docker's, and YAML a YAML 1.1 reader reads back to the same configuration.
+        let printed = stack::render::yaml(&loaded);
+        let generic = |text: &str| {
+            let tree = stack::yaml::parse(text).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+            stack::yaml::to_json(&tree, "", &mut HashMap::new())
+        };
+        let (docker_top, our_top) = (generic(&docker_yaml), generic(&printed));
+        for (k, v) in docker_top.as_object().unwrap() {
+            if k == "version" || k.starts_with("x-") {
+                assert_eq!(Some(v), our_top.get(k), "{name}: {k}");
+            }
+        }
+        let reread = stack::load(
+            &[SourceFile {
+                name: format!("shoal's {name}"),
+                content: printed.clone(),
+            }],
+            &LoadOptions {
+                env: &HashMap::new(),
+                working_dir: &wd,
+                read_file: &read,
+                skip_interpolation: true,
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{printed}"))
         .config;
+        let mut reread = reread;
+        reread.version = loaded.config.version.clone();
+        let ours = loaded.config;
+        assert_same(&ours, &reread, &format!("{name} as shoal prints it"));
         let no_env = HashMap::new();
         let opts = LoadOptions {
             env: &no_env,

@@ -561,8 +561,80 @@ fn which_dockerd() -> bool {
     shoal_runtime::oci::which("dockerd").is_some()
 }
 
+/// What `shoal-bench` runs: the parts by name, and which run when none is named.
+const PARTS: &[(&str, bool, &str)] = &[
+    (
+        "runtime",
+        true,
+        "container start/stop vs runc and crun (root)",
+    ),
+    (
+        "control",
+        true,
+        "the control plane: writes, reads, deploys (simulated tasks)",
+    ),
+    (
+        "cluster",
+        true,
+        "leader failover and writes on a 3-manager lab (root)",
+    ),
+    (
+        "containers",
+        true,
+        "stacks of real containers, with --swarm beside Docker Swarm (root)",
+    ),
+    (
+        "heal",
+        false,
+        "healing after a host dies, on the lab (root)",
+    ),
+    (
+        "overlay",
+        false,
+        "overlay throughput, VIP connects, deploy on a network; --swarm too (root)",
+    ),
+    (
+        "scale",
+        false,
+        "thousands of simulated agents (root; minutes)",
+    ),
+    (
+        "sim-agents",
+        false,
+        "simulated agents for a running cluster (scale's helper)",
+    ),
+];
+
+fn usage() -> String {
+    let mut u = String::from(
+        "usage: shoal-bench [--swarm] [PART...]\n\nPrints figures; with no PART, runs those marked *.\n\n",
+    );
+    for (name, default, what) in PARTS {
+        u.push_str(&format!(
+            "  {}{name:<11} {what}\n",
+            if *default { "*" } else { " " }
+        ));
+    }
+    u.push_str("\n  --swarm     measure Docker Swarm too where a part can (docker.io)\n");
+    u
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{}", usage());
+        return;
+    }
+    if let Some(bad) = args.iter().find(|a| {
+        a.starts_with('-') && *a != "--swarm"
+            || !a.starts_with('-') && !PARTS.iter().any(|(p, ..)| p == a)
+    }) {
+        // sim-agents takes its own arguments.
+        if args.first().map(String::as_str) != Some("sim-agents") {
+            eprint!("shoal-bench: unknown argument {bad:?}\n\n{}", usage());
+            std::process::exit(2);
+        }
+    }
     let swarm = args.iter().any(|a| a == "--swarm");
     let parts: Vec<&str> = args
         .iter()

@@ -181,6 +181,12 @@ fn base(b: &mut tar::Builder<std::fs::File>) -> io::Result<()> {
 
 /// Writes the busybox root filesystem tarball to `path`.
 pub fn busybox_tar(path: &Path) -> io::Result<()> {
+    if !Path::new("/bin/busybox").is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "the test images are made from Debian's static busybox, and /bin/busybox is missing: apt-get install busybox-static",
+        ));
+    }
     let mut b = tar::Builder::new(std::fs::File::create(path)?);
     base(&mut b)?;
     b.finish()

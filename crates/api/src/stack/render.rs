@@ -1,5 +1,5 @@
 //! `stack config`'s output, as `docker stack config` prints it: the merged configuration with
-//! `version` (docker's latest, 3.13, when the files name none) and the top-level `x-`
+//! `version` (docker's latest, 3.13, when the files name none or `3`) and the top-level `x-`
 //! extensions, in YAML whose strings a YAML 1.1 reader (docker's go-yaml) reads back as
 //! strings: `yes`, `on`, `n` and their kin are quoted, as docker quotes them.
 
@@ -13,9 +13,11 @@ pub const DEFAULT_VERSION: &str = "3.13";
 pub fn value(loaded: &Loaded) -> J {
     let mut v = serde_json::to_value(&loaded.config).expect("config serializes");
     if let J::Object(top) = &mut v {
-        let version = top
-            .remove("version")
-            .unwrap_or_else(|| J::String(DEFAULT_VERSION.into()));
+        let version = match top.remove("version") {
+            None => J::String(DEFAULT_VERSION.into()),
+            Some(J::String(v)) if v == "3" => J::String(DEFAULT_VERSION.into()),
+            Some(v) => v,
+        };
         let mut out = serde_json::Map::new();
         out.insert("version".into(), version);
         out.append(top);
@@ -32,11 +34,11 @@ pub fn value(loaded: &Loaded) -> J {
 pub fn yaml(loaded: &Loaded) -> String {
     let config = serde_yaml::to_value(&loaded.config).expect("config serializes");
     let mut out = serde_yaml::Mapping::new();
-    let version = loaded
-        .config
-        .version
-        .clone()
-        .unwrap_or_else(|| DEFAULT_VERSION.to_owned());
+    // docker prints its newest format version for a file without one, or with `3`.
+    let version = match loaded.config.version.as_deref() {
+        None | Some("3") => DEFAULT_VERSION.to_owned(),
+        Some(v) => v.to_owned(),
+    };
     out.insert("version".into(), version.into());
     if let serde_yaml::Value::Mapping(top) = config {
         for (k, v) in top {
