@@ -11,6 +11,7 @@
 use crate::executor::{ExecError, Executor, Observed};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+use shoal_api::secret::{FileKind, FileObject};
 use shoal_api::service::MountKind;
 use shoal_api::task::Task;
 use shoal_api::units::Duration;
@@ -90,6 +91,8 @@ pub struct ContainerExecutor {
     network: Arc<HostNetwork>,
     /// One lock per reference being pulled: two tasks needing one image pull it once.
     pulls: Arc<tokio::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// The secrets and configs the node's tasks use, as its assignments brought them.
+    files: Arc<std::sync::Mutex<BTreeMap<(FileKind, String), FileObject>>>,
     /// Each container's health verdict and its last check's output.
     pub(crate) health: Arc<std::sync::Mutex<BTreeMap<String, (shoal_api::task::Health, String)>>>,
 }
@@ -124,8 +127,89 @@ impl ContainerExecutor {
             volumes,
             network,
             pulls: Arc::default(),
+            files: Arc::default(),
             health: Arc::default(),
         })
+    }
+
+    /// Keeps the secrets and configs an assignment brought (`full`: they are all the node's
+    /// tasks need, so the others go).
+    pub fn set_files(&self, files: &[FileObject], full: bool) {
+        let mut all = self.files.lock().expect("files lock");
+        if full {
+            all.clear();
+        }
+        for f in files {
+            all.insert((f.kind, f.spec.name.clone()), f.clone());
+        }
+    }
+
+    /// The task's secrets (files in a tmpfs of the container's own, as Docker keeps them) and
+    /// configs (files in its directory), each with its owner and mode, bind-mounted read-only
+    /// at its target.
+    fn file_mounts(&self, task: &Task, dir: &Path) -> Result<Vec<MountInput>, ExecError> {
+        let c = &task.spec.container;
+        if c.secrets.is_empty() && c.configs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let files = self.files.lock().expect("files lock").clone();
+        let mut mounts = Vec::new();
+        for (kind, refs) in [
+            (FileKind::Secret, &c.secrets),
+            (FileKind::Config, &c.configs),
+        ] {
+            if refs.is_empty() {
+                continue;
+            }
+            let home = dir.join(match kind {
+                FileKind::Secret => SECRETS_DIR,
+                FileKind::Config => "configs",
+            });
+            std::fs::create_dir_all(&home).map_err(failed("creating the files directory"))?;
+            if kind == FileKind::Secret && !is_mount_point(&home) {
+                // Never on disk: a tmpfs only root can read, sized for what it holds.
+                nix::mount::mount(
+                    Some("tmpfs"),
+                    &home,
+                    Some("tmpfs"),
+                    nix::mount::MsFlags::MS_NOSUID
+                        | nix::mount::MsFlags::MS_NODEV
+                        | nix::mount::MsFlags::MS_NOEXEC,
+                    Some("mode=0700,size=2m"),
+                )
+                .map_err(|e| ExecError::Failed(format!("mounting the secrets tmpfs: {e}")))?;
+            }
+            for (i, r) in refs.iter().enumerate() {
+                let f = files.get(&(kind, r.source.clone())).ok_or_else(|| {
+                    ExecError::Rejected(format!("{kind} not found: {}", r.source))
+                })?;
+                let uid: u32 = r.uid.parse().map_err(|_| {
+                    ExecError::Rejected(format!(
+                        "{kind} {}: uid {:?} is not a number",
+                        r.source, r.uid
+                    ))
+                })?;
+                let gid: u32 = r.gid.parse().map_err(|_| {
+                    ExecError::Rejected(format!(
+                        "{kind} {}: gid {:?} is not a number",
+                        r.source, r.gid
+                    ))
+                })?;
+                let path = home.join(format!("{i}"));
+                std::fs::write(&path, &f.spec.data).map_err(failed("writing a file"))?;
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .map_err(failed("setting a file's owner"))?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(r.mode & 0o7777))
+                    .map_err(failed("setting a file's mode"))?;
+                mounts.push(MountInput::Bind {
+                    source: path,
+                    target: r.target.clone(),
+                    read_only: true,
+                });
+            }
+        }
+        Ok(mounts)
     }
 
     /// The node's image store.
@@ -376,6 +460,7 @@ impl ContainerExecutor {
                 read_only: true,
             });
         }
+        mounts.extend(self.file_mounts(task, &dir)?);
         // The container's own /etc/hostname and /etc/hosts, as Docker gives them.
         std::fs::write(dir.join("hostname"), format!("{hostname}\n"))
             .map_err(failed("writing hostname"))?;
@@ -460,6 +545,7 @@ impl ContainerExecutor {
         Overlay::under(&dir)
             .unmount()
             .map_err(failed("unmounting the root filesystem"))?;
+        unmount_secrets(&dir).map_err(failed("unmounting the secrets"))?;
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -811,11 +897,38 @@ impl Executor for ContainerExecutor {
         Box::pin(async move { this.run_health_check(&container, &policy).await })
     }
 
+    fn set_files(&self, files: &[FileObject], full: bool) {
+        ContainerExecutor::set_files(self, files, full);
+    }
+
     fn record_health(&self, container: &str, health: shoal_api::task::Health, output: &str) {
         let mut all = self.health.lock().expect("health lock");
         all.retain(|id, _| self.dir(id).exists());
         all.insert(container.to_owned(), (health, output.to_owned()));
     }
+}
+
+/// Where a container's secrets live (a tmpfs), in its directory.
+const SECRETS_DIR: &str = "secrets";
+
+fn is_mount_point(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.to_string_lossy();
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| m == want)
+}
+
+/// Unmounts a container's secrets tmpfs, if it has one.
+fn unmount_secrets(dir: &Path) -> std::io::Result<()> {
+    let home = dir.join(SECRETS_DIR);
+    if is_mount_point(&home) {
+        nix::mount::umount2(&home, nix::mount::MntFlags::MNT_DETACH)
+            .map_err(std::io::Error::from)?;
+    }
+    Ok(())
 }
 
 /// Where a daemon finds `shoal-runtime`: `$SHOAL_RUNTIME_BIN`, or beside its own binary.

@@ -102,6 +102,9 @@ pub trait Executor: Send + Sync + 'static {
         let container = container.to_owned();
         Box::pin(async move { (false, format!("{container}: no health checks here")) })
     }
+    /// Keeps the secrets and configs an assignment brought, for the tasks it starts (`full`:
+    /// they are all it needs).
+    fn set_files(&self, _files: &[shoal_api::secret::FileObject], _full: bool) {}
     /// Records the verdict and the last check's output, for `container ls|inspect`.
     fn record_health(&self, _container: &str, _health: shoal_api::task::Health, _output: &str) {}
 }

@@ -571,6 +571,8 @@ impl Agent {
 
     /// Starts, updates or retires task workers from an assignment message.
     fn apply(self: &Arc<Self>, a: Assignments) {
+        // The files first: the tasks of this message may need them at once.
+        self.executor.set_files(&a.files, a.full);
         let mut workers = self.workers.lock().expect("workers lock");
         if a.full {
             let keep: Vec<&TaskId> = a.tasks.iter().map(|t| &t.id).collect();

@@ -107,6 +107,10 @@ id_type!(
     /// Identifies a network.
     NetworkId, "network"
 );
+id_type!(
+    /// Identifies a secret or a config.
+    FileObjectId, "secret or config"
+);
 
 #[cfg(test)]
 mod tests {

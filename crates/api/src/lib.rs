@@ -16,10 +16,11 @@ pub mod constraint;
 pub mod ids;
 pub mod network;
 pub mod node;
+pub mod secret;
 pub mod service;
 pub mod stack;
 pub mod task;
 pub mod units;
 pub mod wire;
 
-pub use ids::{NetworkId, NodeId, ServiceId, TaskId};
+pub use ids::{FileObjectId, NetworkId, NodeId, ServiceId, TaskId};

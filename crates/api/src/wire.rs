@@ -217,6 +217,9 @@ pub struct StackDeployResult {
     pub revision: u64,
     /// Networks created.
     pub networks_created: Vec<String>,
+    /// Secrets and configs created (`secret NAME`, `config NAME`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files_created: Vec<String>,
     /// Services created.
     pub created: Vec<String>,
     /// Services whose spec changed.
@@ -264,6 +267,8 @@ pub enum Object {
     Task(Box<Task>),
     /// A network.
     Network(Box<Network>),
+    /// A secret or config (a secret without its data).
+    File(Box<crate::secret::FileObject>),
 }
 
 impl Object {
@@ -272,6 +277,7 @@ impl Object {
         match self {
             Object::Service(s) => Object::Service(Box::new(s.redacted())),
             Object::Task(t) => Object::Task(Box::new(t.redacted())),
+            Object::File(f) => Object::File(Box::new(f.redacted())),
             other => other,
         }
     }
@@ -396,6 +402,10 @@ pub struct Assignments {
     /// The cluster's published ports, sent with `networks`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ports: Option<crate::network::PortPlan>,
+    /// The secrets and configs the tasks of this message use (with their data): a node gets
+    /// only those of its own tasks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<crate::secret::FileObject>,
 }
 
 /// One task's new status.

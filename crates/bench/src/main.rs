@@ -80,6 +80,7 @@ fn stack(replicas: u64) -> StackSpec {
         networks: vec![],
         external_networks: vec![],
         services: vec![spec],
+        files: vec![],
     }
 }
 

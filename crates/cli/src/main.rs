@@ -3,6 +3,7 @@
 
 mod container;
 mod credentials;
+mod files;
 mod output;
 
 use anyhow::{bail, Context, Result};
@@ -90,6 +91,12 @@ enum Command {
     /// Manage overlay networks.
     #[command(subcommand)]
     Network(NetworkCmd),
+    /// Manage the cluster's secrets (mounted in a tmpfs, never shown).
+    #[command(subcommand)]
+    Secret(files::FileCmd),
+    /// Manage the cluster's configs.
+    #[command(subcommand)]
+    Config(files::FileCmd),
     /// Follow the cluster's changes.
     Events {
         /// Start after this revision (0: from now).
@@ -694,6 +701,12 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Network(cmd) => network(&c, cmd, json).await?,
+        Command::Secret(cmd) => {
+            files::run(&c, shoal_api::secret::FileKind::Secret, cmd, json).await?
+        }
+        Command::Config(cmd) => {
+            files::run(&c, shoal_api::secret::FileKind::Config, cmd, json).await?
+        }
         Command::Login {
             registry,
             username,
@@ -801,6 +814,7 @@ async fn deploy(
         eprintln!("{w}");
     }
     let mut spec = convert::convert(name, &loaded.config).with_context(|| files.join(", "))?;
+    files::fill_stack_files(&mut spec).with_context(|| files.join(", "))?;
     if with_registry_auth {
         for s in &mut spec.services {
             s.task.container.registry_auth =
@@ -823,6 +837,9 @@ async fn deploy(
     } else {
         for w in &result.warnings {
             eprintln!("warning: {w}");
+        }
+        for f in &result.files_created {
+            println!("Creating {f}");
         }
         for n in &result.networks_created {
             println!("Creating network {n}");

@@ -17,10 +17,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use shoal_api::network::{Network, NetworkSpec};
 use shoal_api::node::{Node, NodeRole};
+use shoal_api::secret::{FileKind, FileObject, FileObjectSpec};
 use shoal_api::service::{RegistryAuth, Service, ServiceMode, ServiceSpec, STACK_LABEL};
 use shoal_api::task::Task;
 use shoal_api::wire::*;
-use shoal_api::{NetworkId, NodeId, ServiceId, TaskId};
+use shoal_api::{FileObjectId, NetworkId, NodeId, ServiceId, TaskId};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -346,6 +347,16 @@ pub fn router(manager: Shared) -> Router {
         .route("/v1/tasks", get(task_list))
         .route("/v1/tasks/{id}", get(task_inspect))
         .route("/v1/networks", get(network_list).post(network_create))
+        .route("/v1/secrets", get(secret_list).post(secret_create))
+        .route(
+            "/v1/secrets/{id}",
+            get(secret_inspect).delete(secret_remove),
+        )
+        .route("/v1/configs", get(config_list).post(config_create))
+        .route(
+            "/v1/configs/{id}",
+            get(config_inspect).delete(config_remove),
+        )
         .route(
             "/v1/networks/{id}",
             get(network_inspect).delete(network_remove),
@@ -748,6 +759,98 @@ async fn network_list(State(m): State<Shared>) -> Result<Json<Vec<Network>>> {
     Ok(Json(store.networks.values().cloned().collect()))
 }
 
+async fn file_list(m: &Manager, kind: FileKind) -> Result<Json<Vec<FileObject>>> {
+    let c = cluster(m).await?;
+    let store = c.store.read().expect("store lock");
+    Ok(Json(
+        store
+            .files
+            .values()
+            .filter(|f| f.kind == kind)
+            .map(|f| f.clone().redacted())
+            .collect(),
+    ))
+}
+
+async fn file_create(
+    m: &Manager,
+    kind: FileKind,
+    spec: FileObjectSpec,
+) -> Result<(StatusCode, Json<Created>)> {
+    let c = cluster(m).await?;
+    spec.check(kind).map_err(ApiError::bad)?;
+    let id = FileObjectId::from_bits(rand::random());
+    c.raft
+        .propose(Command::CreateFile(Box::new(FileObject {
+            id: id.clone(),
+            kind,
+            version: 0,
+            created_at: now(),
+            spec,
+        })))
+        .await?;
+    Ok((StatusCode::CREATED, Json(Created { id: id.to_string() })))
+}
+
+async fn file_inspect(m: &Manager, kind: FileKind, id: &str) -> Result<Json<FileObject>> {
+    let c = cluster(m).await?;
+    let store = c.store.read().expect("store lock");
+    let f = store
+        .file_by_ref(kind, id)
+        .ok_or_else(|| ApiError::not_found(kind.as_str(), id))?;
+    Ok(Json(f.clone().redacted()))
+}
+
+async fn file_remove(m: &Manager, kind: FileKind, id: &str) -> Result<StatusCode> {
+    let c = cluster(m).await?;
+    let f = c
+        .store
+        .read()
+        .expect("store lock")
+        .file_by_ref(kind, id)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found(kind.as_str(), id))?;
+    c.raft.propose(Command::RemoveFile { id: f.id }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn secret_list(State(m): State<Shared>) -> Result<Json<Vec<FileObject>>> {
+    file_list(&m, FileKind::Secret).await
+}
+async fn secret_create(
+    State(m): State<Shared>,
+    Body(spec): Body<FileObjectSpec>,
+) -> Result<(StatusCode, Json<Created>)> {
+    file_create(&m, FileKind::Secret, spec).await
+}
+async fn secret_inspect(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Json<FileObject>> {
+    file_inspect(&m, FileKind::Secret, &id).await
+}
+async fn secret_remove(State(m): State<Shared>, Path(id): Path<String>) -> Result<StatusCode> {
+    file_remove(&m, FileKind::Secret, &id).await
+}
+async fn config_list(State(m): State<Shared>) -> Result<Json<Vec<FileObject>>> {
+    file_list(&m, FileKind::Config).await
+}
+async fn config_create(
+    State(m): State<Shared>,
+    Body(spec): Body<FileObjectSpec>,
+) -> Result<(StatusCode, Json<Created>)> {
+    file_create(&m, FileKind::Config, spec).await
+}
+async fn config_inspect(
+    State(m): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Json<FileObject>> {
+    file_inspect(&m, FileKind::Config, &id).await
+}
+async fn config_remove(State(m): State<Shared>, Path(id): Path<String>) -> Result<StatusCode> {
+    file_remove(&m, FileKind::Config, &id).await
+}
+
 async fn network_create(
     State(m): State<Shared>,
     Body(spec): Body<NetworkSpec>,
@@ -1022,7 +1125,37 @@ async fn stack_deploy(
                 }
             }
         }
+        // Secrets and configs are immutable, as in Swarm: one of the same name must hold the
+        // same bytes (its data is never echoed).
+        let mut files = Vec::new();
+        for f in &req.stack.files {
+            f.spec.check(f.kind).map_err(ApiError::bad)?;
+            match store.file_by_ref(f.kind, &f.spec.name) {
+                Some(existing) if existing.spec.data == f.spec.data => {}
+                Some(_) => {
+                    return Err(ApiError::bad(format!(
+                        "{kind} {name} exists with other content: {kind}s cannot change; \
+                         give the new content a new name (and the services that use it)",
+                        kind = f.kind,
+                        name = f.spec.name
+                    )))
+                }
+                None => {
+                    files.push(FileObject {
+                        id: FileObjectId::from_bits(rand::random()),
+                        kind: f.kind,
+                        version: 0,
+                        created_at: now(),
+                        spec: f.spec.clone(),
+                    });
+                    result
+                        .files_created
+                        .push(format!("{} {}", f.kind, f.spec.name));
+                }
+            }
+        }
         Command::DeployStack {
+            files,
             networks,
             create,
             update,

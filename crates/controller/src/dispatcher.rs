@@ -176,19 +176,45 @@ fn assigned_to(t: &Task, node: &NodeId) -> bool {
 
 /// The full set of a node's assignments.
 pub fn full_assignments(store: &Store, node: &NodeId) -> Assignments {
+    let tasks: Vec<Task> = store
+        .tasks
+        .values()
+        .filter(|t| assigned_to(t, node))
+        .map(|t| (**t).clone())
+        .collect();
     Assignments {
         revision: store.revision,
         full: true,
-        tasks: store
-            .tasks
-            .values()
-            .filter(|t| assigned_to(t, node))
-            .map(|t| (**t).clone())
-            .collect(),
+        files: files_of(store, &tasks),
+        tasks,
         removed: Vec::new(),
         networks: Some(network_views(store, node)),
         ports: Some(port_plan(store)),
     }
+}
+
+/// The secrets and configs (with their data) that `tasks` name: what a node running them
+/// needs, and nothing else.
+pub fn files_of(store: &Store, tasks: &[Task]) -> Vec<shoal_api::secret::FileObject> {
+    use shoal_api::secret::FileKind;
+    let mut wanted = std::collections::BTreeSet::new();
+    for t in tasks
+        .iter()
+        .filter(|t| t.desired_state <= TaskState::Running)
+    {
+        for r in &t.spec.container.secrets {
+            wanted.insert((FileKind::Secret, r.source.as_str()));
+        }
+        for r in &t.spec.container.configs {
+            wanted.insert((FileKind::Config, r.source.as_str()));
+        }
+    }
+    store
+        .files
+        .values()
+        .filter(|f| wanted.contains(&(f.kind, f.spec.name.as_str())))
+        .cloned()
+        .collect()
 }
 
 /// Every published port with its running tasks, and the nodes' addresses. Only tasks with a
@@ -393,8 +419,8 @@ impl Delta {
         store: &std::sync::RwLock<Store>,
         node: &NodeId,
     ) -> Assignments {
+        let store = store.read().expect("store lock");
         let (networks, ports) = if self.networks {
-            let store = store.read().expect("store lock");
             (Some(network_views(&store, node)), Some(port_plan(&store)))
         } else {
             (None, None)
@@ -406,6 +432,7 @@ impl Delta {
             removed: Vec::new(),
             networks,
             ports,
+            files: Vec::new(),
         };
         for (id, t) in self.tasks {
             match t {
@@ -413,6 +440,7 @@ impl Delta {
                 None => out.removed.push(id),
             }
         }
+        out.files = files_of(&store, &out.tasks);
         out
     }
 }
@@ -475,6 +503,80 @@ pub async fn wait_assignments(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_gets_the_secrets_and_configs_of_its_own_running_tasks_only() {
+        use shoal_api::secret::{FileKind, FileObject, FileObjectSpec};
+        use shoal_api::service::{FileReference, TaskTemplate};
+        use shoal_api::task::TaskStatus;
+        use shoal_api::units::Timestamp;
+        let file = |n: u128, kind, name: &str| FileObject {
+            id: shoal_api::FileObjectId::from_bits(n),
+            kind,
+            version: 1,
+            created_at: Timestamp(1),
+            spec: FileObjectSpec {
+                name: name.into(),
+                labels: Default::default(),
+                data: b"x".to_vec(),
+            },
+        };
+        let reference = |name: &str| FileReference {
+            source: name.into(),
+            target: format!("/run/secrets/{name}"),
+            uid: "0".into(),
+            gid: "0".into(),
+            mode: 0o444,
+        };
+        let mut store = Store::default();
+        for f in [
+            file(1, FileKind::Secret, "mine"),
+            file(2, FileKind::Secret, "theirs"),
+            file(3, FileKind::Config, "mine"),
+            file(4, FileKind::Secret, "stopped"),
+        ] {
+            store.files.insert(f.id.clone(), f);
+        }
+        let task = |n: u128, node: u128, secret: &str, desired| {
+            let mut spec = TaskTemplate::default();
+            spec.container.secrets = vec![reference(secret)];
+            Task {
+                id: TaskId::from_bits(n),
+                version: 1,
+                service_id: shoal_api::ServiceId::from_bits(n),
+                service_name: "s".into(),
+                slot: 1,
+                node_id: Some(NodeId::from_bits(node)),
+                spec_version: 1,
+                spec,
+                desired_state: desired,
+                status: TaskStatus::new(TaskState::Running, Timestamp(1), "started"),
+                created_at: Timestamp(1),
+                networks: Vec::new(),
+            }
+        };
+        let mut mine = task(1, 1, "mine", TaskState::Running);
+        mine.spec.container.configs = vec![reference("mine")];
+        for t in [
+            mine,
+            task(2, 2, "theirs", TaskState::Running),
+            task(3, 1, "stopped", TaskState::Shutdown),
+        ] {
+            store.tasks.insert(t.id.clone(), std::sync::Arc::new(t));
+        }
+        let got: Vec<(FileKind, String)> = full_assignments(&store, &NodeId::from_bits(1))
+            .files
+            .into_iter()
+            .map(|f| (f.kind, f.spec.name))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (FileKind::Secret, "mine".to_owned()),
+                (FileKind::Config, "mine".to_owned())
+            ]
+        );
+    }
 
     #[tokio::test]
     async fn a_long_poll_that_times_out_never_skips_an_unpublished_change() {

@@ -14,11 +14,12 @@ use shoal_api::network::{Cidr, Network, NetworkAttachment, NetworkSpec, VirtualI
 use shoal_api::node::{
     Availability, ManagerStatus, Node, NodeDescription, NodeRole, NodeSpec, NodeState, NodeStatus,
 };
+use shoal_api::secret::{FileKind, FileObject};
 use shoal_api::service::{Service, ServiceMode, ServiceSpec, UpdateState, UpdateStatus};
 use shoal_api::task::{Task, TaskState, TaskStatus};
 use shoal_api::units::Timestamp;
 use shoal_api::wire::{Action, Event, Object};
-use shoal_api::{NetworkId, NodeId, ServiceId, TaskId};
+use shoal_api::{FileObjectId, NetworkId, NodeId, ServiceId, TaskId};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -173,8 +174,18 @@ pub enum Command {
         /// The network.
         id: NetworkId,
     },
+    /// Create a secret or config.
+    CreateFile(Box<FileObject>),
+    /// Remove a secret or config no service uses.
+    RemoveFile {
+        /// The object.
+        id: FileObjectId,
+    },
     /// Everything of one `stack deploy`, applied together or not at all.
     DeployStack {
+        /// Secrets and configs to create.
+        #[serde(default)]
+        files: Vec<FileObject>,
         /// Networks to create.
         networks: Vec<NewNetwork>,
         /// Services to create.
@@ -305,6 +316,9 @@ pub struct Store {
     pub tasks: BTreeMap<TaskId, Arc<Task>>,
     /// Networks by id.
     pub networks: BTreeMap<NetworkId, Network>,
+    /// Secrets and configs by id.
+    #[serde(default)]
+    pub files: BTreeMap<FileObjectId, FileObject>,
     /// Addresses in use, derived from the above (built on first use after a start or a
     /// snapshot, then kept current as commands apply).
     #[serde(skip)]
@@ -320,6 +334,54 @@ impl PartialEq for IpamCache {
     fn eq(&self, _: &IpamCache) -> bool {
         true
     }
+}
+
+/// New secrets and configs: valid, and no name taken among their kind (also within the
+/// batch).
+fn check_new_files(store: &Store, files: &[FileObject]) -> Result<(), StoreError> {
+    let mut seen = BTreeSet::new();
+    for f in files {
+        f.spec.check(f.kind).map_err(StoreError::Invalid)?;
+        let taken = store
+            .files
+            .values()
+            .any(|o| o.kind == f.kind && o.spec.name == f.spec.name);
+        if taken || !seen.insert((f.kind, f.spec.name.clone())) {
+            return Err(StoreError::Invalid(format!(
+                "{} {} already exists",
+                f.kind, f.spec.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Every secret and config a service names exists (or comes in the same command).
+fn check_files_exist(
+    store: &Store,
+    spec: &ServiceSpec,
+    new_files: &[FileObject],
+) -> Result<(), StoreError> {
+    let c = &spec.task.container;
+    for (kind, refs) in [
+        (FileKind::Secret, &c.secrets),
+        (FileKind::Config, &c.configs),
+    ] {
+        for r in refs {
+            let known = store
+                .files
+                .values()
+                .chain(new_files)
+                .any(|f| f.kind == kind && f.spec.name == r.source);
+            if !known {
+                return Err(StoreError::Invalid(format!(
+                    "service {}: {kind} not found: {}",
+                    spec.name, r.source
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Validates a service spec against the store (`except` is the service being updated).
@@ -568,6 +630,7 @@ impl Store {
             }
             Command::CreateService { id, spec, at } => {
                 check_service_spec(self, &spec, None, &[])?;
+                check_files_exist(self, &spec, &[])?;
                 check_published_ports(self, [(id.clone(), (*spec).clone())].iter(), &[])?;
                 self.check_vips(&[(&spec, None)], &[])?;
                 self.insert_service(rev, id, *spec, at, ev);
@@ -598,6 +661,7 @@ impl Store {
                     )));
                 }
                 check_service_spec(self, &spec, Some(&id), &[])?;
+                check_files_exist(self, &spec, &[])?;
                 check_published_ports(self, [(id.clone(), (*spec).clone())].iter(), &[])?;
                 self.check_vips(&[(&spec, Some(&id))], &[])?;
                 self.replace_spec(rev, &id, *spec, at, ev);
@@ -619,6 +683,31 @@ impl Store {
                         object: Object::Service(Box::new(s.clone())),
                     });
                 }
+            }
+            Command::CreateFile(f) => {
+                check_new_files(self, std::slice::from_ref(&f))?;
+                self.insert_file(rev, *f, ev);
+            }
+            Command::RemoveFile { id } => {
+                let f = self.files.get(&id).ok_or_else(|| StoreError::NotFound {
+                    kind: "secret or config",
+                    id: id.to_string(),
+                })?;
+                let users = self.file_users(f.kind, &f.spec.name);
+                if !users.is_empty() {
+                    return Err(StoreError::Invalid(format!(
+                        "{} {} is in use by service {}",
+                        f.kind,
+                        f.spec.name,
+                        users.join(", ")
+                    )));
+                }
+                let f = self.files.remove(&id).expect("checked above");
+                ev.push(Event {
+                    revision: rev,
+                    action: Action::Delete,
+                    object: Object::File(Box::new(f)),
+                });
             }
             Command::CreateNetwork(n) => {
                 check_network(self, &n, &[])?;
@@ -656,14 +745,19 @@ impl Store {
                 });
             }
             Command::DeployStack {
+                files,
                 networks,
                 create,
                 update,
                 remove,
                 at,
             } => {
+                check_new_files(self, &files)?;
                 for n in &networks {
                     check_network(self, n, &networks)?;
+                }
+                for (_, spec) in create.iter().chain(update.iter()) {
+                    check_files_exist(self, spec, &files)?;
                 }
                 let mut names = BTreeSet::new();
                 for (id, spec) in create.iter().chain(update.iter()) {
@@ -696,6 +790,9 @@ impl Store {
                             id: id.to_string(),
                         });
                     }
+                }
+                for f in files {
+                    self.insert_file(rev, f, ev);
                 }
                 for n in networks {
                     self.insert_network(rev, n, ev);
@@ -741,10 +838,26 @@ impl Store {
                     .filter(|n| in_stack(&n.spec.labels))
                     .map(|n| n.id.clone())
                     .collect();
-                if services.is_empty() && networks.is_empty() {
+                let files: Vec<FileObjectId> = self
+                    .files
+                    .values()
+                    .filter(|f| in_stack(&f.spec.labels))
+                    .map(|f| f.id.clone())
+                    .collect();
+                if services.is_empty() && networks.is_empty() && files.is_empty() {
                     return Err(StoreError::NotFound {
                         kind: "stack",
                         id: name,
+                    });
+                }
+                // Its secrets and configs go with it (its tasks' nodes keep their copies
+                // until the tasks are gone).
+                for id in files {
+                    let f = self.files.remove(&id).expect("listed above");
+                    ev.push(Event {
+                        revision: rev,
+                        action: Action::Delete,
+                        object: Object::File(Box::new(f)),
                     });
                 }
                 for id in services {
@@ -1313,6 +1426,43 @@ impl Store {
     }
 }
 
+impl Store {
+    fn insert_file(&mut self, rev: u64, mut f: FileObject, ev: &mut Vec<Event>) {
+        f.version = rev;
+        ev.push(Event {
+            revision: rev,
+            action: Action::Create,
+            object: Object::File(Box::new(f.clone())),
+        });
+        self.files.insert(f.id.clone(), f);
+    }
+
+    /// The live services that name a secret or config.
+    pub fn file_users(&self, kind: FileKind, name: &str) -> Vec<String> {
+        self.services
+            .values()
+            .filter(|s| !s.removing)
+            .filter(|s| {
+                let c = &s.spec.task.container;
+                let refs = match kind {
+                    FileKind::Secret => &c.secrets,
+                    FileKind::Config => &c.configs,
+                };
+                refs.iter().any(|r| r.source == name)
+            })
+            .map(|s| s.spec.name.clone())
+            .collect()
+    }
+
+    /// The secret or config of `kind` named (or with the id) `name`.
+    pub fn file_by_ref(&self, kind: FileKind, name: &str) -> Option<&FileObject> {
+        self.files
+            .values()
+            .filter(|f| f.kind == kind)
+            .find(|f| f.spec.name == name || f.id.as_str() == name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1571,6 +1721,7 @@ mod tests {
             .apply(
                 3,
                 Command::DeployStack {
+                    files: Vec::new(),
                     networks: vec![],
                     create: vec![(sid(2), b)],
                     update: vec![],
@@ -1630,6 +1781,7 @@ mod tests {
         let stale = Command::Tasks(vec![TaskOp::DeleteService { id: sid(1) }]);
         // ...but the stack is deployed again first.
         let deploy = Command::DeployStack {
+            files: Vec::new(),
             networks: vec![],
             create: vec![],
             update: vec![(sid(1), spec("a"))],
@@ -1657,6 +1809,7 @@ mod tests {
         // A deploy computed before that delete applied (an update of the old id) brings it
         // back instead of failing.
         let deploy = Command::DeployStack {
+            files: Vec::new(),
             networks: vec![],
             create: vec![],
             update: vec![(sid(1), spec("a"))],
@@ -1682,6 +1835,7 @@ mod tests {
             .unwrap();
         let before = store.clone();
         let deploy = Command::DeployStack {
+            files: Vec::new(),
             networks: vec![],
             create: vec![(sid(2), spec("b")), (sid(3), spec("a"))],
             update: vec![],

@@ -687,6 +687,9 @@ pub struct FileObjectConfig {
     /// File holding the data, relative to the stack file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+    /// Environment variable holding the data (the Compose specification's form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
     /// Exists outside the stack.
     #[serde(
         default,

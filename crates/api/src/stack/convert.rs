@@ -23,6 +23,35 @@ pub struct StackSpec {
     pub external_networks: Vec<String>,
     /// The services.
     pub services: Vec<ServiceSpec>,
+    /// The secrets and configs the stack declares (not the external ones), their data read
+    /// by the client from `sources` before the stack is sent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<StackFile>,
+}
+
+/// A secret or config of a stack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StackFile {
+    /// Secret or config.
+    pub kind: crate::secret::FileKind,
+    /// Name, labels and data.
+    pub spec: crate::secret::FileObjectSpec,
+    /// Where the client reads the data (not sent).
+    #[serde(skip)]
+    pub source: FileSource,
+}
+
+/// Where a stack's secret or config comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum FileSource {
+    /// Nothing to read (sent with its data).
+    #[default]
+    None,
+    /// A file (its path resolved against the stack file's directory).
+    File(String),
+    /// An environment variable of the client.
+    Environment(String),
 }
 
 /// A stack that loads but cannot be deployed.
@@ -138,11 +167,45 @@ pub fn convert(stack: &str, config: &Config) -> Result<StackSpec, ConvertError> 
             &label,
         )?);
     }
+    let mut files = Vec::new();
+    for (kind, section, decls) in [
+        (crate::secret::FileKind::Secret, "secrets", &config.secrets),
+        (crate::secret::FileKind::Config, "configs", &config.configs),
+    ] {
+        for (key, decl) in decls {
+            if decl.external {
+                continue;
+            }
+            let source = match (&decl.file, &decl.environment) {
+                (Some(f), None) => FileSource::File(f.clone()),
+                (None, Some(e)) => FileSource::Environment(e.clone()),
+                _ => {
+                    return Err(err(
+                        format!("{section}.{key}"),
+                        "set one of file or environment (or external: true)".to_owned(),
+                    ))
+                }
+            };
+            let mut labels = decl.labels.clone();
+            labels.extend(label.clone());
+            files.push(StackFile {
+                kind,
+                spec: crate::secret::FileObjectSpec {
+                    name: decl.name.clone().unwrap_or_else(|| scoped(key)),
+                    labels,
+                    data: Vec::new(),
+                },
+                source,
+            });
+        }
+    }
+
     Ok(StackSpec {
         name: stack.to_owned(),
         networks,
         external_networks,
         services,
+        files,
     })
 }
 
