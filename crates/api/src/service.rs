@@ -485,6 +485,32 @@ pub struct ServiceSpec {
     /// How the service is reached.
     #[serde(default)]
     pub endpoint: EndpointSpec,
+    /// Services whose tasks must run (or be healthy) before this one's start (`depends_on`,
+    /// a shoal extension: Swarm ignores it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<Dependency>,
+}
+
+/// One `depends_on` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dependency {
+    /// The service's full name (`<stack>_<name>`).
+    pub service: String,
+    /// What it must reach.
+    #[serde(default)]
+    pub condition: DependencyCondition,
+}
+
+/// What a service depended on must reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DependencyCondition {
+    /// Every replica's container started.
+    #[default]
+    ServiceStarted,
+    /// Every replica running and healthy (running, for a service without a health check).
+    ServiceHealthy,
 }
 
 impl ServiceSpec {

@@ -682,3 +682,44 @@ fn updates_keep_their_order_and_a_broken_one_rolls_back() {
     d.ok(&["stack", "rm", "r"]);
     wait_for("containers removed", || d.shims().is_empty());
 }
+
+/// `db` becomes healthy two seconds after it starts; `app` depends on it being healthy.
+const DEPENDS_STACK: &str = "services:
+  db:
+    image: busybox
+    command: [\"sh\", \"-c\", \"sleep 2; touch /tmp/ok; exec sleep 600\"]
+    stop_grace_period: 1s
+    healthcheck:
+      test: [\"CMD\", \"test\", \"-f\", \"/tmp/ok\"]
+      interval: 200ms
+      retries: 1
+      start_period: 30s
+  app:
+    image: busybox
+    command: [\"sleep\", \"600\"]
+    stop_grace_period: 1s
+    depends_on:
+      db:
+        condition: service_healthy
+";
+
+#[test]
+fn depends_on_service_healthy_holds_a_service_until_its_dependency_is_healthy() {
+    if !containers_supported() {
+        return;
+    }
+    let d = Daemon::with_containers(&[]);
+    d.ok(&["cluster", "init"]);
+    d.import_images();
+    deploy(&d, "o", DEPENDS_STACK);
+    let db = d.tasks("o_db")[0].clone();
+    let app = d.tasks("o_app")[0].clone();
+    assert_eq!(db["status"]["health"], "healthy", "{db}");
+    // The app's task was made only once db's task ran healthy.
+    assert!(
+        app["created_at"].as_u64().unwrap() >= db["status"]["since"].as_u64().unwrap(),
+        "app made before db was healthy:\n{db}\n{app}"
+    );
+    d.ok(&["stack", "rm", "o"]);
+    wait_for("containers removed", || d.shims().is_empty());
+}

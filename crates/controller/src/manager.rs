@@ -958,7 +958,15 @@ async fn orchestrate(cluster: Arc<Cluster>, stop: CancellationToken) {
                     .get(&service.id)
                     .map(Vec::as_slice)
                     .unwrap_or(&[]);
-                let plan = orchestrator::reconcile(service, tasks, &nodes, &usage, t, &mut ids);
+                let mut plan = orchestrator::reconcile(service, tasks, &nodes, &usage, t, &mut ids);
+                // `depends_on`: no new task until what it depends on is there.
+                if let Some(why) = store.dependency_wait(service) {
+                    let held = plan.ops.len();
+                    plan.ops.retain(|o| !matches!(o, TaskOp::Create(_)));
+                    if plan.ops.len() < held {
+                        tracing::debug!(service = %service.spec.name, %why, "tasks held");
+                    }
+                }
                 ops.extend(plan.ops);
                 if let Some(w) = plan.wake_at {
                     wake = Some(wake.map_or(w, |x: Timestamp| x.min(w)));

@@ -1437,6 +1437,45 @@ impl Store {
         self.files.insert(f.id.clone(), f);
     }
 
+    /// Why `service`'s new tasks wait (`depends_on`): the first dependency not yet there, or
+    /// `None` when every one is. A dependency counts once every replica it wants has started
+    /// (`service_started`) or runs, healthy where it has a check (`service_healthy`).
+    pub fn dependency_wait(&self, service: &Service) -> Option<String> {
+        use shoal_api::service::DependencyCondition;
+        for d in &service.spec.depends_on {
+            let Some(dep) = self
+                .services
+                .values()
+                .find(|s| s.spec.name == d.service && !s.removing)
+            else {
+                return Some(format!(
+                    "waiting for service {} (it does not exist)",
+                    d.service
+                ));
+            };
+            let (running, desired) = self.replica_counts(dep);
+            let started = self
+                .tasks_of(&dep.id)
+                .filter(|t| {
+                    t.wanted()
+                        && matches!(t.status.state, TaskState::Starting | TaskState::Running)
+                        && !t.status.container_id.is_empty()
+                })
+                .count() as u64;
+            let (have, word) = match d.condition {
+                DependencyCondition::ServiceStarted => (started, "started"),
+                DependencyCondition::ServiceHealthy => (running, "running and healthy"),
+            };
+            if desired == 0 || have < desired {
+                return Some(format!(
+                    "waiting for service {} ({have}/{desired} {word})",
+                    d.service
+                ));
+            }
+        }
+        None
+    }
+
     /// The live services that name a secret or config.
     pub fn file_users(&self, kind: FileKind, name: &str) -> Vec<String> {
         self.services

@@ -74,9 +74,10 @@ pub struct ServiceConfig {
         deserialize_with = "de_file_refs"
     )]
     pub configs: Vec<FileRefConfig>,
-    /// Accepted and ignored, as by docker: stacks start services together.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub depends_on: Vec<String>,
+    /// Start order (a shoal extension; docker ignores it): a list of services, or a map of
+    /// services to `{condition: service_started|service_healthy}`.
+    #[serde(default, skip_serializing_if = "DependsOn::is_empty")]
+    pub depends_on: DependsOn,
     /// Swarm deployment settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy: Option<DeployConfig>,
@@ -1236,5 +1237,73 @@ mod tests {
             vec!["sh", "-c", "echo 'hi there'"]
         );
         assert!(shell_split("echo 'oops").is_err());
+    }
+}
+
+/// `depends_on`: services and the condition each must reach (`service_started` when the
+/// list form names it). Printed as a list when every condition is the default, as docker's
+/// schema has it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DependsOn(pub Vec<(String, String)>);
+
+impl DependsOn {
+    /// True when nothing is named.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for DependsOn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        if self.0.iter().all(|(_, c)| c == "service_started") {
+            return s.collect_seq(self.0.iter().map(|(n, _)| n));
+        }
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (n, c) in &self.0 {
+            let mut cond = BTreeMap::new();
+            cond.insert("condition", c);
+            m.serialize_entry(n, &cond)?;
+        }
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for DependsOn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Entry {
+            #[serde(default)]
+            condition: Option<String>,
+            #[serde(default)]
+            #[allow(dead_code)]
+            restart: Option<bool>,
+            #[serde(default)]
+            #[allow(dead_code)]
+            required: Option<bool>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            List(Vec<String>),
+            Map(BTreeMap<String, Option<Entry>>),
+        }
+        Ok(DependsOn(match Option::<Form>::deserialize(d)? {
+            None => Vec::new(),
+            Some(Form::List(l)) => l
+                .into_iter()
+                .map(|n| (n, "service_started".to_owned()))
+                .collect(),
+            Some(Form::Map(m)) => m
+                .into_iter()
+                .map(|(n, e)| {
+                    let c = e
+                        .and_then(|e| e.condition)
+                        .unwrap_or_else(|| "service_started".to_owned());
+                    (n, c)
+                })
+                .collect(),
+        }))
     }
 }

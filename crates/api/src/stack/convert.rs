@@ -156,6 +156,9 @@ pub fn convert(stack: &str, config: &Config) -> Result<StackSpec, ConvertError> 
         network_names.insert(key.clone(), name);
     }
 
+    if let Some(cycle) = dependency_cycle(config) {
+        return Err(err("services", format!("depends_on has a cycle: {cycle}")));
+    }
     let mut services = Vec::new();
     for (name, service) in &config.services {
         services.push(convert_service(
@@ -632,7 +635,80 @@ fn convert_service(
             mode: endpoint_mode,
             ports,
         },
+        depends_on: dependencies(stack, &path, s, config)?,
     })
+}
+
+/// The service's `depends_on`: services of the same stack, each with its condition.
+fn dependencies(
+    stack: &str,
+    path: &str,
+    s: &ServiceConfig,
+    config: &Config,
+) -> Result<Vec<Dependency>, ConvertError> {
+    s.depends_on
+        .0
+        .iter()
+        .map(|(name, condition)| {
+            if !config.services.contains_key(name) {
+                return Err(err(
+                    format!("{path}.depends_on"),
+                    format!("service {name:?} is not a service of this stack"),
+                ));
+            }
+            let condition = match condition.as_str() {
+                "service_started" => DependencyCondition::ServiceStarted,
+                "service_healthy" => DependencyCondition::ServiceHealthy,
+                other => {
+                    return Err(err(
+                        format!("{path}.depends_on.{name}.condition"),
+                        format!("{other:?}: use service_started or service_healthy"),
+                    ))
+                }
+            };
+            Ok(Dependency {
+                service: format!("{stack}_{name}"),
+                condition,
+            })
+        })
+        .collect()
+}
+
+/// A `depends_on` cycle, as `a -> b -> a`, if the services have one.
+fn dependency_cycle(config: &Config) -> Option<String> {
+    fn visit<'a>(
+        config: &'a Config,
+        name: &'a str,
+        path: &mut Vec<&'a str>,
+        done: &mut BTreeSet<&'a str>,
+    ) -> Option<String> {
+        if let Some(i) = path.iter().position(|p| *p == name) {
+            let mut cycle: Vec<&str> = path[i..].to_vec();
+            cycle.push(name);
+            return Some(cycle.join(" -> "));
+        }
+        if !done.insert(name) {
+            return None;
+        }
+        path.push(name);
+        if let Some(s) = config.services.get(name) {
+            for (dep, _) in &s.depends_on.0 {
+                if let Some(c) = visit(config, dep, path, done) {
+                    return Some(c);
+                }
+            }
+        }
+        path.pop();
+        None
+    }
+    let mut done = BTreeSet::new();
+    for name in config.services.keys() {
+        let mut path = Vec::new();
+        if let Some(c) = visit(config, name, &mut path, &mut done) {
+            return Some(c);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -658,6 +734,51 @@ mod tests {
         )
         .unwrap();
         convert("web", &loaded.config)
+    }
+
+    #[test]
+    fn depends_on_takes_both_forms_and_refuses_cycles_and_strangers() {
+        let st = spec(
+            "services:\n  db:\n    image: x\n  cache:\n    image: x\n  app:\n    image: x\n    depends_on:\n      db:\n        condition: service_healthy\n      cache: {}\n  web:\n    image: x\n    depends_on: [app]\n",
+        )
+        .unwrap();
+        let app = st.services.iter().find(|s| s.name == "web_app").unwrap();
+        assert_eq!(
+            app.depends_on,
+            [
+                Dependency {
+                    service: "web_cache".into(),
+                    condition: DependencyCondition::ServiceStarted
+                },
+                Dependency {
+                    service: "web_db".into(),
+                    condition: DependencyCondition::ServiceHealthy
+                },
+            ]
+        );
+        let err = spec(
+            "services:\n  a:\n    image: x\n    depends_on: [b]\n  b:\n    image: x\n    depends_on: [c]\n  c:\n    image: x\n    depends_on: [a]\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "services: depends_on has a cycle: a -> b -> c -> a"
+        );
+        let err = spec("services:\n  a:\n    image: x\n    depends_on: [nope]\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("\"nope\" is not a service of this stack"),
+            "{err}"
+        );
+        let err = spec(
+            "services:\n  a:\n    image: x\n    depends_on:\n      b:\n        condition: service_completed_successfully\n  b:\n    image: x\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("use service_started or service_healthy"),
+            "{err}"
+        );
     }
 
     #[test]
