@@ -661,29 +661,36 @@ impl ContainerExecutor {
 /// The shim's options for the task's logging driver: json-file's `max-size` and `max-file`,
 /// or none. Other drivers log to json-file (the stack loader warns).
 fn shim_log_args(task: &Task) -> Vec<String> {
-    let Some(d) = &task.spec.log_driver else {
-        return Vec::new();
+    let options = match &task.spec.log_driver {
+        Some(d) if d.name == "none" => return vec!["--no-log".into()],
+        Some(d) => d.options.clone(),
+        None => BTreeMap::new(),
     };
-    if d.name == "none" {
-        return vec!["--no-log".into()];
-    }
-    let mut out = Vec::new();
-    if let Some(size) = d
-        .options
+    // Kept in bounds by default (docker's `local` driver's defaults), option by option.
+    let size = options
         .get("max-size")
         .and_then(|s| shoal_api::units::parse_bytes(s).ok())
-    {
-        out.extend(["--log-max-size".to_owned(), size.to_string()]);
-    }
-    if let Some(n) = d
-        .options
+        .unwrap_or(DEFAULT_LOG_MAX_SIZE);
+    let files = options
         .get("max-file")
         .and_then(|s| s.parse::<u32>().ok())
-    {
-        out.extend(["--log-max-file".to_owned(), n.to_string()]);
+        .unwrap_or(DEFAULT_LOG_MAX_FILE);
+    let mut out = vec![
+        "--log-max-size".to_owned(),
+        size.to_string(),
+        "--log-max-file".to_owned(),
+        files.to_string(),
+    ];
+    if options.get("compress").is_none_or(|c| c == "true") {
+        out.push("--log-compress".into());
     }
     out
 }
+
+/// A container's log rotates at this size unless its `logging.options.max-size` says.
+pub const DEFAULT_LOG_MAX_SIZE: u64 = 20 << 20;
+/// Log files kept (the current one included) unless `max-file` says.
+pub const DEFAULT_LOG_MAX_FILE: u32 = 5;
 
 /// A pidfd for `pid`: readable once the process ends.
 fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {

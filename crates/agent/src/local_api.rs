@@ -527,7 +527,7 @@ async fn container_logs(
     blocking(move || {
         let meta = exec.find_container(&id)?;
         let path = exec.log_file(&meta.task);
-        let mut entries = shoal_runtime::logs::read_rotated(&path).map_err(internal)?;
+        let mut entries = shoal_runtime::logs::read_all(&path).map_err(internal)?.0;
         if let Some(n) = tail {
             entries = entries.split_off(entries.len().saturating_sub(n));
         }

@@ -337,6 +337,7 @@ async fn json_file_logs_rotate_at_max_size() {
         options: [
             ("max-size".to_string(), "2k".to_string()),
             ("max-file".to_string(), "2".to_string()),
+            ("compress".to_string(), "false".to_string()),
         ]
         .into(),
     });

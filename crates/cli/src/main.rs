@@ -378,6 +378,19 @@ enum ServiceCmd {
         /// Leave out the task name prefix.
         #[arg(long)]
         no_task_ids: bool,
+        /// Only lines written since then: a time (2026-11-23T10:00:00Z, 2026-11-23), Unix
+        /// seconds, or a duration before now (10m, 1h30m).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only lines written before then (same forms as --since).
+        #[arg(long)]
+        until: Option<String>,
+        /// Show each line's time.
+        #[arg(long, short = 't')]
+        timestamps: bool,
+        /// Show the node, service and task ids of each line.
+        #[arg(long)]
+        details: bool,
         /// Service name or id.
         service: String,
     },
@@ -1061,8 +1074,22 @@ async fn service(c: &Client, cmd: ServiceCmd, json: bool) -> Result<()> {
             follow,
             tail,
             no_task_ids,
+            since,
+            until,
+            timestamps,
+            details,
             service,
-        } => logs(c, &service, follow, tail, !no_task_ids, json).await?,
+        } => {
+            let now = chrono::Utc::now();
+            let view = LogView {
+                prefix: !no_task_ids,
+                since: since.as_deref().map(|s| log_time(s, now)).transpose()?,
+                until: until.as_deref().map(|s| log_time(s, now)).transpose()?,
+                timestamps,
+                details,
+            };
+            logs(c, &service, follow, tail, &view, json).await?
+        }
         ServiceCmd::Rm { services } => {
             for name in services {
                 c.send_no_content::<()>(
@@ -1417,12 +1444,44 @@ async fn volume(c: &Client, cmd: VolumeCmd, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// How `service logs` shows lines.
+#[derive(Debug, Clone, Default)]
+struct LogView {
+    prefix: bool,
+    /// Lines from then on (RFC 3339, nanoseconds, UTC: compared as text with the lines').
+    since: Option<String>,
+    /// Lines before then.
+    until: Option<String>,
+    timestamps: bool,
+    details: bool,
+}
+
+/// `--since`/`--until` as docker reads them: a duration before `now` (`10m`), Unix seconds
+/// (`1700000000.5`), an RFC 3339 time, or a date (midnight UTC); in the logs' own format.
+fn log_time(s: &str, now: chrono::DateTime<chrono::Utc>) -> Result<String> {
+    use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+    let t: DateTime<Utc> = if let Ok(d) = s.parse::<shoal_api::units::Duration>() {
+        now - chrono::Duration::from_std(d.0).context("duration too large")?
+    } else if let Ok(secs) = s.parse::<f64>() {
+        Utc.timestamp_opt(secs.trunc() as i64, (secs.fract() * 1e9) as u32)
+            .single()
+            .with_context(|| format!("{s:?}: not a time"))?
+    } else if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        t.with_timezone(&Utc)
+    } else if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).expect("midnight"))
+    } else {
+        bail!("{s:?}: use a time (2026-11-23T10:00:00Z, 2026-11-23), Unix seconds, or a duration (10m)")
+    };
+    Ok(t.format("%Y-%m-%dT%H:%M:%S%.9fZ").to_string())
+}
+
 async fn logs(
     c: &Client,
     service: &str,
     follow: bool,
     tail: Option<usize>,
-    prefix: bool,
+    view: &LogView,
     json: bool,
 ) -> Result<()> {
     let s = find_service(c, service).await?;
@@ -1443,11 +1502,26 @@ async fn logs(
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
     while let Some(l) = lines.next::<LogLine>().await? {
+        if view.since.as_ref().is_some_and(|t| l.time < *t)
+            || view.until.as_ref().is_some_and(|t| l.time >= *t)
+        {
+            continue;
+        }
         if json {
             println!("{}", serde_json::to_string(&l)?);
             continue;
         }
-        let text = if prefix {
+        let mut line = l.line.clone();
+        if view.details {
+            line = format!(
+                "com.docker.swarm.node.id={},com.docker.swarm.service.id={},com.docker.swarm.task.id={} {line}",
+                l.node_id, s.id, l.task_id
+            );
+        }
+        if view.timestamps {
+            line = format!("{} {line}", l.time);
+        }
+        let text = if view.prefix {
             // Global tasks have no slot: docker names them by node.
             let slot = if l.slot == 0 {
                 l.node_id.short().to_owned()
@@ -1459,10 +1533,10 @@ async fn logs(
                 l.service,
                 l.task_id.short(),
                 host(&l.node_id),
-                l.line
+                line
             )
         } else {
-            l.line.clone()
+            line
         };
         let text = if text.ends_with('\n') {
             text

@@ -100,6 +100,39 @@ fn a_stack_of_probes_serves_http_and_logs() {
     let tail = d.ok(&["service", "logs", "--tail", "1", "p_api"]);
     assert_eq!(tail.lines().count(), 2, "{tail}");
     assert!(tail.lines().all(|l| l.starts_with("p_api.")), "{tail}");
+    // Times and ids on request; a window in time.
+    let detailed = d.ok(&[
+        "service",
+        "logs",
+        "--timestamps",
+        "--details",
+        "--since",
+        "1h",
+        "p_api",
+    ]);
+    let line = detailed
+        .lines()
+        .find(|l| l.contains("probe: serving"))
+        .unwrap_or_else(|| panic!("{detailed}"));
+    let after_bar = line.split("| ").nth(1).unwrap();
+    let (time, rest) = after_bar.split_once(' ').unwrap();
+    assert!(time.ends_with('Z') && time.len() == 30, "{line}");
+    assert!(
+        rest.starts_with("com.docker.swarm.node.id=")
+            && rest.contains(",com.docker.swarm.task.id="),
+        "{line}"
+    );
+    assert_eq!(
+        d.ok(&["service", "logs", "--until", "2001-01-01", "p_api"]),
+        ""
+    );
+    assert_eq!(
+        d.ok(&["service", "logs", "--since", time, "--until", time, "p_api"]),
+        ""
+    );
+    assert!(d
+        .ok(&["service", "logs", "--since", time, "p_api"])
+        .contains("probe: serving"));
     let info = d.json(&["image", "inspect", "probe"]);
     assert_eq!(info[0]["entrypoint"], serde_json::json!(["/probe"]));
     assert_eq!(info[0]["tags"], serde_json::json!(["probe:latest"]));

@@ -69,6 +69,8 @@ pub struct Rotation {
     pub max_size: Option<u64>,
     /// Files kept, the current one included (1: the file is truncated instead).
     pub max_files: u32,
+    /// Rotated files are gzipped (`container.log.1.gz`), as json-file's `compress`.
+    pub compress: bool,
 }
 
 /// Appends entries to a log file, rotating it as `rotation` says.
@@ -119,13 +121,19 @@ impl LogWriter {
             self.file.set_len(0)?;
         } else {
             for n in (1..self.rotation.max_files - 1).rev() {
-                let from = rotated(&self.path, n);
-                if from.exists() {
-                    std::fs::rename(&from, rotated(&self.path, n + 1))?;
+                for gz in [false, true] {
+                    let from = with_gz(&rotated(&self.path, n), gz);
+                    if from.exists() {
+                        std::fs::rename(&from, with_gz(&rotated(&self.path, n + 1), gz))?;
+                    }
                 }
             }
-            std::fs::rename(&self.path, rotated(&self.path, 1))?;
+            let first = rotated(&self.path, 1);
+            std::fs::rename(&self.path, &first)?;
             self.file = open_append(&self.path)?;
+            if self.rotation.compress {
+                gzip_away(&first)?;
+            }
         }
         self.size = 0;
         Ok(())
@@ -312,17 +320,55 @@ fn complete_end(path: &Path) -> io::Result<u64> {
     Ok(0)
 }
 
-/// The entries of a log's rotated files, oldest first.
+/// The entries of a log's rotated files (plain or gzipped), oldest first.
 pub fn read_rotated(path: &Path) -> io::Result<Vec<LogEntry>> {
     let mut out = Vec::new();
     let mut n = 1;
-    while rotated(path, n).exists() {
+    while rotated(path, n).exists() || with_gz(&rotated(path, n), true).exists() {
         n += 1;
     }
     for k in (1..n).rev() {
-        out.extend(read_from(&rotated(path, k), 0)?.0);
+        let plain = rotated(path, k);
+        if plain.exists() {
+            out.extend(read_from(&plain, 0)?.0);
+        } else {
+            use std::io::Read;
+            let mut text = Vec::new();
+            flate2::read::GzDecoder::new(std::fs::File::open(with_gz(&plain, true))?)
+                .read_to_end(&mut text)?;
+            out.extend(
+                text.split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .filter_map(|l| serde_json::from_slice::<LogEntry>(l).ok()),
+            );
+        }
     }
     Ok(out)
+}
+
+/// `path` with `.gz` added when `gz`.
+fn with_gz(path: &Path, gz: bool) -> std::path::PathBuf {
+    if !gz {
+        return path.to_owned();
+    }
+    let mut p = path.as_os_str().to_owned();
+    p.push(".gz");
+    p.into()
+}
+
+/// Replaces a rotated file by its gzipped copy (written aside, then renamed).
+fn gzip_away(path: &Path) -> io::Result<()> {
+    let target = with_gz(path, true);
+    let partial = with_gz(&target, false).with_extension("gz.partial");
+    {
+        let mut input = std::fs::File::open(path)?;
+        let out = std::fs::File::create(&partial)?;
+        let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+        io::copy(&mut input, &mut enc)?;
+        enc.finish()?.sync_all()?;
+    }
+    std::fs::rename(&partial, &target)?;
+    std::fs::remove_file(path)
 }
 
 /// Everything a log holds, rotated files first, and the offset in the current file just past
@@ -339,6 +385,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn compressed_rotation_keeps_max_files_and_reads_across_them() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.log");
+        let mut w = LogWriter::open_with(
+            &p,
+            Rotation {
+                max_size: Some(200),
+                max_files: 3,
+                compress: true,
+            },
+        )
+        .unwrap();
+        for i in 0..20 {
+            w.write("stdout", &[format!("line {i}\n")]).unwrap();
+        }
+        assert!(with_gz(&rotated(&p, 1), true).exists());
+        assert!(with_gz(&rotated(&p, 2), true).exists());
+        assert!(!rotated(&p, 1).exists() && !with_gz(&rotated(&p, 3), true).exists());
+        let (all, _) = read_all(&p).unwrap();
+        let lines: Vec<usize> = all
+            .iter()
+            .map(|e| e.log.trim()["line ".len()..].parse().unwrap())
+            .collect();
+        // In order, ending with the last line, and only what three files hold.
+        assert!(lines.windows(2).all(|w| w[1] == w[0] + 1), "{lines:?}");
+        assert_eq!(*lines.last().unwrap(), 19);
+        assert!(lines.len() < 20);
+    }
+
+    #[test]
     fn rotation_keeps_max_files_and_reads_in_order() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("c.log");
@@ -347,6 +423,7 @@ mod tests {
             Rotation {
                 max_size: Some(300),
                 max_files: 3,
+                compress: false,
             },
         )
         .unwrap();
@@ -369,6 +446,7 @@ mod tests {
             Rotation {
                 max_size: Some(100),
                 max_files: 1,
+                compress: false,
             },
         )
         .unwrap();
@@ -413,6 +491,7 @@ mod tests {
             Rotation {
                 max_size: Some(200_000),
                 max_files: 3,
+                compress: false,
             },
         )
         .unwrap();

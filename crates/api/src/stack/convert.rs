@@ -228,6 +228,14 @@ fn log_driver(path: &str, s: &ServiceConfig) -> Result<Option<LogDriver>, Conver
             ));
         }
     }
+    if let Some(c) = l.options.get("compress") {
+        if c != "true" && c != "false" {
+            return Err(err(
+                format!("{path}.logging.options.compress"),
+                format!("must be true or false, got {c:?}"),
+            ));
+        }
+    }
     Ok(Some(LogDriver {
         name,
         options: l.options.clone(),

@@ -94,6 +94,9 @@ enum Cmd {
         /// Log files kept, the current one included.
         #[arg(long, default_value_t = 1)]
         log_max_file: u32,
+        /// Gzip rotated log files.
+        #[arg(long)]
+        log_compress: bool,
         /// Drop the output (logging driver `none`).
         #[arg(long)]
         no_log: bool,
@@ -143,6 +146,7 @@ fn main() -> ExitCode {
             bundle,
             log_max_size,
             log_max_file,
+            log_compress,
             no_log,
             id,
         } => {
@@ -153,6 +157,7 @@ fn main() -> ExitCode {
                 rotation: shoal_runtime::logs::Rotation {
                     max_size: log_max_size,
                     max_files: log_max_file.max(1),
+                    compress: log_compress,
                 },
                 discard_output: no_log,
             });
