@@ -9,11 +9,14 @@ use crate::executor::{ExecError, Executor, Observed};
 use shoal_api::wire::ExecSpec;
 use std::process::Stdio;
 
-/// A process started in a container: its stdout and stderr are piped; wait on `child`.
+/// A process started in a container: its stdout and stderr piped (stdin too when
+/// interactive), or all three on a terminal whose master side is `terminal`; wait on `child`.
 #[derive(Debug)]
 pub struct Running {
     /// The runtime's `exec` process (it exits with the process's code).
     pub child: tokio::process::Child,
+    /// The terminal's master side, with `tty`.
+    pub terminal: Option<std::os::fd::OwnedFd>,
     /// The process file the runtime reads, removed when this is dropped.
     _process_file: tempfile::TempPath,
 }
@@ -67,7 +70,7 @@ impl ContainerExecutor {
             .clone()
             .ok_or_else(|| ExecError::Failed(format!("container {id} has no process")))?;
         process.set_args(Some(spec.cmd.clone()));
-        process.set_terminal(Some(false));
+        process.set_terminal(Some(spec.tty));
         process.set_console_size(None);
         let mut env = process.env().clone().unwrap_or_default();
         for e in &spec.env {
@@ -112,15 +115,42 @@ impl ContainerExecutor {
             .map_err(|e| ExecError::Failed(format!("writing the process file: {e}")))?;
         let path = file.into_temp_path();
         let mut cmd: tokio::process::Command = self.runtime().exec_command(id, &path).into();
-        cmd.stdin(Stdio::null())
+        let mut terminal = None;
+        if spec.tty {
+            let size = spec.size.map(|[rows, cols]| nix::pty::Winsize {
+                ws_row: rows,
+                ws_col: cols,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            });
+            let pty = nix::pty::openpty(size.as_ref(), None)
+                .map_err(|e| ExecError::Failed(format!("opening a terminal: {e}")))?;
+            let slave = std::fs::File::from(pty.slave);
+            let dup = |f: &std::fs::File| {
+                f.try_clone()
+                    .map(Stdio::from)
+                    .map_err(|e| ExecError::Failed(format!("opening a terminal: {e}")))
+            };
+            cmd.stdin(dup(&slave)?)
+                .stdout(dup(&slave)?)
+                .stderr(Stdio::from(slave));
+            terminal = Some(pty.master);
+        } else {
+            cmd.stdin(if spec.interactive {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .stderr(Stdio::piped());
+        }
+        cmd.kill_on_drop(true);
         let child = cmd
             .spawn()
             .map_err(|e| ExecError::Failed(format!("starting {}: {e}", self.runtime().name)))?;
         Ok(Running {
             child,
+            terminal,
             _process_file: path,
         })
     }

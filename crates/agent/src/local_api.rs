@@ -21,7 +21,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use shoal_api::units::Timestamp;
-use shoal_api::wire::{ContainerInfo, ErrorBody, ExecSpec, ImageInfo, ImageResult, VolumeInfo};
+use shoal_api::wire::{
+    ContainerInfo, ErrorBody, ExecInput, ExecSpec, ImageInfo, ImageResult, VolumeInfo,
+};
 use shoal_runtime::image::{Image, ImageError, ImageRecord, ImportOptions};
 use shoal_runtime::volume::{Volume, VolumeError};
 use std::collections::HashMap;
@@ -536,12 +538,39 @@ async fn container_logs(
     .await
 }
 
+/// A stream of a process's output being copied to the answer.
+type Pump = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 /// Runs a process in a container and streams its output as JSON lines, then its exit code.
+/// The request body is the `ExecSpec` (a line of JSON); an interactive exec's body goes on
+/// with its input (`ExecInput` lines) while the answer streams.
 async fn container_exec(
     State(exec): State<ContainerExecutor>,
     Path(id): Path<String>,
-    Json(spec): Json<ExecSpec>,
+    body: axum::body::Body,
 ) -> Result<Response> {
+    use futures::StreamExt;
+    let mut input = body.into_data_stream();
+    let mut pending: Vec<u8> = Vec::new();
+    // The first line (or the whole body) is the spec.
+    let first = loop {
+        if let Some(n) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=n).collect();
+            break line;
+        }
+        match input.next().await {
+            Some(Ok(chunk)) => pending.extend_from_slice(&chunk),
+            Some(Err(e)) => {
+                return Err(LocalError(
+                    StatusCode::BAD_REQUEST,
+                    format!("reading the request: {e}"),
+                ))
+            }
+            None => break std::mem::take(&mut pending),
+        }
+    };
+    let spec: ExecSpec = serde_json::from_slice(&first)
+        .map_err(|e| LocalError(StatusCode::BAD_REQUEST, format!("exec: {e}")))?;
     let meta = {
         let exec = exec.clone();
         blocking(move || Ok(exec.find_container(&id)?)).await?
@@ -553,9 +582,7 @@ async fn container_exec(
         ));
     }
     let mut running = exec.exec(&meta.id, &spec)?;
-    tracing::info!(container = %meta.id, cmd = ?spec.cmd, "exec");
-    let stdout = running.child.stdout.take().expect("piped");
-    let stderr = running.child.stderr.take().expect("piped");
+    tracing::info!(container = %meta.id, cmd = ?spec.cmd, tty = spec.tty, interactive = spec.interactive, "exec");
     let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
     let line = |key: &str, value: serde_json::Value| {
         let mut l = serde_json::to_vec(&serde_json::json!({ key: value })).expect("serializes");
@@ -567,12 +594,21 @@ async fn container_exec(
         async move {
             use tokio::io::AsyncReadExt;
             let mut buf = vec![0u8; 16 << 10];
+            let mut carry: Vec<u8> = Vec::new();
             loop {
                 match r.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
-                        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-                        if tx.send(line(key, text.into())).await.is_err() {
+                        // Whole characters only: a UTF-8 sequence cut by the read waits.
+                        carry.extend_from_slice(&buf[..n]);
+                        let cut = match std::str::from_utf8(&carry) {
+                            Ok(_) => carry.len(),
+                            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+                            Err(_) => carry.len(),
+                        };
+                        let text = String::from_utf8_lossy(&carry[..cut]).into_owned();
+                        carry.drain(..cut);
+                        if !text.is_empty() && tx.send(line(key, text.into())).await.is_err() {
                             break;
                         }
                     }
@@ -580,17 +616,127 @@ async fn container_exec(
             }
         }
     };
-    let out = pump(Box::new(stdout), "stdout");
-    let err = pump(Box::new(stderr), "stderr");
-    tokio::spawn(async move {
-        futures::join!(out, err);
-        if tx.is_closed() {
-            // The caller went away: so does its process.
-            let _ = running.child.kill().await;
+    // Output: the terminal, or the two pipes.
+    let (out, err): (Pump, Pump) = match &running.terminal {
+        Some(master) => {
+            let reader = std::fs::File::from(master.try_clone().map_err(internal)?);
+            (
+                Box::pin(pump(Box::new(tokio::fs::File::from_std(reader)), "stdout")),
+                Box::pin(async {}),
+            )
         }
-        let code = match running.child.wait().await {
-            Ok(status) => status.code().unwrap_or(128),
-            Err(_) => 128,
+        None => {
+            let stdout = running.child.stdout.take().expect("piped");
+            let stderr = running.child.stderr.take().expect("piped");
+            (
+                Box::pin(pump(Box::new(stdout), "stdout")),
+                Box::pin(pump(Box::new(stderr), "stderr")),
+            )
+        }
+    };
+    // Input: the rest of the request, for an interactive exec.
+    if spec.interactive {
+        let mut sink: Option<Box<dyn tokio::io::AsyncWrite + Send + Unpin>> =
+            match &running.terminal {
+                Some(master) => {
+                    let w = std::fs::File::from(master.try_clone().map_err(internal)?);
+                    Some(Box::new(tokio::fs::File::from_std(w)))
+                }
+                None => running
+                    .child
+                    .stdin
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>),
+            };
+        let resize_fd = match &running.terminal {
+            Some(master) => Some(master.try_clone().map_err(internal)?),
+            None => None,
+        };
+        tokio::spawn(async move {
+            use base64::Engine as _;
+            use tokio::io::AsyncWriteExt;
+            loop {
+                let line = loop {
+                    if let Some(n) = pending.iter().position(|b| *b == b'\n') {
+                        break Some(pending.drain(..=n).collect::<Vec<u8>>());
+                    }
+                    match input.next().await {
+                        Some(Ok(chunk)) => pending.extend_from_slice(&chunk),
+                        _ => break None,
+                    }
+                };
+                let Some(line) = line else { break };
+                match serde_json::from_slice::<ExecInput>(&line) {
+                    Ok(ExecInput::Stdin(b64)) => {
+                        let Ok(data) = base64::engine::general_purpose::STANDARD.decode(b64) else {
+                            continue;
+                        };
+                        if let Some(w) = sink.as_mut() {
+                            if w.write_all(&data).await.is_err() || w.flush().await.is_err() {
+                                sink = None;
+                            }
+                        }
+                    }
+                    Ok(ExecInput::Resize([rows, cols])) => {
+                        if let Some(fd) = &resize_fd {
+                            let size = nix::pty::Winsize {
+                                ws_row: rows,
+                                ws_col: cols,
+                                ws_xpixel: 0,
+                                ws_ypixel: 0,
+                            };
+                            // SAFETY: TIOCSWINSZ reads a winsize from the pointer, which lives
+                            // across the call; the descriptor is the terminal's master.
+                            unsafe {
+                                nix::libc::ioctl(
+                                    std::os::fd::AsRawFd::as_raw_fd(fd),
+                                    nix::libc::TIOCSWINSZ,
+                                    &size as *const nix::pty::Winsize,
+                                );
+                            }
+                        }
+                    }
+                    Ok(ExecInput::Eof(_)) => {
+                        // On a terminal, end of input is its EOF character.
+                        if resize_fd.is_some() {
+                            if let Some(w) = sink.as_mut() {
+                                let _ = w.write_all(&[4]).await;
+                            }
+                        } else {
+                            sink = None;
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+    }
+    let hangup = tx.clone();
+    let pid = running.child.id();
+    tokio::spawn(async move {
+        let wait = async {
+            let code = match running.child.wait().await {
+                Ok(status) => status.code().unwrap_or(128),
+                Err(_) => 128,
+            };
+            // The process is gone: nothing more comes from its terminal.
+            drop(running.terminal.take());
+            code
+        };
+        // A caller that goes away takes the process with it.
+        let killer = async move {
+            hangup.closed().await;
+            if let Some(pid) = pid {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            std::future::pending::<()>().await
+        };
+        let (_, _, code) = tokio::select! {
+            r = async { futures::join!(out, err, wait) } => r,
+            () = killer => unreachable!("pending"),
         };
         let _ = tx.send(line("exit", code.into())).await;
         drop(running);

@@ -573,6 +573,28 @@ pub struct ExecSpec {
     /// Working directory (default: the container's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
+    /// Keep stdin open: the request body goes on, after this spec's line, with JSON lines
+    /// `{"stdin": BASE64}`, `{"resize": [ROWS, COLS]}` and `{"eof": true}`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interactive: bool,
+    /// Run it on a terminal (its output comes as `stdout` only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    /// The terminal's size, rows and columns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<[u16; 2]>,
+}
+
+/// One line of an interactive exec's input (after the `ExecSpec` line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecInput {
+    /// Bytes for the process's stdin, base64.
+    Stdin(String),
+    /// The terminal's new size, rows and columns.
+    Resize([u16; 2]),
+    /// Stdin is closed.
+    Eof(bool),
 }
 
 /// A container of the node (`GET /v1/containers`, node API).

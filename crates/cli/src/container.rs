@@ -4,7 +4,7 @@
 use crate::{path_part, print_json};
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use shoal_api::wire::{ContainerInfo, ExecSpec};
+use shoal_api::wire::{ContainerInfo, ExecInput, ExecSpec};
 use shoal_client::{Client, Lines};
 use std::io::Write;
 use std::time::Duration;
@@ -48,10 +48,10 @@ pub struct ExecArgs {
     /// Working directory inside the container.
     #[arg(short, long)]
     pub workdir: Option<String>,
-    /// Keep stdin open (not supported yet: refused).
+    /// Keep stdin open: what the CLI reads goes to the process.
     #[arg(short, long)]
     pub interactive: bool,
-    /// Allocate a terminal (not supported yet: refused).
+    /// Run the process on a terminal (raw mode here while it runs; its size follows ours).
     #[arg(short, long)]
     pub tty: bool,
     /// The container (`container exec`) or the service (`service exec`).
@@ -127,23 +127,41 @@ pub async fn run(c: &Client, cmd: ContainerCmd, json: bool) -> Result<i32> {
 /// Runs `args.cmd` in `container` on the node `c` talks to, its output copied to ours;
 /// returns its exit code.
 pub async fn exec(c: &Client, container: &str, args: &ExecArgs) -> Result<i32> {
-    if args.interactive || args.tty {
-        bail!("exec -i and -t are not supported yet: run the command without them (its output is shown, stdin is closed)");
-    }
+    use std::io::IsTerminal;
+    let tty = args.tty;
     let spec = ExecSpec {
         cmd: args.cmd.clone(),
         env: args.env.clone(),
         user: args.user.clone(),
         workdir: args.workdir.clone(),
+        interactive: args.interactive,
+        tty,
+        size: if tty { terminal_size() } else { None },
     };
     // The process may run for long: no answer timeout beyond a day.
     let c = c.clone().with_timeout(Duration::from_secs(24 * 3600));
-    let body = c
-        .stream_post_json(
-            &format!("/v1/containers/{}/exec", path_part(container)),
-            &spec,
-        )
-        .await?;
+    let path = format!("/v1/containers/{}/exec", path_part(container));
+    let body = if args.interactive {
+        let mut first = serde_json::to_vec(&spec)?;
+        first.push(b'\n');
+        let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
+        tx.send(first.into()).await.ok();
+        tokio::spawn(forward_stdin(tx.clone()));
+        if tty {
+            tokio::spawn(forward_resizes(tx));
+        }
+        let input =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+        c.stream_duplex(&path, input).await?
+    } else {
+        c.stream_post_json(&path, &spec).await?
+    };
+    // Raw mode while a terminal is in use here, restored however this ends.
+    let _raw = if tty && std::io::stdin().is_terminal() {
+        RawMode::enter()
+    } else {
+        None
+    };
     let mut lines = Lines::new(body);
     while let Some(line) = lines.next::<serde_json::Value>().await? {
         if let Some(t) = line.get("stdout").and_then(|v| v.as_str()) {
@@ -159,6 +177,92 @@ pub async fn exec(c: &Client, container: &str, args: &ExecArgs) -> Result<i32> {
         }
     }
     bail!("the node ended the exec without an exit code")
+}
+
+fn input_line(input: &ExecInput) -> bytes::Bytes {
+    let mut l = serde_json::to_vec(input).expect("serializes");
+    l.push(b'\n');
+    l.into()
+}
+
+/// Sends what stdin gives, then its end.
+async fn forward_stdin(tx: tokio::sync::mpsc::Sender<bytes::Bytes>) {
+    use base64::Engine as _;
+    use tokio::io::AsyncReadExt;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match stdin.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let data = base64::engine::general_purpose::STANDARD.encode(&buf[..n]);
+                if tx.send(input_line(&ExecInput::Stdin(data))).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = tx.send(input_line(&ExecInput::Eof(true))).await;
+}
+
+/// Sends the terminal's size whenever it changes (SIGWINCH).
+async fn forward_resizes(tx: tokio::sync::mpsc::Sender<bytes::Bytes>) {
+    let Ok(mut winch) =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+    else {
+        return;
+    };
+    while winch.recv().await.is_some() {
+        if let Some(size) = terminal_size() {
+            if tx.send(input_line(&ExecInput::Resize(size))).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Our terminal's rows and columns, when stdout is one.
+fn terminal_size() -> Option<[u16; 2]> {
+    let mut size = nix::pty::Winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes a winsize through the pointer, which outlives the call.
+    let r = unsafe {
+        nix::libc::ioctl(
+            1,
+            nix::libc::TIOCGWINSZ,
+            &mut size as *mut nix::pty::Winsize,
+        )
+    };
+    (r == 0 && size.ws_row > 0).then_some([size.ws_row, size.ws_col])
+}
+
+/// The terminal in raw mode until dropped.
+struct RawMode(nix::sys::termios::Termios);
+
+impl RawMode {
+    fn enter() -> Option<RawMode> {
+        use nix::sys::termios;
+        let stdin = std::io::stdin();
+        let saved = termios::tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        termios::cfmakeraw(&mut raw);
+        termios::tcsetattr(&stdin, termios::SetArg::TCSANOW, &raw).ok()?;
+        Some(RawMode(saved))
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = nix::sys::termios::tcsetattr(
+            std::io::stdin(),
+            nix::sys::termios::SetArg::TCSANOW,
+            &self.0,
+        );
+    }
 }
 
 /// `service exec SERVICE -- CMD`: runs in one running container of the service on the node

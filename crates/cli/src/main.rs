@@ -708,8 +708,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Image(cmd) => image(&c, cmd, json).await?,
         Command::Volume(cmd) => volume(&c, cmd, json).await?,
         Command::Container(cmd) => {
+            let exec = matches!(cmd, container::ContainerCmd::Exec(_));
             let code = container::run(&c, cmd, json).await?;
-            if code != 0 {
+            // An exec may leave a read of stdin pending: leave at once, with its code.
+            if exec || code != 0 {
                 std::process::exit(code);
             }
         }
@@ -1017,9 +1019,8 @@ async fn service(c: &Client, cmd: ServiceCmd, json: bool) -> Result<()> {
         }
         ServiceCmd::Exec(args) => {
             let code = container::service_exec(c, &args.target, &args).await?;
-            if code != 0 {
-                std::process::exit(code);
-            }
+            // An exec may leave a read of stdin pending: leave at once, with its code.
+            std::process::exit(code);
         }
         ServiceCmd::Ps { service } => {
             let s = find_service(c, &service).await?;

@@ -523,6 +523,36 @@ fn exec_runs_inside_the_container(d: &Daemon) {
     ]);
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+    // -i: stdin reaches the process, and its end ends it; -t: a terminal.
+    let out = d.shoal_with_input(
+        &[
+            "container",
+            "exec",
+            "-i",
+            "x_app.1",
+            "--",
+            "sh",
+            "-c",
+            "cat; echo end; exit 4",
+        ],
+        b"one\ntwo\n",
+    );
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\nend\n");
+    let out = d.shoal(&[
+        "container",
+        "exec",
+        "-t",
+        "x_app.1",
+        "--",
+        "sh",
+        "-c",
+        "test -t 0 && test -t 1 && echo on-a-terminal",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("on-a-terminal"),
+        "{out:?}"
+    );
     let out = d.shoal(&["container", "exec", "nope", "--", "true"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no container nope"));

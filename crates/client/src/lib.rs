@@ -417,6 +417,25 @@ impl Client {
         Ok(self.send(Method::POST, path, None).await?.0.into_body())
     }
 
+    /// POSTs a body that streams from `body` while the answer's body is read as it arrives
+    /// (both at once: `container exec -i`).
+    pub async fn stream_duplex(
+        &self,
+        path: &str,
+        body: impl futures::Stream<Item = Bytes> + Send + 'static,
+    ) -> Result<Incoming, ClientError> {
+        use futures::StreamExt;
+        let body = http_body_util::StreamBody::new(
+            body.map(|b| Ok::<_, std::io::Error>(hyper::body::Frame::data(b))),
+        )
+        .boxed_unsync();
+        Ok(self
+            .send_body(Method::POST, path, body)
+            .await?
+            .0
+            .into_body())
+    }
+
     /// POSTs `body` as JSON and returns the answer's body to read as it arrives.
     pub async fn stream_post_json<B: Serialize>(
         &self,

@@ -751,7 +751,20 @@ fn prepare(ctx: &InitContext) -> Result<Exec, String> {
 /// Returns only on failure.
 fn exec_child(process: &oci_spec::runtime::Process) -> String {
     let run = || -> Result<std::convert::Infallible, String> {
+        // Killed with the `exec` that waits for it (a caller that went away).
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+            .map_err(|e| format!("pdeathsig: {e}"))?;
         nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+        if process.terminal() == Some(true) {
+            // Its stdin is the terminal the caller made: it becomes the session's.
+            // SAFETY: TIOCSCTTY takes an integer argument; fd 0 is ours.
+            if unsafe { nix::libc::ioctl(0, nix::libc::TIOCSCTTY, 0) } < 0 {
+                return Err(format!(
+                    "making stdin the controlling terminal: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
         let env: Vec<String> = process.env().clone().unwrap_or_default();
         let args: Vec<String> = process.args().clone().unwrap_or_default();
         let program = find_program(args.first().ok_or("process.args is empty")?, &env)?;

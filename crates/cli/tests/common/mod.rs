@@ -94,6 +94,21 @@ impl Daemon {
             .unwrap()
     }
 
+    /// Runs the CLI with `input` on its stdin.
+    pub fn shoal_with_input(&self, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(bin("shoal"))
+            .env("SHOAL_HOST", format!("unix://{}", self.socket().display()))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
     /// Runs the CLI and expects success.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.shoal(args);
