@@ -369,6 +369,12 @@ fn set_aside_ignored(value: &mut J, warnings: &mut Vec<String>) {
             if generic {
                 not_yet.push("deploy.resources.*.generic_resources".into());
             }
+            // Read, but no terminal or open stdin is given to a main process yet.
+            for key in ["tty", "stdin_open"] {
+                if fields.get(key) == Some(&J::Bool(true)) {
+                    not_yet.push(key.to_owned());
+                }
+            }
             let driver = fields
                 .get("logging")
                 .and_then(|l| l.get("driver"))
@@ -376,6 +382,17 @@ fn set_aside_ignored(value: &mut J, warnings: &mut Vec<String>) {
             if let Some(d) = driver {
                 if !crate::service::LOG_DRIVERS.contains(&d) {
                     not_yet.push(format!("logging.driver {d} (json-file is used)"));
+                }
+            }
+        }
+    }
+    for section in ["secrets", "configs"] {
+        if let Some(J::Object(entries)) = top.get(section) {
+            for (name, entry) in entries {
+                for key in ["driver", "template_driver"] {
+                    if entry.get(key).is_some() {
+                        not_yet.push(format!("{section}.{name}.{key}"));
+                    }
                 }
             }
         }
@@ -647,6 +664,18 @@ mod tests {
             }],
             &opts_with(&env),
         )
+    }
+
+    #[test]
+    fn keys_read_but_not_honoured_are_named_in_a_warning() {
+        let l = load_str(
+            "services:\n  a:\n    image: x\n    tty: true\n    stdin_open: false\nsecrets:\n  s:\n    file: ./x\n    template_driver: golang\n",
+        )
+        .unwrap();
+        assert_eq!(
+            l.warnings,
+            ["Ignoring options shoal does not support yet: secrets.s.template_driver, tty"]
+        );
     }
 
     #[test]
