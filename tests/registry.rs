@@ -4,9 +4,9 @@
 //! image exists only in the registry runs on every worker, each pulling it where its task
 //! lands; the deploy pins the image to its digest, so a tag moved later changes nothing until
 //! the next deploy; an image the registry does not have leaves the registry's reason on the
-//! task. A second registry wants a password: a deploy without `--with-registry-auth` is
-//! refused there in the registry's words, one with it runs on every worker, and the password
-//! appears in nothing the API shows.
+//! task. A second registry speaks TLS (its CA in the daemons' certs.d) and wants a password:
+//! a deploy without `--with-registry-auth` is refused there in the registry's words, one with
+//! it runs on every worker, and the password appears in nothing the API shows.
 
 use shoal_cluster_tests::*;
 use std::process::Child;
@@ -20,7 +20,7 @@ impl Drop for Registry {
     }
 }
 
-/// The registry that wants a password (in m1's namespace).
+/// The registry that speaks TLS and wants a password (in m1's namespace).
 const PRIVATE: &str = "198.18.0.11:5001";
 const PASSWORD: &str = "s3cret-pw";
 
@@ -46,8 +46,13 @@ fn a_stack_whose_image_is_only_in_the_registry_runs_on_every_worker() {
     }
     let mut config = shoal_lab::LabConfig::new("reg", 1, 2);
     config.registry = true;
-    // The second registry, with a password, runs in m1's namespace.
-    config.daemon_args = vec!["--insecure-registry".into(), PRIVATE.into()];
+    // The second registry, with TLS and a password, runs in m1's namespace; its CA goes in
+    // the daemons' certs.d once the lab is up.
+    let certs = shoal_lab::default_dir("reg").join("certs.d");
+    config.daemon_args = vec![
+        "--registry-certs-dir".into(),
+        certs.to_string_lossy().into_owned(),
+    ];
     let Some(lab) = container_lab_from(config) else {
         return;
     };
@@ -252,7 +257,21 @@ fn a_stack_whose_image_is_only_in_the_registry_runs_on_every_worker() {
         .unwrap()
         .contains("busybox"));
 
-    // A registry that wants a password; the CLI keeps its credentials in a file of its own.
+    // A registry that wants a password, over TLS with a CA of the test's, which the daemons
+    // find in their certs.d; the CLI keeps its credentials in a file of its own.
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let host = PRIVATE.split(':').next().unwrap();
+    let mut server_params = rcgen::CertificateParams::new(vec![host.to_owned()]).unwrap();
+    server_params.subject_alt_names = vec![rcgen::SanType::IpAddress(host.parse().unwrap())];
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server = server_params.signed_by(&server_key, &ca, &ca_key).unwrap();
+    std::fs::write(dir.join("server.crt"), server.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
+    std::fs::create_dir_all(certs.join(PRIVATE)).unwrap();
+    std::fs::write(certs.join(PRIVATE).join("ca.crt"), ca.pem()).unwrap();
     let hash = bcrypt::hash(PASSWORD, 4).unwrap();
     std::fs::write(dir.join("htpasswd"), format!("alice:{hash}\n")).unwrap();
     let config = dir.join("private.yml");
@@ -260,9 +279,12 @@ fn a_stack_whose_image_is_only_in_the_registry_runs_on_every_worker() {
         &config,
         format!(
             "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-             auth:\n  htpasswd:\n    realm: shoal-test\n    path: {}\nhttp:\n  addr: {PRIVATE}\n",
+             auth:\n  htpasswd:\n    realm: shoal-test\n    path: {}\n\
+             http:\n  addr: {PRIVATE}\n  tls:\n    certificate: {}\n    key: {}\n",
             dir.join("private-data").display(),
-            dir.join("htpasswd").display()
+            dir.join("htpasswd").display(),
+            dir.join("server.crt").display(),
+            dir.join("server.key").display()
         ),
     )
     .unwrap();

@@ -58,6 +58,8 @@ pub struct ContainerConfig {
     pub registry_mirrors: Vec<String>,
     /// Registries this node never contacts (`--block-registry`).
     pub blocked_registries: Vec<String>,
+    /// Where registries' CAs are (`HOST:PORT/ca.crt`; `None`: /etc/shoal/certs.d).
+    pub registry_certs_dir: Option<PathBuf>,
 }
 
 /// What the executor records of a container (`meta.json`).
@@ -225,7 +227,7 @@ impl ContainerExecutor {
         shoal_registry::PullOptions {
             insecure: self.config.insecure_registries.clone(),
             credentials,
-            certs_dir: None,
+            certs_dir: self.config.registry_certs_dir.clone(),
             mirrors: self.config.registry_mirrors.clone(),
             blocked: self.config.blocked_registries.clone(),
         }

@@ -41,6 +41,7 @@ impl Node {
             insecure_registries: Vec::new(),
             registry_mirrors: Vec::new(),
             blocked_registries: vec!["docker.io".into()],
+            registry_certs_dir: None,
         })
         .unwrap();
         let tar = dir.path().join("busybox.tar");
@@ -68,6 +69,7 @@ impl Node {
             insecure_registries: Vec::new(),
             registry_mirrors: Vec::new(),
             blocked_registries: vec!["docker.io".into()],
+            registry_certs_dir: None,
         })
         .unwrap()
     }

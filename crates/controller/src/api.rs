@@ -970,6 +970,7 @@ async fn pin_image(
     }
     let options = shoal_registry::PullOptions {
         insecure: m.insecure_registries().to_vec(),
+        certs_dir: m.registry_certs_dir(),
         credentials: auth
             .filter(|a| a.server == r.registry)
             .map(|a| (a.username.clone(), a.password.clone().unwrap_or_default())),

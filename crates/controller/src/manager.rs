@@ -43,6 +43,8 @@ pub struct ManagerConfig {
     pub event_history: usize,
     /// Registries reached over plain HTTP when images are pinned to digests.
     pub insecure_registries: Vec<String>,
+    /// Where registries' CAs are (`HOST:PORT/ca.crt`; `None`: /etc/shoal/certs.d).
+    pub registry_certs_dir: Option<std::path::PathBuf>,
 }
 
 /// The manager could not start or act.
@@ -311,6 +313,11 @@ impl Manager {
     /// Registries reached over plain HTTP (`--insecure-registry`).
     pub fn insecure_registries(&self) -> &[String] {
         &self.config.insecure_registries
+    }
+
+    /// Where registries' CAs are (`--registry-certs-dir`).
+    pub fn registry_certs_dir(&self) -> Option<std::path::PathBuf> {
+        self.config.registry_certs_dir.clone()
     }
 
     /// What this node is in its cluster, if it belongs to one.

@@ -102,6 +102,9 @@ struct Args {
     /// tests block docker.io, so nothing of theirs leaves the machine.
     #[arg(long = "block-registry")]
     block_registry: Vec<String>,
+    /// Where registries' CAs are kept, as `HOST:PORT/ca.crt` (docker's certs.d layout).
+    #[arg(long, default_value = "/etc/shoal/certs.d")]
+    registry_certs_dir: std::path::PathBuf,
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(
         long,
@@ -210,6 +213,7 @@ fn container_executor(args: &Args) -> Result<ContainerExecutor> {
         insecure_registries: args.insecure_registry.clone(),
         registry_mirrors: args.registry_mirror.clone(),
         blocked_registries: args.block_registry.clone(),
+        registry_certs_dir: Some(args.registry_certs_dir.clone()),
     };
     ContainerExecutor::open(config)
         .map_err(|e| anyhow::anyhow!("opening the container executor: {e}"))
@@ -239,6 +243,7 @@ async fn main() -> Result<()> {
         },
         force_new_cluster: args.force_new_cluster,
         insecure_registries: args.insecure_registry.clone(),
+        registry_certs_dir: Some(args.registry_certs_dir.clone()),
         event_history: shoal_api::units::parse_bytes(&args.event_history)
             .context("--event-history")? as usize,
         dispatcher: DispatcherSettings {
