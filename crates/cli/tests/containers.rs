@@ -742,6 +742,21 @@ fn updates_keep_their_order_and_a_broken_one_rolls_back() {
         s["previous_spec"]["update_config"]["failure_action"], "pause",
         "{s}"
     );
+    // An update whose tasks start but never pass their health check rolls back too.
+    let err = deploy_result(&d, "r", &stack.replace("touch /tmp/ok; ", "")).unwrap_err();
+    assert!(err.contains("r_app: update rolled back due to"), "{err}");
+    let s = &d.json(&["service", "inspect", "r_app"])[0];
+    assert!(
+        s["spec"]["task"]["container"]["args"][2]
+            .as_str()
+            .unwrap()
+            .contains("touch /tmp/ok"),
+        "{s}"
+    );
+    assert!(d
+        .tasks("r_app")
+        .iter()
+        .any(|t| t["status"]["health"] == "unhealthy" && t["status"]["state"] == "failed"));
     d.ok(&["stack", "rm", "r"]);
     wait_for("containers removed", || d.shims().is_empty());
 }

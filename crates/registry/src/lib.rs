@@ -554,10 +554,30 @@ async fn manifest(s: &Session, r: &str) -> Result<(Vec<u8>, String), RegistryErr
 /// How many bytes of a blob pass between two [`Progress::Advance`] reports.
 const ADVANCE_EVERY: u64 = 512 << 10;
 
+/// One lock per blob being fetched on this host: pulls that need the same layer at once
+/// fetch it once.
+fn blob_lock(digest: &str) -> Arc<tokio::sync::Mutex<()>> {
+    static LOCKS: std::sync::OnceLock<
+        Mutex<std::collections::HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>>,
+    > = std::sync::OnceLock::new();
+    let mut locks = LOCKS.get_or_init(Default::default).lock().expect("locks");
+    locks.retain(|_, w| w.strong_count() > 0);
+    if let Some(l) = locks.get(digest).and_then(std::sync::Weak::upgrade) {
+        return l;
+    }
+    let l = Arc::new(tokio::sync::Mutex::new(()));
+    locks.insert(digest.to_owned(), Arc::downgrade(&l));
+    l
+}
+
+/// Puts blob `d` in the staging layout `dir`: linked from the store when the host has it
+/// (another image's layer), or from a blob another pull just fetched (`tmp/blobs`, verified),
+/// else fetched from the registry, its digest and size checked as it streams.
 async fn blob(
     s: &Session,
     d: &Desc,
     dir: &Path,
+    store: &ImageStore,
     progress: &(impl Fn(Progress) + Send + Sync),
 ) -> Result<(), RegistryError> {
     let hex = d
@@ -566,6 +586,66 @@ async fn blob(
         .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
         .ok_or_else(|| RegistryError::Content(format!("unsupported blob digest {:?}", d.digest)))?;
     let target = dir.join("blobs/sha256").join(hex);
+    let lock = blob_lock(&d.digest);
+    let _fetching = lock.lock().await;
+    let shared = store.root().join("tmp/blobs").join(hex);
+    let held = Digest::parse(&d.digest)
+        .map(|dg| store.blob_file(&dg))
+        .filter(|p| p.exists());
+    for have in held.iter().chain(std::iter::once(&shared)) {
+        if have.exists() && std::fs::hard_link(have, &target).is_ok() {
+            progress(Progress::Note(format!(
+                "{}: already exists",
+                short(&d.digest)
+            )));
+            return Ok(());
+        }
+    }
+    progress(Progress::Start {
+        digest: d.digest.clone(),
+        size: d.size,
+    });
+    if let Err(e) = fetch_blob(s, d, &shared, progress).await {
+        let _ = std::fs::remove_file(shared.with_extension("partial"));
+        return Err(e);
+    }
+    progress(Progress::Done {
+        digest: d.digest.clone(),
+    });
+    std::fs::hard_link(&shared, &target).map_err(io(format!("linking {}", target.display())))
+}
+
+/// The fetched copies of an image's blobs that pulls share, removed when dropped (each
+/// staging layout has its own link; the store its own copy once imported).
+struct SharedBlobs<'a> {
+    store: &'a ImageStore,
+    digests: Vec<String>,
+}
+
+impl Drop for SharedBlobs<'_> {
+    fn drop(&mut self) {
+        let dir = self.store.root().join("tmp/blobs");
+        for d in &self.digests {
+            if let Some(hex) = d.strip_prefix("sha256:") {
+                let _ = std::fs::remove_file(dir.join(hex));
+            }
+        }
+        // Gone once no pull uses it any more.
+        let _ = std::fs::remove_dir(&dir);
+    }
+}
+
+/// Fetches blob `d` into `target`, checking its digest and size as it streams; nothing is at
+/// `target` unless it is whole and right.
+async fn fetch_blob(
+    s: &Session,
+    d: &Desc,
+    target: &Path,
+    progress: &(impl Fn(Progress) + Send + Sync),
+) -> Result<(), RegistryError> {
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent).map_err(io(format!("creating {}", parent.display())))?;
+    }
     let partial = target.with_extension("partial");
     let resp = s
         .get(&format!("/v2/{}/blobs/{}", s.repository, d.digest), None)
@@ -611,7 +691,7 @@ async fn blob(
             s.registry, d.digest, d.size
         )));
     }
-    tokio::fs::rename(&partial, &target)
+    tokio::fs::rename(&partial, target)
         .await
         .map_err(io(format!("renaming {}", partial.display())))
 }
@@ -980,7 +1060,14 @@ async fn pull_from(
         &bytes,
     )
     .map_err(io("writing the manifest"))?;
-    blob(s, &config, dir, progress).await?;
+    // The fetched copies pulls share go once this image is in the store (or failed).
+    let _shared = SharedBlobs {
+        store,
+        digests: std::iter::once(config.digest.clone())
+            .chain(doc.layers.iter().map(|l| l.digest.clone()))
+            .collect(),
+    };
+    blob(s, &config, dir, store, progress).await?;
     // Three at once, as docker: each layer waits for a permit.
     let gate = tokio::sync::Semaphore::new(PARALLEL);
     let mut fetches = Vec::new();
@@ -988,15 +1075,7 @@ async fn pull_from(
         let gate = &gate;
         fetches.push(async move {
             let _permit = gate.acquire().await.expect("the gate stays open");
-            progress(Progress::Start {
-                digest: l.digest.clone(),
-                size: l.size,
-            });
-            blob(s, l, dir, progress).await?;
-            progress(Progress::Done {
-                digest: l.digest.clone(),
-            });
-            Ok::<(), RegistryError>(())
+            blob(s, l, dir, store, progress).await
         });
     }
     let results = futures::future::join_all(fetches).await;

@@ -3,7 +3,7 @@
 //! and its digest matches; an unknown tag says "manifest unknown"; a corrupted blob is refused
 //! and the store is left as it was.
 
-use shoal_registry::{pull, PullOptions, RegistryError};
+use shoal_registry::{pull, Progress, PullOptions, RegistryError};
 use shoal_runtime::image::ImageStore;
 use std::path::Path;
 use std::process::{Child, Command};
@@ -302,10 +302,70 @@ fn images_pushed_by_skopeo_are_pulled_checked_and_refused_when_corrupt() {
         .unwrap();
     assert_eq!(mounted, record.manifest.to_string());
 
-    // A registry that serves a corrupted layer: refused, and the store is as it was.
+    // A layer the host holds already is not fetched again: with the image still here under
+    // another name, a pull of a tag needs no layer from the registry.
     store
         .remove("127.0.0.1:5000/tools/bb:1", &|_| Vec::new())
         .unwrap();
+    let fetched = std::sync::Mutex::new(Vec::new());
+    rt.block_on(pull(
+        store.clone(),
+        "127.0.0.1:5000/tools/bb:1",
+        &opts,
+        |p| {
+            if let Progress::Start { digest, .. } = p {
+                fetched.lock().unwrap().push(digest);
+            }
+        },
+    ))
+    .unwrap();
+    assert_eq!(fetched.lock().unwrap().len(), 0, "{fetched:?}");
+
+    let empty = || {
+        for r in store.list().unwrap() {
+            for t in &r.tags {
+                let _ = store.remove(t, &|_| Vec::new());
+            }
+        }
+    };
+    // Two pulls at once of names that share their blobs fetch each blob once.
+    assert!(Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            "docker://127.0.0.1:5000/tools/bb:1",
+            "docker://127.0.0.1:5000/tools/bb:2",
+        ])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    empty();
+    fetched.lock().unwrap().clear();
+    let count = |p: Progress| {
+        if let Progress::Start { digest, .. } = p {
+            fetched.lock().unwrap().push(digest);
+        }
+    };
+    let (a, b) = rt.block_on(async {
+        futures::join!(
+            pull(store.clone(), "127.0.0.1:5000/tools/bb:1", &opts, count),
+            pull(store.clone(), "127.0.0.1:5000/tools/bb:2", &opts, count),
+        )
+    });
+    a.unwrap();
+    b.unwrap();
+    let mut all = fetched.lock().unwrap().clone();
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(n, all.len(), "a blob was fetched twice: {all:?}");
+
+    // A registry that serves a corrupted layer: refused, and the store is as it was (no image
+    // here holds that layer any more).
+    empty();
     let before = store.list().unwrap();
     // The layer as the registry holds it (skopeo compressed it on the way up).
     let layer = pushed_by_skopeo["Layers"][0].as_str().unwrap();
