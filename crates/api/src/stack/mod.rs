@@ -213,6 +213,15 @@ pub fn load(files: &[SourceFile], opts: &LoadOptions<'_>) -> Result<Loaded, Load
         line: None,
         message: format!("merged files do not agree: {e}"),
     })?;
+    // A cycle that only the merge of several files makes.
+    if let Some(cycle) = convert::dependency_cycle(&config) {
+        return Err(LoadError::Invalid {
+            file: files.last().map(|f| f.name.clone()).unwrap_or_default(),
+            path: "services".into(),
+            line: None,
+            message: format!("depends_on has a cycle: {cycle}"),
+        });
+    }
     warnings.dedup();
     Ok(Loaded {
         config,
@@ -286,6 +295,15 @@ fn load_one(
         }
     }
     resolve(&mut config, name, opts, &lines)?;
+    if let Some(cycle) = convert::dependency_cycle(&config) {
+        let first = cycle.split(" -> ").next().unwrap_or_default();
+        return Err(LoadError::invalid(
+            name,
+            &format!("services.{first}.depends_on"),
+            &lines,
+            format!("a cycle: {cycle}"),
+        ));
+    }
     Ok((config, extensions))
 }
 
@@ -664,6 +682,18 @@ mod tests {
             }],
             &opts_with(&env),
         )
+    }
+
+    #[test]
+    fn a_depends_on_cycle_is_refused_at_load_time() {
+        let err = load_str(
+            "services:\n  a:\n    image: x\n    depends_on: [b]\n  b:\n    image: x\n    depends_on: [a]\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "stack.yml:4: services.a.depends_on: a cycle: a -> b -> a"
+        );
     }
 
     #[test]
