@@ -612,6 +612,18 @@ impl Agent {
         let _ = self.reports.send((id.clone(), status));
     }
 
+    /// Stops a task's container: its stop signal, then SIGKILL after its grace period.
+    async fn stop_container(&self, task: &Task, container: &str) {
+        let grace = task
+            .spec
+            .container
+            .stop_grace_period
+            .unwrap_or(ApiDuration::from_secs(10));
+        if let Err(e) = self.executor.stop(container, grace).await {
+            tracing::warn!(task_id = %task.id, error = %e, "stop failed");
+        }
+    }
+
     /// One task's worker: asks the reconciler for the next step and does it, until the task is
     /// finished and no longer assigned.
     async fn work(self: Arc<Self>, mut rx: watch::Receiver<Task>) {
@@ -708,14 +720,7 @@ impl Agent {
                                     let mut s = status.clone();
                                     s.health = Some(Health::Unhealthy);
                                     set(s);
-                                    let grace = task
-                                        .spec
-                                        .container
-                                        .stop_grace_period
-                                        .unwrap_or(ApiDuration::from_secs(10));
-                                    if let Err(e) = self.executor.stop(&container, grace).await {
-                                        tracing::warn!(task_id = %task.id, error = %e, "stop failed");
-                                    }
+                                    self.stop_container(&task, &container).await;
                                     let mut s = TaskStatus::new(TaskState::Failed, now(), "started");
                                     s.err = match output.trim() {
                                         "" => "unhealthy container".to_owned(),
@@ -747,14 +752,7 @@ impl Agent {
                     continue;
                 }
                 Op::Stop { container } => {
-                    let grace = task
-                        .spec
-                        .container
-                        .stop_grace_period
-                        .unwrap_or(ApiDuration::from_secs(10));
-                    if let Err(e) = self.executor.stop(&container, grace).await {
-                        tracing::warn!(task_id = %task.id, error = %e, "stop failed");
-                    }
+                    self.stop_container(&task, &container).await;
                     let mut s = TaskStatus::new(TaskState::Shutdown, now(), "shutdown");
                     s.container_id = container;
                     set(s);
