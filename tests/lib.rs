@@ -230,6 +230,19 @@ pub fn node_states(lab: &Lab, via: &str) -> std::collections::BTreeMap<String, S
         .collect()
 }
 
+/// Every event `via` still holds, as JSON lines (`events --since 1`, read for 2 s).
+pub fn events_so_far(lab: &Lab, via: &str) -> String {
+    let out = lab
+        .command(via, std::path::Path::new("timeout"))
+        .unwrap()
+        .arg("2")
+        .arg(lab.state().bin_dir.join("shoal"))
+        .args(["--format", "json", "events", "--since", "1"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The arguments of `shoal stack deploy --wait` (60 s at most) of `file` as stack `name`.
 pub fn deploy_args<'a>(file: &'a str, name: &'a str) -> [&'a str; 8] {
     [

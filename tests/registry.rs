@@ -383,15 +383,7 @@ fn a_stack_whose_image_is_only_in_the_registry_runs_on_every_worker() {
     let tasks_json = lab
         .shoal_ok("m1", &["--format", "json", "service", "ps", "q_app"])
         .unwrap();
-    let events = lab
-        .command("m1", std::path::Path::new("timeout"))
-        .unwrap()
-        .arg("2")
-        .arg(&shoal_bin)
-        .args(["--format", "json", "events", "--since", "1"])
-        .output()
-        .unwrap();
-    let events = String::from_utf8_lossy(&events.stdout).into_owned();
+    let events = events_so_far(&lab, "m1");
     assert!(events.contains("q_app"), "{events}");
     for shown in [&inspect, &tasks_json, &events] {
         assert!(!shown.contains(PASSWORD), "{shown}");

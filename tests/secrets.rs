@@ -106,15 +106,7 @@ fn secrets_reach_only_their_container_and_never_show() {
     for s in &shown {
         assert!(!s.contains(VALUE), "{s}");
     }
-    let events = lab
-        .command("m1", std::path::Path::new("timeout"))
-        .unwrap()
-        .arg("2")
-        .arg(&shoal_bin)
-        .args(["--format", "json", "events", "--since", "1"])
-        .output()
-        .unwrap();
-    let events = String::from_utf8_lossy(&events.stdout).into_owned();
+    let events = events_so_far(&lab, "m1");
     assert!(events.contains("s_db_pw"), "{events}");
     assert!(!events.contains(VALUE), "{events}");
     let config = lab

@@ -17,17 +17,9 @@ fn write_stack(d: &Daemon, name: &str, yaml: &str) -> String {
 }
 
 fn deploy(d: &Daemon, name: &str, yaml: &str) {
-    let file = write_stack(d, name, yaml);
-    d.ok(&[
-        "stack",
-        "deploy",
-        "--wait",
-        "--timeout",
-        "60s",
-        "-c",
-        &file,
-        name,
-    ]);
+    if let Err(e) = deploy_result(d, name, yaml) {
+        panic!("deploying {name}: {e}");
+    }
 }
 
 fn running_ids(d: &Daemon, service: &str) -> Vec<String> {

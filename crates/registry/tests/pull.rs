@@ -152,26 +152,19 @@ fn images_pushed_by_skopeo_are_pulled_checked_and_refused_when_corrupt() {
     let _registry = Registry::start(&config, "127.0.0.1:5000");
     let layout = d.path().join("layout");
     busybox_layout(&layout);
-    let out = Command::new("skopeo")
-        .args(["--insecure-policy", "copy", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:1", layout.display()))
-        .arg("docker://127.0.0.1:5000/tools/bb:1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = Command::new("skopeo")
-        .args([
-            "inspect",
-            "--tls-verify=false",
-            "docker://127.0.0.1:5000/tools/bb:1",
-        ])
-        .output()
-        .unwrap();
-    let pushed_by_skopeo: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    skopeo(&[
+        "--insecure-policy",
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:1", layout.display()),
+        "docker://127.0.0.1:5000/tools/bb:1",
+    ]);
+    let pushed_by_skopeo: serde_json::Value = serde_json::from_slice(&skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        "docker://127.0.0.1:5000/tools/bb:1",
+    ]))
+    .unwrap();
     let pushed_digest = pushed_by_skopeo["Digest"].as_str().unwrap().to_owned();
 
     let store = Arc::new(ImageStore::open(&d.path().join("store")).unwrap());
@@ -215,22 +208,14 @@ fn images_pushed_by_skopeo_are_pulled_checked_and_refused_when_corrupt() {
     // A multi-platform index: the pull picks this machine's image.
     let multi = d.path().join("multi");
     let ours = multi_platform_layout(&multi);
-    let out = Command::new("skopeo")
-        .args([
-            "--insecure-policy",
-            "copy",
-            "--all",
-            "--dest-tls-verify=false",
-        ])
-        .arg(format!("oci:{}:multi", multi.display()))
-        .arg("docker://127.0.0.1:5000/tools/multi:1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    skopeo(&[
+        "--insecure-policy",
+        "copy",
+        "--all",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:multi", multi.display()),
+        "docker://127.0.0.1:5000/tools/multi:1",
+    ]);
     let picked = rt
         .block_on(pull(
             store.clone(),
@@ -266,26 +251,19 @@ fn images_pushed_by_skopeo_are_pulled_checked_and_refused_when_corrupt() {
         .unwrap();
     assert_eq!(pushed, imported[0].manifest.to_string());
     let back = d.path().join("back");
-    let out = Command::new("skopeo")
-        .args(["--insecure-policy", "copy", "--src-tls-verify=false"])
-        .arg("docker://127.0.0.1:5000/pushed/bb:7")
-        .arg(format!("oci:{}:7", back.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = Command::new("skopeo")
-        .args([
-            "inspect",
-            "--tls-verify=false",
-            "docker://127.0.0.1:5000/pushed/bb:7",
-        ])
-        .output()
-        .unwrap();
-    let there: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    skopeo(&[
+        "--insecure-policy",
+        "copy",
+        "--src-tls-verify=false",
+        "docker://127.0.0.1:5000/pushed/bb:7",
+        &format!("oci:{}:7", back.display()),
+    ]);
+    let there: serde_json::Value = serde_json::from_slice(&skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        "docker://127.0.0.1:5000/pushed/bb:7",
+    ]))
+    .unwrap();
     assert_eq!(
         there["Digest"],
         pushed.as_str(),
@@ -329,19 +307,14 @@ fn images_pushed_by_skopeo_are_pulled_checked_and_refused_when_corrupt() {
         }
     };
     // Two pulls at once of names that share their blobs fetch each blob once.
-    assert!(Command::new("skopeo")
-        .args([
-            "--insecure-policy",
-            "copy",
-            "--src-tls-verify=false",
-            "--dest-tls-verify=false",
-            "docker://127.0.0.1:5000/tools/bb:1",
-            "docker://127.0.0.1:5000/tools/bb:2",
-        ])
-        .output()
-        .unwrap()
-        .status
-        .success());
+    skopeo(&[
+        "--insecure-policy",
+        "copy",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        "docker://127.0.0.1:5000/tools/bb:1",
+        "docker://127.0.0.1:5000/tools/bb:2",
+    ]);
     empty();
     fetched.lock().unwrap().clear();
     let count = |p: Progress| {
@@ -420,17 +393,13 @@ fn images_pushed_by_skopeo_are_pulled_checked_and_refused_when_corrupt() {
     )
     .unwrap();
     let _tls_registry = Registry::start(&tls_config, "192.0.2.1:5443");
-    let out = Command::new("skopeo")
-        .args(["--insecure-policy", "copy", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:1", layout.display()))
-        .arg("docker://192.0.2.1:5443/tools/bb:1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    skopeo(&[
+        "--insecure-policy",
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:1", layout.display()),
+        "docker://192.0.2.1:5443/tools/bb:1",
+    ]);
     let certs = d.path().join("certs.d");
     let tls_opts = PullOptions {
         certs_dir: Some(certs.clone()),
@@ -479,23 +448,15 @@ fn images_pushed_by_skopeo_are_pulled_checked_and_refused_when_corrupt() {
     )
     .unwrap();
     let _auth_registry = Registry::start(&auth_config, "192.0.2.1:5444");
-    let out = Command::new("skopeo")
-        .args([
-            "--insecure-policy",
-            "copy",
-            "--dest-tls-verify=false",
-            "--dest-creds",
-            "alice:s3cret",
-        ])
-        .arg(format!("oci:{}:1", layout.display()))
-        .arg("docker://192.0.2.1:5444/private/bb:1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    skopeo(&[
+        "--insecure-policy",
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        "alice:s3cret",
+        &format!("oci:{}:1", layout.display()),
+        "docker://192.0.2.1:5444/private/bb:1",
+    ]);
     std::fs::create_dir_all(certs.join("192.0.2.1:5444")).unwrap();
     std::fs::write(certs.join("192.0.2.1:5444/ca.crt"), ca.pem()).unwrap();
     let with = |creds: Option<(&str, &str)>| PullOptions {
@@ -546,4 +507,16 @@ fn images_pushed_by_skopeo_are_pulled_checked_and_refused_when_corrupt() {
         |_| {},
     ))
     .unwrap();
+}
+
+/// Runs skopeo, which must succeed; its output.
+fn skopeo(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("skopeo").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
