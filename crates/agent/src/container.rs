@@ -521,6 +521,14 @@ impl ContainerExecutor {
             pids: nonzero(limits.pids).map(|p| p as i64),
             cgroups_path: format!("{}/{id}", self.config.cgroup_parent.trim_end_matches('/')),
             netns_path: netns,
+            cap_add: c.cap_add.clone(),
+            cap_drop: c.cap_drop.clone(),
+            privileged: c.privileged,
+            seccomp: c.seccomp.clone(),
+            node_capabilities: c
+                .privileged
+                .then(shoal_runtime::spec::node_capabilities)
+                .flatten(),
         };
         let oci = spec::build(&input).map_err(|e| ExecError::Rejected(e.to_string()))?;
         oci.save(dir.join("config.json"))

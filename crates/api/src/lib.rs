@@ -6,6 +6,7 @@
 //! - [`units`]: durations (`1m30s`), byte sizes (`50M`) and timestamps, read and written as
 //!   docker does.
 //! - [`node`], [`service`], [`task`], [`network`]: the objects a manager stores.
+//! - [`security`]: capabilities, privileged and seccomp profiles.
 //! - [`stack`]: loading, validating, merging and converting stack files.
 //! - [`wire`]: request and response bodies of the REST API and the dispatcher.
 //!
@@ -17,6 +18,7 @@ pub mod ids;
 pub mod network;
 pub mod node;
 pub mod secret;
+pub mod security;
 pub mod service;
 pub mod stack;
 pub mod task;

@@ -161,6 +161,19 @@ pub struct ContainerSpec {
     /// Run an init process as PID 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<bool>,
+    /// Capabilities added to Docker's default set (`NET_ADMIN`, `ALL`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    /// Capabilities dropped from it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    /// Every capability and device, no seccomp filter; refused unless the cluster allows it
+    /// (`cluster init|update --allow-privileged`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
+    /// The seccomp filter (`security_opt: seccomp=...`).
+    #[serde(default, skip_serializing_if = "crate::security::Seccomp::is_default")]
+    pub seccomp: crate::security::Seccomp,
 }
 
 /// Limits or reservations of CPU, memory and processes.

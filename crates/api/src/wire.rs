@@ -37,6 +37,18 @@ pub struct InitRequest {
     /// Prefix length of each network's subnet (`--default-addr-pool-mask-length`; default 24).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet_size: Option<u8>,
+    /// Services may run privileged containers (`--allow-privileged`; default no).
+    #[serde(default)]
+    pub allow_privileged: bool,
+}
+
+/// `POST /v1/cluster/update`: settings to change (absent: unchanged).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterUpdate {
+    /// Services may run privileged containers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_privileged: Option<bool>,
 }
 
 /// The default cluster port: Raft, agent sessions and forwarded writes (as Swarm's 2377).
@@ -132,6 +144,9 @@ pub struct ClusterInfo {
     pub raft: RaftInfo,
     /// Token a worker presents to join.
     pub worker_join_token: String,
+    /// Services may run privileged containers.
+    #[serde(default)]
+    pub allow_privileged: bool,
     /// Counts of objects.
     pub nodes: usize,
     /// Services.

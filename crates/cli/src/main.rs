@@ -123,6 +123,15 @@ enum ClusterCmd {
         /// Prefix length of each network's subnet from the pool (default 24).
         #[arg(long)]
         default_addr_pool_mask_length: Option<u8>,
+        /// Let services run privileged containers (refused by default).
+        #[arg(long)]
+        allow_privileged: bool,
+    },
+    /// Change the cluster's settings.
+    Update {
+        /// Let services run privileged containers (true|false).
+        #[arg(long, action = clap::ArgAction::Set)]
+        allow_privileged: Option<bool>,
     },
     /// Join a cluster as a worker or a manager (the token decides).
     Join {
@@ -557,12 +566,14 @@ async fn run(cli: Cli) -> Result<()> {
             listen_addr,
             default_addr_pool,
             default_addr_pool_mask_length,
+            allow_privileged,
         }) => {
             let req = InitRequest {
                 advertise_addr,
                 listen_addr,
                 default_addr_pool,
                 subnet_size: default_addr_pool_mask_length,
+                allow_privileged,
             };
             let info: ClusterInfo = c
                 .clone()
@@ -635,6 +646,15 @@ async fn run(cli: Cli) -> Result<()> {
                 )
                 .await?;
             println!("This node left the cluster.");
+        }
+        Command::Cluster(ClusterCmd::Update { allow_privileged }) => {
+            let req = ClusterUpdate { allow_privileged };
+            let info: ClusterInfo = c.post("/v1/cluster/update", &req).await?;
+            if json {
+                print_json(&info)?;
+            } else {
+                println!("Cluster {} updated.", info.id);
+            }
         }
         Command::Cluster(ClusterCmd::Info) => {
             let info: ClusterInfo = c.get("/v1/cluster").await?;

@@ -56,6 +56,14 @@ pub fn cluster_info(i: &ClusterInfo) {
     println!("Tasks:        {}", i.tasks);
     println!("Networks:     {}", i.networks);
     println!("Join token:   {}", i.worker_join_token);
+    println!(
+        "Privileged:   {}",
+        if i.allow_privileged {
+            "allowed"
+        } else {
+            "refused"
+        }
+    );
 }
 
 pub fn services(list: &[ServiceSummary]) {

@@ -793,3 +793,97 @@ fn depends_on_service_healthy_holds_a_service_until_its_dependency_is_healthy() 
     d.ok(&["stack", "rm", "o"]);
     wait_for("containers removed", || d.shims().is_empty());
 }
+
+const CONFINED_STACK: &str = "services:
+  plain:
+    image: probe
+    command: [\"sleep\", \"600\"]
+    stop_grace_period: 1s
+  open:
+    image: probe
+    command: [\"sleep\", \"600\"]
+    stop_grace_period: 1s
+    cap_add: [SYS_ADMIN]
+    security_opt: [seccomp=unconfined]
+  custom:
+    image: probe
+    command: [\"sleep\", \"600\"]
+    stop_grace_period: 1s
+    security_opt: [seccomp=./deny-keyctl.json]
+";
+
+const PRIVILEGED_STACK: &str = "services:
+  root:
+    image: probe
+    command: [\"sleep\", \"600\"]
+    stop_grace_period: 1s
+    privileged: true
+";
+
+/// Confinement from the stack file: the default seccomp filter and device rules, the filter
+/// lifted by `seccomp=unconfined`, a profile of the service's own, `cap_add`, and
+/// `privileged` refused until the cluster allows it. Checked through `container exec`, which
+/// runs under the container's filter too.
+#[test]
+fn stack_files_choose_the_confinement() {
+    if !containers_supported() {
+        return;
+    }
+    let d = Daemon::with_containers(&[]);
+    d.ok(&["cluster", "init"]);
+    d.import_images();
+    std::fs::write(
+        d.dir.path().join("deny-keyctl.json"),
+        r#"{"defaultAction":"SCMP_ACT_ALLOW",
+            "syscalls":[{"names":["keyctl"],"action":"SCMP_ACT_ERRNO","errnoRet":38}]}"#,
+    )
+    .unwrap();
+    deploy(&d, "sec", CONFINED_STACK);
+    let calls = |task: &str| {
+        d.ok(&[
+            "container",
+            "exec",
+            task,
+            "--",
+            "/probe",
+            "syscall",
+            "keyctl",
+            "unshare",
+            "mknod-block",
+            "mount",
+        ])
+    };
+    assert_eq!(
+        calls("sec_plain.1"),
+        "keyctl: errno 1\nunshare: errno 1\nmknod-block: errno 1\nmount: errno 1\n"
+    );
+    assert_eq!(
+        calls("sec_open.1"),
+        "keyctl: ok\nunshare: ok\nmknod-block: errno 1\nmount: errno 2\n"
+    );
+    assert_eq!(
+        calls("sec_custom.1"),
+        "keyctl: errno 38\nunshare: errno 1\nmknod-block: errno 1\nmount: errno 2\n"
+    );
+    let refused = deploy_result(&d, "priv", PRIVILEGED_STACK).unwrap_err();
+    assert!(
+        refused.contains("privileged container, which this cluster does not allow"),
+        "{refused}"
+    );
+    assert!(
+        !d.ok(&["service", "ls"]).contains("priv_root"),
+        "nothing was created"
+    );
+    d.ok(&["cluster", "update", "--allow-privileged", "true"]);
+    assert!(d.ok(&["cluster", "info"]).contains("Privileged:   allowed"));
+    deploy(&d, "priv", PRIVILEGED_STACK);
+    let out = calls("priv_root.1");
+    assert!(out.starts_with("keyctl: ok\nunshare: ok\n"), "{out}");
+    assert!(
+        !out.contains("mknod-block: errno 1"),
+        "a privileged container may make device nodes: {out}"
+    );
+    d.ok(&["stack", "rm", "sec"]);
+    d.ok(&["stack", "rm", "priv"]);
+    wait_for("containers removed", || d.shims().is_empty());
+}

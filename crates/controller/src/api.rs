@@ -326,6 +326,7 @@ pub fn router(manager: Shared) -> Router {
     Router::new()
         .route("/v1/cluster", get(cluster_info))
         .route("/v1/cluster/init", post(cluster_init))
+        .route("/v1/cluster/update", post(cluster_update))
         .route("/v1/cluster/join", post(cluster_join))
         .route("/v1/cluster/leave", post(cluster_leave))
         .route("/v1/cluster/join-token", get(cluster_join_token))
@@ -389,6 +390,7 @@ fn info(c: &Cluster) -> ClusterInfo {
             voters: status.voters,
             managers: store.managers.clone(),
         },
+        allow_privileged: obj.as_ref().is_some_and(|o| o.allow_privileged),
         worker_join_token: obj.map(|o| o.worker_join_token).unwrap_or_default(),
         nodes: store.nodes.len(),
         services: store.services.len(),
@@ -408,6 +410,20 @@ async fn cluster_init(
 ) -> Result<Json<ClusterInfo>> {
     let c = m.init(&req).await?;
     tracing::info!("cluster initialized");
+    Ok(Json(info(&c)))
+}
+
+async fn cluster_update(
+    State(m): State<Shared>,
+    Body(req): Body<ClusterUpdate>,
+) -> Result<Json<ClusterInfo>> {
+    let c = cluster(&m).await?;
+    c.raft
+        .propose(Command::UpdateCluster {
+            allow_privileged: req.allow_privileged,
+        })
+        .await?;
+    tracing::info!(allow_privileged = ?req.allow_privileged, "cluster updated");
     Ok(Json(info(&c)))
 }
 

@@ -516,6 +516,7 @@ impl Manager {
             manager_join_token: new_token(&cluster_id),
             default_addr_pool: req.default_addr_pool.clone(),
             subnet_size: req.subnet_size.unwrap_or(0),
+            allow_privileged: req.allow_privileged,
         };
         cluster.raft.propose(Command::InitCluster(object)).await?;
         let managers = BTreeMap::from([(id, membership.advertise_addr.clone())]);

@@ -41,6 +41,9 @@ pub struct ClusterObject {
     /// Prefix length of subnets taken from the pool (0: 24).
     #[serde(default)]
     pub subnet_size: u8,
+    /// Services may run privileged containers (`cluster init|update --allow-privileged`).
+    #[serde(default)]
+    pub allow_privileged: bool,
 }
 
 /// A network to create, with what the proposer allocated for it.
@@ -141,6 +144,11 @@ pub enum Command {
         manager: bool,
         /// The new token.
         token: String,
+    },
+    /// Changes the cluster's settings (`cluster update`).
+    UpdateCluster {
+        /// Services may run privileged containers.
+        allow_privileged: Option<bool>,
     },
     /// Create a service.
     CreateService {
@@ -405,6 +413,14 @@ fn check_service_spec(
             spec.name
         )));
     }
+    let allow_privileged = store.cluster.as_ref().is_some_and(|c| c.allow_privileged);
+    if spec.task.container.privileged && !allow_privileged {
+        return Err(StoreError::Invalid(format!(
+            "service {:?} asks for a privileged container, which this cluster does not allow \
+             (a manager can allow it with `shoal cluster update --allow-privileged true`)",
+            spec.name
+        )));
+    }
     if spec.task.container.image.is_empty() {
         return Err(StoreError::Invalid(format!(
             "service {:?} needs an image",
@@ -626,6 +642,15 @@ impl Store {
                     c.manager_join_token = token;
                 } else {
                     c.worker_join_token = token;
+                }
+            }
+            Command::UpdateCluster { allow_privileged } => {
+                let c = self
+                    .cluster
+                    .as_mut()
+                    .ok_or_else(|| StoreError::Invalid("the cluster is not initialized".into()))?;
+                if let Some(allow) = allow_privileged {
+                    c.allow_privileged = allow;
                 }
             }
             Command::CreateService { id, spec, at } => {

@@ -1,6 +1,7 @@
 //! `probe`: a statically linked test program the project imports as an image. It reports what
 //! a container sees (`report`), serves that over HTTP (`serve`), exits with a chosen code
-//! (`exit`), allocates memory (`alloc`), starts processes (`spawn`) and sleeps (`sleep`).
+//! (`exit`), allocates memory (`alloc`), starts processes (`spawn`), sleeps (`sleep`) and makes
+//! raw system calls a confined container must not make (`syscall`).
 //! std only, so `rustc -C target-feature=+crt-static` builds it in seconds.
 
 use std::collections::BTreeMap;
@@ -90,6 +91,7 @@ fn report() -> String {
         ("cap_bnd", json_str(&status_field("CapBnd"))),
         ("cap_prm", json_str(&status_field("CapPrm"))),
         ("no_new_privs", json_str(&status_field("NoNewPrivs"))),
+        ("seccomp", json_str(&status_field("Seccomp"))),
         (
             "cwd",
             json_str(
@@ -259,8 +261,73 @@ fn respond(mut s: TcpStream) {
     );
 }
 
+/// A raw system call (x86_64 Linux): the result, or minus the errno.
+#[cfg(target_arch = "x86_64")]
+fn raw_syscall(nr: i64, a: [i64; 4]) -> i64 {
+    let ret: i64;
+    // SAFETY: the system calls made here take integers or pointers to live, NUL-terminated
+    // buffers of the caller; `syscall` clobbers rcx and r11 only.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") nr => ret,
+            in("rdi") a[0],
+            in("rsi") a[1],
+            in("rdx") a[2],
+            in("r10") a[3],
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack)
+        );
+    }
+    ret
+}
+
+/// Makes one system call a confined container is denied: its result or minus the errno.
+#[cfg(target_arch = "x86_64")]
+fn forbidden_syscall(which: &str) -> Option<i64> {
+    let path = c"/dev/probe-block";
+    let none = c"none";
+    // A target that does not exist: allowed, the call fails with ENOENT and mounts nothing.
+    let target = c"/nonexistent-probe-target";
+    Some(match which {
+        // keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, create)
+        "keyctl" => raw_syscall(250, [0, -3, 1, 0]),
+        // unshare(CLONE_NEWUTS)
+        "unshare" => raw_syscall(272, [0x0400_0000, 0, 0, 0]),
+        // mknod(path, S_IFBLK | 0600, makedev(8, 0)), then open it for reading
+        "mknod-block" => {
+            let r = raw_syscall(133, [path.as_ptr() as i64, 0o60600, 8 << 8, 0]);
+            if r < 0 {
+                r
+            } else {
+                // open(path, O_RDONLY)
+                let fd = raw_syscall(2, [path.as_ptr() as i64, 0, 0, 0]);
+                let _ = std::fs::remove_file("/dev/probe-block");
+                fd.min(0)
+            }
+        }
+        // mount("none", "/nonexistent-probe-target", "tmpfs", 0, NULL)
+        "mount" => raw_syscall(
+            165,
+            [
+                none.as_ptr() as i64,
+                target.as_ptr() as i64,
+                c"tmpfs".as_ptr() as i64,
+                0,
+            ],
+        ),
+        _ => return None,
+    })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn forbidden_syscall(_which: &str) -> Option<i64> {
+    None
+}
+
 fn usage() -> ExitCode {
-    eprintln!("usage: probe report | serve [PORT] | udpserve [PORT] | dig NAME | exit CODE | alloc MB [SECS] | spawn N | sleep SECS | get HOST:PORT [PATH] | cat FILE | write FILE TEXT");
+    eprintln!("usage: probe report | serve [PORT] | udpserve [PORT] | dig NAME | exit CODE | alloc MB [SECS] | spawn N | sleep SECS | get HOST:PORT [PATH] | cat FILE | write FILE TEXT | syscall keyctl|unshare|mknod-block|mount...");
     ExitCode::from(2)
 }
 
@@ -411,6 +478,17 @@ fn main() -> ExitCode {
             },
             _ => usage(),
         },
+        Some("syscall") if args.len() > 2 => {
+            // One line per call: `NAME: ok` or `NAME: errno N`.
+            for name in &args[2..] {
+                match forbidden_syscall(name) {
+                    Some(r) if r < 0 => println!("{name}: errno {}", -r),
+                    Some(_) => println!("{name}: ok"),
+                    None => return usage(),
+                }
+            }
+            ExitCode::SUCCESS
+        }
         _ => usage(),
     }
 }

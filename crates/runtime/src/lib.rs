@@ -20,6 +20,7 @@ pub mod linux;
 pub mod logs;
 pub mod oci;
 pub mod rootfs;
+pub mod seccomp;
 pub mod shim;
 pub mod spec;
 pub mod user;

@@ -48,6 +48,9 @@ pub enum RuntimeError {
     /// The container's init failed while setting up.
     #[error("container init: {0}")]
     Init(String),
+    /// The seccomp section cannot be compiled.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     /// A system call failed.
     #[error("{context}: {source}")]
     Sys {
@@ -204,6 +207,12 @@ impl Runtime {
             return Err(RuntimeError::Spec(format!("container {id} is not running")));
         }
         let pid = state.pid;
+        // The container's own confinement: its seccomp filter, its capabilities' limits.
+        let spec = Spec::load(state.bundle.join("config.json")).map_err(|e| {
+            RuntimeError::Spec(format!("{}/config.json: {e}", state.bundle.display()))
+        })?;
+        let filters = filters_of(&spec)?;
+        let process = &confined_process(&spec, process, crate::cgroups::mode());
         // Its cgroup, in every hierarchy (v1) or the unified one (v2), as /proc says.
         let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
             .map_err(sys(format!("reading /proc/{pid}/cgroup")))?;
@@ -248,7 +257,7 @@ impl Runtime {
         // run any code before it execs.
         match unsafe { nix::unistd::fork() }.map_err(sys("fork"))? {
             nix::unistd::ForkResult::Child => {
-                let err = exec_child(process);
+                let err = exec_child(process, &filters);
                 eprintln!("shoal-runtime exec: {err}");
                 std::process::exit(127);
             }
@@ -315,9 +324,11 @@ impl Runtime {
         // umask must not narrow the fifo's mode.
         std::fs::set_permissions(&fifo, std::os::unix::fs::PermissionsExt::from_mode(0o622))
             .map_err(sys("chmod exec.fifo"))?;
+        // Compiled before anything is made, so that a bad filter changes nothing.
+        let filters = filters_of(spec)?;
         let cgroup = Cgroup::create(&cgroups_path, &limits_of(spec))
             .map_err(sys(format!("cgroup {cgroups_path}")))?;
-        match self.spawn_init(spec, bundle, &fifo, &cgroup) {
+        match self.spawn_init(spec, bundle, &fifo, &cgroup, &filters) {
             Ok(pid) => {
                 let state = State {
                     id: id.to_owned(),
@@ -349,6 +360,7 @@ impl Runtime {
         bundle: &Path,
         fifo: &Path,
         cgroup: &Cgroup,
+        filters: &[seccompiler::BpfProgram],
     ) -> Result<i32, RuntimeError> {
         let (go_r, go_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
         let (ready_r, ready_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("pipe"))?;
@@ -400,6 +412,7 @@ impl Runtime {
             ready: ready_w.as_raw_fd(),
             fifo: fifo_fd.as_raw_fd(),
             join: &join,
+            filters,
         };
         let mut stack = vec![0u8; 1 << 20];
         // SAFETY: this program is single-threaded when it creates containers (the
@@ -564,6 +577,47 @@ struct InitContext<'a> {
     ready: RawFd,
     fifo: RawFd,
     join: &'a [(OwnedFd, CloneFlags)],
+    filters: &'a [seccompiler::BpfProgram],
+}
+
+/// The seccomp programs of the spec's `linux.seccomp` (none without one).
+pub fn filters_of(spec: &Spec) -> Result<Vec<seccompiler::BpfProgram>, RuntimeError> {
+    match spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+        Some(section) => Ok(crate::seccomp::compile(section)?),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The process as this runtime can confine it: device rules are enforced through the v1
+/// devices controller only (a v2 host would need a BPF device program), so on a v2 host a
+/// spec that restricts devices loses CAP_MKNOD, and no device node can be made.
+pub fn confined_process(
+    spec: &Spec,
+    process: &oci_spec::runtime::Process,
+    mode: crate::cgroups::Mode,
+) -> oci_spec::runtime::Process {
+    let mut process = process.clone();
+    let restricts_devices = limits_of(spec)
+        .devices
+        .first()
+        .is_some_and(|(allow, _)| !allow);
+    if mode == crate::cgroups::Mode::V2 && restricts_devices {
+        if let Some(mut caps) = process.capabilities().clone() {
+            let strip = |set: &Option<oci_spec::runtime::Capabilities>| {
+                set.clone().map(|mut s| {
+                    s.remove(&oci_spec::runtime::Capability::Mknod);
+                    s
+                })
+            };
+            caps.set_bounding(strip(caps.bounding()));
+            caps.set_effective(strip(caps.effective()));
+            caps.set_permitted(strip(caps.permitted()));
+            caps.set_inheritable(strip(caps.inheritable()));
+            caps.set_ambient(strip(caps.ambient()));
+            process.set_capabilities(Some(caps));
+        }
+    }
+    process
 }
 
 /// The container's init, in the child: sets everything up, reports, waits for start, execs.
@@ -594,6 +648,10 @@ fn init(ctx: &InitContext) -> isize {
                 }
             }
             let _ = nix::unistd::close(ctx.fifo);
+            if let Err(e) = crate::seccomp::install(ctx.filters) {
+                eprintln!("shoal-runtime: {e}");
+                return 127;
+            }
             let err = nix::unistd::execve(&program, &args, &env).unwrap_err();
             eprintln!("shoal-runtime: exec {}: {err}", program.to_string_lossy());
             127
@@ -636,10 +694,13 @@ fn prepare(ctx: &InitContext) -> Result<Exec, String> {
     } else {
         ctx.bundle.join(root.path())
     };
-    let process = spec
-        .process()
-        .as_ref()
-        .ok_or("config.json has no process")?;
+    let process = &confined_process(
+        spec,
+        spec.process()
+            .as_ref()
+            .ok_or("config.json has no process")?,
+        crate::cgroups::mode(),
+    );
     let new_mount_ns = spec.linux().as_ref().is_some_and(|l| {
         l.namespaces().as_ref().is_some_and(|n| {
             n.iter()
@@ -749,7 +810,7 @@ fn prepare(ctx: &InitContext) -> Result<Exec, String> {
 
 /// The exec'd process, in the child, inside the container: identity, cwd, then exec.
 /// Returns only on failure.
-fn exec_child(process: &oci_spec::runtime::Process) -> String {
+fn exec_child(process: &oci_spec::runtime::Process, filters: &[seccompiler::BpfProgram]) -> String {
     let run = || -> Result<std::convert::Infallible, String> {
         // Killed with the `exec` that waits for it (a caller that went away).
         nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
@@ -777,8 +838,10 @@ fn exec_child(process: &oci_spec::runtime::Process) -> String {
         let cstr = |s: &str| CString::new(s).map_err(|_| format!("{s:?} contains NUL"));
         let argv: Vec<CString> = args.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?;
         let envp: Vec<CString> = env.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?;
-        nix::unistd::execve(&cstr(&program)?, &argv, &envp)
-            .map_err(|e| format!("exec {program}: {e}"))
+        let program = cstr(&program)?;
+        crate::seccomp::install(filters).map_err(|e| e.to_string())?;
+        nix::unistd::execve(&program, &argv, &envp)
+            .map_err(|e| format!("exec {}: {e}", program.to_string_lossy()))
     };
     match run() {
         Err(e) => e,

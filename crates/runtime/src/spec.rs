@@ -10,6 +10,7 @@ use oci_spec::runtime::{
     LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
     UserBuilder,
 };
+use shoal_api::security::{effective_capabilities, Seccomp};
 use std::collections::HashSet;
 use std::path::PathBuf;
 
@@ -25,6 +26,9 @@ pub enum SpecError {
     /// oci-spec refused a value.
     #[error("building the OCI spec: {0}")]
     Oci(#[from] oci_spec::OciSpecError),
+    /// The seccomp profile cannot be used.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
 /// A mount of the container, its source already resolved on the host.
@@ -81,6 +85,17 @@ pub struct SpecInput {
     pub cgroups_path: String,
     /// The process joins this network namespace instead of a new one.
     pub netns_path: Option<PathBuf>,
+    /// Capabilities added to Docker's default set (`cap_add`).
+    pub cap_add: Vec<String>,
+    /// Capabilities dropped from it (`cap_drop`).
+    pub cap_drop: Vec<String>,
+    /// Every capability and device, no seccomp filter, /sys writable, nothing masked.
+    pub privileged: bool,
+    /// The seccomp filter.
+    pub seccomp: Seccomp,
+    /// The capabilities the node itself holds (its bounding set, bit N for capability N):
+    /// a privileged container gets those of every capability.
+    pub node_capabilities: Option<u64>,
 }
 
 /// Docker's default capabilities.
@@ -196,7 +211,19 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
     if input.args.is_empty() {
         return Err(SpecError::NoCommand);
     }
-    let caps: HashSet<Capability> = DEFAULT_CAPABILITIES.into_iter().collect();
+    let mut names = effective_capabilities(&input.cap_add, &input.cap_drop, input.privileged);
+    if let (true, Some(mask)) = (input.privileged, input.node_capabilities) {
+        names.retain(|n| {
+            shoal_api::security::CAPABILITIES
+                .iter()
+                .position(|c| c == n)
+                .is_some_and(|bit| mask & (1u64 << bit) != 0)
+        });
+    }
+    let caps: HashSet<Capability> = names
+        .iter()
+        .filter_map(|n| serde_json::from_value(serde_json::Value::String(format!("CAP_{n}"))).ok())
+        .collect();
     let capabilities = oci_spec::runtime::LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
@@ -228,7 +255,7 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
             "/dev",
             "tmpfs",
             "tmpfs",
-            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+            &["nosuid", "noexec", "strictatime", "mode=755", "size=65536k"],
         )?,
         mount(
             "/dev/pts",
@@ -259,7 +286,11 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
             "/sys",
             "sysfs",
             "sysfs",
-            &["nosuid", "noexec", "nodev", "ro"],
+            if input.privileged {
+                &["nosuid", "noexec", "nodev"]
+            } else {
+                &["nosuid", "noexec", "nodev", "ro"]
+            },
         )?,
     ];
     for m in &input.mounts {
@@ -305,7 +336,7 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
     }
     let mut resources = LinuxResourcesBuilder::default();
     let mut devices = vec![LinuxDeviceCgroupBuilder::default()
-        .allow(false)
+        .allow(input.privileged)
         .access("rwm")
         .build()?];
     // null, zero, full, random, urandom, tty, console, ptmx, and the pty slaves.
@@ -319,7 +350,10 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
         (LinuxDeviceType::C, 5, Some(1)),
         (LinuxDeviceType::C, 5, Some(2)),
         (LinuxDeviceType::C, 136, None),
-    ] {
+    ]
+    .into_iter()
+    .filter(|_| !input.privileged)
+    {
         let mut b = LinuxDeviceCgroupBuilder::default()
             .allow(true)
             .typ(kind)
@@ -349,23 +383,27 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
     if let Some(p) = input.pids {
         resources = resources.pids(LinuxPidsBuilder::default().limit(p).build()?);
     }
-    let linux = LinuxBuilder::default()
+    let (masked, readonly): (&[&str], &[&str]) = if input.privileged {
+        (&[], &[])
+    } else {
+        (&MASKED_PATHS, &READONLY_PATHS)
+    };
+    let mut linux = LinuxBuilder::default()
         .namespaces(namespaces)
         .resources(resources.build()?)
         .cgroups_path(PathBuf::from(&input.cgroups_path))
-        .masked_paths(
-            MASKED_PATHS
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .readonly_paths(
-            READONLY_PATHS
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-        )
-        .build()?;
+        .masked_paths(masked.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .readonly_paths(readonly.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    let seccomp = match (&input.seccomp, input.privileged) {
+        // Privileged drops the default filter, not one the service names (as Docker).
+        (Seccomp::Unconfined, _) | (Seccomp::Default, true) => None,
+        (Seccomp::Default, false) => Some(crate::seccomp::default_for(&names)?),
+        (Seccomp::Profile(p), _) => Some(crate::seccomp::resolve(p, &names)?),
+    };
+    if let Some(s) = seccomp {
+        linux = linux.seccomp(s);
+    }
+    let linux = linux.build()?;
     let root = RootBuilder::default()
         .path(input.rootfs.clone())
         .readonly(input.read_only_rootfs)
@@ -378,6 +416,13 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
         .mounts(mounts)
         .linux(linux)
         .build()?)
+}
+
+/// This process's bounding set, from /proc/self/status (`None` when it cannot be read).
+pub fn node_capabilities() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapBnd:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
 }
 
 fn check_target(target: &str) -> Result<(), SpecError> {

@@ -229,6 +229,7 @@ fn the_probe_is_isolated() {
         );
     }
     assert_eq!(r["no_new_privs"], "1");
+    assert_eq!(r["seccomp"], "2", "a seccomp filter is installed");
     // Docker's default capability set: 0x00000000a80425fb.
     assert_eq!(r["cap_eff"], "00000000a80425fb");
     assert_eq!(r["cap_bnd"], "00000000a80425fb");
@@ -496,6 +497,7 @@ fn builtin_and_runc_agree() {
         "cap_bnd",
         "cap_prm",
         "no_new_privs",
+        "seccomp",
         "cwd",
         "addresses",
         "env",
@@ -518,4 +520,70 @@ fn builtin_and_runc_agree() {
         v
     };
     assert_eq!(set(&r1), set(&r2), "mount tables differ");
+}
+
+#[test]
+fn seccomp_and_device_rules_confine_under_both_runtimes() {
+    use shoal_api::security::{parse_profile, Seccomp};
+    if !supported() {
+        return;
+    }
+    let node = Node::new();
+    let mut runtimes = vec![node.builtin()];
+    match node.runc() {
+        Some(r) => runtimes.push(r),
+        None => shoal_testkit::skip("runc is not installed (apt-get install runc)"),
+    }
+    let calls = [
+        "/probe",
+        "syscall",
+        "keyctl",
+        "unshare",
+        "mknod-block",
+        "mount",
+    ];
+    let custom = parse_profile(
+        r#"{"defaultAction":"SCMP_ACT_ALLOW",
+            "syscalls":[{"names":["keyctl"],"action":"SCMP_ACT_ERRNO","errnoRet":38}]}"#,
+    )
+    .unwrap();
+    type Edit = Box<dyn Fn(&mut SpecInput)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            // Denied by the filter (keyctl, unshare, mount) and by the device rules (mknod).
+            "default",
+            Box::new(|_| {}),
+            "keyctl: errno 1\nunshare: errno 1\nmknod-block: errno 1\nmount: errno 1\n",
+        ),
+        (
+            // No filter: keyctl works and mount reaches the kernel (which looks the target
+            // up before it checks the capability); capabilities and device rules still hold.
+            "unconfined",
+            Box::new(|i| i.seccomp = Seccomp::Unconfined),
+            "keyctl: ok\nunshare: errno 1\nmknod-block: errno 1\nmount: errno 2\n",
+        ),
+        (
+            // CAP_SYS_ADMIN lifts the filter's namespace and mount rules (mount then fails
+            // only because its target does not exist); keyctl stays denied.
+            "sysadmin",
+            Box::new(|i| i.cap_add = vec!["SYS_ADMIN".into()]),
+            "keyctl: errno 1\nunshare: ok\nmknod-block: errno 1\nmount: errno 2\n",
+        ),
+        (
+            // The profile replaces the default: only keyctl is filtered, with its errno.
+            "profile",
+            Box::new(move |i| i.seccomp = Seccomp::Profile(Box::new(custom.clone()))),
+            "keyctl: errno 38\nunshare: errno 1\nmknod-block: errno 1\nmount: errno 2\n",
+        ),
+    ];
+    for rt in &runtimes {
+        for (name, edit, want) in &cases {
+            let id = format!("sc-{name}-{}", rt.name);
+            let b = node.bundle(&id, "probe", &calls, edit);
+            let (exit, entries) = node.run(rt, &id, &b);
+            let out: String = entries.iter().map(|e| e.log.as_str()).collect();
+            assert_eq!(exit.code, 0, "{}: {name}: {entries:?}", rt.name);
+            assert_eq!(out, *want, "{} with the {name} case", rt.name);
+        }
+    }
 }

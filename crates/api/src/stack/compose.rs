@@ -60,6 +60,20 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
+    /// Capabilities added to Docker's default set.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "de_string_list"
+    )]
+    pub cap_add: Vec<String>,
+    /// Capabilities dropped from it.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "de_string_list"
+    )]
+    pub cap_drop: Vec<String>,
     /// Replaces the image's command (shell-split when a string).
     #[serde(
         default,
@@ -142,6 +156,13 @@ pub struct ServiceConfig {
         deserialize_with = "de_ports"
     )]
     pub ports: Vec<PortConfig>,
+    /// Every capability and device, no seccomp filter.
+    #[serde(
+        default,
+        skip_serializing_if = "is_false",
+        deserialize_with = "de_bool"
+    )]
+    pub privileged: bool,
     /// Root file system read-only.
     #[serde(
         default,
@@ -159,6 +180,17 @@ pub struct ServiceConfig {
         deserialize_with = "de_file_refs"
     )]
     pub secrets: Vec<FileRefConfig>,
+    /// `seccomp=unconfined|PROFILE.json`, `no-new-privileges[=true]`; `apparmor=` and
+    /// `label=` are read with a warning.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "de_string_list"
+    )]
+    pub security_opt: Vec<String>,
+    /// The seccomp profile `security_opt` names, read by the loader.
+    #[serde(skip)]
+    pub seccomp_profile: Option<crate::security::SeccompProfile>,
     /// Keep stdin open.
     #[serde(
         default,

@@ -358,6 +358,24 @@ fn amounts(
     })
 }
 
+/// The seccomp filter `security_opt` asks for (the loader has read and checked a profile).
+fn seccomp(s: &ServiceConfig) -> crate::security::Seccomp {
+    use crate::security::Seccomp;
+    let mut out = Seccomp::Default;
+    for o in &s.security_opt {
+        match super::security_opt(o) {
+            super::SecurityOpt::SeccompUnconfined => out = Seccomp::Unconfined,
+            super::SecurityOpt::SeccompProfile(_) => {
+                if let Some(p) = &s.seccomp_profile {
+                    out = Seccomp::Profile(Box::new(p.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 fn convert_service(
     stack: &str,
     name: &str,
@@ -604,6 +622,10 @@ fn convert_service(
                 open_stdin: s.stdin_open,
                 registry_auth: None,
                 init: s.init,
+                cap_add: s.cap_add.clone(),
+                cap_drop: s.cap_drop.clone(),
+                privileged: s.privileged,
+                seccomp: seccomp(s),
             },
             resources: Resources {
                 limits: amounts(

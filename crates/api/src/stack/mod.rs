@@ -36,8 +36,6 @@ pub const FORBIDDEN: &[(&str, &str)] = &[
 /// among them yet still read, as docker reads it, when `deploy.restart_policy` is absent.
 pub const UNSUPPORTED: &[&str] = &[
     "build",
-    "cap_add",
-    "cap_drop",
     "cgroup_parent",
     "cgroupns_mode",
     "devices",
@@ -48,9 +46,7 @@ pub const UNSUPPORTED: &[&str] = &[
     "mac_address",
     "network_mode",
     "pid",
-    "privileged",
     "restart",
-    "security_opt",
     "shm_size",
     "sysctls",
     "ulimits",
@@ -213,6 +209,28 @@ pub fn load(files: &[SourceFile], opts: &LoadOptions<'_>) -> Result<Loaded, Load
         line: None,
         message: format!("merged files do not agree: {e}"),
     })?;
+    // The merge went through JSON, which leaves the profiles out: read them for the result.
+    let mut config = config;
+    for (name, service) in config.services.iter_mut() {
+        for (i, opt) in service.security_opt.iter().enumerate() {
+            if let SecurityOpt::SeccompProfile(path) = security_opt(opt) {
+                let full = join_path(opts.working_dir, path);
+                let profile = (opts.read_file)(&full)
+                    .map_err(|e| format!("cannot read {full}: {e}"))
+                    .and_then(|text| {
+                        crate::security::parse_profile(&text)
+                            .map_err(|e| format!("seccomp profile {full}: {e}"))
+                    })
+                    .map_err(|message| LoadError::Invalid {
+                        file: files.last().map(|f| f.name.clone()).unwrap_or_default(),
+                        path: format!("services.{name}.security_opt[{i}]"),
+                        line: None,
+                        message,
+                    })?;
+                service.seccomp_profile = Some(profile);
+            }
+        }
+    }
     // A cycle that only the merge of several files makes.
     if let Some(cycle) = convert::dependency_cycle(&config) {
         return Err(LoadError::Invalid {
@@ -393,6 +411,19 @@ fn set_aside_ignored(value: &mut J, warnings: &mut Vec<String>) {
                     not_yet.push(key.to_owned());
                 }
             }
+            if let Some(J::Array(opts)) = fields.get("security_opt") {
+                for o in opts.iter().filter_map(J::as_str) {
+                    match security_opt(o) {
+                        SecurityOpt::Ignored => {
+                            not_yet.push(format!("security_opt {o} (no such security module)"))
+                        }
+                        SecurityOpt::NoNewPrivileges(false) => {
+                            not_yet.push(format!("security_opt {o} (no_new_privs is always set)"))
+                        }
+                        _ => {}
+                    }
+                }
+            }
             let driver = fields
                 .get("logging")
                 .and_then(|l| l.get("driver"))
@@ -508,6 +539,38 @@ pub fn parse_env_file(text: &str) -> Vec<(String, Option<String>)> {
         .collect()
 }
 
+/// One `security_opt` entry, as Docker reads it (`=` or the older `:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecurityOpt<'a> {
+    /// `seccomp=unconfined`.
+    SeccompUnconfined,
+    /// `seccomp=PATH`.
+    SeccompProfile(&'a str),
+    /// `no-new-privileges`, `no-new-privileges=true`: always on in shoal.
+    NoNewPrivileges(bool),
+    /// `apparmor=...`, `label=...`: no such module here; read with a warning.
+    Ignored,
+    /// Anything else.
+    Unknown,
+}
+
+/// Reads one `security_opt` entry.
+pub fn security_opt(opt: &str) -> SecurityOpt<'_> {
+    let (key, value) = match opt.split_once(['=', ':']) {
+        Some((k, v)) => (k, Some(v)),
+        None => (opt, None),
+    };
+    match (key, value) {
+        ("seccomp", Some("unconfined")) => SecurityOpt::SeccompUnconfined,
+        ("seccomp", Some(path)) if !path.is_empty() => SecurityOpt::SeccompProfile(path),
+        ("no-new-privileges", None) => SecurityOpt::NoNewPrivileges(true),
+        ("no-new-privileges", Some("true")) => SecurityOpt::NoNewPrivileges(true),
+        ("no-new-privileges", Some("false")) => SecurityOpt::NoNewPrivileges(false),
+        ("apparmor" | "label", Some(_)) => SecurityOpt::Ignored,
+        _ => SecurityOpt::Unknown,
+    }
+}
+
 fn resolve(
     config: &mut Config,
     file: &str,
@@ -544,6 +607,53 @@ fn resolve(
             put(k, v);
         }
         service.environment = env;
+        for (i, opt) in service.security_opt.iter().enumerate() {
+            let key = format!("services.{name}.security_opt[{i}]");
+            match security_opt(opt) {
+                SecurityOpt::SeccompProfile(path) => {
+                    let full = join_path(opts.working_dir, path);
+                    let text = (opts.read_file)(&full).map_err(|e| {
+                        LoadError::invalid(file, &key, lines, format!("cannot read {full}: {e}"))
+                    })?;
+                    // Checked here for the line; read again once the files are merged.
+                    crate::security::parse_profile(&text).map_err(|e| {
+                        LoadError::invalid(
+                            file,
+                            &key,
+                            lines,
+                            format!("seccomp profile {full}: {e}"),
+                        )
+                    })?;
+                }
+                SecurityOpt::Unknown => {
+                    return Err(LoadError::invalid(
+                        file,
+                        &key,
+                        lines,
+                        format!(
+                            "unknown option {opt:?} (use seccomp=unconfined, \
+                             seccomp=PROFILE.json or no-new-privileges)"
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        for (list, which) in [
+            (&service.cap_add, "cap_add"),
+            (&service.cap_drop, "cap_drop"),
+        ] {
+            for (i, c) in list.iter().enumerate() {
+                if crate::security::normalize_capability(c).is_none() {
+                    return Err(LoadError::invalid(
+                        file,
+                        &format!("services.{name}.{which}[{i}]"),
+                        lines,
+                        format!("unknown capability {c:?}"),
+                    ));
+                }
+            }
+        }
         for (i, mount) in service.volumes.iter_mut().enumerate() {
             if mount.kind != "bind" {
                 continue;
@@ -864,5 +974,88 @@ mod tests {
         assert_eq!(web.environment["C"].as_deref(), Some("from-env"));
         assert_eq!(web.volumes[0].source.as_deref(), Some("/srv/d"));
         assert_eq!(web.volumes[1].source.as_deref(), Some("/home/u/x"));
+    }
+
+    #[test]
+    fn security_options_are_read_and_checked_with_the_line() {
+        use crate::security::Seccomp;
+        let env = HashMap::new();
+        let read = |p: &str| match p {
+            "/srv/deny-keyctl.json" => Ok(r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[
+                {"names":["keyctl"],"action":"SCMP_ACT_ERRNO"}]}"#
+                .to_owned()),
+            "/srv/bad.json" => Ok(r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[
+                {"names":["keyctl"],"action":"DENY"}]}"#
+                .to_owned()),
+            _ => Err("missing".to_owned()),
+        };
+        let opts = LoadOptions {
+            env: &env,
+            working_dir: "/srv",
+            read_file: &read,
+            skip_interpolation: false,
+        };
+        let load_src = |src: &str| {
+            load(
+                &[SourceFile {
+                    name: "s.yml".into(),
+                    content: src.into(),
+                }],
+                &opts,
+            )
+        };
+        let head = "services:\n  web:\n    image: a\n";
+        let l = load_src(&format!(
+            "{head}    cap_add: [net_admin]\n    cap_drop: [MKNOD]\n    security_opt: [seccomp=./deny-keyctl.json, no-new-privileges]\n"
+        ))
+        .unwrap();
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        let spec = super::convert::convert("st", &l.config).unwrap();
+        let c = &spec.services[0].task.container;
+        assert_eq!(
+            (c.cap_add.clone(), c.cap_drop.clone()),
+            (vec!["net_admin".to_owned()], vec!["MKNOD".to_owned()])
+        );
+        assert!(matches!(&c.seccomp, Seccomp::Profile(p) if p.syscalls[0].names == ["keyctl"]));
+        let l = load_src(&format!(
+            "{head}    security_opt: ['seccomp:unconfined']\n    privileged: true\n"
+        ))
+        .unwrap();
+        let spec = super::convert::convert("st", &l.config).unwrap();
+        let c = &spec.services[0].task.container;
+        assert_eq!(c.seccomp, Seccomp::Unconfined);
+        assert!(c.privileged);
+        // What cannot be honoured is said; what is wrong is refused with file, line and key.
+        let l = load_src(&format!(
+            "{head}    security_opt: ['label=type:svirt_apache_t']\n"
+        ))
+        .unwrap();
+        assert!(
+            l.warnings.iter().any(|w| w.contains("label=type")),
+            "{:?}",
+            l.warnings
+        );
+        let e = load_src(&format!("{head}    cap_add: [FLY]\n"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "s.yml:4: services.web.cap_add[0]: unknown capability \"FLY\""
+        );
+        let e = load_src(&format!("{head}    security_opt: [apparmor]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("s.yml:4: services.web.security_opt[0]: unknown option"),
+            "{e}"
+        );
+        let e = load_src(&format!("{head}    security_opt: [seccomp=bad.json]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("services.web.security_opt[0]: seccomp profile /srv/bad.json: syscalls[0].action: unknown action \"DENY\""), "{e}");
+        let e = load_src(&format!("{head}    security_opt: [seccomp=nope.json]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot read /srv/nope.json"), "{e}");
     }
 }

@@ -311,6 +311,7 @@ mod tests {
                 manager_join_token: String::new(),
                 default_addr_pool: Vec::new(),
                 subnet_size: 0,
+                allow_privileged: false,
             };
             self.nodes[&leader]
                 .handle
