@@ -1,11 +1,15 @@
 //! Serving the API and the cluster port: HTTP/1.1 over any listener (Unix socket or TCP), with
-//! a bound on how long a client may take to send a request's headers — also the next request's
-//! on a kept-alive connection, which bounds idle connections. Bodies are not bounded: the Raft
-//! streams and log uploads are long on purpose.
+//! bounds a slow or hostile client cannot get around: how long it may take to send a request's
+//! headers (also the next request's on a kept-alive connection, which bounds idle
+//! connections), how large the headers may be, and how many connections one address and all
+//! of them together may hold. Bodies are bounded per route (the API's JSON), not here: the
+//! Raft streams and log uploads are long on purpose.
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
@@ -13,46 +17,115 @@ use tokio_util::sync::CancellationToken;
 /// Time a client has to send a request's headers (and an idle connection to send another).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Limits of one server.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    /// Time a client has to send a request's headers.
+    pub header_timeout: Duration,
+    /// Connections one peer address may hold at once (Unix socket clients are one peer).
+    pub max_per_peer: usize,
+    /// Connections the server holds at once.
+    pub max_total: usize,
+    /// Bytes a connection's read buffer may hold: bounds a request's headers.
+    pub max_header_bytes: usize,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            header_timeout: HEADER_TIMEOUT,
+            // A peer holds a Raft stream, an agent session, forwarded writes and its users'
+            // requests; 512 leaves room for a benchmark's hundreds of clients.
+            max_per_peer: 512,
+            max_total: 4096,
+            max_header_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Open connections by peer (`None`: a Unix socket client).
+type Counts = std::sync::Arc<std::sync::Mutex<(usize, HashMap<Option<IpAddr>, usize>)>>;
+
+/// One connection's place in [`Counts`], given back when it ends.
+struct Slot {
+    counts: Counts,
+    peer: Option<IpAddr>,
+}
+
+impl Slot {
+    fn take(counts: &Counts, peer: Option<IpAddr>, opts: &ServeOptions) -> Option<Slot> {
+        let mut c = counts.lock().expect("connection counts");
+        let mine = c.1.get(&peer).copied().unwrap_or(0);
+        if c.0 >= opts.max_total || mine >= opts.max_per_peer {
+            return None;
+        }
+        c.0 += 1;
+        *c.1.entry(peer).or_insert(0) += 1;
+        Some(Slot {
+            counts: counts.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self.counts.lock().expect("connection counts");
+        c.0 -= 1;
+        if let Some(n) = c.1.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                c.1.remove(&self.peer);
+            }
+        }
+    }
+}
+
 /// Something that accepts connections.
 pub trait Accept: Send + 'static {
     /// A connection.
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    /// Waits for the next connection.
-    fn accept(&self) -> impl std::future::Future<Output = std::io::Result<Self::Io>> + Send;
+    /// Waits for the next connection; with the peer's address where it has one.
+    fn accept(
+        &self,
+    ) -> impl std::future::Future<Output = std::io::Result<(Self::Io, Option<IpAddr>)>> + Send;
 }
 
 impl Accept for tokio::net::TcpListener {
     type Io = tokio::net::TcpStream;
-    async fn accept(&self) -> std::io::Result<Self::Io> {
-        let (s, _) = tokio::net::TcpListener::accept(self).await?;
+    async fn accept(&self) -> std::io::Result<(Self::Io, Option<IpAddr>)> {
+        let (s, peer) = tokio::net::TcpListener::accept(self).await?;
         let _ = s.set_nodelay(true);
-        Ok(s)
+        Ok((s, Some(peer.ip())))
     }
 }
 
 impl Accept for tokio::net::UnixListener {
     type Io = tokio::net::UnixStream;
-    async fn accept(&self) -> std::io::Result<Self::Io> {
-        tokio::net::UnixListener::accept(self).await.map(|(s, _)| s)
+    async fn accept(&self) -> std::io::Result<(Self::Io, Option<IpAddr>)> {
+        tokio::net::UnixListener::accept(self)
+            .await
+            .map(|(s, _)| (s, None))
     }
 }
 
 /// Serves `router` on `listener` until `shutdown`; connections in flight then get up to 5 s
 /// to finish.
 pub async fn serve<L: Accept>(listener: L, router: Router, shutdown: CancellationToken) {
-    serve_with(listener, router, shutdown, HEADER_TIMEOUT).await
+    serve_with(listener, router, shutdown, ServeOptions::default()).await
 }
 
-/// [`serve`] with another header timeout.
+/// [`serve`] with other limits.
 pub async fn serve_with<L: Accept>(
     listener: L,
     router: Router,
     shutdown: CancellationToken,
-    header_timeout: Duration,
+    opts: ServeOptions,
 ) {
     let conns = tokio_util::task::TaskTracker::new();
+    let counts = Counts::default();
     loop {
-        let io = tokio::select! {
+        let (io, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(io) => io,
@@ -63,12 +136,20 @@ pub async fn serve_with<L: Accept>(
                 }
             },
         };
+        // Over its share: closed at once, before a byte is read.
+        let Some(slot) = Slot::take(&counts, peer, &opts) else {
+            tracing::warn!(peer = ?peer, "connection refused: too many connections");
+            drop(io);
+            continue;
+        };
         let service = TowerToHyperService::new(router.clone());
         let stop = shutdown.clone();
         conns.spawn(async move {
+            let _slot = slot;
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
+                .header_read_timeout(opts.header_timeout)
+                .max_buf_size(opts.max_header_bytes)
                 .serve_connection(TokioIo::new(io), service)
                 .with_upgrades();
             tokio::pin!(conn);
@@ -100,7 +181,10 @@ mod tests {
             listener,
             router,
             stop.clone(),
-            Duration::from_millis(200),
+            ServeOptions {
+                header_timeout: Duration::from_millis(200),
+                ..ServeOptions::default()
+            },
         ));
         // A whole request is answered.
         let mut ok = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -116,6 +200,72 @@ mod tests {
         let mut rest = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest)).await;
         assert!(read.is_ok(), "the stalled connection was not closed");
+        stop.cancel();
+        server.await.unwrap();
+    }
+
+    async fn get(addr: std::net::SocketAddr, extra: &str) -> Vec<u8> {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET / HTTP/1.1\r\nhost: x\r\n{extra}connection: close\r\n\r\n");
+        let _ = c.write_all(req.as_bytes()).await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut out)).await;
+        out
+    }
+
+    #[tokio::test]
+    async fn a_peer_cannot_hold_more_connections_or_larger_headers_than_allowed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let router = Router::new().route("/", axum::routing::get(|| async { "hi" }));
+        let server = tokio::spawn(serve_with(
+            listener,
+            router,
+            stop.clone(),
+            ServeOptions {
+                max_per_peer: 3,
+                max_header_bytes: 8192,
+                ..ServeOptions::default()
+            },
+        ));
+        // Three idle connections are the peer's share...
+        let mut idle = Vec::new();
+        for _ in 0..3 {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            c.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut buf = [0u8; 12];
+            c.read_exact(&mut buf).await.unwrap();
+            idle.push(c);
+        }
+        // ...a fourth is closed unanswered...
+        assert_eq!(get(addr, "").await, b"");
+        // ...until one of them goes.
+        drop(idle.pop());
+        let answered = async {
+            loop {
+                let out = get(addr, "").await;
+                if !out.is_empty() {
+                    return out;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let out = tokio::time::timeout(Duration::from_secs(10), answered)
+            .await
+            .unwrap();
+        assert!(out.starts_with(b"HTTP/1.1 200"));
+        // Headers beyond the buffer are refused, never buffered without end.
+        drop(idle.pop());
+        let huge = format!("x-big: {}\r\n", "a".repeat(64 * 1024));
+        let out = get(addr, &huge).await;
+        assert!(
+            out.is_empty() || out.starts_with(b"HTTP/1.1 431"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
         stop.cancel();
         server.await.unwrap();
     }
