@@ -1,7 +1,7 @@
 //! Secrets and configs through the lab: a stack's secret (from a file) and config (from an
 //! environment variable) reach the container on a worker with their target, owner and mode,
 //! the secret in a tmpfs; the secret's value appears in nothing the API shows nor in any
-//! daemon's log; removal is refused while a service uses it; new content under the same name
+//! daemon's log nor in any file under a host's data root; removal is refused while a service uses it; new content under the same name
 //! is refused; `stack rm` takes them away.
 
 use shoal_cluster_tests::*;
@@ -117,6 +117,12 @@ fn secrets_reach_only_their_container_and_never_show() {
         let log =
             std::fs::read_to_string(lab.state().dir.join(format!("hosts/{h}/shoald.log"))).unwrap();
         assert!(!log.contains(VALUE), "{h}'s log shows the secret");
+        // Nor does any file on disk under the host's data root (the Raft log and snapshots
+        // are sealed); a container's secrets tmpfs and root mounts are not disk, and skipped.
+        let root = lab.state().dir.join(format!("hosts/{h}/data"));
+        if let Some(file) = file_containing(&root, VALUE.as_bytes()) {
+            panic!("{} holds the secret in the clear", file.display());
+        }
     }
 
     // In use: not removed. New content under the same name: refused, nothing changed.
@@ -155,4 +161,30 @@ fn secrets_reach_only_their_container_and_never_show() {
                 .unwrap()
                 .contains("/hosts/w1/data/containers/")
     });
+}
+
+/// A file under `root`, on `root`'s own file system, whose bytes hold `needle`.
+fn file_containing(root: &std::path::Path, needle: &[u8]) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(root).ok()?.dev();
+    let mut dirs = vec![root.to_owned()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+                continue;
+            };
+            if meta.dev() != dev {
+                continue;
+            }
+            if meta.is_dir() {
+                dirs.push(e.path());
+            } else if meta.is_file() {
+                let bytes = std::fs::read(e.path()).unwrap_or_default();
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    return Some(e.path());
+                }
+            }
+        }
+    }
+    None
 }

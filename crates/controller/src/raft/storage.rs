@@ -2,11 +2,20 @@
 //! redb database under the data root. Every append is one redb transaction committed with
 //! fsync, so an acknowledged write survives `kill -9`. The log since the last snapshot is also
 //! kept in memory, which is what raft-rs reads.
+//!
+//! Entries and snapshots — which hold secrets, configs and registry credentials — are sealed
+//! at rest with ChaCha20-Poly1305 under this manager's data key (`raft.key` beside the
+//! database, mode 0600, as Swarm keeps its data key beside its log): the database alone, a
+//! copy or a backup of it, shows none of them. Records written before sealing existed are
+//! read as they are and sealed when next written.
 
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use redb::{Database, Durability, ReadableTable, TableDefinition};
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -24,7 +33,15 @@ pub enum StorageFault {
         /// What failed.
         message: String,
     },
-    /// A record did not decode.
+    /// The data key could not be read or made.
+    #[error("raft data key {path}: {message}")]
+    Key {
+        /// Key file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// A record did not decode (or did not open under this manager's data key).
     #[error("raft store {path}: corrupt record {key}")]
     Corrupt {
         /// Database file.
@@ -60,12 +77,88 @@ impl Core {
     }
 }
 
+/// What marks a sealed record: then a 12-byte nonce, then the ciphertext and its tag.
+const SEALED: &[u8; 4] = b"SHL1";
+
+/// Seals and opens records with the manager's data key.
+#[derive(Clone)]
+struct Sealer {
+    cipher: ChaCha20Poly1305,
+}
+
+impl Sealer {
+    /// The key at `path`, made (32 random bytes, mode 0600) when there is none.
+    fn load_or_create(path: &Path) -> Result<Sealer, StorageFault> {
+        let fault = |message: String| StorageFault::Key {
+            path: path.to_owned(),
+            message,
+        };
+        let key: [u8; 32] = match std::fs::read(path) {
+            Ok(bytes) => bytes
+                .try_into()
+                .map_err(|_| fault("not a 32-byte key".into()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                use std::io::Write as _;
+                use std::os::unix::fs::OpenOptionsExt as _;
+                let key: [u8; 32] = rand::random();
+                let tmp = path.with_extension("key.tmp");
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .map_err(|e| fault(e.to_string()))?;
+                f.write_all(&key)
+                    .and_then(|()| f.sync_all())
+                    .map_err(|e| fault(e.to_string()))?;
+                std::fs::rename(&tmp, path).map_err(|e| fault(e.to_string()))?;
+                key
+            }
+            Err(e) => return Err(fault(e.to_string())),
+        };
+        Ok(Sealer {
+            cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
+        })
+    }
+
+    fn seal(&self, plain: &[u8]) -> Vec<u8> {
+        let nonce: [u8; 12] = rand::random();
+        let sealed = self
+            .cipher
+            .encrypt(Nonce::from_slice(&nonce), plain)
+            .expect("ChaCha20-Poly1305 seals any length a Raft record has");
+        let mut out = Vec::with_capacity(SEALED.len() + nonce.len() + sealed.len());
+        out.extend_from_slice(SEALED);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        out
+    }
+
+    /// The plain record; `None` when it is sealed but does not open under this key.
+    fn open<'a>(&self, record: &'a [u8]) -> Option<Cow<'a, [u8]>> {
+        match record.strip_prefix(SEALED.as_slice()) {
+            Some(rest) if rest.len() >= 12 => {
+                let (nonce, sealed) = rest.split_at(12);
+                self.cipher
+                    .decrypt(Nonce::from_slice(nonce), sealed)
+                    .ok()
+                    .map(Cow::Owned)
+            }
+            Some(_) => None,
+            // Written before records were sealed.
+            None => Some(Cow::Borrowed(record)),
+        }
+    }
+}
+
 /// The durable log. Cheap to clone (shared).
 #[derive(Clone)]
 pub struct DurableLog {
     db: Arc<Database>,
     path: PathBuf,
     core: Arc<RwLock<Core>>,
+    sealer: Sealer,
 }
 
 impl std::fmt::Debug for DurableLog {
@@ -86,6 +179,7 @@ fn db_err(path: &Path, e: impl std::fmt::Display) -> StorageFault {
 impl DurableLog {
     /// Opens (or creates) the log at `path`.
     pub fn open(path: &Path) -> Result<DurableLog, StorageFault> {
+        let sealer = Sealer::load_or_create(&path.with_extension("key"))?;
         let db = Database::create(path).map_err(|e| db_err(path, e))?;
         let mut core = Core::default();
         {
@@ -113,7 +207,10 @@ impl DurableLog {
                 .map_err(|_| corrupt("snapshot_meta"))?;
         }
         if let Some(v) = meta.get("snapshot_data").map_err(|e| db_err(path, e))? {
-            core.snapshot_data = v.value().to_vec();
+            core.snapshot_data = sealer
+                .open(v.value())
+                .ok_or_else(|| corrupt("snapshot_data"))?
+                .into_owned();
         }
         let read_u64 = |key: &str| -> Result<Option<u64>, StorageFault> {
             match meta.get(key).map_err(|e| db_err(path, e))? {
@@ -135,8 +232,10 @@ impl DurableLog {
             .map_err(|e| db_err(path, e))?
         {
             let (k, v) = row.map_err(|e| db_err(path, e))?;
-            let entry = Entry::parse_from_bytes(v.value())
-                .map_err(|_| corrupt(&format!("entry {}", k.value())))?;
+            let entry = sealer
+                .open(v.value())
+                .and_then(|plain| Entry::parse_from_bytes(&plain).ok())
+                .ok_or_else(|| corrupt(&format!("entry {}", k.value())))?;
             core.entries.push(entry);
         }
         drop(entries);
@@ -146,6 +245,7 @@ impl DurableLog {
             db: Arc::new(db),
             path: path.to_owned(),
             core: Arc::new(RwLock::new(core)),
+            sealer,
         })
     }
 
@@ -295,7 +395,8 @@ impl DurableLog {
                 }
             }
             for e in entries {
-                t.insert(e.index, e.write_to_bytes().expect("encode").as_slice())
+                let sealed = self.sealer.seal(&e.write_to_bytes().expect("encode"));
+                t.insert(e.index, sealed.as_slice())
                     .map_err(|e| db_err(&self.path, e))?;
             }
             if let Some(hs) = hard_state {
@@ -371,7 +472,7 @@ impl DurableLog {
                 "snapshot_meta",
                 &meta.write_to_bytes().expect("encode"),
             )?;
-            self.put(&mut m, "snapshot_data", &data)?;
+            self.put(&mut m, "snapshot_data", &self.sealer.seal(&data))?;
             let mut t = txn.open_table(ENTRIES).map_err(|e| db_err(&self.path, e))?;
             for idx in first..=index {
                 t.remove(idx).map_err(|e| db_err(&self.path, e))?;
@@ -396,7 +497,7 @@ impl DurableLog {
                 "snapshot_meta",
                 &meta.write_to_bytes().expect("encode"),
             )?;
-            self.put(&mut m, "snapshot_data", snap.get_data())?;
+            self.put(&mut m, "snapshot_data", &self.sealer.seal(snap.get_data()))?;
             self.put(
                 &mut m,
                 "conf_state",
@@ -553,5 +654,53 @@ mod tests {
             .entries(1, 3, None, GetEntriesContext::empty(false))
             .is_err());
         assert_eq!(log.snapshot_data(), (2, b"state".to_vec()));
+    }
+
+    #[test]
+    fn entries_and_snapshots_are_sealed_at_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        let secret = b"hunter2-the-database-password";
+        let log = DurableLog::open(&path).unwrap();
+        log.bootstrap(1).unwrap();
+        let mut e = entry(1, 1);
+        e.data = secret.to_vec().into();
+        log.append(&[e, entry(2, 1), entry(3, 1)], None).unwrap();
+        log.compact(2, [b"snap:".as_slice(), secret].concat())
+            .unwrap();
+        drop(log);
+        let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+        let files: Vec<Vec<u8>> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|f| std::fs::read(f.unwrap().path()).unwrap())
+            .collect();
+        assert!(
+            files.iter().all(|f| !contains(f, secret)),
+            "a secret in the data root"
+        );
+        assert!(
+            files.iter().all(|f| !contains(f, b"e3")),
+            "an entry in the clear"
+        );
+        let key = dir.path().join("raft.key");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&key).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        // The same key opens them again...
+        let log = DurableLog::open(&path).unwrap();
+        assert_eq!(
+            log.snapshot_data().1,
+            [b"snap:".as_slice(), secret].concat()
+        );
+        let got = log
+            .entries(3, 4, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(&got[0].data[..], b"e3");
+        drop(log);
+        // ...another key does not.
+        std::fs::write(&key, [7u8; 32]).unwrap();
+        let err = DurableLog::open(&path).unwrap_err().to_string();
+        assert!(err.contains("corrupt record"), "{err}");
     }
 }
