@@ -105,7 +105,7 @@ fn value() -> impl Strategy<Value = J> {
     let leaf = prop_oneof![
         Just(J::Null),
         any::<bool>().prop_map(J::Bool),
-        any::<i64>().prop_map(|n| J::from(n)),
+        any::<i64>().prop_map(J::from),
         any::<f64>().prop_map(|f| serde_json::Number::from_f64(f)
             .map(J::Number)
             .unwrap_or(J::Null)),
