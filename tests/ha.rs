@@ -573,3 +573,130 @@ fn a_manager_leaves_the_voters_and_a_forced_leave_works_without_quorum() {
     let out = lab.shoal("m1", &["service", "ls"]).unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("not part of a cluster"));
 }
+
+/// `shoal cluster unlock` on `host`, the key given on stdin.
+fn unlock(lab: &shoal_lab::Lab, host: &str, key: &str) -> std::process::Output {
+    use std::io::Write;
+    let bin = lab.state().bin_dir.join("shoal");
+    let mut child = std::process::Command::new(&bin)
+        .arg("-H")
+        .arg(format!("unix://{}", lab.socket(host).display()))
+        .args(["cluster", "unlock"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{key}").unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// A manager's data key file, as it is on disk.
+fn data_key(lab: &shoal_lab::Lab, host: &str) -> Vec<u8> {
+    std::fs::read(
+        lab.state()
+            .dir
+            .join(format!("hosts/{host}/data/raft/raft.key")),
+    )
+    .unwrap_or_default()
+}
+
+#[test]
+fn after_autolock_a_restarted_manager_serves_nothing_until_unlocked() {
+    let Some(lab) = lab("hal", 3, 0, 0, &[]) else {
+        return;
+    };
+    let rt = rt();
+    let mut acked = BTreeSet::new();
+    for i in 0..5 {
+        let name = format!("a{i}");
+        write_until_acked(&rt, &lab, "m1", &name);
+        acked.insert(name);
+    }
+    let out = lab
+        .shoal_ok("m1", &["cluster", "update", "--autolock", "true"])
+        .unwrap();
+    assert!(out.contains("SHLKEY-1-"), "{out}");
+    let key = lab
+        .shoal_ok("m2", &["cluster", "unlock-key", "-q"])
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(out.contains(&key), "{out}");
+    assert!(lab
+        .shoal_ok("m3", &["cluster", "info"])
+        .unwrap()
+        .contains("Autolock:     on"));
+    for m in ["m1", "m2", "m3"] {
+        wait(&format!("{m}'s data key sealed"), || {
+            data_key(&lab, m).starts_with(b"SHLK1")
+        });
+    }
+
+    // Restarted, m2 serves nothing until it is unlocked; the others go on without it.
+    lab.restart("m2").unwrap();
+    let out = lab.shoal("m2", &["cluster", "info"]).unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("this manager is locked"), "{err}");
+    let out = lab.shoal("m2", &["service", "ls"]).unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("locked"),
+        "{out:?}"
+    );
+    write_until_acked(&rt, &lab, "m1", "while-locked");
+    acked.insert("while-locked".into());
+    let out = unlock(&lab, "m2", "not-a-key");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not an unlock key"),
+        "{out:?}"
+    );
+    let wrong = format!("SHLKEY-1-{}", "ab".repeat(32));
+    let out = unlock(&lab, "m2", &wrong);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invalid unlock key"),
+        "{out:?}"
+    );
+    assert!(lab.shoal("m2", &["cluster", "info"]).unwrap().status.code() != Some(0));
+    let out = unlock(&lab, "m2", &key);
+    assert!(out.status.success(), "{out:?}");
+    assert_all_present(&rt, &lab, &["m2"], &acked);
+
+    // A rotated key: managers reseal under it, and the old one no longer unlocks.
+    let before = data_key(&lab, "m3");
+    let rotated = lab
+        .shoal_ok("m1", &["cluster", "unlock-key", "--rotate", "-q"])
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert_ne!(rotated, key);
+    wait("m3's data key resealed", || data_key(&lab, "m3") != before);
+    lab.restart("m3").unwrap();
+    let out = unlock(&lab, "m3", &key);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invalid unlock key"),
+        "{out:?}"
+    );
+    let out = unlock(&lab, "m3", &rotated);
+    assert!(out.status.success(), "{out:?}");
+    assert_all_present(&rt, &lab, &["m3"], &acked);
+
+    // Autolock off: the key files are plain again and a restart needs nothing.
+    lab.shoal_ok("m1", &["cluster", "update", "--autolock", "false"])
+        .unwrap();
+    for m in ["m1", "m2", "m3"] {
+        wait(&format!("{m}'s data key plain"), || {
+            let k = data_key(&lab, m);
+            !k.is_empty() && !k.starts_with(b"SHLK1")
+        });
+    }
+    lab.restart("m1").unwrap();
+    assert_all_present(&rt, &lab, &["m1"], &acked);
+    let out = lab.shoal("m1", &["cluster", "unlock-key"]).unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("autolock is off"),
+        "{out:?}"
+    );
+}

@@ -49,6 +49,26 @@ pub struct ClusterUpdate {
     /// Services may run privileged containers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_privileged: Option<bool>,
+    /// Keep each manager's data key sealed under an unlock key that a restarted manager needs
+    /// (`cluster update --autolock`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autolock: Option<bool>,
+}
+
+/// `GET /v1/cluster/unlock-key[?rotate=true]`: the key a restarted manager needs with
+/// autolock on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnlockKey {
+    /// `SHLKEY-1-` and 64 hex digits.
+    pub key: String,
+}
+
+/// `POST /v1/cluster/unlock` (local API): open a locked manager's data key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnlockRequest {
+    /// The cluster's unlock key.
+    pub key: String,
 }
 
 /// The default cluster port: Raft, agent sessions and forwarded writes (as Swarm's 2377).
@@ -147,6 +167,9 @@ pub struct ClusterInfo {
     /// Services may run privileged containers.
     #[serde(default)]
     pub allow_privileged: bool,
+    /// Managers keep their data key sealed under the unlock key (autolock).
+    #[serde(default)]
+    pub autolock: bool,
     /// Counts of objects.
     pub nodes: usize,
     /// Services.

@@ -132,7 +132,22 @@ enum ClusterCmd {
         /// Let services run privileged containers (true|false).
         #[arg(long, action = clap::ArgAction::Set)]
         allow_privileged: Option<bool>,
+        /// Keep the managers' data keys locked behind an unlock key that a restarted manager
+        /// needs (true|false); turning it on prints the key.
+        #[arg(long, action = clap::ArgAction::Set)]
+        autolock: Option<bool>,
     },
+    /// Print (or rotate) the key that unlocks a restarted manager under autolock.
+    UnlockKey {
+        /// Replace the key: managers reseal their data keys under the new one.
+        #[arg(long)]
+        rotate: bool,
+        /// Print the key only.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Unlock a manager that restarted under autolock (the key is read from stdin).
+    Unlock,
     /// Join a cluster as a worker or a manager (the token decides).
     Join {
         /// A join token (`shoal cluster join-token worker|manager` on a manager).
@@ -647,13 +662,56 @@ async fn run(cli: Cli) -> Result<()> {
                 .await?;
             println!("This node left the cluster.");
         }
-        Command::Cluster(ClusterCmd::Update { allow_privileged }) => {
-            let req = ClusterUpdate { allow_privileged };
+        Command::Cluster(ClusterCmd::Update {
+            allow_privileged,
+            autolock,
+        }) => {
+            let req = ClusterUpdate {
+                allow_privileged,
+                autolock,
+            };
             let info: ClusterInfo = c.post("/v1/cluster/update", &req).await?;
             if json {
                 print_json(&info)?;
             } else {
                 println!("Cluster {} updated.", info.id);
+                if autolock == Some(true) {
+                    let k: UnlockKey = c.get("/v1/cluster/unlock-key").await?;
+                    print_unlock_key(&k.key);
+                }
+            }
+        }
+        Command::Cluster(ClusterCmd::UnlockKey { rotate, quiet }) => {
+            let k: UnlockKey = c
+                .get(&format!("/v1/cluster/unlock-key?rotate={rotate}"))
+                .await?;
+            if json {
+                print_json(&k)?;
+            } else if quiet {
+                println!("{}", k.key);
+            } else {
+                if rotate {
+                    println!("The unlock key was rotated: keep the new one, the old one no longer unlocks a manager that restarts from now on.");
+                }
+                print_unlock_key(&k.key);
+            }
+        }
+        Command::Cluster(ClusterCmd::Unlock) => {
+            let mut key = String::new();
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprint!("Unlock key: ");
+            }
+            std::io::stdin()
+                .read_line(&mut key)
+                .context("reading the unlock key from stdin")?;
+            let req = UnlockRequest {
+                key: key.trim().to_owned(),
+            };
+            let info: ClusterInfo = c.post("/v1/cluster/unlock", &req).await?;
+            if json {
+                print_json(&info)?;
+            } else {
+                println!("This manager is unlocked.");
             }
         }
         Command::Cluster(ClusterCmd::Info) => {
@@ -1762,4 +1820,12 @@ async fn node(c: &Client, cmd: NodeCmd, json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_unlock_key(key: &str) {
+    println!(
+        "To unlock a manager after it restarts, run on it `shoal cluster unlock` and give it:\n"
+    );
+    println!("    {key}\n");
+    println!("Keep it somewhere safe: a restarted manager serves nothing until it is unlocked.");
 }

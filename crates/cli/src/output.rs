@@ -64,6 +64,7 @@ pub fn cluster_info(i: &ClusterInfo) {
             "refused"
         }
     );
+    println!("Autolock:     {}", if i.autolock { "on" } else { "off" });
 }
 
 pub fn services(list: &[ServiceSummary]) {

@@ -137,6 +137,12 @@ type Result<T, E = ApiError> = std::result::Result<T, E>;
 type Shared = Arc<Manager>;
 
 async fn cluster(m: &Manager) -> Result<Arc<Cluster>> {
+    if m.is_locked() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this manager is locked: run `shoal cluster unlock` with the cluster's unlock key",
+        ));
+    }
     if let Some(c) = m.cluster().await {
         if c.raft.status().borrow().removed {
             return Err(ApiError::new(
@@ -330,6 +336,8 @@ pub fn router(manager: Shared) -> Router {
         .route("/v1/cluster/join", post(cluster_join))
         .route("/v1/cluster/leave", post(cluster_leave))
         .route("/v1/cluster/join-token", get(cluster_join_token))
+        .route("/v1/cluster/unlock-key", get(cluster_unlock_key))
+        .route("/v1/cluster/unlock", post(cluster_unlock))
         .route("/v1/nodes", get(node_list))
         .route("/v1/nodes/{id}", get(node_inspect).delete(node_remove))
         .route("/v1/nodes/{id}/promote", post(node_promote))
@@ -391,6 +399,7 @@ fn info(c: &Cluster) -> ClusterInfo {
             managers: store.managers.clone(),
         },
         allow_privileged: obj.as_ref().is_some_and(|o| o.allow_privileged),
+        autolock: obj.as_ref().is_some_and(|o| o.unlock_key.is_some()),
         worker_join_token: obj.map(|o| o.worker_join_token).unwrap_or_default(),
         nodes: store.nodes.len(),
         services: store.services.len(),
@@ -418,12 +427,68 @@ async fn cluster_update(
     Body(req): Body<ClusterUpdate>,
 ) -> Result<Json<ClusterInfo>> {
     let c = cluster(&m).await?;
-    c.raft
-        .propose(Command::UpdateCluster {
-            allow_privileged: req.allow_privileged,
-        })
-        .await?;
-    tracing::info!(allow_privileged = ?req.allow_privileged, "cluster updated");
+    if req.allow_privileged.is_some() {
+        c.raft
+            .propose(Command::UpdateCluster {
+                allow_privileged: req.allow_privileged,
+            })
+            .await?;
+    }
+    if let Some(on) = req.autolock {
+        let current = unlock_key(&c);
+        if on && current.is_none() {
+            let key = crate::manager::unlock_key_text(&rand::random());
+            c.raft.propose(Command::SetUnlockKey(Some(key))).await?;
+        } else if !on && current.is_some() {
+            c.raft.propose(Command::SetUnlockKey(None)).await?;
+        }
+    }
+    tracing::info!(allow_privileged = ?req.allow_privileged, autolock = ?req.autolock, "cluster updated");
+    Ok(Json(info(&c)))
+}
+
+fn unlock_key(c: &Cluster) -> Option<String> {
+    let store = c.store.read().expect("store lock");
+    store.cluster.as_ref().and_then(|o| o.unlock_key.clone())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnlockKeyQuery {
+    #[serde(default)]
+    rotate: bool,
+}
+
+async fn cluster_unlock_key(
+    State(m): State<Shared>,
+    Query(q): Query<UnlockKeyQuery>,
+) -> Result<Json<UnlockKey>> {
+    let c = cluster(&m).await?;
+    let Some(current) = unlock_key(&c) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "autolock is off: no unlock key (turn it on with `shoal cluster update --autolock true`)",
+        ));
+    };
+    let key = if q.rotate {
+        let key = crate::manager::unlock_key_text(&rand::random());
+        c.raft
+            .propose(Command::SetUnlockKey(Some(key.clone())))
+            .await?;
+        tracing::info!("unlock key rotated");
+        key
+    } else {
+        current
+    };
+    Ok(Json(UnlockKey { key }))
+}
+
+async fn cluster_unlock(
+    State(m): State<Shared>,
+    Body(req): Body<UnlockRequest>,
+) -> Result<Json<ClusterInfo>> {
+    m.unlock(&req.key).await?;
+    let c = cluster(&m).await?;
     Ok(Json(info(&c)))
 }
 

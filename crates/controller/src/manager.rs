@@ -91,6 +91,54 @@ pub enum ManagerError {
     Invalid(String),
 }
 
+/// Keeps the data key file as the cluster's autolock setting says: sealed under the unlock key
+/// the store holds, or plain. Checked twice a second, so a change through Raft reaches every
+/// manager's key file within one, and a manager that was away catches up when it starts.
+/// It waits first until the store has replayed what the log had committed at start, so a
+/// manager never writes its key in the clear from a store that has not yet seen autolock.
+async fn keep_data_key_sealed(
+    log: DurableLog,
+    store: Arc<RwLock<Store>>,
+    mut status: tokio::sync::watch::Receiver<crate::raft::node::RaftStatus>,
+    stop: CancellationToken,
+) {
+    let committed = raft::Storage::initial_state(&log)
+        .map(|s| s.hard_state.commit)
+        .unwrap_or(0);
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        r = status.wait_for(|s| s.applied >= committed) => if r.is_err() { return },
+    }
+    let mut written: Option<Option<String>> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let want = store
+            .read()
+            .expect("store lock")
+            .cluster
+            .as_ref()
+            .and_then(|c| c.unlock_key.clone());
+        if written.as_ref() == Some(&want) {
+            continue;
+        }
+        let kek = want.as_deref().and_then(parse_unlock_key);
+        let log = log.clone();
+        let done = tokio::task::spawn_blocking(move || log.seal_key(kek.as_ref())).await;
+        match done {
+            Ok(Ok(())) => {
+                tracing::info!(autolock = want.is_some(), "data key written");
+                written = Some(want);
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "writing the data key"),
+            Err(e) => tracing::error!(error = %e, "writing the data key"),
+        }
+    }
+}
+
 /// The current time as a [`Timestamp`].
 pub fn now() -> Timestamp {
     let since = std::time::SystemTime::now()
@@ -185,6 +233,27 @@ pub struct Manager {
     /// Set while `cluster leave` runs: leaving the voters then ends in no cluster at all, not
     /// in a worker (see `step_down`).
     leaving: std::sync::atomic::AtomicBool,
+    /// Set while the log's data key waits for the unlock key (autolock).
+    locked: std::sync::atomic::AtomicBool,
+}
+
+/// The text form of an unlock key: `SHLKEY-1-` and 64 hex digits.
+pub fn unlock_key_text(key: &[u8; 32]) -> String {
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    format!("SHLKEY-1-{hex}")
+}
+
+/// Reads an unlock key's text form.
+pub fn parse_unlock_key(text: &str) -> Option<[u8; 32]> {
+    let hex = text.trim().strip_prefix("SHLKEY-1-")?;
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (i, b) in key.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(key)
 }
 
 /// Splits `host[:port]`, with the cluster port as default.
@@ -223,10 +292,58 @@ impl Manager {
             fatal: std::sync::Mutex::new(None),
             listening: std::sync::Mutex::new(None),
             leaving: Default::default(),
+            locked: Default::default(),
         });
         let membership = manager.read_membership()?;
         *manager.membership.write().expect("membership lock") = membership.clone();
+        if crate::raft::storage::key_is_locked(&manager.log_path().with_extension("key")) {
+            tracing::warn!("this manager is locked: `shoal cluster unlock` with the unlock key");
+            manager
+                .locked
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            return Ok(manager);
+        }
         let log = manager.open_log()?;
+        manager.resume(log, membership).await?;
+        Ok(manager)
+    }
+
+    /// True while the manager waits for its unlock key.
+    pub fn is_locked(&self) -> bool {
+        self.locked.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Opens the log's data key with the cluster's unlock key and starts the manager.
+    pub async fn unlock(self: &Arc<Self>, key: &str) -> Result<(), ManagerError> {
+        if !self.is_locked() {
+            return Err(ManagerError::Invalid("this manager is not locked".into()));
+        }
+        let kek = parse_unlock_key(key)
+            .ok_or_else(|| ManagerError::Invalid("not an unlock key (SHLKEY-1-...)".into()))?;
+        let log = DurableLog::open_with(&self.log_path(), Some(&kek)).map_err(|e| match e {
+            crate::raft::storage::StorageFault::WrongUnlockKey => ManagerError::Invalid(
+                "invalid unlock key: it does not open this manager's data key".into(),
+            ),
+            other => ManagerError::DataRoot {
+                path: self.log_path(),
+                message: other.to_string(),
+            },
+        })?;
+        let membership = self.membership();
+        self.resume(log, membership).await?;
+        self.locked
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        tracing::info!("manager unlocked");
+        Ok(())
+    }
+
+    /// Rejoins the cluster the log belongs to, if it belongs to one.
+    async fn resume(
+        self: &Arc<Self>,
+        log: DurableLog,
+        membership: Option<Membership>,
+    ) -> Result<(), ManagerError> {
+        let manager = self;
         if log.is_initialized() {
             let membership = membership.unwrap_or(Membership {
                 manager: true,
@@ -262,7 +379,7 @@ impl Manager {
                 "--force-new-cluster: this node holds no manager state to keep".into(),
             ));
         }
-        Ok(manager)
+        Ok(())
     }
 
     fn membership_file(&self) -> PathBuf {
@@ -330,13 +447,17 @@ impl Manager {
         self.fatal.lock().expect("fatal lock").clone()
     }
 
+    fn log_path(&self) -> PathBuf {
+        self.config.data_root.join("raft").join("raft.redb")
+    }
+
     fn open_log(&self) -> Result<DurableLog, ManagerError> {
         let dir = self.config.data_root.join("raft");
         std::fs::create_dir_all(&dir).map_err(|e| ManagerError::DataRoot {
             path: dir.clone(),
             message: e.to_string(),
         })?;
-        DurableLog::open(&dir.join("raft.redb")).map_err(|e| ManagerError::DataRoot {
+        DurableLog::open(&self.log_path()).map_err(|e| ManagerError::DataRoot {
             path: dir,
             message: e.to_string(),
         })
@@ -375,6 +496,7 @@ impl Manager {
         let forward = HttpForward::new(self.config.raft.write_timeout);
         // Stops this cluster member alone: when it is demoted or removed, the daemon goes on.
         let stop = self.shutdown.child_token();
+        let key_log = log.clone();
         let (raft, task) = node::start(
             self.config.raft.clone(),
             log,
@@ -385,6 +507,12 @@ impl Manager {
             stop.clone(),
         )
         .map_err(ManagerError::Raft)?;
+        tokio::spawn(keep_data_key_sealed(
+            key_log,
+            store.clone(),
+            raft.status(),
+            stop.clone(),
+        ));
         // A Raft task that dies takes the daemon with it: never serve without Raft.
         let me = Arc::downgrade(self);
         let shutdown = self.shutdown.clone();
@@ -517,6 +645,7 @@ impl Manager {
             default_addr_pool: req.default_addr_pool.clone(),
             subnet_size: req.subnet_size.unwrap_or(0),
             allow_privileged: req.allow_privileged,
+            unlock_key: None,
         };
         cluster.raft.propose(Command::InitCluster(object)).await?;
         let managers = BTreeMap::from([(id, membership.advertise_addr.clone())]);

@@ -44,6 +44,9 @@ pub struct ClusterObject {
     /// Services may run privileged containers (`cluster init|update --allow-privileged`).
     #[serde(default)]
     pub allow_privileged: bool,
+    /// With autolock, the key every manager's data key is sealed under (`SHLKEY-1-...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unlock_key: Option<String>,
 }
 
 /// A network to create, with what the proposer allocated for it.
@@ -150,6 +153,8 @@ pub enum Command {
         /// Services may run privileged containers.
         allow_privileged: Option<bool>,
     },
+    /// Turns autolock on with this unlock key (or a new one), or off (`None`).
+    SetUnlockKey(Option<String>),
     /// Create a service.
     CreateService {
         /// New id.
@@ -652,6 +657,13 @@ impl Store {
                 if let Some(allow) = allow_privileged {
                     c.allow_privileged = allow;
                 }
+            }
+            Command::SetUnlockKey(key) => {
+                let c = self
+                    .cluster
+                    .as_mut()
+                    .ok_or_else(|| StoreError::Invalid("the cluster is not initialized".into()))?;
+                c.unlock_key = key;
             }
             Command::CreateService { id, spec, at } => {
                 check_service_spec(self, &spec, None, &[])?;

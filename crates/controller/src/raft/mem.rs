@@ -312,6 +312,7 @@ mod tests {
                 default_addr_pool: Vec::new(),
                 subnet_size: 0,
                 allow_privileged: false,
+                unlock_key: None,
             };
             self.nodes[&leader]
                 .handle

@@ -33,6 +33,17 @@ pub enum StorageFault {
         /// What failed.
         message: String,
     },
+    /// The data key is sealed under an unlock key (autolock) and none was given.
+    #[error(
+        "this manager is locked: its data key {path} is sealed under the cluster's unlock key"
+    )]
+    Locked {
+        /// Key file.
+        path: PathBuf,
+    },
+    /// The unlock key given does not open the data key.
+    #[error("the unlock key is not this cluster's")]
+    WrongUnlockKey,
     /// The data key could not be read or made.
     #[error("raft data key {path}: {message}")]
     Key {
@@ -80,45 +91,97 @@ impl Core {
 /// What marks a sealed record: then a 12-byte nonce, then the ciphertext and its tag.
 const SEALED: &[u8; 4] = b"SHL1";
 
+/// What marks a data key file sealed under an unlock key: then a nonce and the sealed key.
+const LOCKED_KEY: &[u8; 5] = b"SHLK1";
+
 /// Seals and opens records with the manager's data key.
 #[derive(Clone)]
 struct Sealer {
+    key: [u8; 32],
     cipher: ChaCha20Poly1305,
 }
 
+/// True when the data key file at `path` is sealed under an unlock key.
+pub fn key_is_locked(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|b| b.starts_with(LOCKED_KEY))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("key.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 impl Sealer {
-    /// The key at `path`, made (32 random bytes, mode 0600) when there is none.
-    fn load_or_create(path: &Path) -> Result<Sealer, StorageFault> {
+    /// The key at `path` (opened with `unlock` when it is sealed), made (32 random bytes,
+    /// mode 0600) when there is none.
+    fn load_or_create(path: &Path, unlock: Option<&[u8; 32]>) -> Result<Sealer, StorageFault> {
         let fault = |message: String| StorageFault::Key {
             path: path.to_owned(),
             message,
         };
         let key: [u8; 32] = match std::fs::read(path) {
+            Ok(bytes) if bytes.starts_with(LOCKED_KEY) => {
+                let Some(kek) = unlock else {
+                    return Err(StorageFault::Locked {
+                        path: path.to_owned(),
+                    });
+                };
+                let rest = &bytes[LOCKED_KEY.len()..];
+                if rest.len() < 12 {
+                    return Err(fault("a sealed key too short".into()));
+                }
+                let (nonce, sealed) = rest.split_at(12);
+                ChaCha20Poly1305::new(Key::from_slice(kek))
+                    .decrypt(Nonce::from_slice(nonce), sealed)
+                    .ok()
+                    .and_then(|k| <[u8; 32]>::try_from(k).ok())
+                    .ok_or(StorageFault::WrongUnlockKey)?
+            }
             Ok(bytes) => bytes
                 .try_into()
                 .map_err(|_| fault("not a 32-byte key".into()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                use std::io::Write as _;
-                use std::os::unix::fs::OpenOptionsExt as _;
                 let key: [u8; 32] = rand::random();
-                let tmp = path.with_extension("key.tmp");
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .map_err(|e| fault(e.to_string()))?;
-                f.write_all(&key)
-                    .and_then(|()| f.sync_all())
-                    .map_err(|e| fault(e.to_string()))?;
-                std::fs::rename(&tmp, path).map_err(|e| fault(e.to_string()))?;
+                write_private(path, &key).map_err(|e| fault(e.to_string()))?;
                 key
             }
             Err(e) => return Err(fault(e.to_string())),
         };
         Ok(Sealer {
+            key,
             cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
+        })
+    }
+
+    /// Writes the key to `path`: sealed under `unlock` (autolock), or as it is.
+    fn write_key(&self, path: &Path, unlock: Option<&[u8; 32]>) -> Result<(), StorageFault> {
+        let bytes = match unlock {
+            Some(kek) => {
+                let nonce: [u8; 12] = rand::random();
+                let sealed = ChaCha20Poly1305::new(Key::from_slice(kek))
+                    .encrypt(Nonce::from_slice(&nonce), self.key.as_slice())
+                    .expect("a 32-byte key seals");
+                [LOCKED_KEY.as_slice(), &nonce, &sealed].concat()
+            }
+            None => self.key.to_vec(),
+        };
+        write_private(path, &bytes).map_err(|e| StorageFault::Key {
+            path: path.to_owned(),
+            message: e.to_string(),
         })
     }
 
@@ -177,9 +240,15 @@ fn db_err(path: &Path, e: impl std::fmt::Display) -> StorageFault {
 }
 
 impl DurableLog {
-    /// Opens (or creates) the log at `path`.
+    /// Opens (or creates) the log at `path`; fails with [`StorageFault::Locked`] when its data
+    /// key is sealed under an unlock key.
     pub fn open(path: &Path) -> Result<DurableLog, StorageFault> {
-        let sealer = Sealer::load_or_create(&path.with_extension("key"))?;
+        Self::open_with(path, None)
+    }
+
+    /// Opens the log at `path` whose data key may be sealed under `unlock` (autolock).
+    pub fn open_with(path: &Path, unlock: Option<&[u8; 32]>) -> Result<DurableLog, StorageFault> {
+        let sealer = Sealer::load_or_create(&path.with_extension("key"), unlock)?;
         let db = Database::create(path).map_err(|e| db_err(path, e))?;
         let mut core = Core::default();
         {
@@ -247,6 +316,12 @@ impl DurableLog {
             core: Arc::new(RwLock::new(core)),
             sealer,
         })
+    }
+
+    /// Rewrites the data key file: sealed under `unlock` (autolock on), or plain (off).
+    pub fn seal_key(&self, unlock: Option<&[u8; 32]>) -> Result<(), StorageFault> {
+        self.sealer
+            .write_key(&self.path.with_extension("key"), unlock)
     }
 
     /// True once the log belongs to a cluster: it has a Raft id (given at `cluster init` or
@@ -702,5 +777,32 @@ mod tests {
         std::fs::write(&key, [7u8; 32]).unwrap();
         let err = DurableLog::open(&path).unwrap_err().to_string();
         assert!(err.contains("corrupt record"), "{err}");
+    }
+
+    #[test]
+    fn an_autolocked_key_needs_the_unlock_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        let log = DurableLog::open(&path).unwrap();
+        log.bootstrap(1).unwrap();
+        log.append(&[entry(1, 1)], None).unwrap();
+        let kek = [9u8; 32];
+        log.seal_key(Some(&kek)).unwrap();
+        drop(log);
+        assert!(key_is_locked(&dir.path().join("raft.key")));
+        assert!(matches!(
+            DurableLog::open(&path),
+            Err(StorageFault::Locked { .. })
+        ));
+        assert!(matches!(
+            DurableLog::open_with(&path, Some(&[1u8; 32])),
+            Err(StorageFault::WrongUnlockKey)
+        ));
+        let log = DurableLog::open_with(&path, Some(&kek)).unwrap();
+        assert_eq!(log.last_index().unwrap(), 1);
+        log.seal_key(None).unwrap();
+        drop(log);
+        assert!(!key_is_locked(&dir.path().join("raft.key")));
+        assert_eq!(DurableLog::open(&path).unwrap().last_index().unwrap(), 1);
     }
 }
