@@ -40,6 +40,12 @@ pub struct AgentConfig {
     pub raft_id: u64,
     /// Where a promotion (the manager join token) goes: the daemon makes the host a manager.
     pub promotions: Option<mpsc::UnboundedSender<String>>,
+    /// Mutual TLS to TCP managers, as this node's certificate (`None`: a Unix socket, or a
+    /// plain connection only tests use).
+    pub tls: Option<shoal_client::Tls>,
+    /// The node id this node's certificate names: it registers as that node, whatever an
+    /// earlier registration saved.
+    pub node_id: Option<NodeId>,
 }
 
 #[derive(Debug, Clone)]
@@ -131,9 +137,11 @@ impl Agent {
     }
 
     async fn register(&self) -> Result<Session, ClientError> {
-        let known: Option<NodeId> = std::fs::read_to_string(self.node_id_file())
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
+        let known: Option<NodeId> = self.config.node_id.clone().or_else(|| {
+            std::fs::read_to_string(self.node_id_file())
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+        });
         let mut description = self.config.description.clone();
         description.executor = self.executor.describe();
         let req = RegisterRequest {
@@ -149,14 +157,18 @@ impl Agent {
         let mut found = None;
         for i in 0..managers.len() {
             let at = (first + i) % managers.len();
-            let client = Client::new(managers[at].clone()).with_timeout(Duration::from_secs(5));
+            let client = Client::new(managers[at].clone())
+                .with_timeout(Duration::from_secs(5))
+                .with_tls(self.config.tls.clone());
             match client
                 .post::<_, RegisterResponse>("/v1/dispatcher/register", &req)
                 .await
             {
                 Ok(resp) => {
                     self.managers.lock().expect("managers lock").1 = at;
-                    found = Some((resp, Client::new(managers[at].clone())));
+                    let client =
+                        Client::new(managers[at].clone()).with_tls(self.config.tls.clone());
+                    found = Some((resp, client));
                     break;
                 }
                 Err(e) => {
@@ -169,7 +181,9 @@ impl Agent {
             // None leads among those known: the list may be stale (managers joined or left
             // since). Ask them where the managers are now; the next round tries those.
             for m in &managers {
-                let client = Client::new(m.clone()).with_timeout(Duration::from_secs(2));
+                let client = Client::new(m.clone())
+                    .with_timeout(Duration::from_secs(2))
+                    .with_tls(self.config.tls.clone());
                 if let Ok(list) = client.get::<ManagerList>("/v1/dispatcher/managers").await {
                     // A cluster without a leader replaces nobody's tasks: that counts as
                     // hearing from it.

@@ -98,6 +98,9 @@ pub struct JoinClusterRequest {
     pub token: String,
     /// The joining node's cluster address.
     pub addr: String,
+    /// A certificate signing request for the node's own key (PEM).
+    #[serde(default)]
+    pub csr: String,
 }
 
 /// The answer to a [`JoinClusterRequest`].
@@ -111,6 +114,15 @@ pub struct JoinClusterResponse {
     pub raft_id: u64,
     /// The managers' Raft ids and cluster addresses.
     pub managers: BTreeMap<u64, String>,
+    /// The node's id, as its certificate names it.
+    #[serde(default)]
+    pub node_id: String,
+    /// The node's certificate (PEM), signed by the cluster's CA.
+    #[serde(default)]
+    pub certificate: String,
+    /// The cluster's CA certificate (PEM).
+    #[serde(default)]
+    pub ca_certificate: String,
 }
 
 /// `GET /v1/cluster/join-token?role=worker|manager[&rotate=true]`.

@@ -23,6 +23,7 @@ pub async fn sim_agents(args: &[String]) {
     let [managers, token, count, dir, addr] = args else {
         panic!("sim-agents MANAGERS TOKEN COUNT DIR ADDR");
     };
+    let managers_text = managers;
     let managers: Vec<Endpoint> = managers
         .split(',')
         .map(|m| Endpoint::Tcp(m.to_owned()))
@@ -33,6 +34,11 @@ pub async fn sim_agents(args: &[String]) {
     for i in 0..count {
         let state = std::path::Path::new(dir).join(format!("a{i}"));
         let executor = Arc::new(SimExecutor::open(&state.join("sim")).expect("sim executor"));
+        // Each simulated node joins as a real one does: its own key, a certificate for it.
+        let remote = managers_text.split(',').next().expect("a manager");
+        let (_, certs) = shoal_controller::manager::request_join(remote, token, addr, None)
+            .await
+            .expect("a node certificate");
         let config = AgentConfig {
             managers: managers.clone(),
             join_token: token.clone(),
@@ -52,6 +58,8 @@ pub async fn sim_agents(args: &[String]) {
             manager_role: false,
             raft_id: 0,
             promotions: None,
+            tls: Some(certs.client_tls().expect("node TLS")),
+            node_id: certs.identity().and_then(|i| i.node_id.parse().ok()),
         };
         handles.push(tokio::spawn(Agent::run(config, executor, shutdown.clone())));
         // Registrations spread over a second, as hosts booting would.

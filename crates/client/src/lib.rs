@@ -140,6 +140,62 @@ impl Pool {
     }
 }
 
+/// TLS for a TCP endpoint: the client's configuration (roots, its certificate) and the name the
+/// server's certificate must carry.
+#[derive(Clone)]
+pub struct Tls {
+    config: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+    server_name: tokio_rustls::rustls::pki_types::ServerName<'static>,
+}
+
+impl Tls {
+    /// TLS with `config`, the server checked under `server_name`.
+    pub fn new(
+        config: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+        server_name: &str,
+    ) -> Tls {
+        Tls {
+            config,
+            server_name: tokio_rustls::rustls::pki_types::ServerName::try_from(
+                server_name.to_owned(),
+            )
+            .unwrap_or_else(|_| {
+                tokio_rustls::rustls::pki_types::ServerName::try_from("invalid.name")
+                    .expect("a valid name")
+            }),
+        }
+    }
+}
+
+impl Tls {
+    /// The TLS handshake over `stream`, bounded by [`CONNECT_TIMEOUT`].
+    pub async fn wrap(
+        &self,
+        stream: tokio::net::TcpStream,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let connector = tokio_rustls::TlsConnector::from(self.config.clone());
+        tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            connector.connect(self.server_name.clone(), stream),
+        )
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no TLS handshake within {CONNECT_TIMEOUT:?}"),
+            )
+        })?
+    }
+}
+
+impl fmt::Debug for Tls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tls")
+            .field("server_name", &self.server_name)
+            .finish()
+    }
+}
+
 /// A client. Clones share their idle connections: a request whose answer is read in full
 /// leaves its connection for the next one (streams keep theirs). Connecting and waiting for an
 /// answer are bounded ([`CONNECT_TIMEOUT`], [`REQUEST_TIMEOUT`] unless
@@ -151,6 +207,8 @@ pub struct Client {
     pool: std::sync::Arc<Pool>,
     /// Extra headers sent with every request (`X-Registry-Auth` for a pull).
     headers: Vec<(String, String)>,
+    /// TLS over a TCP endpoint.
+    tls: Option<Tls>,
 }
 
 /// The body of a response, read as it arrives.
@@ -164,7 +222,15 @@ impl Client {
             timeout: REQUEST_TIMEOUT,
             pool: Default::default(),
             headers: Vec::new(),
+            tls: None,
         }
+    }
+
+    /// The same client speaking TLS over its TCP endpoint (`None`: plain).
+    pub fn with_tls(mut self, tls: Option<Tls>) -> Client {
+        self.tls = tls;
+        self.pool = Default::default();
+        self
     }
 
     /// The same client, sending the header `name: value` with every request.
@@ -244,7 +310,20 @@ impl Client {
                         .map_err(|_| self.timed_out("connection", connect_timeout))?
                         .map_err(connect_error)?;
                 stream.set_nodelay(true).ok();
-                handshake!(stream)
+                match &self.tls {
+                    None => handshake!(stream),
+                    Some(tls) => {
+                        let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+                        let stream = tokio::time::timeout(
+                            connect_timeout,
+                            connector.connect(tls.server_name.clone(), stream),
+                        )
+                        .await
+                        .map_err(|_| self.timed_out("TLS handshake", connect_timeout))?
+                        .map_err(|e| self.transport(&format!("TLS: {e}")))?;
+                        handshake!(stream)
+                    }
+                }
             }
         })
     }

@@ -7,13 +7,14 @@ use crate::allocator::allocate_networks;
 use crate::dispatcher::{self, SessionError};
 use crate::manager::{now, Cluster, Manager, ManagerError};
 use crate::raft::node::ProposeError;
+use crate::serve::Peer;
 use crate::store::{Command, Store, StoreError, TaskOp};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use shoal_api::network::{Network, NetworkSpec};
 use shoal_api::node::{Node, NodeRole};
@@ -191,26 +192,107 @@ fn dispatcher_routes() -> Router<Shared> {
         .route("/v1/dispatcher/logs/{id}", post(agent_log_publish))
 }
 
-async fn raft_stream(State(m): State<Shared>, body: axum::body::Body) -> Result<StatusCode> {
+/// Who may act as `node_id` at the dispatcher: the local socket's clients (root, for a
+/// one-host cluster's agent), or a peer whose certificate names that node, which was not
+/// removed. Anyone else is refused, whatever the request says.
+fn authorize_node(c: &Cluster, peer: &Peer, node_id: &NodeId) -> Result<()> {
+    let id = certified(c, peer)?;
+    if id.node_id != node_id.as_str() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "this connection's certificate names node {}: it cannot act as node {node_id}",
+                id.node_id
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The identity a peer's certificate proves, refused when it has none or names a removed node.
+/// The local socket's clients are trusted as root.
+fn certified(c: &Cluster, peer: &Peer) -> Result<crate::pki::Identity> {
+    let identity = match peer {
+        Peer::Local => {
+            return Ok(crate::pki::Identity {
+                node_id: String::new(),
+                role: crate::pki::CertRole::Manager,
+                cluster_id: String::new(),
+            })
+        }
+        Peer::Remote { identity, .. } => identity.clone(),
+    };
+    let Some(id) = identity else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "this endpoint needs a node certificate from the cluster's CA (join the cluster first)",
+        ));
+    };
+    let store = c.store.read().expect("store lock");
+    if store.removed_nodes.contains(&node_id_of(&id)) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "node {} was removed from the cluster: its certificate is revoked",
+                id.node_id
+            ),
+        ));
+    }
+    Ok(id)
+}
+
+/// The node id a certificate names (a certificate shoal issued always names a valid one).
+fn node_id_of(id: &crate::pki::Identity) -> NodeId {
+    id.node_id.parse().unwrap_or_else(|_| NodeId::from_bits(0))
+}
+
+/// Only managers (by certificate) reach Raft; a demoted manager is out of the voters, which Raft
+/// itself then ignores.
+fn authorize_manager(c: &Cluster, peer: &Peer) -> Result<()> {
+    if *peer == Peer::Local {
+        return Ok(());
+    }
+    let id = certified(c, peer)?;
+    if id.role != crate::pki::CertRole::Manager {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "node {} is not a manager: Raft is for managers only",
+                id.node_id
+            ),
+        ));
+    }
+    Ok(())
+}
+
+async fn raft_stream(
+    State(m): State<Shared>,
+    Extension(peer): Extension<Peer>,
+    body: axum::body::Body,
+) -> Result<StatusCode> {
     let c = m
         .cluster()
         .await
         .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "this node runs no raft"))?;
+    authorize_manager(&c, &peer)?;
     crate::raft::peer::serve_stream(c.raft.clone(), body).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn raft_propose(
     State(m): State<Shared>,
+    Extension(peer): Extension<Peer>,
     Body(p): Body<crate::raft::node::Proposal>,
 ) -> Result<Json<crate::raft::peer::Forwarded>> {
     let c = cluster(&m).await?;
+    authorize_manager(&c, &peer)?;
     let revision = c.raft.propose_local(p).await?;
     Ok(Json(crate::raft::peer::Forwarded { revision }))
 }
 
 async fn join_request(
     State(m): State<Shared>,
+    Extension(peer): Extension<Peer>,
     Body(req): Body<JoinClusterRequest>,
 ) -> Result<Json<JoinClusterResponse>> {
     let c = cluster(&m).await?;
@@ -231,6 +313,34 @@ async fn join_request(
             "invalid join token: use the token `shoal cluster join-token worker|manager` prints",
         ));
     };
+    // A node that shows its certificate (a worker being promoted) keeps its id; a new node gets
+    // one. Either way the id is the manager's to give, and the certificate names it.
+    let node_id = match &peer {
+        Peer::Remote {
+            identity: Some(_), ..
+        } => node_id_of(&certified(&c, &peer)?),
+        _ => NodeId::from_bits(rand::random()),
+    };
+    let ca = obj.ca.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this cluster has no CA (made before certificates): nodes cannot join it",
+        )
+    })?;
+    let role = if manager {
+        crate::pki::CertRole::Manager
+    } else {
+        crate::pki::CertRole::Worker
+    };
+    let certificate = crate::pki::issue(
+        &ca,
+        &req.csr,
+        node_id.as_str(),
+        role,
+        &obj.id,
+        crate::pki::DEFAULT_CERT_EXPIRY,
+    )
+    .map_err(|e| ApiError::bad(format!("invalid certificate request: {e}")))?;
     let mut raft_id = 0;
     if manager {
         if req.addr.is_empty() {
@@ -258,6 +368,9 @@ async fn join_request(
         manager,
         raft_id,
         managers,
+        node_id: node_id.to_string(),
+        certificate,
+        ca_certificate: ca.cert_pem,
     }))
 }
 
@@ -310,7 +423,12 @@ async fn cluster_join_token(
         obj.worker_join_token.clone()
     };
     let token = if q.rotate || current.is_empty() {
-        let token = crate::manager::new_token(&obj.id);
+        let digest = obj
+            .ca
+            .as_ref()
+            .and_then(|ca| crate::pki::ca_digest(&ca.cert_pem).ok())
+            .unwrap_or_else(|| obj.id.clone());
+        let token = crate::manager::new_token(&digest);
         c.raft
             .propose(Command::RotateJoinToken {
                 manager,
@@ -1418,9 +1536,11 @@ struct LogSubQuery {
 
 async fn agent_log_subscriptions(
     State(m): State<Shared>,
+    Extension(peer): Extension<Peer>,
     Query(q): Query<LogSubQuery>,
 ) -> Result<Json<Vec<LogSubscription>>> {
     let c = cluster(&m).await?;
+    authorize_node(&c, &peer, &q.node_id)?;
     c.dispatcher.touch(&q.node_id, &q.session_id)?;
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(10_000).min(60_000));
     Ok(Json(c.logs.wait_pending(&q.node_id, wait).await))
@@ -1434,11 +1554,13 @@ struct LogPublishQuery {
 
 async fn agent_log_publish(
     State(m): State<Shared>,
+    Extension(peer): Extension<Peer>,
     Path(id): Path<String>,
     Query(q): Query<LogPublishQuery>,
     Body(req): Body<LogPublish>,
 ) -> Result<Json<LogPublishResponse>> {
     let c = cluster(&m).await?;
+    authorize_node(&c, &peer, &q.node_id)?;
     c.dispatcher.touch(&q.node_id, &req.session)?;
     let active = c.logs.publish(&id, &q.node_id, req.lines, req.done).await;
     Ok(Json(LogPublishResponse { active }))
@@ -1458,10 +1580,36 @@ fn leader_only(c: &Cluster, what: &str) -> Result<()> {
 
 async fn agent_register(
     State(m): State<Shared>,
+    Extension(peer): Extension<Peer>,
     Body(req): Body<RegisterRequest>,
 ) -> Result<Json<RegisterResponse>> {
     let c = cluster(&m).await?;
     leader_only(&c, "register with the leader")?;
+    // Over TCP the certificate decides who registers, and as what.
+    let certified_id = match &peer {
+        Peer::Local => None,
+        Peer::Remote { .. } => {
+            let id = certified(&c, &peer)?;
+            let node = node_id_of(&id);
+            if req.node_id.as_ref().is_some_and(|claimed| *claimed != node) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "this connection's certificate names node {node}: it cannot register as another node"
+                    ),
+                ));
+            }
+            if req.manager && id.role != crate::pki::CertRole::Manager {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "node {node} holds a worker certificate: it cannot register as a manager"
+                    ),
+                ));
+            }
+            Some(node)
+        }
+    };
     let token = c
         .store
         .read()
@@ -1476,9 +1624,8 @@ async fn agent_register(
             "invalid join token: use the token `shoal cluster info` shows",
         ));
     }
-    let id = req
-        .node_id
-        .clone()
+    let id = certified_id
+        .or_else(|| req.node_id.clone())
         .unwrap_or_else(|| NodeId::from_bits(rand::random()));
     let role = if req.manager {
         NodeRole::Manager
@@ -1514,8 +1661,12 @@ async fn agent_register(
 
 /// Any manager answers: where the managers are, so an agent whose list went stale finds the
 /// leader.
-async fn agent_managers(State(m): State<Shared>) -> Result<Json<ManagerList>> {
+async fn agent_managers(
+    State(m): State<Shared>,
+    Extension(peer): Extension<Peer>,
+) -> Result<Json<ManagerList>> {
     let c = cluster(&m).await?;
+    certified(&c, &peer)?;
     let leader_known = c.raft.status().borrow().leader != 0;
     Ok(Json(ManagerList {
         managers: c.manager_addrs(),
@@ -1525,9 +1676,11 @@ async fn agent_managers(State(m): State<Shared>) -> Result<Json<ManagerList>> {
 
 async fn agent_heartbeat(
     State(m): State<Shared>,
+    Extension(peer): Extension<Peer>,
     Body(req): Body<Heartbeat>,
 ) -> Result<Json<HeartbeatResponse>> {
     let c = cluster(&m).await?;
+    authorize_node(&c, &peer, &req.node_id)?;
     // A manager that lost the leadership refuses heartbeats, so its agents go and find the new
     // leader: the new leader would otherwise mark them down when its election grace ends.
     leader_only(&c, "open a session with the new leader")?;
@@ -1562,9 +1715,11 @@ struct AssignmentsQuery {
 
 async fn agent_assignments(
     State(m): State<Shared>,
+    Extension(peer): Extension<Peer>,
     Query(q): Query<AssignmentsQuery>,
 ) -> Result<Json<Assignments>> {
     let c = cluster(&m).await?;
+    authorize_node(&c, &peer, &q.node_id)?;
     c.dispatcher.touch(&q.node_id, &q.session_id)?;
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(10_000).min(60_000));
     Ok(Json(
@@ -1574,9 +1729,11 @@ async fn agent_assignments(
 
 async fn agent_status(
     State(m): State<Shared>,
+    Extension(peer): Extension<Peer>,
     Body(req): Body<StatusReport>,
 ) -> Result<StatusCode> {
     let c = cluster(&m).await?;
+    authorize_node(&c, &peer, &req.node_id)?;
     // A manager that lost the leadership refuses heartbeats, so its agents go and find the new
     // leader: the new leader would otherwise mark them down when its election grace ends.
     leader_only(&c, "open a session with the new leader")?;

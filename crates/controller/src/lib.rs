@@ -17,6 +17,7 @@ pub mod dispatcher;
 pub mod logs;
 pub mod manager;
 pub mod orchestrator;
+pub mod pki;
 pub mod raft;
 pub mod scheduler;
 pub mod serve;

@@ -89,6 +89,9 @@ pub enum ManagerError {
     /// A setting a person must fix.
     #[error("{0}")]
     Invalid(String),
+    /// Certificates could not be made, read or written.
+    #[error("certificates: {0}")]
+    Pki(#[from] crate::pki::PkiError),
 }
 
 /// Keeps the data key file as the cluster's autolock setting says: sealed under the unlock key
@@ -206,7 +209,7 @@ pub struct Membership {
 }
 
 /// How this node's agent reaches the dispatcher.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct AgentTarget {
     /// Managers' cluster addresses (`host:port`); empty: the local socket.
     pub managers: Vec<String>,
@@ -218,6 +221,10 @@ pub struct AgentTarget {
     pub addr: String,
     /// The host's manager's Raft id (0 on a worker).
     pub raft_id: u64,
+    /// Mutual TLS as this node (for TCP managers).
+    pub tls: Option<shoal_client::Tls>,
+    /// The node id this node's certificate names.
+    pub node_id: Option<shoal_api::NodeId>,
 }
 
 /// The manager role of a daemon.
@@ -235,6 +242,8 @@ pub struct Manager {
     leaving: std::sync::atomic::AtomicBool,
     /// Set while the log's data key waits for the unlock key (autolock).
     locked: std::sync::atomic::AtomicBool,
+    /// This node's certificate, key and CA, once it belongs to a cluster.
+    certs: std::sync::RwLock<Option<crate::pki::NodeCerts>>,
 }
 
 /// The text form of an unlock key: `SHLKEY-1-` and 64 hex digits.
@@ -293,7 +302,10 @@ impl Manager {
             listening: std::sync::Mutex::new(None),
             leaving: Default::default(),
             locked: Default::default(),
+            certs: Default::default(),
         });
+        *manager.certs.write().expect("certs lock") =
+            crate::pki::NodeCerts::load(&manager.certs_dir())?;
         let membership = manager.read_membership()?;
         *manager.membership.write().expect("membership lock") = membership.clone();
         if crate::raft::storage::key_is_locked(&manager.log_path().with_extension("key")) {
@@ -447,6 +459,38 @@ impl Manager {
         self.fatal.lock().expect("fatal lock").clone()
     }
 
+    fn certs_dir(&self) -> PathBuf {
+        self.config.data_root.join("certificates")
+    }
+
+    /// This node's certificate material, once it belongs to a cluster.
+    pub fn certs(&self) -> Option<crate::pki::NodeCerts> {
+        self.certs.read().expect("certs lock").clone()
+    }
+
+    fn set_certs(&self, certs: crate::pki::NodeCerts) -> Result<(), ManagerError> {
+        certs.save(&self.certs_dir())?;
+        *self.certs.write().expect("certs lock") = Some(certs);
+        Ok(())
+    }
+
+    /// The node id this node's certificate names.
+    pub fn cert_node_id(&self) -> Option<shoal_api::NodeId> {
+        self.certs()?.identity()?.node_id.parse().ok()
+    }
+
+    /// Mutual TLS as this node, to managers.
+    pub fn node_tls(&self) -> Option<shoal_client::Tls> {
+        let certs = self.certs()?;
+        match certs.client_tls() {
+            Ok(tls) => Some(tls),
+            Err(e) => {
+                tracing::error!(error = %e, "this node's certificates are unusable");
+                None
+            }
+        }
+    }
+
     fn log_path(&self) -> PathBuf {
         self.config.data_root.join("raft").join("raft.redb")
     }
@@ -475,10 +519,19 @@ impl Manager {
                     addr: addr.to_owned(),
                     message: e.to_string(),
                 })?;
-        tracing::info!(%addr, "cluster port listening");
+        let tls = self
+            .certs()
+            .ok_or_else(|| ManagerError::Invalid("this manager has no certificate yet".into()))?
+            .server_config()?;
+        tracing::info!(%addr, "cluster port listening (mutual TLS)");
         *self.listening.lock().expect("listening lock") = Some(addr.to_owned());
         let router = crate::api::cluster_router(self.clone());
-        tokio::spawn(crate::serve::serve(listener, router, self.shutdown.clone()));
+        tokio::spawn(crate::serve::serve_tls(
+            listener,
+            router,
+            self.shutdown.clone(),
+            tls,
+        ));
         Ok(())
     }
 
@@ -493,7 +546,8 @@ impl Manager {
         }
         let hub = EventHub::with_budget(store.revision, self.config.event_history);
         let store = Arc::new(RwLock::new(store));
-        let forward = HttpForward::new(self.config.raft.write_timeout);
+        let tls = self.node_tls();
+        let forward = HttpForward::new(self.config.raft.write_timeout, tls.clone());
         // Stops this cluster member alone: when it is demoted or removed, the daemon goes on.
         let stop = self.shutdown.child_token();
         let key_log = log.clone();
@@ -502,7 +556,7 @@ impl Manager {
             log,
             store.clone(),
             hub.clone(),
-            Box::new(TcpTransport::new(stop.clone())),
+            Box::new(TcpTransport::new(stop.clone(), tls)),
             Some(Arc::new(forward)),
             stop.clone(),
         )
@@ -570,6 +624,8 @@ impl Manager {
                     manager: false,
                     addr: m.advertise_addr.clone(),
                     raft_id: 0,
+                    tls: self.node_tls(),
+                    node_id: self.cert_node_id(),
                 });
             }
         }
@@ -592,6 +648,8 @@ impl Manager {
             manager: true,
             addr: advertise,
             raft_id: cluster.raft.status().borrow().id,
+            tls: self.node_tls(),
+            node_id: self.cert_node_id(),
         })
     }
 
@@ -618,6 +676,25 @@ impl Manager {
         }
         let membership =
             self.addresses(req.advertise_addr.as_deref(), req.listen_addr.as_deref())?;
+        // The cluster's CA, and this manager's own certificate from it.
+        let cluster_id = shoal_api::ids::id_from_bits(rand::random());
+        let ca = crate::pki::new_ca(&cluster_id)?;
+        let digest = crate::pki::ca_digest(&ca.cert_pem)?;
+        let node_id = shoal_api::NodeId::from_bits(rand::random());
+        let (key_pem, csr) = crate::pki::new_key_and_csr()?;
+        let cert_pem = crate::pki::issue(
+            &ca,
+            &csr,
+            node_id.as_str(),
+            crate::pki::CertRole::Manager,
+            &cluster_id,
+            crate::pki::DEFAULT_CERT_EXPIRY,
+        )?;
+        self.set_certs(crate::pki::NodeCerts {
+            ca_pem: ca.cert_pem.clone(),
+            cert_pem,
+            key_pem,
+        })?;
         if !membership.listen_addr.is_empty() {
             self.listen(&membership.listen_addr).await?;
         }
@@ -636,16 +713,16 @@ impl Manager {
                 "the new cluster elected no leader within 10s".into(),
             ));
         }
-        let cluster_id = shoal_api::ids::id_from_bits(rand::random());
         let object = ClusterObject {
             id: cluster_id.clone(),
             created_at: now(),
-            worker_join_token: new_token(&cluster_id),
-            manager_join_token: new_token(&cluster_id),
+            worker_join_token: new_token(&digest),
+            manager_join_token: new_token(&digest),
             default_addr_pool: req.default_addr_pool.clone(),
             subnet_size: req.subnet_size.unwrap_or(0),
             allow_privileged: req.allow_privileged,
             unlock_key: None,
+            ca: Some(ca),
         };
         cluster.raft.propose(Command::InitCluster(object)).await?;
         let managers = BTreeMap::from([(id, membership.advertise_addr.clone())]);
@@ -708,22 +785,12 @@ impl Manager {
             remote: remote.clone(),
             message,
         };
-        let client =
-            Client::new(Endpoint::Tcp(remote.clone())).with_timeout(Duration::from_secs(10));
-        let ask = JoinClusterRequest {
-            token: req.token.clone(),
-            addr: membership.advertise_addr.clone(),
-        };
+        let own = if promotion { self.certs() } else { None };
         // A manager must be reachable before it is added as a voter: bind first.
         let bound = self.listening.lock().expect("listening lock").clone();
-        let resp: JoinClusterResponse = if membership.advertise_addr.is_empty()
-            || bound.as_deref() == Some(membership.listen_addr.as_str())
+        if !membership.advertise_addr.is_empty()
+            && bound.as_deref() != Some(membership.listen_addr.as_str())
         {
-            client
-                .post(JOIN_PATH, &ask)
-                .await
-                .map_err(|e| join_err(e.to_string()))?
-        } else {
             let listener = tokio::net::TcpListener::bind(&membership.listen_addr)
                 .await
                 .map_err(|e| ManagerError::Listen {
@@ -731,11 +798,15 @@ impl Manager {
                     message: e.to_string(),
                 })?;
             drop(listener);
-            client
-                .post(JOIN_PATH, &ask)
-                .await
-                .map_err(|e| join_err(e.to_string()))?
-        };
+        }
+        let (resp, certs) = request_join(
+            &remote,
+            &req.token,
+            &membership.advertise_addr,
+            own.as_ref(),
+        )
+        .await?;
+        self.set_certs(certs)?;
         if !resp.manager {
             membership.manager = false;
             membership.listen_addr = String::new();
@@ -947,10 +1018,58 @@ fn new_raft_id() -> u64 {
     }
 }
 
-/// A new join token of the cluster `cluster_id`: `SHLTKN-1-<cluster id>-<secret>`.
-pub fn new_token(cluster_id: &str) -> String {
+/// Asks the manager at `remote` to let this node join with `token`: the manager is checked
+/// against the CA the token names before the token is sent, and answers with a certificate
+/// for the key made here (which never leaves this node). `own`: the certificate of a node
+/// being promoted, so it keeps its id.
+pub async fn request_join(
+    remote: &str,
+    token: &str,
+    addr: &str,
+    own: Option<&crate::pki::NodeCerts>,
+) -> Result<(JoinClusterResponse, crate::pki::NodeCerts), ManagerError> {
+    let join_err = |message: String| ManagerError::Join {
+        remote: remote.to_owned(),
+        message,
+    };
+    let digest = crate::pki::token_digest(token).ok_or_else(|| {
+        ManagerError::Invalid(
+            "invalid join token: use the token `shoal cluster join-token worker|manager` prints (SHLTKN-1-...)"
+                .into(),
+        )
+    })?;
+    let tls = crate::pki::join_tls(digest, own)?;
+    let client = Client::new(Endpoint::Tcp(remote.to_owned()))
+        .with_timeout(Duration::from_secs(10))
+        .with_tls(Some(tls));
+    let (key_pem, csr) = crate::pki::new_key_and_csr()?;
+    let ask = JoinClusterRequest {
+        token: token.to_owned(),
+        addr: addr.to_owned(),
+        csr,
+    };
+    let resp: JoinClusterResponse = client
+        .post(JOIN_PATH, &ask)
+        .await
+        .map_err(|e| join_err(e.to_string()))?;
+    let certs = crate::pki::NodeCerts {
+        ca_pem: resp.ca_certificate.clone(),
+        cert_pem: resp.certificate.clone(),
+        key_pem,
+    };
+    if certs.identity().is_none() || crate::pki::ca_digest(&certs.ca_pem)? != digest {
+        return Err(join_err(
+            "the manager sent no certificate from the cluster's CA".into(),
+        ));
+    }
+    Ok((resp, certs))
+}
+
+/// A new join token of the cluster whose CA has digest `ca_digest`:
+/// `SHLTKN-1-<CA digest>-<secret>`.
+pub fn new_token(ca_digest: &str) -> String {
     format!(
-        "SHLTKN-1-{cluster_id}-{}{}",
+        "SHLTKN-1-{ca_digest}-{}{}",
         shoal_api::ids::id_from_bits(rand::random()),
         shoal_api::ids::id_from_bits(rand::random())
     )

@@ -4,6 +4,10 @@
 //! connections), how large the headers may be, and how many connections one address and all
 //! of them together may hold. Bodies are bounded per route (the API's JSON), not here: the
 //! Raft streams and log uploads are long on purpose.
+//!
+//! The cluster port speaks TLS 1.3 ([`serve_tls`]): every request carries a [`Peer`] extension
+//! saying who sent it, read from the client's certificate, never from the request; handlers
+//! decide from it what the peer may do.
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -41,6 +45,20 @@ impl Default for ServeOptions {
             max_header_bytes: 64 * 1024,
         }
     }
+}
+
+/// Who sent a request, as the connection shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    /// A client of the Unix socket (root, or `--socket-group`).
+    Local,
+    /// A client over TCP; with the identity its certificate proves, if it presented one.
+    Remote {
+        /// Its address.
+        ip: IpAddr,
+        /// The node its certificate names.
+        identity: Option<crate::pki::Identity>,
+    },
 }
 
 /// Open connections by peer (`None`: a Unix socket client).
@@ -115,12 +133,41 @@ pub async fn serve<L: Accept>(listener: L, router: Router, shutdown: Cancellatio
     serve_with(listener, router, shutdown, ServeOptions::default()).await
 }
 
+/// Serves `router` over TLS: the handshake (bounded by the header timeout) comes first, and
+/// the client's certificate, when it sent one the server's verifier accepted, becomes the
+/// requests' [`Peer`] identity.
+pub async fn serve_tls<L: Accept>(
+    listener: L,
+    router: Router,
+    shutdown: CancellationToken,
+    tls: std::sync::Arc<tokio_rustls::rustls::ServerConfig>,
+) {
+    serve_inner(
+        listener,
+        router,
+        shutdown,
+        ServeOptions::default(),
+        Some(tokio_rustls::TlsAcceptor::from(tls)),
+    )
+    .await
+}
+
 /// [`serve`] with other limits.
 pub async fn serve_with<L: Accept>(
     listener: L,
     router: Router,
     shutdown: CancellationToken,
     opts: ServeOptions,
+) {
+    serve_inner(listener, router, shutdown, opts, None).await
+}
+
+async fn serve_inner<L: Accept>(
+    listener: L,
+    router: Router,
+    shutdown: CancellationToken,
+    opts: ServeOptions,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let conns = tokio_util::task::TaskTracker::new();
     let counts = Counts::default();
@@ -142,28 +189,75 @@ pub async fn serve_with<L: Accept>(
             drop(io);
             continue;
         };
-        let service = TowerToHyperService::new(router.clone());
+        let router = router.clone();
         let stop = shutdown.clone();
+        let tls = tls.clone();
         conns.spawn(async move {
             let _slot = slot;
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(opts.header_timeout)
-                .max_buf_size(opts.max_header_bytes)
-                .serve_connection(TokioIo::new(io), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+            let Some(ip) = peer else {
+                return serve_conn(io, router, Peer::Local, opts, stop).await;
+            };
+            let Some(acceptor) = tls else {
+                let who = Peer::Remote { ip, identity: None };
+                return serve_conn(io, router, who, opts, stop).await;
+            };
+            let stream = match tokio::time::timeout(opts.header_timeout, acceptor.accept(io)).await
+            {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %ip, error = %e, "TLS handshake refused");
+                    return;
                 }
-            }
+                Err(_) => {
+                    tracing::debug!(peer = %ip, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let identity = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(|cert| crate::pki::identity(cert.as_ref()));
+            serve_conn(stream, router, Peer::Remote { ip, identity }, opts, stop).await
         });
     }
     conns.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), conns.wait()).await;
+}
+
+/// Serves one connection, every request marked with who sent it.
+async fn serve_conn<Io>(
+    io: Io,
+    router: Router,
+    who: Peer,
+    opts: ServeOptions,
+    stop: CancellationToken,
+) where
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = tower::ServiceExt::map_request(
+        router,
+        move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(who.clone());
+            req
+        },
+    );
+    let service = TowerToHyperService::new(service);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_timeout)
+        .max_buf_size(opts.max_header_bytes)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -47,6 +47,9 @@ pub struct ClusterObject {
     /// With autolock, the key every manager's data key is sealed under (`SHLKEY-1-...`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unlock_key: Option<String>,
+    /// The cluster's root CA (`None` in a log written before the PKI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<crate::pki::ClusterCa>,
 }
 
 /// A network to create, with what the proposer allocated for it.

@@ -365,16 +365,19 @@ async fn supervise_agent(
             manager_role: target.manager,
             raft_id: target.raft_id,
             promotions: Some(promotions_tx.clone()),
+            tls: target.tls.clone(),
+            node_id: target.node_id.clone(),
         };
         let running = shutdown.child_token();
         let agent = tokio::spawn(Agent::run(config, executor.clone(), running.clone()));
         let same = |t: &AgentTarget| {
-            (t.manager, t.raft_id, &t.join_token, &t.addr)
+            (t.manager, t.raft_id, &t.join_token, &t.addr, &t.node_id)
                 == (
                     target.manager,
                     target.raft_id,
                     &target.join_token,
                     &target.addr,
+                    &target.node_id,
                 )
         };
         loop {

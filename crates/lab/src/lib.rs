@@ -600,6 +600,36 @@ impl Lab {
         net::set_link(&self.state.name, name, true)
     }
 
+    /// Runs `f` on a thread inside a host's network namespace: the sockets it opens are that
+    /// host's (a test speaking to a cluster port as a node, or as a stranger, would).
+    pub fn in_host<T: Send>(
+        &self,
+        name: &str,
+        f: impl FnOnce() -> T + Send,
+    ) -> Result<T, LabError> {
+        self.host(name)?;
+        let path = format!("/run/netns/{}", net::netns(&self.state.name, name));
+        let file = std::fs::File::open(&path).map_err(|error| LabError::Io {
+            path: path.clone().into(),
+            error,
+        })?;
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    use std::os::fd::AsFd;
+                    nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(
+                        |e| LabError::Io {
+                            path: path.into(),
+                            error: e.into(),
+                        },
+                    )?;
+                    Ok(f())
+                })
+                .join()
+                .expect("the thread in the host's namespace panicked")
+        })
+    }
+
     /// A command that will run inside a host's namespace (pointed at its daemon), for the
     /// caller to spawn and reap.
     pub fn command(&self, name: &str, prog: &Path) -> Result<Command, LabError> {

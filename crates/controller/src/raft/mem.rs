@@ -313,6 +313,7 @@ mod tests {
                 subnet_size: 0,
                 allow_privileged: false,
                 unlock_key: None,
+                ca: None,
             };
             self.nodes[&leader]
                 .handle

@@ -134,6 +134,8 @@ pub struct TcpTransport {
     feedback_tx: mpsc::UnboundedSender<Feedback>,
     feedback_rx: Option<mpsc::UnboundedReceiver<Feedback>>,
     shutdown: CancellationToken,
+    /// Mutual TLS to every peer (`None` only in tests of the transport itself).
+    tls: Option<shoal_client::Tls>,
 }
 
 impl std::fmt::Debug for Peer {
@@ -143,8 +145,9 @@ impl std::fmt::Debug for Peer {
 }
 
 impl TcpTransport {
-    /// A transport with no peers yet; its tasks end with `shutdown`.
-    pub fn new(shutdown: CancellationToken) -> TcpTransport {
+    /// A transport with no peers yet; its tasks end with `shutdown`. Every stream is mutual
+    /// TLS with `tls` (this manager's certificate).
+    pub fn new(shutdown: CancellationToken, tls: Option<shoal_client::Tls>) -> TcpTransport {
         let (feedback_tx, feedback_rx) = mpsc::unbounded_channel();
         TcpTransport {
             peers: HashMap::new(),
@@ -152,6 +155,7 @@ impl TcpTransport {
             feedback_tx,
             feedback_rx: Some(feedback_rx),
             shutdown,
+            tls,
         }
     }
 }
@@ -202,6 +206,7 @@ impl Transport for TcpTransport {
                 addr.clone(),
                 rx,
                 self.feedback_tx.clone(),
+                self.tls.clone(),
                 stop.clone(),
             ));
             tracing::info!(raft_id = id, %addr, "raft peer added");
@@ -224,8 +229,21 @@ impl Transport for TcpTransport {
 type BodyTx = mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>;
 
 /// Opens the message stream to a peer: the sender of its request body.
-async fn open_stream(addr: &str) -> Result<BodyTx, String> {
+async fn open_stream(addr: &str, tls: Option<&shoal_client::Tls>) -> Result<BodyTx, String> {
     let stream = connect(addr).await.map_err(|e| e.to_string())?;
+    match tls {
+        Some(tls) => {
+            let stream = tls.wrap(stream).await.map_err(|e| format!("TLS: {e}"))?;
+            stream_over(stream).await
+        }
+        None => stream_over(stream).await,
+    }
+}
+
+async fn stream_over<S>(stream: S) -> Result<BodyTx, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;
@@ -258,6 +276,7 @@ async fn send_loop(
     addr: String,
     mut queue: mpsc::Receiver<Message>,
     feedback: mpsc::UnboundedSender<Feedback>,
+    tls: Option<shoal_client::Tls>,
     stop: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(50);
@@ -265,7 +284,7 @@ async fn send_loop(
     loop {
         let body = tokio::select! {
             _ = stop.cancelled() => return,
-            r = open_stream(&addr) => r,
+            r = open_stream(&addr, tls.as_ref()) => r,
         };
         let body = match body {
             Ok(body) => {
@@ -348,13 +367,15 @@ pub struct Forwarded {
 pub struct HttpForward {
     timeout: Duration,
     clients: std::sync::Mutex<HashMap<String, Client>>,
+    tls: Option<shoal_client::Tls>,
 }
 
 impl HttpForward {
     /// Forwarding bounded by `timeout` per proposal.
-    pub fn new(timeout: Duration) -> HttpForward {
+    pub fn new(timeout: Duration, tls: Option<shoal_client::Tls>) -> HttpForward {
         HttpForward {
             timeout,
+            tls,
             clients: Default::default(),
         }
     }
@@ -365,7 +386,9 @@ impl HttpForward {
             .expect("clients lock")
             .entry(addr.to_owned())
             .or_insert_with(|| {
-                Client::new(Endpoint::Tcp(addr.to_owned())).with_timeout(self.timeout)
+                Client::new(Endpoint::Tcp(addr.to_owned()))
+                    .with_timeout(self.timeout)
+                    .with_tls(self.tls.clone())
             })
             .clone()
     }

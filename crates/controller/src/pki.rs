@@ -1,0 +1,557 @@
+//! The cluster's PKI, as Swarm's: a root CA made at `cluster init` (its key kept in the Raft
+//! log, sealed at rest), node certificates issued from a node's own key (the node sends a CSR
+//! with its join token; its private key never leaves it), identities read back from a peer's
+//! certificate, and the rustls configurations of every cluster-port connection: TLS 1.3 with
+//! a certificate on both sides. A node's certificate names it: subject CN is its node id, OU its
+//! role, O the cluster id; a manager's also carries the DNS name [`MANAGER_NAME`], which every
+//! node checks when it connects to a manager.
+//!
+//! A joining node has no certificate yet: it checks the manager against the CA digest its join
+//! token carries (`SHLTKN-1-<sha256 of the CA>-<secret>`, as Swarm's `SWMTKN-1-...`) before it
+//! sends the token.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::client::danger::{
+    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+};
+use tokio_rustls::rustls::crypto::CryptoProvider;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use tokio_rustls::rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+/// The DNS name in every manager's certificate; nodes connect to managers under it.
+pub const MANAGER_NAME: &str = "shoal-manager";
+
+/// Node certificates live this long unless `--cert-expiry` says otherwise (Swarm's 90 days).
+pub const DEFAULT_CERT_EXPIRY: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// The root CA lives 20 years (Swarm's default).
+const CA_EXPIRY: Duration = Duration::from_secs(20 * 365 * 24 * 3600);
+
+/// Errors of the PKI.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// Certificate or key material could not be made or read.
+    #[error("{what}: {message}")]
+    Material {
+        /// What was being made or read.
+        what: String,
+        /// Why it failed.
+        message: String,
+    },
+    /// A file of a node's certificates could not be read or written.
+    #[error("{}: {message}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+}
+
+fn material(what: &str) -> impl Fn(rcgen::Error) -> PkiError + '_ {
+    move |e| PkiError::Material {
+        what: what.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+/// The cluster's root CA: its certificate and key, in PEM. Kept in the cluster object (and so
+/// in the Raft log, sealed at rest); only managers hold it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterCa {
+    /// The CA certificate.
+    pub cert_pem: String,
+    /// The CA's private key.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ClusterCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterCa")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A node's role as its certificate names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertRole {
+    /// Runs Raft and serves the cluster port.
+    Manager,
+    /// Runs tasks only.
+    Worker,
+}
+
+impl CertRole {
+    fn as_str(self) -> &'static str {
+        match self {
+            CertRole::Manager => "manager",
+            CertRole::Worker => "worker",
+        }
+    }
+}
+
+/// Who a peer's certificate says it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Its node id.
+    pub node_id: String,
+    /// Its role.
+    pub role: CertRole,
+    /// The cluster that issued it.
+    pub cluster_id: String,
+}
+
+/// Makes the root CA of cluster `cluster_id`.
+pub fn new_ca(cluster_id: &str) -> Result<ClusterCa, PkiError> {
+    let key = KeyPair::generate().map_err(material("the CA key"))?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "shoal-ca");
+    dn.push(DnType::OrganizationName, cluster_id);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + CA_EXPIRY;
+    let cert = params
+        .self_signed(&key)
+        .map_err(material("the CA certificate"))?;
+    Ok(ClusterCa {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// The CA's digest as join tokens carry it: SHA-256 of its certificate's DER, in hex.
+pub fn ca_digest(cert_pem: &str) -> Result<String, PkiError> {
+    let der =
+        CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| PkiError::Material {
+            what: "the CA certificate".into(),
+            message: e.to_string(),
+        })?;
+    Ok(hex(&sha2::Sha256::digest(der.as_ref())))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A new key for a node and the CSR that carries its public half, both PEM.
+pub fn new_key_and_csr() -> Result<(String, String), PkiError> {
+    let key = KeyPair::generate().map_err(material("the node key"))?;
+    let csr = CertificateParams::default()
+        .serialize_request(&key)
+        .map_err(material("the certificate request"))?;
+    let csr = csr.pem().map_err(material("the certificate request"))?;
+    Ok((key.serialize_pem(), csr))
+}
+
+/// Signs a node's CSR: the certificate names `node_id`, `role` and the cluster, whatever the
+/// CSR asked for; only its public key is taken.
+pub fn issue(
+    ca: &ClusterCa,
+    csr_pem: &str,
+    node_id: &str,
+    role: CertRole,
+    cluster_id: &str,
+    expiry: Duration,
+) -> Result<String, PkiError> {
+    let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(material("the CA key"))?;
+    let ca_cert = CertificateParams::from_ca_cert_pem(&ca.cert_pem)
+        .map_err(material("the CA certificate"))?
+        .self_signed(&ca_key)
+        .map_err(material("the CA certificate"))?;
+    let mut csr =
+        CertificateSigningRequestParams::from_pem(csr_pem).map_err(material("the request"))?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, node_id);
+    dn.push(DnType::OrganizationalUnitName, role.as_str());
+    dn.push(DnType::OrganizationName, cluster_id);
+    params.distinguished_name = dn;
+    let mut names = vec![SanType::DnsName(
+        format!("node-{node_id}")
+            .try_into()
+            .map_err(material("the node name"))?,
+    )];
+    if role == CertRole::Manager {
+        names.push(SanType::DnsName(
+            MANAGER_NAME
+                .try_into()
+                .map_err(material("the manager name"))?,
+        ));
+    }
+    params.subject_alt_names = names;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + expiry;
+    csr.params = params;
+    let cert = csr
+        .signed_by(&ca_cert, &ca_key)
+        .map_err(material("the node certificate"))?;
+    Ok(cert.pem())
+}
+
+/// Reads who a certificate names (subject CN, OU, O); `None` for a certificate shoal did not
+/// issue.
+pub fn identity(der: &[u8]) -> Option<Identity> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let cn = subject.iter_common_name().next()?.as_str().ok()?.to_owned();
+    let ou = subject
+        .iter_organizational_unit()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_owned();
+    let o = subject
+        .iter_organization()
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let role = match ou.as_str() {
+        "manager" => CertRole::Manager,
+        "worker" => CertRole::Worker,
+        _ => return None,
+    };
+    Some(Identity {
+        node_id: cn,
+        role,
+        cluster_id: o,
+    })
+}
+
+/// The not-after time of a certificate, seconds since the epoch.
+pub fn not_after(cert_pem: &str) -> Option<i64> {
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn tls_err(what: &str) -> impl Fn(rustls::Error) -> PkiError + '_ {
+    move |e| PkiError::Material {
+        what: what.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+/// A node's certificate material: the CA it trusts, its certificate and its key, in PEM.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NodeCerts {
+    /// The cluster's CA certificate.
+    pub ca_pem: String,
+    /// This node's certificate.
+    pub cert_pem: String,
+    /// This node's private key.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for NodeCerts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCerts")
+            .field("identity", &self.identity())
+            .finish()
+    }
+}
+
+const CA_FILE: &str = "ca.crt";
+const CERT_FILE: &str = "node.crt";
+const KEY_FILE: &str = "node.key";
+
+impl NodeCerts {
+    /// Reads a node's certificates from `dir`; `None` when it has none yet.
+    pub fn load(dir: &Path) -> Result<Option<NodeCerts>, PkiError> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path).map_err(|e| PkiError::File {
+                path,
+                message: e.to_string(),
+            })
+        };
+        if !dir.join(CERT_FILE).exists() {
+            return Ok(None);
+        }
+        Ok(Some(NodeCerts {
+            ca_pem: read(CA_FILE)?,
+            cert_pem: read(CERT_FILE)?,
+            key_pem: read(KEY_FILE)?,
+        }))
+    }
+
+    /// Writes the certificates to `dir` (the key mode 0600), each file replaced atomically.
+    pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file_err = |path: &Path| {
+            let path = path.to_owned();
+            move |e: std::io::Error| PkiError::File {
+                path: path.clone(),
+                message: e.to_string(),
+            }
+        };
+        std::fs::create_dir_all(dir).map_err(file_err(dir))?;
+        for (name, text, mode) in [
+            (CA_FILE, &self.ca_pem, 0o644),
+            (CERT_FILE, &self.cert_pem, 0o644),
+            (KEY_FILE, &self.key_pem, 0o600),
+        ] {
+            let path = dir.join(name);
+            let tmp = dir.join(format!(".{name}.tmp"));
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(mode)
+                .open(&tmp)
+                .map_err(file_err(&tmp))?;
+            f.write_all(text.as_bytes()).map_err(file_err(&tmp))?;
+            f.sync_all().map_err(file_err(&tmp))?;
+            std::fs::rename(&tmp, &path).map_err(file_err(&path))?;
+        }
+        Ok(())
+    }
+
+    /// Who this node's certificate names.
+    pub fn identity(&self) -> Option<Identity> {
+        let der = CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).ok()?;
+        identity(der.as_ref())
+    }
+
+    fn chain(&self) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+        let parse = |pem: &str, what: &str| {
+            CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| PkiError::Material {
+                what: what.to_owned(),
+                message: e.to_string(),
+            })
+        };
+        Ok(vec![
+            parse(&self.cert_pem, "the node certificate")?,
+            parse(&self.ca_pem, "the CA certificate")?,
+        ])
+    }
+
+    fn key(&self) -> Result<PrivateKeyDer<'static>, PkiError> {
+        PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| PkiError::Material {
+            what: "the node key".into(),
+            message: e.to_string(),
+        })
+    }
+
+    fn roots(&self) -> Result<Arc<RootCertStore>, PkiError> {
+        let mut roots = RootCertStore::empty();
+        let ca = CertificateDer::from_pem_slice(self.ca_pem.as_bytes()).map_err(|e| {
+            PkiError::Material {
+                what: "the CA certificate".into(),
+                message: e.to_string(),
+            }
+        })?;
+        roots.add(ca).map_err(tls_err("the CA certificate"))?;
+        Ok(Arc::new(roots))
+    }
+
+    /// The cluster port's server side: this manager's certificate; a client certificate from
+    /// the cluster's CA is checked when one is presented (a joining node has none yet: the
+    /// routes decide what an anonymous peer may do).
+    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| PkiError::Material {
+                    what: "the client verifier".into(),
+                    message: e.to_string(),
+                })?;
+        let config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_err("the server configuration"))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain()?, self.key()?)
+            .map_err(tls_err("the server configuration"))?;
+        Ok(Arc::new(config))
+    }
+
+    /// A node's client side: the managers checked against the cluster's CA and
+    /// [`MANAGER_NAME`], this node's certificate presented.
+    pub fn client_tls(&self) -> Result<shoal_client::Tls, PkiError> {
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_err("the client configuration"))?
+            .with_root_certificates(self.roots()?)
+            .with_client_auth_cert(self.chain()?, self.key()?)
+            .map_err(tls_err("the client configuration"))?;
+        Ok(shoal_client::Tls::new(Arc::new(config), MANAGER_NAME))
+    }
+}
+
+/// The client side of a join: no certificate of its own yet, the manager checked against the
+/// CA whose digest the join token carries. The manager presents the CA with its certificate;
+/// a CA of another digest, or a certificate it did not sign, ends the handshake.
+pub fn join_tls(ca_digest: &str, own: Option<&NodeCerts>) -> Result<shoal_client::Tls, PkiError> {
+    let verifier = Arc::new(PinnedCa {
+        digest: ca_digest.to_ascii_lowercase(),
+        provider: provider(),
+    });
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_err("the client configuration"))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let config = match own {
+        // A worker being promoted shows who it is, so it keeps its node id.
+        Some(c) => builder
+            .with_client_auth_cert(c.chain()?, c.key()?)
+            .map_err(tls_err("the client configuration"))?,
+        None => builder.with_no_client_auth(),
+    };
+    Ok(shoal_client::Tls::new(Arc::new(config), MANAGER_NAME))
+}
+
+/// Verifies a manager against the CA of a known digest, found among the certificates it sent.
+#[derive(Debug)]
+struct PinnedCa {
+    digest: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| hex(&sha2::Sha256::digest(c.as_ref())) == self.digest)
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "the manager's CA is not the one the join token names".into(),
+                )
+            })?;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The CA digest a join token carries (`SHLTKN-1-<digest>-<secret>`).
+pub fn token_digest(token: &str) -> Option<&str> {
+    let rest = token.trim().strip_prefix("SHLTKN-1-")?;
+    let (digest, _) = rest.split_once('-')?;
+    (digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())).then_some(digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_certificate_names_the_node_its_role_and_the_cluster() {
+        let ca = new_ca("c1").unwrap();
+        let (key, csr) = new_key_and_csr().unwrap();
+        let cert = issue(
+            &ca,
+            &csr,
+            "n123",
+            CertRole::Manager,
+            "c1",
+            DEFAULT_CERT_EXPIRY,
+        )
+        .unwrap();
+        let node = NodeCerts {
+            ca_pem: ca.cert_pem.clone(),
+            cert_pem: cert,
+            key_pem: key,
+        };
+        assert_eq!(
+            node.identity(),
+            Some(Identity {
+                node_id: "n123".into(),
+                role: CertRole::Manager,
+                cluster_id: "c1".into(),
+            })
+        );
+        node.server_config().unwrap();
+        node.client_tls().unwrap();
+        let digest = ca_digest(&ca.cert_pem).unwrap();
+        assert_eq!(digest.len(), 64);
+        let token = format!("SHLTKN-1-{digest}-abc");
+        assert_eq!(token_digest(&token), Some(digest.as_str()));
+        assert_eq!(token_digest("SHLTKN-1-c1-abc"), None);
+        assert!(format!("{ca:?}").contains("redacted"));
+        assert!(!format!("{node:?}").contains("PRIVATE"));
+    }
+}

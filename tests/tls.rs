@@ -1,0 +1,220 @@
+//! Mutual TLS on the cluster port, through the lab: a client without TLS, without a
+//! certificate, or with a certificate from another CA is refused; a worker's certificate
+//! reaches neither Raft, nor another node's assignments, nor the management API, and cannot
+//! register under another node's id; a removed node's certificate is refused at once; a join
+//! token naming another CA never reaches the manager.
+
+use shoal_api::node::NodeDescription;
+use shoal_api::wire::RegisterRequest;
+use shoal_client::{Client, ClientError, Endpoint, Tls};
+use shoal_cluster_tests::*;
+use shoal_controller::pki::{self, NodeCerts};
+use std::time::Duration;
+
+/// A node's certificate material, as its data root holds it.
+fn certs_of(lab: &shoal_lab::Lab, host: &str) -> NodeCerts {
+    let dir = lab
+        .state()
+        .dir
+        .join(format!("hosts/{host}/data/certificates"));
+    NodeCerts::load(&dir)
+        .unwrap()
+        .expect("the node has certificates")
+}
+
+/// A request to m1's cluster port from inside host `from`, over `tls` (`None`: plain TCP).
+fn call(
+    lab: &shoal_lab::Lab,
+    from: &str,
+    tls: Option<Tls>,
+    post: Option<serde_json::Value>,
+    path: &str,
+) -> Result<serde_json::Value, ClientError> {
+    let addr = format!("{}:2377", lab.host("m1").unwrap().addr);
+    lab.in_host(from, move || {
+        let client = Client::new(Endpoint::Tcp(addr))
+            .with_timeout(Duration::from_secs(10))
+            .with_tls(tls);
+        rt().block_on(async {
+            match post {
+                Some(body) => client.post::<_, serde_json::Value>(path, &body).await,
+                None => client.get::<serde_json::Value>(path).await,
+            }
+        })
+    })
+    .unwrap()
+}
+
+fn refused_with(r: Result<serde_json::Value, ClientError>, status: u16, text: &str) {
+    match r {
+        Err(e) if e.status() == Some(status) && e.to_string().contains(text) => {}
+        other => panic!("expected {status} {text:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_cluster_port_admits_only_certified_nodes_acting_as_themselves() {
+    let Some(lab) = lab("tls", 1, 1, 1, &[]) else {
+        return;
+    };
+    wait("both nodes ready", || {
+        node_states(&lab, "m1")
+            .values()
+            .filter(|s| *s == "ready")
+            .count()
+            == 2
+    });
+    let ids = node_ids(&lab, "m1");
+    let m1_id = ids["m1"].clone();
+    let w1 = certs_of(&lab, "w1");
+    let m1 = certs_of(&lab, "m1");
+    // Certificates name their nodes and roles; every node trusts the same CA.
+    let w1_identity = w1.identity().unwrap();
+    assert_eq!(w1_identity.node_id, ids["w1"]);
+    assert_eq!(w1_identity.role, pki::CertRole::Worker);
+    assert_eq!(m1.identity().unwrap().role, pki::CertRole::Manager);
+    assert_eq!(m1.ca_pem, w1.ca_pem);
+    let managers = "/v1/dispatcher/managers";
+
+    // No TLS at all: the handshake never happens, nothing is answered.
+    let r = call(&lab, "s1", None, None, managers);
+    assert!(matches!(&r, Err(e) if e.status().is_none()), "{r:?}");
+    // TLS, but no certificate: nothing but joining.
+    let digest = pki::ca_digest(&w1.ca_pem).unwrap();
+    let anonymous = pki::join_tls(&digest, None).unwrap();
+    refused_with(
+        call(&lab, "s1", Some(anonymous), None, managers),
+        401,
+        "needs a node certificate",
+    );
+    // A certificate from another CA, even naming a real node: the handshake fails.
+    let other = pki::new_ca("other").unwrap();
+    let (key_pem, csr) = pki::new_key_and_csr().unwrap();
+    let forged = NodeCerts {
+        ca_pem: w1.ca_pem.clone(),
+        cert_pem: pki::issue(
+            &other,
+            &csr,
+            &m1_id,
+            pki::CertRole::Manager,
+            "other",
+            pki::DEFAULT_CERT_EXPIRY,
+        )
+        .unwrap(),
+        key_pem,
+    };
+    let r = call(
+        &lab,
+        "s1",
+        Some(forged.client_tls().unwrap()),
+        None,
+        managers,
+    );
+    assert!(matches!(&r, Err(e) if e.status().is_none()), "{r:?}");
+
+    // A worker's certificate: its own dispatcher calls only.
+    let worker = w1.client_tls().unwrap();
+    call(&lab, "w1", Some(worker.clone()), None, managers).unwrap();
+    refused_with(
+        call(
+            &lab,
+            "w1",
+            Some(worker.clone()),
+            None,
+            &format!("/v1/dispatcher/assignments?node_id={m1_id}&session_id=x&since=0&wait_ms=0"),
+        ),
+        403,
+        "cannot act as node",
+    );
+    refused_with(
+        call(
+            &lab,
+            "w1",
+            Some(worker.clone()),
+            Some(serde_json::json!({})),
+            shoal_controller::raft::peer::STREAM_PATH,
+        ),
+        403,
+        "Raft is for managers only",
+    );
+    for path in [
+        "/v1/cluster/join-token?role=manager",
+        "/v1/secrets",
+        "/v1/cluster",
+    ] {
+        refused_with(
+            call(&lab, "w1", Some(worker.clone()), None, path),
+            404,
+            "the cluster port serves nodes only",
+        );
+    }
+    let token = lab
+        .shoal_ok("m1", &["cluster", "join-token", "-q", "worker"])
+        .unwrap();
+    let register = |node_id: Option<&str>, manager: bool| {
+        serde_json::to_value(RegisterRequest {
+            node_id: node_id.map(|id| id.parse().unwrap()),
+            join_token: token.trim().to_owned(),
+            description: NodeDescription {
+                hostname: "impostor".into(),
+                ..Default::default()
+            },
+            addr: String::new(),
+            manager,
+            raft_id: 0,
+        })
+        .unwrap()
+    };
+    refused_with(
+        call(
+            &lab,
+            "w1",
+            Some(worker.clone()),
+            Some(register(Some(&m1_id), false)),
+            "/v1/dispatcher/register",
+        ),
+        403,
+        "cannot register as another node",
+    );
+    refused_with(
+        call(
+            &lab,
+            "w1",
+            Some(worker.clone()),
+            Some(register(None, true)),
+            "/v1/dispatcher/register",
+        ),
+        403,
+        "cannot register as a manager",
+    );
+    assert!(!node_ids(&lab, "m1").contains_key("impostor"));
+
+    // A join token naming another CA: the manager fails the check before the token is sent.
+    let wrong = format!("SHLTKN-1-{}-secret", "0".repeat(64));
+    let m1_addr = format!("{}:2377", lab.host("m1").unwrap().addr);
+    let out = lab
+        .shoal("s1", &["cluster", "join", "--token", &wrong, &m1_addr])
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not the one the join token names"), "{err}");
+
+    // A removed node's certificate is refused at once.
+    lab.shoal_ok(
+        "s1",
+        &["cluster", "join", "--token", token.trim(), &m1_addr],
+    )
+    .unwrap();
+    wait("s1 ready", || {
+        node_states(&lab, "m1").get("s1").map(String::as_str) == Some("ready")
+    });
+    let s1 = certs_of(&lab, "s1").client_tls().unwrap();
+    call(&lab, "s1", Some(s1.clone()), None, managers).unwrap();
+    lab.shoal_ok("m1", &["node", "rm", "--force", "s1"])
+        .unwrap();
+    refused_with(
+        call(&lab, "s1", Some(s1), None, managers),
+        403,
+        "its certificate is revoked",
+    );
+}
