@@ -243,7 +243,28 @@ pub struct Manager {
     /// Set while the log's data key waits for the unlock key (autolock).
     locked: std::sync::atomic::AtomicBool,
     /// This node's certificate, key and CA, once it belongs to a cluster.
-    certs: std::sync::RwLock<Option<crate::pki::NodeCerts>>,
+    certs: std::sync::RwLock<Option<Credentials>>,
+}
+
+/// A node's certificates with what is derived from them once, not on every agent poll: its
+/// client TLS configuration and the node id its certificate names.
+#[derive(Debug)]
+struct Credentials {
+    certs: crate::pki::NodeCerts,
+    tls: shoal_client::Tls,
+    node_id: Option<shoal_api::NodeId>,
+}
+
+impl Credentials {
+    fn of(certs: crate::pki::NodeCerts) -> Result<Credentials, ManagerError> {
+        let tls = certs.client_tls()?;
+        let node_id = certs.identity().and_then(|i| i.node_id.parse().ok());
+        Ok(Credentials {
+            certs,
+            tls,
+            node_id,
+        })
+    }
 }
 
 /// The text form of an unlock key: `SHLKEY-1-` and 64 hex digits.
@@ -304,8 +325,9 @@ impl Manager {
             locked: Default::default(),
             certs: Default::default(),
         });
-        *manager.certs.write().expect("certs lock") =
-            crate::pki::NodeCerts::load(&manager.certs_dir())?;
+        if let Some(certs) = crate::pki::NodeCerts::load(&manager.certs_dir())? {
+            *manager.certs.write().expect("certs lock") = Some(Credentials::of(certs)?);
+        }
         let membership = manager.read_membership()?;
         *manager.membership.write().expect("membership lock") = membership.clone();
         if crate::raft::storage::key_is_locked(&manager.log_path().with_extension("key")) {
@@ -465,30 +487,27 @@ impl Manager {
 
     /// This node's certificate material, once it belongs to a cluster.
     pub fn certs(&self) -> Option<crate::pki::NodeCerts> {
-        self.certs.read().expect("certs lock").clone()
+        let c = self.certs.read().expect("certs lock");
+        c.as_ref().map(|c| c.certs.clone())
     }
 
     fn set_certs(&self, certs: crate::pki::NodeCerts) -> Result<(), ManagerError> {
-        certs.save(&self.certs_dir())?;
-        *self.certs.write().expect("certs lock") = Some(certs);
+        let credentials = Credentials::of(certs)?;
+        credentials.certs.save(&self.certs_dir())?;
+        *self.certs.write().expect("certs lock") = Some(credentials);
         Ok(())
     }
 
     /// The node id this node's certificate names.
     pub fn cert_node_id(&self) -> Option<shoal_api::NodeId> {
-        self.certs()?.identity()?.node_id.parse().ok()
+        let c = self.certs.read().expect("certs lock");
+        c.as_ref().and_then(|c| c.node_id.clone())
     }
 
     /// Mutual TLS as this node, to managers.
     pub fn node_tls(&self) -> Option<shoal_client::Tls> {
-        let certs = self.certs()?;
-        match certs.client_tls() {
-            Ok(tls) => Some(tls),
-            Err(e) => {
-                tracing::error!(error = %e, "this node's certificates are unusable");
-                None
-            }
-        }
+        let c = self.certs.read().expect("certs lock");
+        c.as_ref().map(|c| c.tls.clone())
     }
 
     fn log_path(&self) -> PathBuf {
