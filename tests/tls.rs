@@ -218,3 +218,132 @@ fn the_cluster_port_admits_only_certified_nodes_acting_as_themselves() {
         "its certificate is revoked",
     );
 }
+
+/// The issuer subject and lifetime (seconds) of a host's certificate, and whether it trusts
+/// exactly `roots` (PEM).
+fn cert_state(lab: &shoal_lab::Lab, host: &str) -> (String, i64, NodeCerts) {
+    let certs = certs_of(lab, host);
+    let (from, until) = pki::validity(&certs.cert_pem).unwrap();
+    (pki::issuer_of(&certs.cert_pem).unwrap(), until - from, certs)
+}
+
+#[test]
+fn certificates_follow_the_root_ca_rotation_and_the_role_under_a_running_stack() {
+    let Some(lab) = lab("carot", 3, 1, 1, &[]) else {
+        return;
+    };
+    wait("four nodes ready", || {
+        node_states(&lab, "m1")
+            .values()
+            .filter(|s| *s == "ready")
+            .count()
+            == 4
+    });
+    deploy(
+        &lab,
+        "m1",
+        "app",
+        "services:\n  web:\n    image: busybox\n    command: [\"sleep\", \"3600\"]\n    deploy:\n      replicas: 4\n",
+    );
+    wait("four replicas running", || {
+        running_on(&lab, "m1", "app_web").len() == 4
+    });
+    let task_ids = |lab: &shoal_lab::Lab| {
+        let mut ids: Vec<String> = tasks(lab, "m2", "app_web")
+            .into_iter()
+            .map(|t| t["id"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let before = task_ids(&lab);
+    let old_token = lab
+        .shoal_ok("m1", &["cluster", "join-token", "-q", "worker"])
+        .unwrap();
+    let old_ca = certs_of(&lab, "w1").ca_pem;
+
+    // New certificates live as long as the cluster says from their next renewal on.
+    lab.shoal_ok("m1", &["cluster", "update", "--cert-expiry", "2h"])
+        .unwrap();
+    let out = lab
+        .shoal("m1", &["cluster", "update", "--cert-expiry", "10m"])
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 1h"));
+
+    // Rotate the root under the running stack, through another manager than the leader.
+    let via = if new_leader(&lab, None) == "m2" { "m3" } else { "m2" };
+    lab.shoal_ok(via, &["cluster", "ca", "--rotate", "--detach"])
+        .unwrap();
+    let ca_info = |lab: &shoal_lab::Lab| -> serde_json::Value {
+        serde_json::from_str(&lab.shoal_ok("m1", &["--format", "json", "cluster", "ca"]).unwrap())
+            .unwrap()
+    };
+    wait("every node on the new root", || {
+        let info = ca_info(&lab);
+        info["rotating"] == false && info["nodes_done"] == 4
+    });
+    let info = ca_info(&lab);
+    let new_subject = info["subject"].as_str().unwrap().to_owned();
+    let new_ca = info["ca_certificate"].as_str().unwrap().to_owned();
+    assert_ne!(new_ca.trim(), old_ca.trim());
+    for host in ["m1", "m2", "m3", "w1"] {
+        wait(&format!("{host} trusts only the new root"), || {
+            certs_of(&lab, host).ca_pem.trim() == new_ca.trim()
+        });
+        let (issuer, lifetime, _) = cert_state(&lab, host);
+        assert_eq!(issuer, new_subject, "{host}");
+        // 2h, and the five minutes of clock skew a certificate starts early by.
+        assert_eq!(lifetime, 2 * 3600 + 300, "{host}");
+    }
+    // Nothing was lost: the same tasks still run, and the cluster still writes.
+    assert_eq!(task_ids(&lab), before);
+    assert_eq!(running_on(&lab, "m3", "app_web").len(), 4);
+    let rt = rt();
+    write_until_acked(&rt, &lab, "m2", "after-rotation");
+    // The join tokens name the new root; the old token no longer works.
+    let token = lab
+        .shoal_ok("m1", &["cluster", "join-token", "-q", "worker"])
+        .unwrap();
+    assert_eq!(
+        pki::token_digest(&token),
+        Some(pki::ca_digest(&new_ca).unwrap().as_str())
+    );
+    let m1_addr = format!("{}:2377", lab.host("m1").unwrap().addr);
+    let out = lab
+        .shoal("s1", &["cluster", "join", "--token", old_token.trim(), &m1_addr])
+        .unwrap();
+    assert!(!out.status.success());
+    lab.shoal_ok("s1", &["cluster", "join", "--token", token.trim(), &m1_addr])
+        .unwrap();
+    wait("s1 ready", || {
+        node_states(&lab, "m1").get("s1").map(String::as_str) == Some("ready")
+    });
+    let (issuer, _, _) = cert_state(&lab, "s1");
+    assert_eq!(issuer, new_subject);
+
+    // Demoted: the node's certificate says worker soon after; its old one reaches no Raft.
+    let demoted = if new_leader(&lab, None) == "m3" { "m2" } else { "m3" };
+    let manager_cert = certs_of(&lab, demoted);
+    lab.shoal_ok("m1", &["node", "demote", demoted]).unwrap();
+    wait("the demoted manager holds a worker certificate", || {
+        certs_of(&lab, demoted).identity().map(|i| i.role) == Some(pki::CertRole::Worker)
+    });
+    let worker = certs_of(&lab, demoted).client_tls().unwrap();
+    refused_with(
+        call(
+            &lab,
+            demoted,
+            Some(worker),
+            Some(serde_json::json!({})),
+            shoal_controller::raft::peer::STREAM_PATH,
+        ),
+        403,
+        "Raft is for managers only",
+    );
+    assert_eq!(
+        manager_cert.identity().map(|i| i.role),
+        Some(pki::CertRole::Manager)
+    );
+    assert_eq!(task_ids(&lab), before);
+}

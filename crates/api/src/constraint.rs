@@ -162,6 +162,7 @@ mod tests {
             },
             status: NodeStatus::default(),
             manager_status: None,
+            certificate: None,
         }
     }
 

@@ -165,6 +165,18 @@ pub struct Node {
     /// Set on managers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manager_status: Option<ManagerStatus>,
+    /// Its certificate, as the managers last issued it (none before its first renewal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<NodeCertificate>,
+}
+
+/// What the managers know of a node's certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCertificate {
+    /// The subject of the root CA that signed it.
+    pub issuer: String,
+    /// When it expires, seconds since the epoch.
+    pub not_after: i64,
 }
 
 impl Node {

@@ -40,6 +40,94 @@ pub struct InitRequest {
     /// Services may run privileged containers (`--allow-privileged`; default no).
     #[serde(default)]
     pub allow_privileged: bool,
+    /// How long node certificates live, seconds (`--cert-expiry`; default 90 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_expiry_secs: Option<u64>,
+    /// A root CA made elsewhere, instead of a new one (`--ca-cert`, `--ca-key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_ca: Option<ExternalCa>,
+}
+
+/// A root CA's certificate and key in PEM, made outside shoal.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalCa {
+    /// The CA certificate.
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for ExternalCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExternalCa")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// `GET /v1/cluster/ca`, `POST /v1/cluster/ca/rotate`: the cluster's root CA and how far a
+/// rotation to a new one has come.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaInfo {
+    /// The root CA certificate that signs node certificates now (PEM).
+    pub ca_certificate: String,
+    /// SHA-256 of it, as join tokens carry it.
+    pub digest: String,
+    /// Its subject.
+    pub subject: String,
+    /// True while nodes still move from the old root to this one.
+    pub rotating: bool,
+    /// Nodes whose certificate the current root signed.
+    pub nodes_done: usize,
+    /// Nodes in the cluster.
+    pub nodes_total: usize,
+    /// How long node certificates live, seconds.
+    pub cert_expiry_secs: u64,
+}
+
+/// `POST /v1/cluster/ca/rotate`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaRotate {
+    /// The new root, made elsewhere (`--ca-cert`, `--ca-key`); absent: shoal makes one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_ca: Option<ExternalCa>,
+}
+
+/// `GET /v1/dispatcher/certificate` (cluster port): what the asking node's certificate
+/// should be, so it knows when to renew.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateStatus {
+    /// The roots nodes trust (PEM; the new and the old during a CA rotation).
+    pub trust: String,
+    /// The subject of the root that signs certificates now.
+    pub signing_ca: String,
+    /// The role the node's certificate should name: manager (true), worker (false), or the
+    /// one it names now (absent: a promotion the node has not yet joined).
+    #[serde(default)]
+    pub manager: Option<bool>,
+    /// The issuer of this node's certificate as the cluster recorded it ("" if none yet).
+    pub recorded_issuer: String,
+}
+
+/// `POST /v1/dispatcher/renew` (cluster port): a new certificate for the asking node's own
+/// new key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    /// A PEM certificate request.
+    pub csr: String,
+}
+
+/// The answer to a [`RenewRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewResponse {
+    /// The node's certificate, then what was issued with it (PEM).
+    pub certificate: String,
+    /// The roots to trust (PEM).
+    pub ca_certificate: String,
 }
 
 /// `POST /v1/cluster/update`: settings to change (absent: unchanged).
@@ -53,6 +141,10 @@ pub struct ClusterUpdate {
     /// (`cluster update --autolock`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autolock: Option<bool>,
+    /// How long node certificates live from their next renewal, seconds
+    /// (`cluster update --cert-expiry`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_expiry_secs: Option<u64>,
 }
 
 /// `GET /v1/cluster/unlock-key[?rotate=true]`: the key a restarted manager needs with
@@ -182,6 +274,9 @@ pub struct ClusterInfo {
     /// Managers keep their data key sealed under the unlock key (autolock).
     #[serde(default)]
     pub autolock: bool,
+    /// How long node certificates live, seconds.
+    #[serde(default)]
+    pub cert_expiry_secs: u64,
     /// Counts of objects.
     pub nodes: usize,
     /// Services.

@@ -126,6 +126,35 @@ enum ClusterCmd {
         /// Let services run privileged containers (refused by default).
         #[arg(long)]
         allow_privileged: bool,
+        /// How long node certificates live (default 2160h, 90 days; at least 1h). Nodes renew
+        /// theirs when half of it has passed.
+        #[arg(long)]
+        cert_expiry: Option<shoal_api::units::Duration>,
+        /// The cluster's root CA certificate (PEM), instead of one shoal makes; with --ca-key.
+        #[arg(long, requires = "ca_key")]
+        ca_cert: Option<std::path::PathBuf>,
+        /// The private key of --ca-cert (PEM).
+        #[arg(long, requires = "ca_cert")]
+        ca_key: Option<std::path::PathBuf>,
+    },
+    /// Show the cluster's root CA, or move the cluster to a new one.
+    Ca {
+        /// Make a new root CA (or take --ca-cert/--ca-key) and move every node to it; the old
+        /// root stays trusted until every node holds a certificate from the new one.
+        #[arg(long)]
+        rotate: bool,
+        /// The new root CA certificate (PEM); with --ca-key and --rotate.
+        #[arg(long, requires = "ca_key", requires = "rotate")]
+        ca_cert: Option<std::path::PathBuf>,
+        /// The private key of --ca-cert (PEM).
+        #[arg(long, requires = "ca_cert")]
+        ca_key: Option<std::path::PathBuf>,
+        /// Start the rotation and return at once, without waiting for every node.
+        #[arg(short, long)]
+        detach: bool,
+        /// Print no progress.
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Change the cluster's settings.
     Update {
@@ -136,6 +165,9 @@ enum ClusterCmd {
         /// needs (true|false); turning it on prints the key.
         #[arg(long, action = clap::ArgAction::Set)]
         autolock: Option<bool>,
+        /// How long node certificates live from their next renewal (at least 1h).
+        #[arg(long)]
+        cert_expiry: Option<shoal_api::units::Duration>,
     },
     /// Print (or rotate) the key that unlocks a restarted manager under autolock.
     UnlockKey {
@@ -582,6 +614,9 @@ async fn run(cli: Cli) -> Result<()> {
             default_addr_pool,
             default_addr_pool_mask_length,
             allow_privileged,
+            cert_expiry,
+            ca_cert,
+            ca_key,
         }) => {
             let req = InitRequest {
                 advertise_addr,
@@ -589,6 +624,8 @@ async fn run(cli: Cli) -> Result<()> {
                 default_addr_pool,
                 subnet_size: default_addr_pool_mask_length,
                 allow_privileged,
+                cert_expiry_secs: cert_expiry.map(|d| d.0.as_secs()),
+                external_ca: read_external_ca(ca_cert.as_deref(), ca_key.as_deref())?,
             };
             let info: ClusterInfo = c
                 .clone()
@@ -662,13 +699,52 @@ async fn run(cli: Cli) -> Result<()> {
                 .await?;
             println!("This node left the cluster.");
         }
+        Command::Cluster(ClusterCmd::Ca {
+            rotate,
+            ca_cert,
+            ca_key,
+            detach,
+            quiet,
+        }) => {
+            let mut info: shoal_api::wire::CaInfo = if rotate {
+                let req = shoal_api::wire::CaRotate {
+                    external_ca: read_external_ca(ca_cert.as_deref(), ca_key.as_deref())?,
+                };
+                c.post("/v1/cluster/ca/rotate", &req).await?
+            } else {
+                c.get("/v1/cluster/ca").await?
+            };
+            // As `docker swarm ca --rotate`: wait for every node unless detached.
+            let mut shown = None;
+            while rotate && !detach && info.rotating {
+                if !quiet && !json && shown != Some(info.nodes_done) {
+                    eprintln!(
+                        "rotating the root CA: {}/{} nodes hold a certificate from the new root",
+                        info.nodes_done, info.nodes_total
+                    );
+                    shown = Some(info.nodes_done);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                info = c.get("/v1/cluster/ca").await?;
+            }
+            if json {
+                print_json(&info)?;
+            } else {
+                if rotate && !info.rotating && !quiet {
+                    eprintln!("every node holds a certificate from the new root CA; the old one is no longer trusted");
+                }
+                print!("{}", info.ca_certificate);
+            }
+        }
         Command::Cluster(ClusterCmd::Update {
             allow_privileged,
             autolock,
+            cert_expiry,
         }) => {
             let req = ClusterUpdate {
                 allow_privileged,
                 autolock,
+                cert_expiry_secs: cert_expiry.map(|d| d.0.as_secs()),
             };
             let info: ClusterInfo = c.post("/v1/cluster/update", &req).await?;
             if json {
@@ -1820,6 +1896,23 @@ async fn node(c: &Client, cmd: NodeCmd, json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Reads `--ca-cert` and `--ca-key`.
+fn read_external_ca(
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> anyhow::Result<Option<shoal_api::wire::ExternalCa>> {
+    let (Some(cert), Some(key)) = (cert, key) else {
+        return Ok(None);
+    };
+    let read = |p: &std::path::Path, what: &str| {
+        std::fs::read_to_string(p).with_context(|| format!("{what} {}", p.display()))
+    };
+    Ok(Some(shoal_api::wire::ExternalCa {
+        cert_pem: read(cert, "--ca-cert")?,
+        key_pem: read(key, "--ca-key")?,
+    }))
 }
 
 fn print_unlock_key(key: &str) {

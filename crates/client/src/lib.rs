@@ -141,10 +141,11 @@ impl Pool {
 }
 
 /// TLS for a TCP endpoint: the client's configuration (roots, its certificate) and the name the
-/// server's certificate must carry.
+/// server's certificate must carry. Clones share the configuration: [`Tls::replace`] (a renewed
+/// certificate, new roots) takes effect for every clone's next connection.
 #[derive(Clone)]
 pub struct Tls {
-    config: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+    config: std::sync::Arc<std::sync::RwLock<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>>,
     server_name: tokio_rustls::rustls::pki_types::ServerName<'static>,
 }
 
@@ -155,7 +156,7 @@ impl Tls {
         server_name: &str,
     ) -> Tls {
         Tls {
-            config,
+            config: std::sync::Arc::new(std::sync::RwLock::new(config)),
             server_name: tokio_rustls::rustls::pki_types::ServerName::try_from(
                 server_name.to_owned(),
             )
@@ -168,12 +169,21 @@ impl Tls {
 }
 
 impl Tls {
+    /// Replaces the configuration of this and every clone, for their next connections.
+    pub fn replace(&self, config: std::sync::Arc<tokio_rustls::rustls::ClientConfig>) {
+        *self.config.write().expect("tls lock") = config;
+    }
+
+    fn config(&self) -> std::sync::Arc<tokio_rustls::rustls::ClientConfig> {
+        self.config.read().expect("tls lock").clone()
+    }
+
     /// The TLS handshake over `stream`, bounded by [`CONNECT_TIMEOUT`].
     pub async fn wrap(
         &self,
         stream: tokio::net::TcpStream,
     ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-        let connector = tokio_rustls::TlsConnector::from(self.config.clone());
+        let connector = tokio_rustls::TlsConnector::from(self.config());
         tokio::time::timeout(
             CONNECT_TIMEOUT,
             connector.connect(self.server_name.clone(), stream),
@@ -313,7 +323,7 @@ impl Client {
                 match &self.tls {
                     None => handshake!(stream),
                     Some(tls) => {
-                        let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+                        let connector = tokio_rustls::TlsConnector::from(tls.config());
                         let stream = tokio::time::timeout(
                             connect_timeout,
                             connector.connect(tls.server_name.clone(), stream),

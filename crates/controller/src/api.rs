@@ -190,6 +190,48 @@ fn dispatcher_routes() -> Router<Shared> {
         .route("/v1/dispatcher/status", post(agent_status))
         .route("/v1/dispatcher/logs", get(agent_log_subscriptions))
         .route("/v1/dispatcher/logs/{id}", post(agent_log_publish))
+        .route("/v1/dispatcher/certificate", get(agent_certificate))
+        .route("/v1/dispatcher/renew", post(agent_renew))
+}
+
+/// The node a certificate names and the role it names: the local socket is no node.
+fn certified_node(c: &Cluster, peer: &Peer) -> Result<(NodeId, crate::pki::CertRole)> {
+    if *peer == Peer::Local {
+        return Err(ApiError::bad(
+            "certificates are renewed over the cluster port, by the node they name",
+        ));
+    }
+    let id = certified(c, peer)?;
+    Ok((node_id_of(&id), id.role))
+}
+
+/// Any manager answers: what the asking node's certificate should be.
+async fn agent_certificate(
+    State(m): State<Shared>,
+    Extension(peer): Extension<Peer>,
+) -> Result<Json<shoal_api::wire::CertificateStatus>> {
+    let c = cluster(&m).await?;
+    let (id, _) = certified_node(&c, &peer)?;
+    let store = c.store.read().expect("store lock");
+    let node = find_node(&store, id.as_str())?;
+    let obj = store
+        .cluster
+        .as_ref()
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no cluster yet"))?;
+    Ok(Json(crate::renewal::status_for(obj, &node)))
+}
+
+/// A new certificate for the asking node's new key, in the role the store gives it.
+async fn agent_renew(
+    State(m): State<Shared>,
+    Extension(peer): Extension<Peer>,
+    Body(req): Body<shoal_api::wire::RenewRequest>,
+) -> Result<Json<shoal_api::wire::RenewResponse>> {
+    let c = cluster(&m).await?;
+    let (id, role) = certified_node(&c, &peer)?;
+    Ok(Json(
+        crate::renewal::issue_for(&c, &id, role, &req.csr).await?,
+    ))
 }
 
 /// Who may act as `node_id` at the dispatcher: the local socket's clients (root, for a
@@ -324,7 +366,7 @@ async fn join_request(
         } => node_id_of(&certified(&c, &peer)?),
         _ => NodeId::from_bits(rand::random()),
     };
-    let ca = obj.ca.clone().ok_or_else(|| {
+    obj.ca.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "this cluster has no CA (made before certificates): nodes cannot join it",
@@ -335,15 +377,8 @@ async fn join_request(
     } else {
         crate::pki::CertRole::Worker
     };
-    let certificate = crate::pki::issue(
-        &ca,
-        &req.csr,
-        node_id.as_str(),
-        role,
-        &obj.id,
-        crate::pki::DEFAULT_CERT_EXPIRY,
-    )
-    .map_err(|e| ApiError::bad(format!("invalid certificate request: {e}")))?;
+    let certificate = crate::renewal::issue_chain(&obj, &req.csr, &node_id, role)
+        .map_err(|e| ApiError::bad(format!("invalid certificate request: {e}")))?;
     let mut raft_id = 0;
     if manager {
         if req.addr.is_empty() {
@@ -367,13 +402,13 @@ async fn join_request(
     }
     let managers = c.store.read().expect("store lock").managers.clone();
     Ok(Json(JoinClusterResponse {
-        cluster_id: obj.id,
+        cluster_id: obj.id.clone(),
         manager,
         raft_id,
         managers,
         node_id: node_id.to_string(),
         certificate,
-        ca_certificate: ca.cert_pem,
+        ca_certificate: obj.trust_pem(),
     }))
 }
 
@@ -459,6 +494,8 @@ pub fn router(manager: Shared) -> Router {
         .route("/v1/cluster/join-token", get(cluster_join_token))
         .route("/v1/cluster/unlock-key", get(cluster_unlock_key))
         .route("/v1/cluster/unlock", post(cluster_unlock))
+        .route("/v1/cluster/ca", get(cluster_ca))
+        .route("/v1/cluster/ca/rotate", post(cluster_ca_rotate))
         .route("/v1/nodes", get(node_list))
         .route("/v1/nodes/{id}", get(node_inspect).delete(node_remove))
         .route("/v1/nodes/{id}/promote", post(node_promote))
@@ -521,6 +558,10 @@ fn info(c: &Cluster) -> ClusterInfo {
         },
         allow_privileged: obj.as_ref().is_some_and(|o| o.allow_privileged),
         autolock: obj.as_ref().is_some_and(|o| o.unlock_key.is_some()),
+        cert_expiry_secs: obj
+            .as_ref()
+            .map(|o| o.cert_expiry().as_secs())
+            .unwrap_or_default(),
         worker_join_token: obj.map(|o| o.worker_join_token).unwrap_or_default(),
         nodes: store.nodes.len(),
         services: store.services.len(),
@@ -548,10 +589,11 @@ async fn cluster_update(
     Body(req): Body<ClusterUpdate>,
 ) -> Result<Json<ClusterInfo>> {
     let c = cluster(&m).await?;
-    if req.allow_privileged.is_some() {
+    if req.allow_privileged.is_some() || req.cert_expiry_secs.is_some() {
         c.raft
             .propose(Command::UpdateCluster {
                 allow_privileged: req.allow_privileged,
+                cert_expiry_secs: req.cert_expiry_secs,
             })
             .await?;
     }
@@ -566,6 +608,24 @@ async fn cluster_update(
     }
     tracing::info!(allow_privileged = ?req.allow_privileged, autolock = ?req.autolock, "cluster updated");
     Ok(Json(info(&c)))
+}
+
+async fn cluster_ca(State(m): State<Shared>) -> Result<Json<shoal_api::wire::CaInfo>> {
+    let c = cluster(&m).await?;
+    // The leader ends a rotation every node has finished, if no renewal did yet.
+    crate::renewal::finish_rotation_if_done(&c).await?;
+    let info = crate::renewal::ca_info(&c.store.read().expect("store lock"))?;
+    Ok(Json(info))
+}
+
+async fn cluster_ca_rotate(
+    State(m): State<Shared>,
+    Body(req): Body<shoal_api::wire::CaRotate>,
+) -> Result<Json<shoal_api::wire::CaInfo>> {
+    let c = cluster(&m).await?;
+    let info = crate::renewal::rotate(&c, req.external_ca.as_ref()).await?;
+    tracing::info!(subject = %info.subject, "CA rotation started");
+    Ok(Json(info))
 }
 
 fn unlock_key(c: &Cluster) -> Option<String> {

@@ -8,6 +8,8 @@
 //! - [`orchestrator`], [`scheduler`]: pure decision cores of the leader loops.
 //! - [`allocator`]: network subnets, task addresses and virtual IPs, as the log applies.
 //! - [`dispatcher`]: agent sessions, heartbeats and assignments.
+//! - [`pki`]: the cluster CA, node certificates, TLS configurations; [`renewal`]: keeping
+//!   certificates fresh and rotating the root.
 //! - [`manager`]: wiring, the leader loops' drivers.
 //! - [`api`]: the REST API (axum); [`serve`]: HTTP/1.1 with header and idle timeouts.
 
@@ -19,6 +21,7 @@ pub mod manager;
 pub mod orchestrator;
 pub mod pki;
 pub mod raft;
+pub mod renewal;
 pub mod scheduler;
 pub mod serve;
 pub mod store;

@@ -244,6 +244,10 @@ pub struct Manager {
     locked: std::sync::atomic::AtomicBool,
     /// This node's certificate, key and CA, once it belongs to a cluster.
     certs: std::sync::RwLock<Option<Credentials>>,
+    /// Held while the certificates are replaced (renewal, join, promotion).
+    certs_change: Mutex<()>,
+    /// The cluster port's TLS, once it listens: replaced with the certificates.
+    server_tls: std::sync::Mutex<Option<Arc<crate::serve::ServerTls>>>,
 }
 
 /// A node's certificates with what is derived from them once, not on every agent poll: its
@@ -324,7 +328,13 @@ impl Manager {
             leaving: Default::default(),
             locked: Default::default(),
             certs: Default::default(),
+            certs_change: Mutex::new(()),
+            server_tls: Default::default(),
         });
+        tokio::spawn(crate::renewal::keep_fresh(
+            Arc::downgrade(&manager),
+            manager.shutdown.clone(),
+        ));
         if let Some(certs) = crate::pki::NodeCerts::load(&manager.certs_dir())? {
             *manager.certs.write().expect("certs lock") = Some(Credentials::of(certs)?);
         }
@@ -491,11 +501,44 @@ impl Manager {
         c.as_ref().map(|c| c.certs.clone())
     }
 
-    fn set_certs(&self, certs: crate::pki::NodeCerts) -> Result<(), ManagerError> {
-        let credentials = Credentials::of(certs)?;
-        credentials.certs.save(&self.certs_dir())?;
-        *self.certs.write().expect("certs lock") = Some(credentials);
+    /// Held while certificates are replaced, so a renewal and a join never interleave.
+    pub(crate) fn certs_change(&self) -> &Mutex<()> {
+        &self.certs_change
+    }
+
+    /// Saves new certificates and puts them to use at once: every client of this node (agent,
+    /// Raft, forwarded writes) and the cluster port take them for their next connections.
+    /// Nothing changes if they cannot be used or saved.
+    pub(crate) fn replace_certs(&self, certs: crate::pki::NodeCerts) -> Result<(), ManagerError> {
+        let client = certs.client_config()?;
+        let server = certs.server_config()?;
+        let node_id = certs.identity().and_then(|i| i.node_id.parse().ok());
+        certs.save(&self.certs_dir())?;
+        {
+            let mut slot = self.certs.write().expect("certs lock");
+            match slot.as_mut() {
+                Some(c) => {
+                    c.tls.replace(client);
+                    c.certs = certs;
+                    c.node_id = node_id;
+                }
+                None => {
+                    *slot = Some(Credentials {
+                        tls: shoal_client::Tls::new(client, crate::pki::MANAGER_NAME),
+                        certs,
+                        node_id,
+                    })
+                }
+            }
+        }
+        if let Some(tls) = self.server_tls.lock().expect("server tls lock").as_ref() {
+            tls.replace(server);
+        }
         Ok(())
+    }
+
+    fn set_certs(&self, certs: crate::pki::NodeCerts) -> Result<(), ManagerError> {
+        self.replace_certs(certs)
     }
 
     /// The node id this node's certificate names.
@@ -538,10 +581,12 @@ impl Manager {
                     addr: addr.to_owned(),
                     message: e.to_string(),
                 })?;
-        let tls = self
-            .certs()
-            .ok_or_else(|| ManagerError::Invalid("this manager has no certificate yet".into()))?
-            .server_config()?;
+        let tls = Arc::new(crate::serve::ServerTls::new(
+            self.certs()
+                .ok_or_else(|| ManagerError::Invalid("this manager has no certificate yet".into()))?
+                .server_config()?,
+        ));
+        *self.server_tls.lock().expect("server tls lock") = Some(tls.clone());
         tracing::info!(%addr, "cluster port listening (mutual TLS)");
         *self.listening.lock().expect("listening lock") = Some(addr.to_owned());
         let router = crate::api::cluster_router(self.clone());
@@ -695,9 +740,21 @@ impl Manager {
         }
         let membership =
             self.addresses(req.advertise_addr.as_deref(), req.listen_addr.as_deref())?;
-        // The cluster's CA, and this manager's own certificate from it.
+        if let Some(secs) = req.cert_expiry_secs {
+            crate::store::check_cert_expiry(secs)
+                .map_err(|e| ManagerError::Invalid(e.to_string()))?;
+        }
+        let expiry = req
+            .cert_expiry_secs
+            .map(Duration::from_secs)
+            .unwrap_or(crate::pki::DEFAULT_CERT_EXPIRY);
+        // The cluster's CA (made here, or the operator's), and this manager's own certificate
+        // from it.
         let cluster_id = shoal_api::ids::id_from_bits(rand::random());
-        let ca = crate::pki::new_ca(&cluster_id)?;
+        let ca = match &req.external_ca {
+            Some(ext) => crate::pki::external_ca(&ext.cert_pem, &ext.key_pem)?,
+            None => crate::pki::new_ca(&cluster_id)?,
+        };
         let digest = crate::pki::ca_digest(&ca.cert_pem)?;
         let node_id = shoal_api::NodeId::from_bits(rand::random());
         let (key_pem, csr) = crate::pki::new_key_and_csr()?;
@@ -707,7 +764,7 @@ impl Manager {
             node_id.as_str(),
             crate::pki::CertRole::Manager,
             &cluster_id,
-            crate::pki::DEFAULT_CERT_EXPIRY,
+            expiry,
         )?;
         self.set_certs(crate::pki::NodeCerts {
             ca_pem: ca.cert_pem.clone(),
@@ -742,6 +799,9 @@ impl Manager {
             allow_privileged: req.allow_privileged,
             unlock_key: None,
             ca: Some(ca),
+            ca_previous: Vec::new(),
+            ca_cross: None,
+            cert_expiry_secs: req.cert_expiry_secs.unwrap_or(0),
         };
         cluster.raft.propose(Command::InitCluster(object)).await?;
         let managers = BTreeMap::from([(id, membership.advertise_addr.clone())]);
@@ -825,7 +885,10 @@ impl Manager {
             own.as_ref(),
         )
         .await?;
-        self.set_certs(certs)?;
+        {
+            let _guard = self.certs_change.lock().await;
+            self.set_certs(certs)?;
+        }
         if !resp.manager {
             membership.manager = false;
             membership.listen_addr = String::new();
@@ -1076,7 +1139,7 @@ pub async fn request_join(
         cert_pem: resp.certificate.clone(),
         key_pem,
     };
-    if certs.identity().is_none() || crate::pki::ca_digest(&certs.ca_pem)? != digest {
+    if certs.identity().is_none() || !crate::pki::holds_ca(&certs.ca_pem, digest) {
         return Err(join_err(
             "the manager sent no certificate from the cluster's CA".into(),
         ));

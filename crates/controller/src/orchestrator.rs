@@ -681,6 +681,7 @@ mod tests {
                 ..Default::default()
             },
             manager_status: None,
+            certificate: None,
         }
     }
 

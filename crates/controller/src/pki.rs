@@ -119,7 +119,10 @@ pub fn new_ca(cluster_id: &str) -> Result<ClusterCa, PkiError> {
     let key = KeyPair::generate().map_err(material("the CA key"))?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "shoal-ca");
+    // Each root its own subject, so a node trusting an old and a new root during a rotation
+    // (and the cross-signed certificate between them) finds the right issuer by name.
+    let tag: u32 = rand::random();
+    dn.push(DnType::CommonName, format!("shoal-ca-{tag:08x}"));
     dn.push(DnType::OrganizationName, cluster_id);
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -140,6 +143,89 @@ pub fn new_ca(cluster_id: &str) -> Result<ClusterCa, PkiError> {
     })
 }
 
+/// Takes a root CA made elsewhere (`--ca-cert`, `--ca-key`): the certificate must be a CA's, the
+/// key its own, and it must not have expired.
+pub fn external_ca(cert_pem: &str, key_pem: &str) -> Result<ClusterCa, PkiError> {
+    let bad = |message: String| PkiError::Material {
+        what: "--ca-cert".into(),
+        message,
+    };
+    let der = certs_of(cert_pem)
+        .into_iter()
+        .next()
+        .ok_or_else(|| bad("no PEM certificate in it".into()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| bad(format!("not an X.509 certificate: {e}")))?;
+    if !cert.is_ca() {
+        return Err(bad("the certificate is not a CA's (basicConstraints CA:TRUE)".into()));
+    }
+    if cert.validity().not_after.timestamp() <= time::OffsetDateTime::now_utc().unix_timestamp() {
+        return Err(bad("the certificate has expired".into()));
+    }
+    let key = KeyPair::from_pem(key_pem).map_err(|e| PkiError::Material {
+        what: "--ca-key".into(),
+        message: e.to_string(),
+    })?;
+    if key.public_key_der() != cert.public_key().raw {
+        return Err(PkiError::Material {
+            what: "--ca-key".into(),
+            message: "the key is not the certificate's".into(),
+        });
+    }
+    let ca = ClusterCa {
+        cert_pem: pem_of(der.as_ref()),
+        key_pem: key.serialize_pem(),
+    };
+    // It must be able to sign: issue a throwaway certificate with it.
+    let (_, csr) = new_key_and_csr()?;
+    issue(&ca, &csr, "check", CertRole::Worker, "check", Duration::from_secs(60))?;
+    Ok(ca)
+}
+
+/// The certificate `next` presents to nodes that still trust only `previous` during a
+/// rotation: `next`'s subject and key, signed by `previous`.
+pub fn cross_sign(previous: &ClusterCa, next: &ClusterCa) -> Result<String, PkiError> {
+    let prev_key = KeyPair::from_pem(&previous.key_pem).map_err(material("the old CA key"))?;
+    let prev_cert = CertificateParams::from_ca_cert_pem(&previous.cert_pem)
+        .map_err(material("the old CA certificate"))?
+        .self_signed(&prev_key)
+        .map_err(material("the old CA certificate"))?;
+    let next_key = KeyPair::from_pem(&next.key_pem).map_err(material("the new CA key"))?;
+    let cert = CertificateParams::from_ca_cert_pem(&next.cert_pem)
+        .map_err(material("the new CA certificate"))?
+        .signed_by(&next_key, &prev_cert, &prev_key)
+        .map_err(material("the cross-signed CA certificate"))?;
+    Ok(cert.pem())
+}
+
+/// Every certificate of a PEM text, in order (unparsable blocks skipped).
+pub fn certs_of(pem: &str) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .filter_map(Result::ok)
+        .collect()
+}
+
+fn pem_of(der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", der.to_vec()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}
+
+/// The subject of the first certificate of a PEM text, as text (`CN=..., O=...`).
+pub fn subject_of(pem: &str) -> Option<String> {
+    let der = certs_of(pem).into_iter().next()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    Some(cert.subject().to_string())
+}
+
+/// The issuer of the first certificate of a PEM text, as text.
+pub fn issuer_of(pem: &str) -> Option<String> {
+    let der = certs_of(pem).into_iter().next()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    Some(cert.issuer().to_string())
+}
+
 /// The CA's digest as join tokens carry it: SHA-256 of its certificate's DER, in hex.
 pub fn ca_digest(cert_pem: &str) -> Result<String, PkiError> {
     let der =
@@ -148,6 +234,13 @@ pub fn ca_digest(cert_pem: &str) -> Result<String, PkiError> {
             message: e.to_string(),
         })?;
     Ok(hex(&sha2::Sha256::digest(der.as_ref())))
+}
+
+/// True when the PEM text holds the certificate of digest `digest` (as [`ca_digest`]).
+pub fn holds_ca(pem: &str, digest: &str) -> bool {
+    certs_of(pem)
+        .iter()
+        .any(|c| hex(&sha2::Sha256::digest(c.as_ref())).eq_ignore_ascii_case(digest))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -173,6 +266,28 @@ pub fn issue(
     role: CertRole,
     cluster_id: &str,
     expiry: Duration,
+) -> Result<String, PkiError> {
+    let now = time::OffsetDateTime::now_utc();
+    issue_valid(
+        ca,
+        csr_pem,
+        node_id,
+        role,
+        cluster_id,
+        now - time::Duration::minutes(5),
+        now + expiry,
+    )
+}
+
+/// [`issue`] valid from `not_before` to `not_after`.
+fn issue_valid(
+    ca: &ClusterCa,
+    csr_pem: &str,
+    node_id: &str,
+    role: CertRole,
+    cluster_id: &str,
+    not_before: time::OffsetDateTime,
+    not_after: time::OffsetDateTime,
 ) -> Result<String, PkiError> {
     let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(material("the CA key"))?;
     let ca_cert = CertificateParams::from_ca_cert_pem(&ca.cert_pem)
@@ -208,9 +323,8 @@ pub fn issue(
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    let now = time::OffsetDateTime::now_utc();
-    params.not_before = now - time::Duration::minutes(5);
-    params.not_after = now + expiry;
+    params.not_before = not_before;
+    params.not_after = not_after;
     csr.params = params;
     let cert = csr
         .signed_by(&ca_cert, &ca_key)
@@ -248,11 +362,13 @@ pub fn identity(der: &[u8]) -> Option<Identity> {
     })
 }
 
-/// The not-after time of a certificate, seconds since the epoch.
-pub fn not_after(cert_pem: &str) -> Option<i64> {
-    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).ok()?;
+/// When the first certificate of a PEM text is valid: not-before and not-after, seconds since
+/// the epoch.
+pub fn validity(cert_pem: &str) -> Option<(i64, i64)> {
+    let der = certs_of(cert_pem).into_iter().next()?;
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-    Some(cert.validity().not_after.timestamp())
+    let v = cert.validity();
+    Some((v.not_before.timestamp(), v.not_after.timestamp()))
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -348,17 +464,19 @@ impl NodeCerts {
         identity(der.as_ref())
     }
 
+    /// What this node presents: its certificate with what was issued with it (during a CA
+    /// rotation, the new root cross-signed by the old one), then the roots it trusts (a
+    /// joining node finds the root its token names among them).
     fn chain(&self) -> Result<Vec<CertificateDer<'static>>, PkiError> {
-        let parse = |pem: &str, what: &str| {
-            CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| PkiError::Material {
-                what: what.to_owned(),
-                message: e.to_string(),
-            })
-        };
-        Ok(vec![
-            parse(&self.cert_pem, "the node certificate")?,
-            parse(&self.ca_pem, "the CA certificate")?,
-        ])
+        let mut chain = certs_of(&self.cert_pem);
+        if chain.is_empty() {
+            return Err(PkiError::Material {
+                what: "the node certificate".into(),
+                message: "no PEM certificate".into(),
+            });
+        }
+        chain.extend(certs_of(&self.ca_pem));
+        Ok(chain)
     }
 
     fn key(&self) -> Result<PrivateKeyDer<'static>, PkiError> {
@@ -368,15 +486,18 @@ impl NodeCerts {
         })
     }
 
+    /// The roots this node trusts: the cluster's CA, and during a rotation the old one too.
     fn roots(&self) -> Result<Arc<RootCertStore>, PkiError> {
         let mut roots = RootCertStore::empty();
-        let ca = CertificateDer::from_pem_slice(self.ca_pem.as_bytes()).map_err(|e| {
-            PkiError::Material {
+        for ca in certs_of(&self.ca_pem) {
+            roots.add(ca).map_err(tls_err("the CA certificate"))?;
+        }
+        if roots.is_empty() {
+            return Err(PkiError::Material {
                 what: "the CA certificate".into(),
-                message: e.to_string(),
-            }
-        })?;
-        roots.add(ca).map_err(tls_err("the CA certificate"))?;
+                message: "no PEM certificate".into(),
+            });
+        }
         Ok(Arc::new(roots))
     }
 
@@ -404,13 +525,18 @@ impl NodeCerts {
     /// A node's client side: the managers checked against the cluster's CA and
     /// [`MANAGER_NAME`], this node's certificate presented.
     pub fn client_tls(&self) -> Result<shoal_client::Tls, PkiError> {
+        Ok(shoal_client::Tls::new(self.client_config()?, MANAGER_NAME))
+    }
+
+    /// The rustls configuration of [`NodeCerts::client_tls`].
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, PkiError> {
         let config = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls_err("the client configuration"))?
             .with_root_certificates(self.roots()?)
             .with_client_auth_cert(self.chain()?, self.key()?)
             .map_err(tls_err("the client configuration"))?;
-        Ok(shoal_client::Tls::new(Arc::new(config), MANAGER_NAME))
+        Ok(Arc::new(config))
     }
 }
 
@@ -453,23 +579,24 @@ impl ServerCertVerifier for PinnedCa {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let ca = intermediates
+        let (pinned, others): (Vec<_>, Vec<_>) = intermediates
             .iter()
-            .find(|c| hex(&sha2::Sha256::digest(c.as_ref())) == self.digest)
-            .ok_or_else(|| {
-                rustls::Error::General(
-                    "the manager's CA is not the one the join token names".into(),
-                )
-            })?;
+            .partition(|c| hex(&sha2::Sha256::digest(c.as_ref())) == self.digest);
+        let ca = pinned.first().ok_or_else(|| {
+            rustls::Error::General("the manager's CA is not the one the join token names".into())
+        })?;
         let mut roots = RootCertStore::empty();
-        roots.add(ca.clone().into_owned())?;
+        roots.add((*ca).clone().into_owned())?;
         let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
             Arc::new(roots),
             self.provider.clone(),
         )
         .build()
         .map_err(|e| rustls::Error::General(e.to_string()))?;
-        inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+        // During a rotation the manager's certificate may reach the pinned root through the
+        // cross-signed certificate it also sent.
+        let others: Vec<CertificateDer<'_>> = others.into_iter().cloned().collect();
+        inner.verify_server_cert(end_entity, &others, server_name, ocsp_response, now)
     }
 
     fn verify_tls12_signature(
@@ -505,6 +632,50 @@ impl ServerCertVerifier for PinnedCa {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// What a node must do about its certificate, decided from what the managers say it should be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// Nothing.
+    Keep,
+    /// Trust other roots (a CA rotation began or ended); the certificate stays.
+    Trust,
+    /// Get a new certificate, for the reason given.
+    Reissue(&'static str),
+}
+
+/// Decides [`Renewal`] for `certs` at `now` (seconds since the epoch): a new certificate when
+/// its role is not the one the cluster gives the node (promoted, demoted), when the signing
+/// root is another (a CA rotation), when the cluster has not recorded it as the signing
+/// root's, or once half its life has passed (Swarm renews in the second half too); else new
+/// roots to trust when the cluster's changed.
+pub fn renewal(certs: &NodeCerts, wanted: &shoal_api::wire::CertificateStatus, now: i64) -> Renewal {
+    let role = certs.identity().map(|i| i.role);
+    let want = wanted.manager.map(|m| {
+        if m {
+            CertRole::Manager
+        } else {
+            CertRole::Worker
+        }
+    });
+    if role.is_none() || want.is_some_and(|w| Some(w) != role) {
+        return Renewal::Reissue("role");
+    }
+    if issuer_of(&certs.cert_pem).as_deref() != Some(wanted.signing_ca.as_str()) {
+        return Renewal::Reissue("root CA");
+    }
+    if wanted.recorded_issuer != wanted.signing_ca {
+        return Renewal::Reissue("not recorded");
+    }
+    match validity(&certs.cert_pem) {
+        Some((from, until)) if now < from + (until - from) / 2 => {}
+        _ => return Renewal::Reissue("half its life passed"),
+    }
+    if certs_of(&certs.ca_pem) != certs_of(&wanted.trust) {
+        return Renewal::Trust;
+    }
+    Renewal::Keep
 }
 
 /// The CA digest a join token carries (`SHLTKN-1-<digest>-<secret>`).
@@ -553,5 +724,134 @@ mod tests {
         assert_eq!(token_digest("SHLTKN-1-c1-abc"), None);
         assert!(format!("{ca:?}").contains("redacted"));
         assert!(!format!("{node:?}").contains("PRIVATE"));
+    }
+
+    fn node(ca: &ClusterCa, trust: &str, extra: &str, role: CertRole) -> NodeCerts {
+        let (key, csr) = new_key_and_csr().unwrap();
+        let mut cert = issue(ca, &csr, "n1", role, "c1", DEFAULT_CERT_EXPIRY).unwrap();
+        cert.push_str(extra);
+        NodeCerts {
+            ca_pem: trust.to_owned(),
+            cert_pem: cert,
+            key_pem: key,
+        }
+    }
+
+    /// A TLS handshake from `client` to a server with `server`'s certificates over loopback;
+    /// true when it succeeds and the server saw the client's certificate.
+    async fn handshake(server: &NodeCerts, client: &shoal_client::Tls) -> bool {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(server.server_config().unwrap());
+        let served = tokio::spawn(async move {
+            let (io, _) = listener.accept().await.unwrap();
+            let mut stream = acceptor.accept(io).await.ok()?;
+            use tokio::io::AsyncWriteExt;
+            let seen = stream.get_ref().1.peer_certificates().is_some();
+            stream.write_all(b"ok").await.ok()?;
+            stream.shutdown().await.ok()?;
+            Some(seen)
+        });
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let connected = match client.wrap(tcp).await {
+            Ok(mut stream) => {
+                use tokio::io::AsyncReadExt;
+                let mut buf = Vec::new();
+                stream.read_to_end(&mut buf).await.is_ok() && buf == b"ok"
+            }
+            Err(_) => false,
+        };
+        let seen = served.await.unwrap();
+        connected && seen == Some(true)
+    }
+
+    #[tokio::test]
+    async fn an_expired_certificate_is_refused_both_ways() {
+        let ca = new_ca("c1").unwrap();
+        let good = node(&ca, &ca.cert_pem, "", CertRole::Manager);
+        let (key, csr) = new_key_and_csr().unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let expired = NodeCerts {
+            ca_pem: ca.cert_pem.clone(),
+            cert_pem: issue_valid(
+                &ca,
+                &csr,
+                "n2",
+                CertRole::Manager,
+                "c1",
+                now - time::Duration::days(2),
+                now - time::Duration::days(1),
+            )
+            .unwrap(),
+            key_pem: key,
+        };
+        assert!(handshake(&good, &good.client_tls().unwrap()).await);
+        assert!(!handshake(&good, &expired.client_tls().unwrap()).await);
+        assert!(!handshake(&expired, &good.client_tls().unwrap()).await);
+    }
+
+    #[tokio::test]
+    async fn during_a_rotation_nodes_on_the_old_and_the_new_root_accept_each_other() {
+        let old = new_ca("c1").unwrap();
+        let next = new_ca("c1").unwrap();
+        assert_ne!(subject_of(&old.cert_pem), subject_of(&next.cert_pem));
+        let cross = cross_sign(&old, &next).unwrap();
+        let both = format!("{}{}", next.cert_pem, old.cert_pem);
+        // Not moved yet; moved during the rotation; after it.
+        let before = node(&old, &old.cert_pem, "", CertRole::Manager);
+        let moved = node(&next, &both, &cross, CertRole::Manager);
+        let after = node(&next, &next.cert_pem, &cross, CertRole::Manager);
+        assert_eq!(issuer_of(&moved.cert_pem), subject_of(&next.cert_pem));
+        for (server, client, ok) in [
+            (&before, &moved, true),
+            (&moved, &before, true),
+            (&moved, &moved, true),
+            (&after, &moved, true),
+            (&moved, &after, true),
+            // After the rotation, a certificate of the old root is refused.
+            (&after, &before, false),
+        ] {
+            assert_eq!(
+                handshake(server, &client.client_tls().unwrap()).await,
+                ok,
+                "server {:?} client {:?}",
+                issuer_of(&server.cert_pem),
+                issuer_of(&client.cert_pem)
+            );
+        }
+        // A joining node with a token of the old root, then of the new.
+        let old_digest = ca_digest(&old.cert_pem).unwrap();
+        let new_digest = ca_digest(&next.cert_pem).unwrap();
+        let joiner = |digest: &str| join_tls(digest, None).unwrap();
+        assert!(!handshake(&moved, &joiner(&old_digest)).await, "no client certificate");
+        let shows = |digest: &str, server: &NodeCerts| {
+            let client = node(&old, &old.cert_pem, "", CertRole::Worker);
+            (join_tls(digest, Some(&client)).unwrap(), server.clone())
+        };
+        for (digest, server) in [
+            (&old_digest, &before),
+            (&old_digest, &moved),
+            (&new_digest, &moved),
+            (&new_digest, &after),
+        ] {
+            let (tls, server) = shows(digest, server);
+            // `before` shows an old-root client certificate: only servers trusting it see it.
+            let expected = server.ca_pem.contains(old.cert_pem.trim());
+            assert_eq!(handshake(&server, &tls).await, expected, "{digest}");
+        }
+        assert!(holds_ca(&both, &old_digest) && holds_ca(&both, &new_digest));
+    }
+
+    #[test]
+    fn an_external_ca_must_be_a_ca_with_its_own_key() {
+        let ca = new_ca("c1").unwrap();
+        assert_eq!(external_ca(&ca.cert_pem, &ca.key_pem).unwrap().cert_pem.trim(), ca.cert_pem.trim());
+        let other = new_ca("c1").unwrap();
+        let e = external_ca(&ca.cert_pem, &other.key_pem).unwrap_err();
+        assert!(e.to_string().contains("not the certificate's"), "{e}");
+        let leaf = node(&ca, &ca.cert_pem, "", CertRole::Worker);
+        let e = external_ca(&leaf.cert_pem, &leaf.key_pem).unwrap_err();
+        assert!(e.to_string().contains("not a CA"), "{e}");
+        assert!(external_ca("junk", &ca.key_pem).is_err());
     }
 }

@@ -294,6 +294,7 @@ mod tests {
                 ..Default::default()
             },
             manager_status: None,
+            certificate: None,
         };
         f(&mut node);
         node

@@ -133,6 +133,27 @@ pub async fn serve<L: Accept>(listener: L, router: Router, shutdown: Cancellatio
     serve_with(listener, router, shutdown, ServeOptions::default()).await
 }
 
+/// A server's TLS configuration, replaceable while it serves (a renewed certificate, new
+/// roots): each new connection takes the current one.
+#[derive(Debug)]
+pub struct ServerTls(std::sync::RwLock<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>);
+
+impl ServerTls {
+    /// Starts with `config`.
+    pub fn new(config: std::sync::Arc<tokio_rustls::rustls::ServerConfig>) -> ServerTls {
+        ServerTls(std::sync::RwLock::new(config))
+    }
+
+    /// Replaces the configuration for the connections to come.
+    pub fn replace(&self, config: std::sync::Arc<tokio_rustls::rustls::ServerConfig>) {
+        *self.0.write().expect("tls lock") = config;
+    }
+
+    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.0.read().expect("tls lock").clone())
+    }
+}
+
 /// Serves `router` over TLS: the handshake (bounded by the header timeout) comes first, and
 /// the client's certificate, when it sent one the server's verifier accepted, becomes the
 /// requests' [`Peer`] identity.
@@ -140,14 +161,14 @@ pub async fn serve_tls<L: Accept>(
     listener: L,
     router: Router,
     shutdown: CancellationToken,
-    tls: std::sync::Arc<tokio_rustls::rustls::ServerConfig>,
+    tls: std::sync::Arc<ServerTls>,
 ) {
     serve_inner(
         listener,
         router,
         shutdown,
         ServeOptions::default(),
-        Some(tokio_rustls::TlsAcceptor::from(tls)),
+        Some(tls),
     )
     .await
 }
@@ -167,7 +188,7 @@ async fn serve_inner<L: Accept>(
     router: Router,
     shutdown: CancellationToken,
     opts: ServeOptions,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<std::sync::Arc<ServerTls>>,
 ) {
     let conns = tokio_util::task::TaskTracker::new();
     let counts = Counts::default();
@@ -197,7 +218,7 @@ async fn serve_inner<L: Accept>(
             let Some(ip) = peer else {
                 return serve_conn(io, router, Peer::Local, opts, stop).await;
             };
-            let Some(acceptor) = tls else {
+            let Some(acceptor) = tls.map(|t| t.acceptor()) else {
                 let who = Peer::Remote { ip, identity: None };
                 return serve_conn(io, router, who, opts, stop).await;
             };

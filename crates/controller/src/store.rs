@@ -47,9 +47,54 @@ pub struct ClusterObject {
     /// With autolock, the key every manager's data key is sealed under (`SHLKEY-1-...`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unlock_key: Option<String>,
-    /// The cluster's root CA (`None` in a log written before the PKI).
+    /// The cluster's root CA, the one that signs (`None` in a log written before the PKI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<crate::pki::ClusterCa>,
+    /// During a CA rotation: the roots being left, still trusted until every node holds a
+    /// certificate from [`ClusterObject::ca`] (PEM certificates).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ca_previous: Vec<String>,
+    /// During a CA rotation: the new root cross-signed by the old one, sent with every new
+    /// certificate so that nodes trusting only the old root accept it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_cross: Option<String>,
+    /// How long node certificates live, seconds (0: [`crate::pki::DEFAULT_CERT_EXPIRY`]).
+    #[serde(default)]
+    pub cert_expiry_secs: u64,
+}
+
+impl ClusterObject {
+    /// How long node certificates are issued for.
+    pub fn cert_expiry(&self) -> std::time::Duration {
+        match self.cert_expiry_secs {
+            0 => crate::pki::DEFAULT_CERT_EXPIRY,
+            s => std::time::Duration::from_secs(s),
+        }
+    }
+
+    /// The roots every node trusts: the signing root, and during a rotation the old ones.
+    pub fn trust_pem(&self) -> String {
+        let mut pem = self
+            .ca
+            .as_ref()
+            .map(|ca| ca.cert_pem.clone())
+            .unwrap_or_default();
+        for old in &self.ca_previous {
+            if !pem.ends_with('\n') && !pem.is_empty() {
+                pem.push('\n');
+            }
+            pem.push_str(old);
+        }
+        pem
+    }
+
+    /// The subject of the signing root.
+    pub fn signing_subject(&self) -> String {
+        self.ca
+            .as_ref()
+            .and_then(|ca| crate::pki::subject_of(&ca.cert_pem))
+            .unwrap_or_default()
+    }
 }
 
 /// A network to create, with what the proposer allocated for it.
@@ -155,6 +200,31 @@ pub enum Command {
     UpdateCluster {
         /// Services may run privileged containers.
         allow_privileged: Option<bool>,
+        /// How long node certificates live, seconds.
+        #[serde(default)]
+        cert_expiry_secs: Option<u64>,
+    },
+    /// Starts moving the cluster to a new root CA (`cluster ca --rotate`).
+    RotateCa {
+        /// The new root.
+        ca: crate::pki::ClusterCa,
+        /// The new root cross-signed by the current one.
+        cross: String,
+    },
+    /// Every node holds a certificate from the new root: stop trusting the old ones, and give
+    /// the join tokens the new root's digest.
+    FinishCaRotation {
+        /// The new worker token.
+        worker_join_token: String,
+        /// The new manager token.
+        manager_join_token: String,
+    },
+    /// A node was issued a certificate.
+    RecordCertificate {
+        /// The node.
+        id: NodeId,
+        /// What the managers know of it.
+        certificate: shoal_api::node::NodeCertificate,
     },
     /// Turns autolock on with this unlock key (or a new one), or off (`None`).
     SetUnlockKey(Option<String>),
@@ -401,6 +471,16 @@ fn check_files_exist(
 }
 
 /// Validates a service spec against the store (`except` is the service being updated).
+/// Node certificates live one hour at least (Swarm's minimum), 100 years at most.
+pub fn check_cert_expiry(secs: u64) -> Result<(), StoreError> {
+    if !(3600..=100 * 365 * 24 * 3600).contains(&secs) {
+        return Err(StoreError::Invalid(format!(
+            "--cert-expiry {secs}s: node certificates must live at least 1h (and at most 100 years)"
+        )));
+    }
+    Ok(())
+}
+
 fn check_service_spec(
     store: &Store,
     spec: &ServiceSpec,
@@ -652,7 +732,10 @@ impl Store {
                     c.worker_join_token = token;
                 }
             }
-            Command::UpdateCluster { allow_privileged } => {
+            Command::UpdateCluster {
+                allow_privileged,
+                cert_expiry_secs,
+            } => {
                 let c = self
                     .cluster
                     .as_mut()
@@ -660,6 +743,52 @@ impl Store {
                 if let Some(allow) = allow_privileged {
                     c.allow_privileged = allow;
                 }
+                if let Some(secs) = cert_expiry_secs {
+                    check_cert_expiry(secs)?;
+                    c.cert_expiry_secs = secs;
+                }
+            }
+            Command::RotateCa { ca, cross } => {
+                let c = self
+                    .cluster
+                    .as_mut()
+                    .ok_or_else(|| StoreError::Invalid("the cluster is not initialized".into()))?;
+                let Some(old) = c.ca.replace(ca) else {
+                    return Err(StoreError::Invalid(
+                        "this cluster has no CA to rotate from".into(),
+                    ));
+                };
+                c.ca_previous.push(old.cert_pem);
+                c.ca_cross = Some(cross);
+            }
+            Command::FinishCaRotation {
+                worker_join_token,
+                manager_join_token,
+            } => {
+                let c = self
+                    .cluster
+                    .as_mut()
+                    .ok_or_else(|| StoreError::Invalid("the cluster is not initialized".into()))?;
+                if c.ca_previous.is_empty() {
+                    return Err(StoreError::Invalid("no CA rotation is in progress".into()));
+                }
+                c.ca_previous.clear();
+                c.ca_cross = None;
+                c.worker_join_token = worker_join_token;
+                c.manager_join_token = manager_join_token;
+            }
+            Command::RecordCertificate { id, certificate } => {
+                let node = self.nodes.get_mut(&id).ok_or_else(|| StoreError::NotFound {
+                    kind: "node",
+                    id: id.to_string(),
+                })?;
+                node.certificate = Some(certificate);
+                node.version = rev;
+                ev.push(Event {
+                    revision: rev,
+                    action: Action::Update,
+                    object: Object::Node(Box::new(node.clone())),
+                });
             }
             Command::SetUnlockKey(key) => {
                 let c = self
@@ -938,6 +1067,7 @@ impl Store {
                     description: NodeDescription::default(),
                     status: NodeStatus::default(),
                     manager_status: None,
+                    certificate: None,
                 });
                 node.description = *description;
                 node.manager_status = (raft_id != 0).then(|| ManagerStatus {

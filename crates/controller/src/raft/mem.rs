@@ -314,6 +314,9 @@ mod tests {
                 allow_privileged: false,
                 unlock_key: None,
                 ca: None,
+                ca_previous: Vec::new(),
+                ca_cross: None,
+                cert_expiry_secs: 0,
             };
             self.nodes[&leader]
                 .handle
