@@ -2,7 +2,8 @@
 //! certificate, or with a certificate from another CA is refused; a worker's certificate
 //! reaches neither Raft, nor another node's assignments, nor the management API, and cannot
 //! register under another node's id; a removed node's certificate is refused at once; a join
-//! token naming another CA never reaches the manager.
+//! token naming another CA never reaches the manager; the management API over TCP answers a
+//! user certificate only. Certificates follow a root CA rotation and a node's role.
 
 use shoal_api::node::NodeDescription;
 use shoal_api::wire::RegisterRequest;
@@ -54,7 +55,7 @@ fn refused_with(r: Result<serde_json::Value, ClientError>, status: u16, text: &s
 
 #[test]
 fn the_cluster_port_admits_only_certified_nodes_acting_as_themselves() {
-    let Some(lab) = lab("tls", 1, 1, 1, &[]) else {
+    let Some(lab) = lab("tls", 1, 1, 1, &["--listen", "0.0.0.0:2375"]) else {
         return;
     };
     wait("both nodes ready", || {
@@ -189,6 +190,74 @@ fn the_cluster_port_admits_only_certified_nodes_acting_as_themselves() {
     );
     assert!(!node_ids(&lab, "m1").contains_key("impostor"));
 
+    // The management API over TCP (--listen): a user certificate from the cluster's CA only.
+    let dir = lab.state().dir.join("client-alice");
+    let dir_s = dir.to_str().unwrap();
+    lab.shoal_ok(
+        "m1",
+        &["cluster", "client-cert", "--name", "alice", "--out", dir_s],
+    )
+    .unwrap();
+    let api = format!("tcp://{}:2375", lab.host("m1").unwrap().addr);
+    let file = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    let (ca, cert, key) = (file("ca.pem"), file("cert.pem"), file("key.pem"));
+    let tls_args = |cert: &str, key: &str| {
+        vec![
+            "-H".to_owned(),
+            api.clone(),
+            "--tlsverify".into(),
+            "--tlscacert".into(),
+            ca.clone(),
+            "--tlscert".into(),
+            cert.to_owned(),
+            "--tlskey".into(),
+            key.to_owned(),
+            "node".into(),
+            "ls".into(),
+        ]
+    };
+    // The CLI run inside s1, another host than m1.
+    let bin = lab.state().bin_dir.join("shoal");
+    let run = |args: &[String]| {
+        lab.in_host("s1", || {
+            std::process::Command::new(&bin)
+                .args(args)
+                .output()
+                .unwrap()
+        })
+        .unwrap()
+    };
+    let out = run(&tls_args(&cert, &key));
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("w1"));
+    // Plain TCP: no answer.
+    let out = run(&["-H".to_owned(), api.clone(), "node".into(), "ls".into()]);
+    assert!(!out.status.success(), "{out:?}");
+    // A node's certificate, even a manager's, is not a user's.
+    let node_dir = lab.state().dir.join("hosts/w1/data/certificates");
+    let out = run(&tls_args(
+        node_dir.join("node.crt").to_str().unwrap(),
+        node_dir.join("node.key").to_str().unwrap(),
+    ));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("presented its node certificate"),
+        "{out:?}"
+    );
+    // And a user's certificate reaches nothing on the cluster port.
+    let user = Tls::from_pem(
+        &std::fs::read_to_string(&ca).unwrap(),
+        &std::fs::read_to_string(&cert).unwrap(),
+        &std::fs::read_to_string(&key).unwrap(),
+        pki::MANAGER_NAME,
+    )
+    .unwrap();
+    refused_with(
+        call(&lab, "s1", Some(user), None, managers),
+        403,
+        "a user certificate reaches the management API",
+    );
+
     // A join token naming another CA: the manager fails the check before the token is sent.
     let wrong = format!("SHLTKN-1-{}-secret", "0".repeat(64));
     let m1_addr = format!("{}:2377", lab.host("m1").unwrap().addr);
@@ -224,7 +293,11 @@ fn the_cluster_port_admits_only_certified_nodes_acting_as_themselves() {
 fn cert_state(lab: &shoal_lab::Lab, host: &str) -> (String, i64, NodeCerts) {
     let certs = certs_of(lab, host);
     let (from, until) = pki::validity(&certs.cert_pem).unwrap();
-    (pki::issuer_of(&certs.cert_pem).unwrap(), until - from, certs)
+    (
+        pki::issuer_of(&certs.cert_pem).unwrap(),
+        until - from,
+        certs,
+    )
 }
 
 #[test]
@@ -272,12 +345,19 @@ fn certificates_follow_the_root_ca_rotation_and_the_role_under_a_running_stack()
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 1h"));
 
     // Rotate the root under the running stack, through another manager than the leader.
-    let via = if new_leader(&lab, None) == "m2" { "m3" } else { "m2" };
+    let via = if new_leader(&lab, None) == "m2" {
+        "m3"
+    } else {
+        "m2"
+    };
     lab.shoal_ok(via, &["cluster", "ca", "--rotate", "--detach"])
         .unwrap();
     let ca_info = |lab: &shoal_lab::Lab| -> serde_json::Value {
-        serde_json::from_str(&lab.shoal_ok("m1", &["--format", "json", "cluster", "ca"]).unwrap())
-            .unwrap()
+        serde_json::from_str(
+            &lab.shoal_ok("m1", &["--format", "json", "cluster", "ca"])
+                .unwrap(),
+        )
+        .unwrap()
     };
     wait("every node on the new root", || {
         let info = ca_info(&lab);
@@ -311,11 +391,17 @@ fn certificates_follow_the_root_ca_rotation_and_the_role_under_a_running_stack()
     );
     let m1_addr = format!("{}:2377", lab.host("m1").unwrap().addr);
     let out = lab
-        .shoal("s1", &["cluster", "join", "--token", old_token.trim(), &m1_addr])
+        .shoal(
+            "s1",
+            &["cluster", "join", "--token", old_token.trim(), &m1_addr],
+        )
         .unwrap();
     assert!(!out.status.success());
-    lab.shoal_ok("s1", &["cluster", "join", "--token", token.trim(), &m1_addr])
-        .unwrap();
+    lab.shoal_ok(
+        "s1",
+        &["cluster", "join", "--token", token.trim(), &m1_addr],
+    )
+    .unwrap();
     wait("s1 ready", || {
         node_states(&lab, "m1").get("s1").map(String::as_str) == Some("ready")
     });
@@ -323,7 +409,11 @@ fn certificates_follow_the_root_ca_rotation_and_the_role_under_a_running_stack()
     assert_eq!(issuer, new_subject);
 
     // Demoted: the node's certificate says worker soon after; its old one reaches no Raft.
-    let demoted = if new_leader(&lab, None) == "m3" { "m2" } else { "m3" };
+    let demoted = if new_leader(&lab, None) == "m3" {
+        "m2"
+    } else {
+        "m3"
+    };
     let manager_cert = certs_of(&lab, demoted);
     lab.shoal_ok("m1", &["node", "demote", demoted]).unwrap();
     wait("the demoted manager holds a worker certificate", || {

@@ -112,6 +112,17 @@ pub struct CertificateStatus {
     pub recorded_issuer: String,
 }
 
+/// `POST /v1/cluster/client-cert`: a certificate for a user of the management API over TCP
+/// (`shoald --listen`), for a key the user made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertRequest {
+    /// Who it is for (its subject's common name).
+    pub name: String,
+    /// A PEM certificate request.
+    pub csr: String,
+}
+
 /// `POST /v1/dispatcher/renew` (cluster port): a new certificate for the asking node's own
 /// new key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -32,6 +32,19 @@ struct Cli {
     /// Daemon to talk to: unix:///path or tcp://host:port.
     #[arg(short = 'H', long = "host", env = "SHOAL_HOST", global = true)]
     host: Option<String>,
+    /// Talk TLS to a tcp:// daemon and check it against --tlscacert, presenting --tlscert
+    /// (as docker's --tlsverify; `shoal cluster client-cert` makes the files).
+    #[arg(long, env = "SHOAL_TLS_VERIFY", global = true)]
+    tlsverify: bool,
+    /// The cluster's CA certificate (default: $SHOAL_CERT_PATH/ca.pem, ~/.shoal/ca.pem).
+    #[arg(long, global = true)]
+    tlscacert: Option<std::path::PathBuf>,
+    /// Your client certificate (default: $SHOAL_CERT_PATH/cert.pem, ~/.shoal/cert.pem).
+    #[arg(long, global = true)]
+    tlscert: Option<std::path::PathBuf>,
+    /// Its key (default: $SHOAL_CERT_PATH/key.pem, ~/.shoal/key.pem).
+    #[arg(long, global = true)]
+    tlskey: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table, global = true)]
     format: Format,
@@ -136,6 +149,17 @@ enum ClusterCmd {
         /// The private key of --ca-cert (PEM).
         #[arg(long, requires = "ca_cert")]
         ca_key: Option<std::path::PathBuf>,
+    },
+    /// Make a client certificate for the management API over TCP (`shoald --listen`): a new key
+    /// made here, signed by the cluster's CA. Writes ca.pem, cert.pem and key.pem (docker's
+    /// names) for `shoal --tlsverify`.
+    ClientCert {
+        /// Who it is for.
+        #[arg(long, default_value = "admin")]
+        name: String,
+        /// Directory to write to (default: $SHOAL_CERT_PATH, else ~/.shoal).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
     },
     /// Show the cluster's root CA, or move the cluster to a new one.
     Ca {
@@ -562,7 +586,40 @@ fn client(cli: &Cli) -> Result<Client> {
         .host
         .clone()
         .unwrap_or_else(|| format!("unix://{}", shoal_client::DEFAULT_SOCKET));
-    Ok(Client::new(host.parse::<Endpoint>()?))
+    let endpoint = host.parse::<Endpoint>()?;
+    let tls = match (&endpoint, cli.tlsverify) {
+        (Endpoint::Tcp(_), true) => {
+            let dir = cert_path();
+            let read = |given: &Option<std::path::PathBuf>, name: &str, flag: &str| {
+                let path = given.clone().unwrap_or_else(|| dir.join(name));
+                std::fs::read_to_string(&path).with_context(|| {
+                    format!(
+                        "{flag} {}: make one with `shoal cluster client-cert`",
+                        path.display()
+                    )
+                })
+            };
+            let tls = shoal_client::Tls::from_pem(
+                &read(&cli.tlscacert, "ca.pem", "--tlscacert")?,
+                &read(&cli.tlscert, "cert.pem", "--tlscert")?,
+                &read(&cli.tlskey, "key.pem", "--tlskey")?,
+                "shoal-manager",
+            )
+            .map_err(|e| anyhow::anyhow!("--tlsverify: {e}"))?;
+            Some(tls)
+        }
+        _ => None,
+    };
+    Ok(Client::new(endpoint).with_tls(tls))
+}
+
+/// Where the client certificate files are by default: $SHOAL_CERT_PATH, else ~/.shoal.
+fn cert_path() -> std::path::PathBuf {
+    match std::env::var_os("SHOAL_CERT_PATH") {
+        Some(p) if !p.is_empty() => p.into(),
+        _ => std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+            .join(".shoal"),
+    }
 }
 
 fn path_part(s: &str) -> String {
@@ -698,6 +755,30 @@ async fn run(cli: Cli) -> Result<()> {
                 )
                 .await?;
             println!("This node left the cluster.");
+        }
+        Command::Cluster(ClusterCmd::ClientCert { name, out }) => {
+            let key = rcgen::KeyPair::generate().context("making a key")?;
+            let csr = rcgen::CertificateParams::default()
+                .serialize_request(&key)
+                .and_then(|r| r.pem())
+                .context("making the certificate request")?;
+            let resp: shoal_api::wire::RenewResponse = c
+                .post(
+                    "/v1/cluster/client-cert",
+                    &shoal_api::wire::ClientCertRequest { name, csr },
+                )
+                .await?;
+            let dir = out.unwrap_or_else(cert_path);
+            write_client_cert(
+                &dir,
+                &resp.ca_certificate,
+                &resp.certificate,
+                &key.serialize_pem(),
+            )?;
+            println!(
+                "Wrote {}/{{ca,cert,key}}.pem: use them with `shoal -H tcp://MANAGER:PORT --tlsverify`.",
+                dir.display()
+            );
         }
         Command::Cluster(ClusterCmd::Ca {
             rotate,
@@ -1894,6 +1975,30 @@ async fn node(c: &Client, cmd: NodeCmd, json: bool) -> Result<()> {
                 println!("{n}");
             }
         }
+    }
+    Ok(())
+}
+
+/// Writes a client certificate's files, the key readable by its owner only.
+fn write_client_cert(dir: &std::path::Path, ca: &str, cert: &str, key: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, text, mode) in [
+        ("ca.pem", ca, 0o644),
+        ("cert.pem", cert, 0o644),
+        ("key.pem", key, 0o600),
+    ] {
+        let path = dir.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        f.write_all(text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

@@ -169,6 +169,45 @@ impl Tls {
 }
 
 impl Tls {
+    /// Mutual TLS 1.3 from PEM texts: the server checked against the roots `ca_pem` and under
+    /// `server_name`, the client's certificate (`cert_pem`, then what was issued with it) and
+    /// its key presented.
+    pub fn from_pem(
+        ca_pem: &str,
+        cert_pem: &str,
+        key_pem: &str,
+        server_name: &str,
+    ) -> Result<Tls, String> {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = |pem: &str, what: &str| -> Result<Vec<CertificateDer<'static>>, String> {
+            let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("{what}: {e}"))?;
+            if certs.is_empty() {
+                return Err(format!("{what}: no PEM certificate in it"));
+            }
+            Ok(certs)
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in certs(ca_pem, "the CA certificate")? {
+            roots
+                .add(ca)
+                .map_err(|e| format!("the CA certificate: {e}"))?;
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+            .map_err(|e| format!("the key: {e}"))?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs(cert_pem, "the certificate")?, key)
+            .map_err(|e| format!("the certificate and key: {e}"))?;
+        Ok(Tls::new(std::sync::Arc::new(config), server_name))
+    }
+
     /// Replaces the configuration of this and every clone, for their next connections.
     pub fn replace(&self, config: std::sync::Arc<tokio_rustls::rustls::ClientConfig>) {
         *self.config.write().expect("tls lock") = config;

@@ -273,6 +273,12 @@ fn certified(c: &Cluster, peer: &Peer) -> Result<crate::pki::Identity> {
             "this endpoint needs a node certificate from the cluster's CA (join the cluster first)",
         ));
     };
+    if id.role == crate::pki::CertRole::Client {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "a user certificate reaches the management API (shoald --listen), not the cluster port",
+        ));
+    }
     let store = c.store.read().expect("store lock");
     if store.removed_nodes.contains(&node_id_of(&id)) {
         return Err(ApiError::new(
@@ -496,6 +502,7 @@ pub fn router(manager: Shared) -> Router {
         .route("/v1/cluster/unlock", post(cluster_unlock))
         .route("/v1/cluster/ca", get(cluster_ca))
         .route("/v1/cluster/ca/rotate", post(cluster_ca_rotate))
+        .route("/v1/cluster/client-cert", post(cluster_client_cert))
         .route("/v1/nodes", get(node_list))
         .route("/v1/nodes/{id}", get(node_inspect).delete(node_remove))
         .route("/v1/nodes/{id}/promote", post(node_promote))
@@ -626,6 +633,87 @@ async fn cluster_ca_rotate(
     let info = crate::renewal::rotate(&c, req.external_ca.as_ref()).await?;
     tracing::info!(subject = %info.subject, "CA rotation started");
     Ok(Json(info))
+}
+
+/// A user certificate for the management API over TCP: the CSR's key, the name asked for,
+/// role `client` (which the cluster port refuses), the cluster's certificate lifetime.
+async fn cluster_client_cert(
+    State(m): State<Shared>,
+    Body(req): Body<ClientCertRequest>,
+) -> Result<Json<RenewResponse>> {
+    let c = cluster(&m).await?;
+    let name = req.name.trim();
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+    {
+        return Err(ApiError::bad(format!(
+            "--name {name:?}: use 1 to 64 letters, digits, '-', '_', '.' or '@'"
+        )));
+    }
+    let obj = c
+        .store
+        .read()
+        .expect("store lock")
+        .cluster
+        .clone()
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no cluster yet"))?;
+    let ca = obj
+        .ca
+        .as_ref()
+        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "this cluster has no CA"))?;
+    let mut certificate = crate::pki::issue(
+        ca,
+        &req.csr,
+        name,
+        crate::pki::CertRole::Client,
+        &obj.id,
+        obj.cert_expiry(),
+    )
+    .map_err(|e| ApiError::bad(format!("invalid certificate request: {e}")))?;
+    if let Some(cross) = &obj.ca_cross {
+        certificate.push_str(cross);
+    }
+    tracing::info!(name, "client certificate issued");
+    Ok(Json(RenewResponse {
+        certificate,
+        ca_certificate: obj.trust_pem(),
+    }))
+}
+
+/// The management API over TCP (`shoald --listen`) answers only clients whose certificate the
+/// cluster's CA issued to a user (`cluster client-cert`): a node's certificate, a worker's
+/// above all, reaches nothing here.
+pub fn require_client_certificate(router: Router) -> Router {
+    router.layer(axum::middleware::from_fn(
+        |Extension(peer): Extension<Peer>,
+         req: axum::extract::Request,
+         next: axum::middleware::Next| async move {
+            match &peer {
+                Peer::Local => next.run(req).await,
+                Peer::Remote {
+                    identity: Some(id), ..
+                } if id.role == crate::pki::CertRole::Client => next.run(req).await,
+                Peer::Remote {
+                    identity: Some(id), ..
+                } => ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "node {} presented its node certificate: the management API takes a user certificate (`shoal cluster client-cert`)",
+                        id.node_id
+                    ),
+                )
+                .into_response(),
+                Peer::Remote { identity: None, .. } => ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "the management API over TCP needs a client certificate from the cluster's CA (`shoal cluster client-cert`)",
+                )
+                .into_response(),
+            }
+        },
+    ))
 }
 
 fn unlock_key(c: &Cluster) -> Option<String> {

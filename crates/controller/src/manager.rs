@@ -248,6 +248,8 @@ pub struct Manager {
     certs_change: Mutex<()>,
     /// The cluster port's TLS, once it listens: replaced with the certificates.
     server_tls: std::sync::Mutex<Option<Arc<crate::serve::ServerTls>>>,
+    /// The management API's TLS over TCP (`--listen`): replaced with the certificates.
+    api_tls: Arc<crate::serve::ServerTls>,
 }
 
 /// A node's certificates with what is derived from them once, not on every agent poll: its
@@ -257,18 +259,6 @@ struct Credentials {
     certs: crate::pki::NodeCerts,
     tls: shoal_client::Tls,
     node_id: Option<shoal_api::NodeId>,
-}
-
-impl Credentials {
-    fn of(certs: crate::pki::NodeCerts) -> Result<Credentials, ManagerError> {
-        let tls = certs.client_tls()?;
-        let node_id = certs.identity().and_then(|i| i.node_id.parse().ok());
-        Ok(Credentials {
-            certs,
-            tls,
-            node_id,
-        })
-    }
 }
 
 /// The text form of an unlock key: `SHLKEY-1-` and 64 hex digits.
@@ -330,13 +320,14 @@ impl Manager {
             certs: Default::default(),
             certs_change: Mutex::new(()),
             server_tls: Default::default(),
+            api_tls: Default::default(),
         });
         tokio::spawn(crate::renewal::keep_fresh(
             Arc::downgrade(&manager),
             manager.shutdown.clone(),
         ));
         if let Some(certs) = crate::pki::NodeCerts::load(&manager.certs_dir())? {
-            *manager.certs.write().expect("certs lock") = Some(Credentials::of(certs)?);
+            manager.install_certs(certs)?;
         }
         let membership = manager.read_membership()?;
         *manager.membership.write().expect("membership lock") = membership.clone();
@@ -510,10 +501,19 @@ impl Manager {
     /// Raft, forwarded writes) and the cluster port take them for their next connections.
     /// Nothing changes if they cannot be used or saved.
     pub(crate) fn replace_certs(&self, certs: crate::pki::NodeCerts) -> Result<(), ManagerError> {
+        // Usable first, then saved, then in use.
+        certs.client_config()?;
+        certs.server_config()?;
+        certs.save(&self.certs_dir())?;
+        self.install_certs(certs)
+    }
+
+    /// Puts certificates to use (already saved).
+    fn install_certs(&self, certs: crate::pki::NodeCerts) -> Result<(), ManagerError> {
         let client = certs.client_config()?;
         let server = certs.server_config()?;
+        let api = certs.api_server_config()?;
         let node_id = certs.identity().and_then(|i| i.node_id.parse().ok());
-        certs.save(&self.certs_dir())?;
         {
             let mut slot = self.certs.write().expect("certs lock");
             match slot.as_mut() {
@@ -534,7 +534,15 @@ impl Manager {
         if let Some(tls) = self.server_tls.lock().expect("server tls lock").as_ref() {
             tls.replace(server);
         }
+        self.api_tls.replace(api);
         Ok(())
+    }
+
+    /// The TLS of the management API over TCP (`shoald --listen`): this node's certificate,
+    /// a user certificate from the cluster's CA required of clients; none before the node
+    /// belongs to a cluster.
+    pub fn api_tls(&self) -> Arc<crate::serve::ServerTls> {
+        self.api_tls.clone()
     }
 
     fn set_certs(&self, certs: crate::pki::NodeCerts) -> Result<(), ManagerError> {
@@ -803,7 +811,10 @@ impl Manager {
             ca_cross: None,
             cert_expiry_secs: req.cert_expiry_secs.unwrap_or(0),
         };
-        cluster.raft.propose(Command::InitCluster(object)).await?;
+        cluster
+            .raft
+            .propose(Command::InitCluster(Box::new(object)))
+            .await?;
         let managers = BTreeMap::from([(id, membership.advertise_addr.clone())]);
         let rev = cluster.raft.propose(Command::SetManagers(managers)).await?;
         // A log that starts with a snapshot: managers that join later receive it, with the

@@ -92,6 +92,8 @@ pub enum CertRole {
     Manager,
     /// Runs tasks only.
     Worker,
+    /// A person or program using the management API over TCP (`cluster client-cert`); no node.
+    Client,
 }
 
 impl CertRole {
@@ -99,6 +101,7 @@ impl CertRole {
         match self {
             CertRole::Manager => "manager",
             CertRole::Worker => "worker",
+            CertRole::Client => "client",
         }
     }
 }
@@ -157,7 +160,9 @@ pub fn external_ca(cert_pem: &str, key_pem: &str) -> Result<ClusterCa, PkiError>
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
         .map_err(|e| bad(format!("not an X.509 certificate: {e}")))?;
     if !cert.is_ca() {
-        return Err(bad("the certificate is not a CA's (basicConstraints CA:TRUE)".into()));
+        return Err(bad(
+            "the certificate is not a CA's (basicConstraints CA:TRUE)".into(),
+        ));
     }
     if cert.validity().not_after.timestamp() <= time::OffsetDateTime::now_utc().unix_timestamp() {
         return Err(bad("the certificate has expired".into()));
@@ -178,7 +183,14 @@ pub fn external_ca(cert_pem: &str, key_pem: &str) -> Result<ClusterCa, PkiError>
     };
     // It must be able to sign: issue a throwaway certificate with it.
     let (_, csr) = new_key_and_csr()?;
-    issue(&ca, &csr, "check", CertRole::Worker, "check", Duration::from_secs(60))?;
+    issue(
+        &ca,
+        &csr,
+        "check",
+        CertRole::Worker,
+        "check",
+        Duration::from_secs(60),
+    )?;
     Ok(ca)
 }
 
@@ -302,11 +314,14 @@ fn issue_valid(
     dn.push(DnType::OrganizationalUnitName, role.as_str());
     dn.push(DnType::OrganizationName, cluster_id);
     params.distinguished_name = dn;
-    let mut names = vec![SanType::DnsName(
-        format!("node-{node_id}")
-            .try_into()
-            .map_err(material("the node name"))?,
-    )];
+    let mut names = Vec::new();
+    if role != CertRole::Client {
+        names.push(SanType::DnsName(
+            format!("node-{node_id}")
+                .try_into()
+                .map_err(material("the node name"))?,
+        ));
+    }
     if role == CertRole::Manager {
         names.push(SanType::DnsName(
             MANAGER_NAME
@@ -319,10 +334,14 @@ fn issue_valid(
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    params.extended_key_usages = if role == CertRole::Client {
+        vec![ExtendedKeyUsagePurpose::ClientAuth]
+    } else {
+        vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ]
+    };
     params.not_before = not_before;
     params.not_after = not_after;
     csr.params = params;
@@ -353,6 +372,7 @@ pub fn identity(der: &[u8]) -> Option<Identity> {
     let role = match ou.as_str() {
         "manager" => CertRole::Manager,
         "worker" => CertRole::Worker,
+        "client" => CertRole::Client,
         _ => return None,
     };
     Some(Identity {
@@ -522,6 +542,25 @@ impl NodeCerts {
         Ok(Arc::new(config))
     }
 
+    /// The management API's server side over TCP (`shoald --listen`): this node's certificate,
+    /// and a client certificate from the cluster's CA required of every client.
+    pub fn api_server_config(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
+                .build()
+                .map_err(|e| PkiError::Material {
+                    what: "the client verifier".into(),
+                    message: e.to_string(),
+                })?;
+        let config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_err("the server configuration"))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain()?, self.key()?)
+            .map_err(tls_err("the server configuration"))?;
+        Ok(Arc::new(config))
+    }
+
     /// A node's client side: the managers checked against the cluster's CA and
     /// [`MANAGER_NAME`], this node's certificate presented.
     pub fn client_tls(&self) -> Result<shoal_client::Tls, PkiError> {
@@ -650,7 +689,11 @@ pub enum Renewal {
 /// root is another (a CA rotation), when the cluster has not recorded it as the signing
 /// root's, or once half its life has passed (Swarm renews in the second half too); else new
 /// roots to trust when the cluster's changed.
-pub fn renewal(certs: &NodeCerts, wanted: &shoal_api::wire::CertificateStatus, now: i64) -> Renewal {
+pub fn renewal(
+    certs: &NodeCerts,
+    wanted: &shoal_api::wire::CertificateStatus,
+    now: i64,
+) -> Renewal {
     let role = certs.identity().map(|i| i.role);
     let want = wanted.manager.map(|m| {
         if m {
@@ -823,7 +866,10 @@ mod tests {
         let old_digest = ca_digest(&old.cert_pem).unwrap();
         let new_digest = ca_digest(&next.cert_pem).unwrap();
         let joiner = |digest: &str| join_tls(digest, None).unwrap();
-        assert!(!handshake(&moved, &joiner(&old_digest)).await, "no client certificate");
+        assert!(
+            !handshake(&moved, &joiner(&old_digest)).await,
+            "no client certificate"
+        );
         let shows = |digest: &str, server: &NodeCerts| {
             let client = node(&old, &old.cert_pem, "", CertRole::Worker);
             (join_tls(digest, Some(&client)).unwrap(), server.clone())
@@ -845,7 +891,13 @@ mod tests {
     #[test]
     fn an_external_ca_must_be_a_ca_with_its_own_key() {
         let ca = new_ca("c1").unwrap();
-        assert_eq!(external_ca(&ca.cert_pem, &ca.key_pem).unwrap().cert_pem.trim(), ca.cert_pem.trim());
+        assert_eq!(
+            external_ca(&ca.cert_pem, &ca.key_pem)
+                .unwrap()
+                .cert_pem
+                .trim(),
+            ca.cert_pem.trim()
+        );
         let other = new_ca("c1").unwrap();
         let e = external_ca(&ca.cert_pem, &other.key_pem).unwrap_err();
         assert!(e.to_string().contains("not the certificate's"), "{e}");

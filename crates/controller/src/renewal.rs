@@ -66,14 +66,7 @@ pub fn issue_chain(
         .ca
         .as_ref()
         .ok_or_else(|| ManagerError::Invalid("this cluster has no CA".into()))?;
-    let mut chain = crate::pki::issue(
-        ca,
-        csr,
-        node_id.as_str(),
-        role,
-        &obj.id,
-        obj.cert_expiry(),
-    )?;
+    let mut chain = crate::pki::issue(ca, csr, node_id.as_str(), role, &obj.id, obj.cert_expiry())?;
     if let Some(cross) = &obj.ca_cross {
         if !chain.ends_with('\n') {
             chain.push('\n');
@@ -110,10 +103,10 @@ pub async fn issue_for(
     c.raft
         .propose(Command::RecordCertificate {
             id: node_id.clone(),
-            certificate: NodeCertificate {
+            certificate: Box::new(NodeCertificate {
                 issuer: obj.signing_subject(),
                 not_after,
-            },
+            }),
         })
         .await?;
     tracing::info!(node_id = %node_id, role = ?role, not_after, "certificate issued");
@@ -223,7 +216,10 @@ pub async fn rotate(c: &Cluster, external: Option<&ExternalCa>) -> Result<CaInfo
     }
     let cross = crate::pki::cross_sign(current, &next)?;
     c.raft
-        .propose(Command::RotateCa { ca: next, cross })
+        .propose(Command::RotateCa {
+            ca: Box::new(next),
+            cross,
+        })
         .await?;
     tracing::info!("CA rotation started");
     // A cluster of no nodes yet is done at once.
@@ -280,10 +276,7 @@ async fn check_once(m: &Arc<Manager>) -> Result<(), ManagerError> {
             Renewal::Reissue(why) => {
                 tracing::info!(reason = why, "renewing this manager's certificate");
                 let (key_pem, csr) = crate::pki::new_key_and_csr()?;
-                let current = certs
-                    .identity()
-                    .map(|i| i.role)
-                    .unwrap_or(CertRole::Worker);
+                let current = certs.identity().map(|i| i.role).unwrap_or(CertRole::Worker);
                 let resp = issue_for(&c, &node_id, current, &csr).await?;
                 m.replace_certs(NodeCerts {
                     ca_pem: resp.ca_certificate,
@@ -336,7 +329,10 @@ async fn renew_through(
             tracing::info!(reason = why, "renewing this node's certificate");
             let (key_pem, csr) = crate::pki::new_key_and_csr()?;
             let resp: RenewResponse = client
-                .post("/v1/dispatcher/renew", &shoal_api::wire::RenewRequest { csr })
+                .post(
+                    "/v1/dispatcher/renew",
+                    &shoal_api::wire::RenewRequest { csr },
+                )
                 .await
                 .map_err(remote)?;
             let next = NodeCerts {

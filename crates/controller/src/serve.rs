@@ -134,23 +134,25 @@ pub async fn serve<L: Accept>(listener: L, router: Router, shutdown: Cancellatio
 }
 
 /// A server's TLS configuration, replaceable while it serves (a renewed certificate, new
-/// roots): each new connection takes the current one.
-#[derive(Debug)]
-pub struct ServerTls(std::sync::RwLock<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>);
+/// roots): each new connection takes the current one. Without one yet (a node that has no
+/// certificate), connections are closed unanswered.
+#[derive(Debug, Default)]
+pub struct ServerTls(std::sync::RwLock<Option<std::sync::Arc<tokio_rustls::rustls::ServerConfig>>>);
 
 impl ServerTls {
     /// Starts with `config`.
     pub fn new(config: std::sync::Arc<tokio_rustls::rustls::ServerConfig>) -> ServerTls {
-        ServerTls(std::sync::RwLock::new(config))
+        ServerTls(std::sync::RwLock::new(Some(config)))
     }
 
     /// Replaces the configuration for the connections to come.
     pub fn replace(&self, config: std::sync::Arc<tokio_rustls::rustls::ServerConfig>) {
-        *self.0.write().expect("tls lock") = config;
+        *self.0.write().expect("tls lock") = Some(config);
     }
 
-    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(self.0.read().expect("tls lock").clone())
+    fn acceptor(&self) -> Option<tokio_rustls::TlsAcceptor> {
+        let config = self.0.read().expect("tls lock").clone();
+        config.map(tokio_rustls::TlsAcceptor::from)
     }
 }
 
@@ -218,9 +220,13 @@ async fn serve_inner<L: Accept>(
             let Some(ip) = peer else {
                 return serve_conn(io, router, Peer::Local, opts, stop).await;
             };
-            let Some(acceptor) = tls.map(|t| t.acceptor()) else {
+            let Some(tls) = tls else {
                 let who = Peer::Remote { ip, identity: None };
                 return serve_conn(io, router, who, opts, stop).await;
+            };
+            let Some(acceptor) = tls.acceptor() else {
+                tracing::debug!(peer = %ip, "closed: this node has no certificate yet");
+                return;
             };
             let stream = match tokio::time::timeout(opts.header_timeout, acceptor.accept(io)).await
             {

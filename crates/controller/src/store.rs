@@ -185,7 +185,7 @@ pub enum TaskOp {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// First command of a cluster.
-    InitCluster(ClusterObject),
+    InitCluster(Box<ClusterObject>),
     /// Replaces the managers' addresses (at `cluster init` and `--force-new-cluster`, when
     /// this manager is the only voter; otherwise membership changes keep them).
     SetManagers(BTreeMap<u64, String>),
@@ -207,7 +207,7 @@ pub enum Command {
     /// Starts moving the cluster to a new root CA (`cluster ca --rotate`).
     RotateCa {
         /// The new root.
-        ca: crate::pki::ClusterCa,
+        ca: Box<crate::pki::ClusterCa>,
         /// The new root cross-signed by the current one.
         cross: String,
     },
@@ -224,7 +224,7 @@ pub enum Command {
         /// The node.
         id: NodeId,
         /// What the managers know of it.
-        certificate: shoal_api::node::NodeCertificate,
+        certificate: Box<shoal_api::node::NodeCertificate>,
     },
     /// Turns autolock on with this unlock key (or a new one), or off (`None`).
     SetUnlockKey(Option<String>),
@@ -718,7 +718,7 @@ impl Store {
                 if self.cluster.is_some() {
                     return Err(StoreError::AlreadyInitialized);
                 }
-                self.cluster = Some(c);
+                self.cluster = Some(*c);
             }
             Command::SetManagers(managers) => self.managers = managers,
             Command::RotateJoinToken { manager, token } => {
@@ -753,7 +753,7 @@ impl Store {
                     .cluster
                     .as_mut()
                     .ok_or_else(|| StoreError::Invalid("the cluster is not initialized".into()))?;
-                let Some(old) = c.ca.replace(ca) else {
+                let Some(old) = c.ca.replace(*ca) else {
                     return Err(StoreError::Invalid(
                         "this cluster has no CA to rotate from".into(),
                     ));
@@ -778,11 +778,14 @@ impl Store {
                 c.manager_join_token = manager_join_token;
             }
             Command::RecordCertificate { id, certificate } => {
-                let node = self.nodes.get_mut(&id).ok_or_else(|| StoreError::NotFound {
-                    kind: "node",
-                    id: id.to_string(),
-                })?;
-                node.certificate = Some(certificate);
+                let node = self
+                    .nodes
+                    .get_mut(&id)
+                    .ok_or_else(|| StoreError::NotFound {
+                        kind: "node",
+                        id: id.to_string(),
+                    })?;
+                node.certificate = Some(*certificate);
                 node.version = rev;
                 ev.push(Event {
                     revision: rev,

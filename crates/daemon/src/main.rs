@@ -37,8 +37,9 @@ struct Args {
     /// Group allowed to use the socket (default: root only).
     #[arg(long)]
     socket_group: Option<String>,
-    /// Also serve the API on this TCP address (host:port). Not authenticated yet: bind it to
-    /// loopback or a trusted network only.
+    /// Also serve the API on this TCP address (host:port), over mutual TLS: this node's
+    /// certificate, and clients need a user certificate from the cluster's CA
+    /// (`shoal cluster client-cert`). Before the node belongs to a cluster it answers nothing.
     #[arg(long)]
     listen: Option<String>,
     /// What runs tasks: `container` (real containers) or `sim` (simulated ones, which only
@@ -279,9 +280,14 @@ async fn main() -> Result<()> {
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;
-        tracing::info!(%addr, "API listening on TCP");
+        tracing::info!(%addr, "API listening on TCP (mutual TLS, user certificates)");
         let sd = shutdown.clone();
-        tokio::spawn(shoal_controller::serve::serve(tcp, router, sd));
+        tokio::spawn(shoal_controller::serve::serve_tls(
+            tcp,
+            shoal_controller::api::require_client_certificate(router),
+            sd,
+            manager.api_tls(),
+        ));
     }
 
     // The agent role starts once this node belongs to a cluster; it talks to the manager

@@ -320,7 +320,7 @@ mod tests {
             };
             self.nodes[&leader]
                 .handle
-                .propose(Command::InitCluster(object))
+                .propose(Command::InitCluster(Box::new(object)))
                 .await
                 .unwrap();
         }
