@@ -230,6 +230,17 @@ pub fn node_states(lab: &Lab, via: &str) -> std::collections::BTreeMap<String, S
         .collect()
 }
 
+/// Waits until `n` nodes are ready, as `via` sees them.
+pub fn wait_ready(lab: &Lab, via: &str, n: usize) {
+    wait(&format!("{n} nodes ready"), || {
+        node_states(lab, via)
+            .values()
+            .filter(|s| *s == "ready")
+            .count()
+            == n
+    });
+}
+
 /// Every event `via` still holds, as JSON lines (`events --since 1`, read for 2 s).
 pub fn events_so_far(lab: &Lab, via: &str) -> String {
     let out = lab

@@ -58,13 +58,7 @@ fn the_cluster_port_admits_only_certified_nodes_acting_as_themselves() {
     let Some(lab) = lab("tls", 1, 1, 1, &["--listen", "0.0.0.0:2375"]) else {
         return;
     };
-    wait("both nodes ready", || {
-        node_states(&lab, "m1")
-            .values()
-            .filter(|s| *s == "ready")
-            .count()
-            == 2
-    });
+    wait_ready(&lab, "m1", 2);
     let ids = node_ids(&lab, "m1");
     let m1_id = ids["m1"].clone();
     let w1 = certs_of(&lab, "w1");
@@ -288,16 +282,11 @@ fn the_cluster_port_admits_only_certified_nodes_acting_as_themselves() {
     );
 }
 
-/// The issuer subject and lifetime (seconds) of a host's certificate, and whether it trusts
-/// exactly `roots` (PEM).
-fn cert_state(lab: &shoal_lab::Lab, host: &str) -> (String, i64, NodeCerts) {
+/// The issuer subject and lifetime (seconds) of a host's certificate.
+fn cert_state(lab: &shoal_lab::Lab, host: &str) -> (String, i64) {
     let certs = certs_of(lab, host);
     let (from, until) = pki::validity(&certs.cert_pem).unwrap();
-    (
-        pki::issuer_of(&certs.cert_pem).unwrap(),
-        until - from,
-        certs,
-    )
+    (pki::issuer_of(&certs.cert_pem).unwrap(), until - from)
 }
 
 #[test]
@@ -305,13 +294,7 @@ fn certificates_follow_the_root_ca_rotation_and_the_role_under_a_running_stack()
     let Some(lab) = lab("carot", 3, 1, 1, &[]) else {
         return;
     };
-    wait("four nodes ready", || {
-        node_states(&lab, "m1")
-            .values()
-            .filter(|s| *s == "ready")
-            .count()
-            == 4
-    });
+    wait_ready(&lab, "m1", 4);
     deploy(
         &lab,
         "m1",
@@ -371,7 +354,7 @@ fn certificates_follow_the_root_ca_rotation_and_the_role_under_a_running_stack()
         wait(&format!("{host} trusts only the new root"), || {
             certs_of(&lab, host).ca_pem.trim() == new_ca.trim()
         });
-        let (issuer, lifetime, _) = cert_state(&lab, host);
+        let (issuer, lifetime) = cert_state(&lab, host);
         assert_eq!(issuer, new_subject, "{host}");
         // 2h, and the five minutes of clock skew a certificate starts early by.
         assert_eq!(lifetime, 2 * 3600 + 300, "{host}");
@@ -405,10 +388,18 @@ fn certificates_follow_the_root_ca_rotation_and_the_role_under_a_running_stack()
     wait("s1 ready", || {
         node_states(&lab, "m1").get("s1").map(String::as_str) == Some("ready")
     });
-    let (issuer, _, _) = cert_state(&lab, "s1");
+    let (issuer, _) = cert_state(&lab, "s1");
     assert_eq!(issuer, new_subject);
+    // The managers recorded what they issued, as `node inspect` shows it.
+    wait("s1's certificate recorded", || {
+        let out = lab
+            .shoal_ok("m1", &["node", "inspect", "s1"])
+            .unwrap_or_default();
+        serde_json::from_str::<serde_json::Value>(&out)
+            .is_ok_and(|n| n[0]["certificate"]["issuer"] == new_subject.as_str())
+    });
 
-    // Demoted: the node's certificate says worker soon after; its old one reaches no Raft.
+    // Demoted: the node's certificate says worker soon after, and that reaches no Raft.
     let demoted = if new_leader(&lab, None) == "m3" {
         "m2"
     } else {
@@ -435,5 +426,67 @@ fn certificates_follow_the_root_ca_rotation_and_the_role_under_a_running_stack()
         manager_cert.identity().map(|i| i.role),
         Some(pki::CertRole::Manager)
     );
+    assert_eq!(task_ids(&lab), before);
+
+    // A root made elsewhere (--ca-cert, --ca-key): a node's certificate is no CA and changes
+    // nothing; a CA's is taken, and every node moves to it.
+    let node_dir = lab.state().dir.join("hosts/w1/data/certificates");
+    let path = |p: std::path::PathBuf| p.to_str().unwrap().to_owned();
+    let (leaf, leaf_key) = (
+        path(node_dir.join("node.crt")),
+        path(node_dir.join("node.key")),
+    );
+    let out = lab
+        .shoal(
+            "m1",
+            &[
+                "cluster",
+                "ca",
+                "--rotate",
+                "--ca-cert",
+                &leaf,
+                "--ca-key",
+                &leaf_key,
+            ],
+        )
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a CA's"),
+        "{out:?}"
+    );
+    assert_eq!(ca_info(&lab)["subject"], new_subject.as_str());
+    let external = pki::new_ca("made-elsewhere").unwrap();
+    let (cert_file, key_file) = (
+        lab.state().dir.join("external-ca.pem"),
+        lab.state().dir.join("external-ca.key"),
+    );
+    std::fs::write(&cert_file, &external.cert_pem).unwrap();
+    std::fs::write(&key_file, &external.key_pem).unwrap();
+    lab.shoal_ok(
+        "m1",
+        &[
+            "cluster",
+            "ca",
+            "--rotate",
+            "--detach",
+            "--ca-cert",
+            &path(cert_file),
+            "--ca-key",
+            &path(key_file),
+        ],
+    )
+    .unwrap();
+    let external_subject = pki::subject_of(&external.cert_pem).unwrap();
+    wait("every node on the external root", || {
+        let info = ca_info(&lab);
+        info["rotating"] == false && info["subject"] == external_subject.as_str()
+    });
+    // A worker saves its certificate after the manager recorded it: wait for the files.
+    for host in ["m1", "m2", "m3", "w1", "s1"] {
+        wait(&format!("{host} on the external root"), || {
+            cert_state(&lab, host).0 == external_subject
+        });
+    }
     assert_eq!(task_ids(&lab), before);
 }

@@ -45,22 +45,23 @@ pub struct InitRequest {
     pub cert_expiry_secs: Option<u64>,
     /// A root CA made elsewhere, instead of a new one (`--ca-cert`, `--ca-key`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub external_ca: Option<ExternalCa>,
+    pub external_ca: Option<CaKeyPair>,
 }
 
-/// A root CA's certificate and key in PEM, made outside shoal.
+/// A root CA's certificate and private key, in PEM: the cluster's own (kept in Raft), or one
+/// made outside shoal (`--ca-cert`, `--ca-key`). Its `Debug` hides the key.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ExternalCa {
+pub struct CaKeyPair {
     /// The CA certificate.
     pub cert_pem: String,
     /// Its private key.
     pub key_pem: String,
 }
 
-impl std::fmt::Debug for ExternalCa {
+impl std::fmt::Debug for CaKeyPair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExternalCa")
+        f.debug_struct("CaKeyPair")
             .field("cert_pem", &self.cert_pem)
             .field("key_pem", &"<redacted>")
             .finish()
@@ -93,7 +94,7 @@ pub struct CaInfo {
 pub struct CaRotate {
     /// The new root, made elsewhere (`--ca-cert`, `--ca-key`); absent: shoal makes one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub external_ca: Option<ExternalCa>,
+    pub external_ca: Option<CaKeyPair>,
 }
 
 /// `GET /v1/dispatcher/certificate` (cluster port): what the asking node's certificate

@@ -2007,14 +2007,14 @@ fn write_client_cert(dir: &std::path::Path, ca: &str, cert: &str, key: &str) -> 
 fn read_external_ca(
     cert: Option<&std::path::Path>,
     key: Option<&std::path::Path>,
-) -> anyhow::Result<Option<shoal_api::wire::ExternalCa>> {
+) -> anyhow::Result<Option<shoal_api::wire::CaKeyPair>> {
     let (Some(cert), Some(key)) = (cert, key) else {
         return Ok(None);
     };
     let read = |p: &std::path::Path, what: &str| {
         std::fs::read_to_string(p).with_context(|| format!("{what} {}", p.display()))
     };
-    Ok(Some(shoal_api::wire::ExternalCa {
+    Ok(Some(shoal_api::wire::CaKeyPair {
         cert_pem: read(cert, "--ca-cert")?,
         key_pem: read(key, "--ca-key")?,
     }))

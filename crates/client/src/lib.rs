@@ -140,6 +140,44 @@ impl Pool {
     }
 }
 
+/// A TLS 1.3 client configuration (rustls with ring) from PEM texts: servers checked against
+/// the roots in `ca_pem`, the certificates of `chain_pem` (the client's first) presented with
+/// `key_pem`. The error says which text was wrong.
+pub fn mutual_config_from_pem(
+    ca_pem: &str,
+    chain_pem: &str,
+    key_pem: &str,
+) -> Result<std::sync::Arc<tokio_rustls::rustls::ClientConfig>, String> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = |pem: &str, what: &str| -> Result<Vec<CertificateDer<'static>>, String> {
+        let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{what}: {e}"))?;
+        if certs.is_empty() {
+            return Err(format!("{what}: no PEM certificate in it"));
+        }
+        Ok(certs)
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in certs(ca_pem, "the CA certificate")? {
+        roots
+            .add(ca)
+            .map_err(|e| format!("the CA certificate: {e}"))?;
+    }
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("the key: {e}"))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs(chain_pem, "the certificate")?, key)
+        .map_err(|e| format!("the certificate and key: {e}"))?;
+    Ok(std::sync::Arc::new(config))
+}
+
 /// TLS for a TCP endpoint: the client's configuration (roots, its certificate) and the name the
 /// server's certificate must carry. Clones share the configuration: [`Tls::replace`] (a renewed
 /// certificate, new roots) takes effect for every clone's next connection.
@@ -178,34 +216,10 @@ impl Tls {
         key_pem: &str,
         server_name: &str,
     ) -> Result<Tls, String> {
-        use tokio_rustls::rustls;
-        use tokio_rustls::rustls::pki_types::pem::PemObject;
-        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let certs = |pem: &str, what: &str| -> Result<Vec<CertificateDer<'static>>, String> {
-            let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .map_err(|e| format!("{what}: {e}"))?;
-            if certs.is_empty() {
-                return Err(format!("{what}: no PEM certificate in it"));
-            }
-            Ok(certs)
-        };
-        let mut roots = rustls::RootCertStore::empty();
-        for ca in certs(ca_pem, "the CA certificate")? {
-            roots
-                .add(ca)
-                .map_err(|e| format!("the CA certificate: {e}"))?;
-        }
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-            .map_err(|e| format!("the key: {e}"))?;
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(certs(cert_pem, "the certificate")?, key)
-            .map_err(|e| format!("the certificate and key: {e}"))?;
-        Ok(Tls::new(std::sync::Arc::new(config), server_name))
+        Ok(Tls::new(
+            mutual_config_from_pem(ca_pem, cert_pem, key_pem)?,
+            server_name,
+        ))
     }
 
     /// Replaces the configuration of this and every clone, for their next connections.

@@ -383,7 +383,7 @@ async fn join_request(
     } else {
         crate::pki::CertRole::Worker
     };
-    let certificate = crate::renewal::issue_chain(&obj, &req.csr, &node_id, role)
+    let certificate = crate::renewal::issue_chain(&obj, &req.csr, node_id.as_str(), role)
         .map_err(|e| ApiError::bad(format!("invalid certificate request: {e}")))?;
     let mut raft_id = 0;
     if manager {
@@ -619,8 +619,6 @@ async fn cluster_update(
 
 async fn cluster_ca(State(m): State<Shared>) -> Result<Json<shoal_api::wire::CaInfo>> {
     let c = cluster(&m).await?;
-    // The leader ends a rotation every node has finished, if no renewal did yet.
-    crate::renewal::finish_rotation_if_done(&c).await?;
     let info = crate::renewal::ca_info(&c.store.read().expect("store lock"))?;
     Ok(Json(info))
 }
@@ -660,22 +658,9 @@ async fn cluster_client_cert(
         .cluster
         .clone()
         .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "no cluster yet"))?;
-    let ca = obj
-        .ca
-        .as_ref()
-        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "this cluster has no CA"))?;
-    let mut certificate = crate::pki::issue(
-        ca,
-        &req.csr,
-        name,
-        crate::pki::CertRole::Client,
-        &obj.id,
-        obj.cert_expiry(),
-    )
-    .map_err(|e| ApiError::bad(format!("invalid certificate request: {e}")))?;
-    if let Some(cross) = &obj.ca_cross {
-        certificate.push_str(cross);
-    }
+    let certificate =
+        crate::renewal::issue_chain(&obj, &req.csr, name, crate::pki::CertRole::Client)
+            .map_err(|e| ApiError::bad(format!("invalid certificate request: {e}")))?;
     tracing::info!(name, "client certificate issued");
     Ok(Json(RenewResponse {
         certificate,

@@ -75,6 +75,14 @@ pub enum ManagerError {
     /// An address is not `host[:port]`.
     #[error("invalid address {0:?}: use HOST or HOST:PORT")]
     Address(String),
+    /// Renewing this node's certificate through a manager failed.
+    #[error("renewing the certificate through {remote}: {message}")]
+    Renew {
+        /// The manager asked.
+        remote: String,
+        /// Why.
+        message: String,
+    },
     /// Joining failed.
     #[error("joining the cluster through {remote}: {message}")]
     Join {
@@ -261,6 +269,24 @@ struct Credentials {
     node_id: Option<shoal_api::NodeId>,
 }
 
+/// The TLS configurations made from a node's certificates: its client side, the cluster
+/// port's and the management API's over TCP.
+struct Configs {
+    client: Arc<tokio_rustls::rustls::ClientConfig>,
+    server: Arc<tokio_rustls::rustls::ServerConfig>,
+    api: Arc<tokio_rustls::rustls::ServerConfig>,
+}
+
+impl Configs {
+    fn of(certs: &crate::pki::NodeCerts) -> Result<Configs, ManagerError> {
+        Ok(Configs {
+            client: certs.client_config()?,
+            server: certs.server_config()?,
+            api: certs.api_server_config()?,
+        })
+    }
+}
+
 /// The text form of an unlock key: `SHLKEY-1-` and 64 hex digits.
 pub fn unlock_key_text(key: &[u8; 32]) -> String {
     let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
@@ -327,7 +353,8 @@ impl Manager {
             manager.shutdown.clone(),
         ));
         if let Some(certs) = crate::pki::NodeCerts::load(&manager.certs_dir())? {
-            manager.install_certs(certs)?;
+            let configs = Configs::of(&certs)?;
+            manager.install_certs(certs, configs);
         }
         let membership = manager.read_membership()?;
         *manager.membership.write().expect("membership lock") = membership.clone();
@@ -501,30 +528,26 @@ impl Manager {
     /// Raft, forwarded writes) and the cluster port take them for their next connections.
     /// Nothing changes if they cannot be used or saved.
     pub(crate) fn replace_certs(&self, certs: crate::pki::NodeCerts) -> Result<(), ManagerError> {
-        // Usable first, then saved, then in use.
-        certs.client_config()?;
-        certs.server_config()?;
+        let configs = Configs::of(&certs)?;
         certs.save(&self.certs_dir())?;
-        self.install_certs(certs)
+        self.install_certs(certs, configs);
+        Ok(())
     }
 
-    /// Puts certificates to use (already saved).
-    fn install_certs(&self, certs: crate::pki::NodeCerts) -> Result<(), ManagerError> {
-        let client = certs.client_config()?;
-        let server = certs.server_config()?;
-        let api = certs.api_server_config()?;
+    /// Puts certificates (already saved) and the configurations made from them to use.
+    fn install_certs(&self, certs: crate::pki::NodeCerts, configs: Configs) {
         let node_id = certs.identity().and_then(|i| i.node_id.parse().ok());
         {
             let mut slot = self.certs.write().expect("certs lock");
             match slot.as_mut() {
                 Some(c) => {
-                    c.tls.replace(client);
+                    c.tls.replace(configs.client);
                     c.certs = certs;
                     c.node_id = node_id;
                 }
                 None => {
                     *slot = Some(Credentials {
-                        tls: shoal_client::Tls::new(client, crate::pki::MANAGER_NAME),
+                        tls: shoal_client::Tls::new(configs.client, crate::pki::MANAGER_NAME),
                         certs,
                         node_id,
                     })
@@ -532,10 +555,9 @@ impl Manager {
             }
         }
         if let Some(tls) = self.server_tls.lock().expect("server tls lock").as_ref() {
-            tls.replace(server);
+            tls.replace(configs.server);
         }
-        self.api_tls.replace(api);
-        Ok(())
+        self.api_tls.replace(configs.api);
     }
 
     /// The TLS of the management API over TCP (`shoald --listen`): this node's certificate,
@@ -543,10 +565,6 @@ impl Manager {
     /// belongs to a cluster.
     pub fn api_tls(&self) -> Arc<crate::serve::ServerTls> {
         self.api_tls.clone()
-    }
-
-    fn set_certs(&self, certs: crate::pki::NodeCerts) -> Result<(), ManagerError> {
-        self.replace_certs(certs)
     }
 
     /// The node id this node's certificate names.
@@ -760,7 +778,7 @@ impl Manager {
         // from it.
         let cluster_id = shoal_api::ids::id_from_bits(rand::random());
         let ca = match &req.external_ca {
-            Some(ext) => crate::pki::external_ca(&ext.cert_pem, &ext.key_pem)?,
+            Some(ext) => crate::pki::external_ca(ext)?,
             None => crate::pki::new_ca(&cluster_id)?,
         };
         let digest = crate::pki::ca_digest(&ca.cert_pem)?;
@@ -774,7 +792,7 @@ impl Manager {
             &cluster_id,
             expiry,
         )?;
-        self.set_certs(crate::pki::NodeCerts {
+        self.replace_certs(crate::pki::NodeCerts {
             ca_pem: ca.cert_pem.clone(),
             cert_pem,
             key_pem,
@@ -898,7 +916,7 @@ impl Manager {
         .await?;
         {
             let _guard = self.certs_change.lock().await;
-            self.set_certs(certs)?;
+            self.replace_certs(certs)?;
         }
         if !resp.manager {
             membership.manager = false;

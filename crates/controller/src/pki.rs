@@ -67,22 +67,7 @@ fn material(what: &str) -> impl Fn(rcgen::Error) -> PkiError + '_ {
 
 /// The cluster's root CA: its certificate and key, in PEM. Kept in the cluster object (and so
 /// in the Raft log, sealed at rest); only managers hold it.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterCa {
-    /// The CA certificate.
-    pub cert_pem: String,
-    /// The CA's private key.
-    pub key_pem: String,
-}
-
-impl std::fmt::Debug for ClusterCa {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClusterCa")
-            .field("cert_pem", &self.cert_pem)
-            .field("key_pem", &"<redacted>")
-            .finish()
-    }
-}
+pub type ClusterCa = shoal_api::wire::CaKeyPair;
 
 /// A node's role as its certificate names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -148,12 +133,12 @@ pub fn new_ca(cluster_id: &str) -> Result<ClusterCa, PkiError> {
 
 /// Takes a root CA made elsewhere (`--ca-cert`, `--ca-key`): the certificate must be a CA's, the
 /// key its own, and it must not have expired.
-pub fn external_ca(cert_pem: &str, key_pem: &str) -> Result<ClusterCa, PkiError> {
+pub fn external_ca(given: &ClusterCa) -> Result<ClusterCa, PkiError> {
     let bad = |message: String| PkiError::Material {
         what: "--ca-cert".into(),
         message,
     };
-    let der = certs_of(cert_pem)
+    let der = certs_of(&given.cert_pem)
         .into_iter()
         .next()
         .ok_or_else(|| bad("no PEM certificate in it".into()))?;
@@ -167,7 +152,7 @@ pub fn external_ca(cert_pem: &str, key_pem: &str) -> Result<ClusterCa, PkiError>
     if cert.validity().not_after.timestamp() <= time::OffsetDateTime::now_utc().unix_timestamp() {
         return Err(bad("the certificate has expired".into()));
     }
-    let key = KeyPair::from_pem(key_pem).map_err(|e| PkiError::Material {
+    let key = KeyPair::from_pem(&given.key_pem).map_err(|e| PkiError::Material {
         what: "--ca-key".into(),
         message: e.to_string(),
     })?;
@@ -245,18 +230,22 @@ pub fn ca_digest(cert_pem: &str) -> Result<String, PkiError> {
             what: "the CA certificate".into(),
             message: e.to_string(),
         })?;
-    Ok(hex(&sha2::Sha256::digest(der.as_ref())))
+    Ok(der_digest(der.as_ref()))
 }
 
 /// True when the PEM text holds the certificate of digest `digest` (as [`ca_digest`]).
 pub fn holds_ca(pem: &str, digest: &str) -> bool {
     certs_of(pem)
         .iter()
-        .any(|c| hex(&sha2::Sha256::digest(c.as_ref())).eq_ignore_ascii_case(digest))
+        .any(|c| der_digest(c.as_ref()).eq_ignore_ascii_case(digest))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// SHA-256 of a certificate's DER, in lowercase hex.
+fn der_digest(der: &[u8]) -> String {
+    sha2::Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A new key for a node and the CSR that carries its public half, both PEM.
@@ -525,33 +514,28 @@ impl NodeCerts {
     /// the cluster's CA is checked when one is presented (a joining node has none yet: the
     /// routes decide what an anonymous peer may do).
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| PkiError::Material {
-                    what: "the client verifier".into(),
-                    message: e.to_string(),
-                })?;
-        let config = rustls::ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(tls_err("the server configuration"))?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(self.chain()?, self.key()?)
-            .map_err(tls_err("the server configuration"))?;
-        Ok(Arc::new(config))
+        self.server_config_with(false)
     }
 
     /// The management API's server side over TCP (`shoald --listen`): this node's certificate,
     /// and a client certificate from the cluster's CA required of every client.
     pub fn api_server_config(&self) -> Result<Arc<rustls::ServerConfig>, PkiError> {
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
-                .build()
-                .map_err(|e| PkiError::Material {
-                    what: "the client verifier".into(),
-                    message: e.to_string(),
-                })?;
+        self.server_config_with(true)
+    }
+
+    fn server_config_with(
+        &self,
+        client_required: bool,
+    ) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+        let mut verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots()?, provider());
+        if !client_required {
+            verifier = verifier.allow_unauthenticated();
+        }
+        let verifier = verifier.build().map_err(|e| PkiError::Material {
+            what: "the client verifier".into(),
+            message: e.to_string(),
+        })?;
         let config = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls_err("the server configuration"))?
@@ -567,15 +551,20 @@ impl NodeCerts {
         Ok(shoal_client::Tls::new(self.client_config()?, MANAGER_NAME))
     }
 
-    /// The rustls configuration of [`NodeCerts::client_tls`].
+    /// The rustls configuration of [`NodeCerts::client_tls`]: what [`NodeCerts::chain`] says
+    /// is presented, the roots of [`NodeCerts::roots`] trusted.
     pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, PkiError> {
-        let config = rustls::ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(tls_err("the client configuration"))?
-            .with_root_certificates(self.roots()?)
-            .with_client_auth_cert(self.chain()?, self.key()?)
-            .map_err(tls_err("the client configuration"))?;
-        Ok(Arc::new(config))
+        let mut chain = self.cert_pem.clone();
+        if !chain.ends_with('\n') {
+            chain.push('\n');
+        }
+        chain.push_str(&self.ca_pem);
+        shoal_client::mutual_config_from_pem(&self.ca_pem, &chain, &self.key_pem).map_err(
+            |message| PkiError::Material {
+                what: "the client configuration".into(),
+                message,
+            },
+        )
     }
 }
 
@@ -620,7 +609,7 @@ impl ServerCertVerifier for PinnedCa {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let (pinned, others): (Vec<_>, Vec<_>) = intermediates
             .iter()
-            .partition(|c| hex(&sha2::Sha256::digest(c.as_ref())) == self.digest);
+            .partition(|c| der_digest(c.as_ref()) == self.digest);
         let ca = pinned.first().ok_or_else(|| {
             rustls::Error::General("the manager's CA is not the one the join token names".into())
         })?;
@@ -892,18 +881,27 @@ mod tests {
     fn an_external_ca_must_be_a_ca_with_its_own_key() {
         let ca = new_ca("c1").unwrap();
         assert_eq!(
-            external_ca(&ca.cert_pem, &ca.key_pem)
-                .unwrap()
-                .cert_pem
-                .trim(),
+            external_ca(&ca).unwrap().cert_pem.trim(),
             ca.cert_pem.trim()
         );
         let other = new_ca("c1").unwrap();
-        let e = external_ca(&ca.cert_pem, &other.key_pem).unwrap_err();
+        let e = external_ca(&ClusterCa {
+            cert_pem: ca.cert_pem.clone(),
+            key_pem: other.key_pem.clone(),
+        })
+        .unwrap_err();
         assert!(e.to_string().contains("not the certificate's"), "{e}");
         let leaf = node(&ca, &ca.cert_pem, "", CertRole::Worker);
-        let e = external_ca(&leaf.cert_pem, &leaf.key_pem).unwrap_err();
+        let e = external_ca(&ClusterCa {
+            cert_pem: leaf.cert_pem.clone(),
+            key_pem: leaf.key_pem.clone(),
+        })
+        .unwrap_err();
         assert!(e.to_string().contains("not a CA"), "{e}");
-        assert!(external_ca("junk", &ca.key_pem).is_err());
+        assert!(external_ca(&ClusterCa {
+            cert_pem: "junk".into(),
+            key_pem: ca.key_pem.clone(),
+        })
+        .is_err());
     }
 }

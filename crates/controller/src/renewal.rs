@@ -18,8 +18,9 @@ use crate::manager::{new_token, Cluster, Manager, ManagerError};
 use crate::pki::{CertRole, NodeCerts, Renewal};
 use crate::store::{ClusterObject, Command, Store};
 use shoal_api::node::{Node, NodeCertificate, NodeRole};
-use shoal_api::wire::{CaInfo, CertificateStatus, ExternalCa, RenewResponse};
+use shoal_api::wire::{CaInfo, CaKeyPair, CertificateStatus, RenewResponse};
 use shoal_api::NodeId;
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -54,19 +55,31 @@ pub fn status_for(obj: &ClusterObject, node: &Node) -> CertificateStatus {
     }
 }
 
-/// Signs `csr` for `node_id` as `role` with the cluster's signing root; during a rotation the
-/// cross-signed root follows the certificate.
+/// The cluster object, once `cluster init` made it.
+fn cluster_of(store: &Store) -> Result<&ClusterObject, ManagerError> {
+    store
+        .cluster
+        .as_ref()
+        .ok_or_else(|| ManagerError::Invalid("the cluster is not initialized yet".into()))
+}
+
+/// The root that signs certificates now.
+fn signing_ca(obj: &ClusterObject) -> Result<&crate::pki::ClusterCa, ManagerError> {
+    obj.ca
+        .as_ref()
+        .ok_or_else(|| ManagerError::Invalid("this cluster has no CA".into()))
+}
+
+/// Signs `csr` for `subject` (a node id, or a user's name) as `role` with the cluster's signing
+/// root; during a rotation the cross-signed root follows the certificate.
 pub fn issue_chain(
     obj: &ClusterObject,
     csr: &str,
-    node_id: &NodeId,
+    subject: &str,
     role: CertRole,
 ) -> Result<String, ManagerError> {
-    let ca = obj
-        .ca
-        .as_ref()
-        .ok_or_else(|| ManagerError::Invalid("this cluster has no CA".into()))?;
-    let mut chain = crate::pki::issue(ca, csr, node_id.as_str(), role, &obj.id, obj.cert_expiry())?;
+    let ca = signing_ca(obj)?;
+    let mut chain = crate::pki::issue(ca, csr, subject, role, &obj.id, obj.cert_expiry())?;
     if let Some(cross) = &obj.ca_cross {
         if !chain.ends_with('\n') {
             chain.push('\n');
@@ -87,16 +100,13 @@ pub async fn issue_for(
 ) -> Result<RenewResponse, ManagerError> {
     let (obj, role) = {
         let store = c.store.read().expect("store lock");
-        let obj = store
-            .cluster
-            .clone()
-            .ok_or_else(|| ManagerError::Invalid("the cluster is not initialized yet".into()))?;
+        let obj = cluster_of(&store)?.clone();
         let node = store.nodes.get(node_id).ok_or_else(|| {
             ManagerError::Invalid(format!("node {node_id} has not registered yet"))
         })?;
         (obj, role_for(node).unwrap_or(current))
     };
-    let certificate = issue_chain(&obj, csr, node_id, role)?;
+    let certificate = issue_chain(&obj, csr, node_id.as_str(), role)?;
     let not_after = crate::pki::validity(&certificate)
         .map(|(_, until)| until)
         .unwrap_or_default();
@@ -135,14 +145,8 @@ pub fn progress(store: &Store) -> (usize, usize) {
 
 /// The cluster's CA as `cluster ca` shows it.
 pub fn ca_info(store: &Store) -> Result<CaInfo, ManagerError> {
-    let obj = store
-        .cluster
-        .as_ref()
-        .ok_or_else(|| ManagerError::Invalid("the cluster is not initialized yet".into()))?;
-    let ca = obj
-        .ca
-        .as_ref()
-        .ok_or_else(|| ManagerError::Invalid("this cluster has no CA".into()))?;
+    let obj = cluster_of(store)?;
+    let ca = signing_ca(obj)?;
     let (nodes_done, nodes_total) = progress(store);
     Ok(CaInfo {
         ca_certificate: ca.cert_pem.clone(),
@@ -155,26 +159,21 @@ pub fn ca_info(store: &Store) -> Result<CaInfo, ManagerError> {
     })
 }
 
-/// Ends a rotation once every node holds a certificate from the new root (the leader's to do;
-/// others leave it to the leader).
+/// Ends a rotation once every node holds a certificate from the new root. The leader's to do
+/// (others leave it to the leader), after each certificate it issues and in its own check
+/// every [`CHECK_EVERY`].
 pub async fn finish_rotation_if_done(c: &Cluster) -> Result<bool, ManagerError> {
     if !c.raft.status().borrow().is_leader() {
         return Ok(false);
     }
     let digest = {
         let store = c.store.read().expect("store lock");
-        let Some(obj) = store.cluster.as_ref().filter(|o| !o.ca_previous.is_empty()) else {
-            return Ok(false);
-        };
+        let obj = cluster_of(&store)?;
         let (done, total) = progress(&store);
-        if done < total {
+        if obj.ca_previous.is_empty() || done < total {
             return Ok(false);
         }
-        let ca = obj
-            .ca
-            .as_ref()
-            .ok_or_else(|| ManagerError::Invalid("this cluster has no CA".into()))?;
-        crate::pki::ca_digest(&ca.cert_pem)?
+        crate::pki::ca_digest(&signing_ca(obj)?.cert_pem)?
     };
     c.raft
         .propose(Command::FinishCaRotation {
@@ -187,27 +186,17 @@ pub async fn finish_rotation_if_done(c: &Cluster) -> Result<bool, ManagerError> 
 }
 
 /// Starts a rotation to a new root (`external`, or one made here).
-pub async fn rotate(c: &Cluster, external: Option<&ExternalCa>) -> Result<CaInfo, ManagerError> {
-    let obj = c
-        .store
-        .read()
-        .expect("store lock")
-        .cluster
-        .clone()
-        .ok_or_else(|| ManagerError::Invalid("the cluster is not initialized yet".into()))?;
-    let current = obj
-        .ca
-        .as_ref()
-        .ok_or_else(|| ManagerError::Invalid("this cluster has no CA to rotate from".into()))?;
+pub async fn rotate(c: &Cluster, external: Option<&CaKeyPair>) -> Result<CaInfo, ManagerError> {
+    let obj = cluster_of(&c.store.read().expect("store lock"))?.clone();
+    let current = signing_ca(&obj)?;
     let next = match external {
-        Some(ext) => crate::pki::external_ca(&ext.cert_pem, &ext.key_pem)?,
+        Some(ext) => crate::pki::external_ca(ext)?,
         None => crate::pki::new_ca(&obj.id)?,
     };
-    if crate::pki::subject_of(&next.cert_pem) == crate::pki::subject_of(&current.cert_pem)
-        || obj
-            .ca_previous
-            .iter()
-            .any(|p| crate::pki::subject_of(p) == crate::pki::subject_of(&next.cert_pem))
+    let subject = crate::pki::subject_of(&next.cert_pem);
+    if std::iter::once(&current.cert_pem)
+        .chain(&obj.ca_previous)
+        .any(|trusted| crate::pki::subject_of(trusted) == subject)
     {
         return Err(ManagerError::Invalid(
             "the new root CA has the subject of one the cluster already trusts: give it another"
@@ -222,22 +211,22 @@ pub async fn rotate(c: &Cluster, external: Option<&ExternalCa>) -> Result<CaInfo
         })
         .await?;
     tracing::info!("CA rotation started");
-    // A cluster of no nodes yet is done at once.
-    finish_rotation_if_done(c).await?;
     ca_info(&c.store.read().expect("store lock"))
 }
 
-/// Keeps this node's certificate as the cluster wants it, until `shutdown`.
+/// Keeps this node's certificate as the cluster wants it, until `shutdown`. A worker keeps one
+/// client per manager, so its checks reuse their connections.
 pub async fn keep_fresh(manager: Weak<Manager>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut clients = HashMap::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
         let Some(m) = manager.upgrade() else { return };
-        if let Err(e) = check_once(&m).await {
+        if let Err(e) = check_once(&m, &mut clients).await {
             tracing::warn!(error = %e, "certificate check failed; trying again");
         }
     }
@@ -247,8 +236,63 @@ fn now_secs() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
+/// Where a node's certificate comes from: a manager's own store, or a manager over the
+/// cluster port for a worker.
+enum Issuer<'a> {
+    Local(&'a Cluster),
+    Remote(&'a shoal_client::Client),
+}
+
+impl Issuer<'_> {
+    /// What `node_id`'s certificate should be; `None` while the store does not know the node.
+    async fn status(&self, node_id: &NodeId) -> Result<Option<CertificateStatus>, ManagerError> {
+        match self {
+            Issuer::Local(c) => {
+                let store = c.store.read().expect("store lock");
+                Ok(match (store.cluster.as_ref(), store.nodes.get(node_id)) {
+                    (Some(obj), Some(node)) => Some(status_for(obj, node)),
+                    _ => None,
+                })
+            }
+            Issuer::Remote(client) => client
+                .get("/v1/dispatcher/certificate")
+                .await
+                .map(Some)
+                .map_err(|e| self.failed(client, e)),
+        }
+    }
+
+    async fn issue(
+        &self,
+        node_id: &NodeId,
+        current: CertRole,
+        csr: String,
+    ) -> Result<RenewResponse, ManagerError> {
+        match self {
+            Issuer::Local(c) => issue_for(c, node_id, current, &csr).await,
+            Issuer::Remote(client) => client
+                .post(
+                    "/v1/dispatcher/renew",
+                    &shoal_api::wire::RenewRequest { csr },
+                )
+                .await
+                .map_err(|e| self.failed(client, e)),
+        }
+    }
+
+    fn failed(&self, client: &shoal_client::Client, e: shoal_client::ClientError) -> ManagerError {
+        ManagerError::Renew {
+            remote: client.endpoint().to_string(),
+            message: e.to_string(),
+        }
+    }
+}
+
 /// One check: ask what the certificate should be, and renew or take new roots if needed.
-async fn check_once(m: &Arc<Manager>) -> Result<(), ManagerError> {
+async fn check_once(
+    m: &Arc<Manager>,
+    clients: &mut HashMap<String, shoal_client::Client>,
+) -> Result<(), ManagerError> {
     if m.is_locked() {
         return Ok(());
     }
@@ -259,66 +303,38 @@ async fn check_once(m: &Arc<Manager>) -> Result<(), ManagerError> {
         return Ok(());
     };
     if let Some(c) = cluster {
-        let status = {
-            let store = c.store.read().expect("store lock");
-            match (store.cluster.as_ref(), store.nodes.get(&node_id)) {
-                (Some(obj), Some(node)) => status_for(obj, node),
-                _ => return Ok(()),
-            }
-        };
         finish_rotation_if_done(&c).await?;
-        return match crate::pki::renewal(&certs, &status, now_secs()) {
-            Renewal::Keep => Ok(()),
-            Renewal::Trust => m.replace_certs(NodeCerts {
-                ca_pem: status.trust,
-                ..certs
-            }),
-            Renewal::Reissue(why) => {
-                tracing::info!(reason = why, "renewing this manager's certificate");
-                let (key_pem, csr) = crate::pki::new_key_and_csr()?;
-                let current = certs.identity().map(|i| i.role).unwrap_or(CertRole::Worker);
-                let resp = issue_for(&c, &node_id, current, &csr).await?;
-                m.replace_certs(NodeCerts {
-                    ca_pem: resp.ca_certificate,
-                    cert_pem: resp.certificate,
-                    key_pem,
-                })
-            }
-        };
+        return bring_up_to_date(m, &certs, &node_id, &Issuer::Local(&c)).await;
     }
     let Some(membership) = m.membership().filter(|mb| !mb.manager) else {
         return Ok(());
     };
-    let tls = m.node_tls();
+    clients.retain(|addr, _| membership.managers.contains(addr));
     let mut last = None;
     for addr in &membership.managers {
-        let client = shoal_client::Client::new(shoal_client::Endpoint::Tcp(addr.clone()))
-            .with_tls(tls.clone());
-        match renew_through(m, &client, &certs).await {
+        let client = clients.entry(addr.clone()).or_insert_with(|| {
+            shoal_client::Client::new(shoal_client::Endpoint::Tcp(addr.clone()))
+                .with_tls(m.node_tls())
+        });
+        match bring_up_to_date(m, &certs, &node_id, &Issuer::Remote(client)).await {
             Ok(()) => return Ok(()),
             Err(e) => last = Some(e),
         }
     }
-    match last {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    last.map_or(Ok(()), Err)
 }
 
-/// A worker's check, through the manager `client` reaches.
-async fn renew_through(
-    m: &Arc<Manager>,
-    client: &shoal_client::Client,
+/// Renews `certs` through `issuer`, or takes the cluster's new roots, as
+/// [`crate::pki::renewal`] decides.
+async fn bring_up_to_date(
+    m: &Manager,
     certs: &NodeCerts,
+    node_id: &NodeId,
+    issuer: &Issuer<'_>,
 ) -> Result<(), ManagerError> {
-    let remote = |e: shoal_client::ClientError| ManagerError::Join {
-        remote: client.endpoint().to_string(),
-        message: e.to_string(),
+    let Some(status) = issuer.status(node_id).await? else {
+        return Ok(());
     };
-    let status: CertificateStatus = client
-        .get("/v1/dispatcher/certificate")
-        .await
-        .map_err(remote)?;
     match crate::pki::renewal(certs, &status, now_secs()) {
         Renewal::Keep => Ok(()),
         Renewal::Trust => m.replace_certs(NodeCerts {
@@ -328,13 +344,8 @@ async fn renew_through(
         Renewal::Reissue(why) => {
             tracing::info!(reason = why, "renewing this node's certificate");
             let (key_pem, csr) = crate::pki::new_key_and_csr()?;
-            let resp: RenewResponse = client
-                .post(
-                    "/v1/dispatcher/renew",
-                    &shoal_api::wire::RenewRequest { csr },
-                )
-                .await
-                .map_err(remote)?;
+            let current = certs.identity().map(|i| i.role).unwrap_or(CertRole::Worker);
+            let resp = issuer.issue(node_id, current, csr).await?;
             let next = NodeCerts {
                 ca_pem: resp.ca_certificate,
                 cert_pem: resp.certificate,
@@ -379,17 +390,8 @@ mod tests {
         let ca = new_ca("c1").unwrap();
         let obj = ClusterObject {
             id: "c1".into(),
-            created_at: shoal_api::units::Timestamp(0),
-            worker_join_token: String::new(),
-            manager_join_token: String::new(),
-            default_addr_pool: Vec::new(),
-            subnet_size: 0,
-            allow_privileged: false,
-            unlock_key: None,
             ca: Some(ca.clone()),
-            ca_previous: Vec::new(),
-            ca_cross: None,
-            cert_expiry_secs: 0,
+            ..Default::default()
         };
         let (key, csr) = new_key_and_csr().unwrap();
         let worker = NodeCerts {

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 /// Cluster-wide settings, set once by `cluster init`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterObject {
     /// Cluster id.
     pub id: String,
@@ -643,6 +643,13 @@ fn check_network(store: &Store, n: &NewNetwork, others: &[NewNetwork]) -> Result
 }
 
 impl Store {
+    /// The cluster object, to change; refused before `cluster init`.
+    fn cluster_mut(&mut self) -> Result<&mut ClusterObject, StoreError> {
+        self.cluster
+            .as_mut()
+            .ok_or_else(|| StoreError::Invalid("the cluster is not initialized".into()))
+    }
+
     /// Finds a node by id or hostname.
     pub fn node_by_ref(&self, r: &str) -> Option<&Node> {
         self.nodes
@@ -722,10 +729,7 @@ impl Store {
             }
             Command::SetManagers(managers) => self.managers = managers,
             Command::RotateJoinToken { manager, token } => {
-                let c = self
-                    .cluster
-                    .as_mut()
-                    .ok_or_else(|| StoreError::Invalid("the cluster is not initialized".into()))?;
+                let c = self.cluster_mut()?;
                 if manager {
                     c.manager_join_token = token;
                 } else {
@@ -736,10 +740,7 @@ impl Store {
                 allow_privileged,
                 cert_expiry_secs,
             } => {
-                let c = self
-                    .cluster
-                    .as_mut()
-                    .ok_or_else(|| StoreError::Invalid("the cluster is not initialized".into()))?;
+                let c = self.cluster_mut()?;
                 if let Some(allow) = allow_privileged {
                     c.allow_privileged = allow;
                 }
@@ -749,10 +750,7 @@ impl Store {
                 }
             }
             Command::RotateCa { ca, cross } => {
-                let c = self
-                    .cluster
-                    .as_mut()
-                    .ok_or_else(|| StoreError::Invalid("the cluster is not initialized".into()))?;
+                let c = self.cluster_mut()?;
                 let Some(old) = c.ca.replace(*ca) else {
                     return Err(StoreError::Invalid(
                         "this cluster has no CA to rotate from".into(),
@@ -765,10 +763,7 @@ impl Store {
                 worker_join_token,
                 manager_join_token,
             } => {
-                let c = self
-                    .cluster
-                    .as_mut()
-                    .ok_or_else(|| StoreError::Invalid("the cluster is not initialized".into()))?;
+                let c = self.cluster_mut()?;
                 if c.ca_previous.is_empty() {
                     return Err(StoreError::Invalid("no CA rotation is in progress".into()));
                 }
@@ -794,10 +789,7 @@ impl Store {
                 });
             }
             Command::SetUnlockKey(key) => {
-                let c = self
-                    .cluster
-                    .as_mut()
-                    .ok_or_else(|| StoreError::Invalid("the cluster is not initialized".into()))?;
+                let c = self.cluster_mut()?;
                 c.unlock_key = key;
             }
             Command::CreateService { id, spec, at } => {

@@ -306,17 +306,7 @@ mod tests {
             let leader = self.leader(None).await;
             let object = ClusterObject {
                 id: "c".into(),
-                created_at: Default::default(),
-                worker_join_token: String::new(),
-                manager_join_token: String::new(),
-                default_addr_pool: Vec::new(),
-                subnet_size: 0,
-                allow_privileged: false,
-                unlock_key: None,
-                ca: None,
-                ca_previous: Vec::new(),
-                ca_cross: None,
-                cert_expiry_secs: 0,
+                ..Default::default()
             };
             self.nodes[&leader]
                 .handle
