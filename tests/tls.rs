@@ -46,6 +46,15 @@ fn call(
     .unwrap()
 }
 
+/// Spare host s1 joins through `manager` with `token`; back once m1 sees it ready.
+fn join_spare(lab: &shoal_lab::Lab, token: &str, manager: &str) {
+    lab.shoal_ok("s1", &["cluster", "join", "--token", token.trim(), manager])
+        .unwrap();
+    wait("s1 ready", || {
+        node_states(lab, "m1").get("s1").map(String::as_str) == Some("ready")
+    });
+}
+
 fn refused_with(r: Result<serde_json::Value, ClientError>, status: u16, text: &str) {
     match r {
         Err(e) if e.status() == Some(status) && e.to_string().contains(text) => {}
@@ -263,14 +272,7 @@ fn the_cluster_port_admits_only_certified_nodes_acting_as_themselves() {
     assert!(err.contains("not the one the join token names"), "{err}");
 
     // A removed node's certificate is refused at once.
-    lab.shoal_ok(
-        "s1",
-        &["cluster", "join", "--token", token.trim(), &m1_addr],
-    )
-    .unwrap();
-    wait("s1 ready", || {
-        node_states(&lab, "m1").get("s1").map(String::as_str) == Some("ready")
-    });
+    join_spare(&lab, &token, &m1_addr);
     let s1 = certs_of(&lab, "s1").client_tls().unwrap();
     call(&lab, "s1", Some(s1.clone()), None, managers).unwrap();
     lab.shoal_ok("m1", &["node", "rm", "--force", "s1"])
@@ -380,14 +382,7 @@ fn certificates_follow_the_root_ca_rotation_and_the_role_under_a_running_stack()
         )
         .unwrap();
     assert!(!out.status.success());
-    lab.shoal_ok(
-        "s1",
-        &["cluster", "join", "--token", token.trim(), &m1_addr],
-    )
-    .unwrap();
-    wait("s1 ready", || {
-        node_states(&lab, "m1").get("s1").map(String::as_str) == Some("ready")
-    });
+    join_spare(&lab, &token, &m1_addr);
     let (issuer, _) = cert_state(&lab, "s1");
     assert_eq!(issuer, new_subject);
     // The managers recorded what they issued, as `node inspect` shows it.

@@ -643,6 +643,28 @@ fn check_network(store: &Store, n: &NewNetwork, others: &[NewNetwork]) -> Result
 }
 
 impl Store {
+    /// Changes node `id` with `f` at revision `rev`, and says so in `ev`.
+    fn update_node(
+        &mut self,
+        id: &NodeId,
+        rev: u64,
+        ev: &mut Vec<Event>,
+        f: impl FnOnce(&mut Node),
+    ) -> Result<(), StoreError> {
+        let node = self.nodes.get_mut(id).ok_or_else(|| StoreError::NotFound {
+            kind: "node",
+            id: id.to_string(),
+        })?;
+        f(node);
+        node.version = rev;
+        ev.push(Event {
+            revision: rev,
+            action: Action::Update,
+            object: Object::Node(Box::new(node.clone())),
+        });
+        Ok(())
+    }
+
     /// The cluster object, to change; refused before `cluster init`.
     fn cluster_mut(&mut self) -> Result<&mut ClusterObject, StoreError> {
         self.cluster
@@ -773,20 +795,7 @@ impl Store {
                 c.manager_join_token = manager_join_token;
             }
             Command::RecordCertificate { id, certificate } => {
-                let node = self
-                    .nodes
-                    .get_mut(&id)
-                    .ok_or_else(|| StoreError::NotFound {
-                        kind: "node",
-                        id: id.to_string(),
-                    })?;
-                node.certificate = Some(*certificate);
-                node.version = rev;
-                ev.push(Event {
-                    revision: rev,
-                    action: Action::Update,
-                    object: Object::Node(Box::new(node.clone())),
-                });
+                self.update_node(&id, rev, ev, |node| node.certificate = Some(*certificate))?;
             }
             Command::SetUnlockKey(key) => {
                 let c = self.cluster_mut()?;
@@ -1093,42 +1102,18 @@ impl Store {
                 labels_add,
                 labels_rm,
             } => {
-                let node = self
-                    .nodes
-                    .get_mut(&id)
-                    .ok_or_else(|| StoreError::NotFound {
-                        kind: "node",
-                        id: id.to_string(),
-                    })?;
-                if let Some(a) = availability {
-                    node.spec.availability = a;
-                }
-                for k in labels_rm {
-                    node.spec.labels.remove(&k);
-                }
-                node.spec.labels.extend(labels_add);
-                node.version = rev;
-                ev.push(Event {
-                    revision: rev,
-                    action: Action::Update,
-                    object: Object::Node(Box::new(node.clone())),
-                });
+                self.update_node(&id, rev, ev, |node| {
+                    if let Some(a) = availability {
+                        node.spec.availability = a;
+                    }
+                    for k in labels_rm {
+                        node.spec.labels.remove(&k);
+                    }
+                    node.spec.labels.extend(labels_add);
+                })?;
             }
             Command::SetNodeRole { id, role } => {
-                let node = self
-                    .nodes
-                    .get_mut(&id)
-                    .ok_or_else(|| StoreError::NotFound {
-                        kind: "node",
-                        id: id.to_string(),
-                    })?;
-                node.spec.role = role;
-                node.version = rev;
-                ev.push(Event {
-                    revision: rev,
-                    action: Action::Update,
-                    object: Object::Node(Box::new(node.clone())),
-                });
+                self.update_node(&id, rev, ev, |node| node.spec.role = role)?;
             }
             Command::RemoveNode { id, at } => {
                 self.apply_inner(
@@ -1150,22 +1135,11 @@ impl Store {
                 self.removed_nodes.insert(id);
             }
             Command::NodeDown { id, message, at } => {
-                let node = self
-                    .nodes
-                    .get_mut(&id)
-                    .ok_or_else(|| StoreError::NotFound {
-                        kind: "node",
-                        id: id.to_string(),
-                    })?;
-                node.status.state = NodeState::Down;
-                node.status.message = message;
-                node.status.since = at;
-                node.version = rev;
-                ev.push(Event {
-                    revision: rev,
-                    action: Action::Update,
-                    object: Object::Node(Box::new(node.clone())),
-                });
+                self.update_node(&id, rev, ev, |node| {
+                    node.status.state = NodeState::Down;
+                    node.status.message = message;
+                    node.status.since = at;
+                })?;
                 for t in self.tasks.values_mut() {
                     if t.node_id.as_ref() == Some(&id) && !t.status.state.is_terminal() {
                         let t = Arc::make_mut(t);
