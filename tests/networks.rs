@@ -246,8 +246,10 @@ fn services_find_and_reach_each_other_across_hosts_and_stacks_stay_apart() {
     }
 }
 
-/// `web` publishes 9090 on the routing mesh and runs on w1 and w2; `edge` publishes 9191 in
-/// host mode on w1 only; `out` can leave its network, `shut` is on an internal one.
+/// `web` publishes 9090 on the routing mesh, and its port declared without `published` on the
+/// one the cluster chooses (30000, the first of the dynamic range), and runs on w1 and w2;
+/// `edge` publishes 9191 in host mode on w1 only; `out` can leave its network, `shut` is on an
+/// internal one.
 const PORTS: &str = "services:
   web:
     image: probe
@@ -255,6 +257,7 @@ const PORTS: &str = "services:
     init: true
     ports:
       - \"9090:8080\"
+      - \"8080\"
     deploy:
       replicas: 2
       placement:
@@ -341,6 +344,7 @@ fn published_ports_answer_where_their_mode_says_and_internal_networks_stay_insid
     let ls = lab.shoal_ok("m1", &["service", "ls"]).unwrap();
     assert!(ls.contains("*:9090->8080/tcp"), "{ls}");
     assert!(ls.contains("9191->8080/tcp (host)"), "{ls}");
+    assert!(ls.contains("*:30000->8080/tcp"), "{ls}");
 
     // Every host learns the published ports with its next assignment answer.
     for via in [&m1, &w1, &w2] {
@@ -373,6 +377,13 @@ fn published_ports_answer_where_their_mode_says_and_internal_networks_stay_insid
             }
             seen.insert(served_by);
             seen == web
+        });
+    }
+
+    // The port the cluster chose answers on every host too.
+    for via in [&m1, &w1, &w2] {
+        wait(&format!("{via}:30000 to answer"), || {
+            get_from_host(&lab, "m1", &format!("{via}:30000")).is_some()
         });
     }
 

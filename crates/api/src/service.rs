@@ -606,8 +606,9 @@ pub struct Service {
     /// Its virtual IPs, one per attached network (none with `endpoint_mode: dnsrr`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub virtual_ips: Vec<crate::network::VirtualIp>,
-    /// The ports the hosts actually publish for it (docker's `Endpoint.Ports`): those of the
-    /// spec with a published port, when the service is on a network.
+    /// The ports the hosts actually publish for it (docker's `Endpoint.Ports`), when the
+    /// service is on a network: those of the spec, a port declared without `published` with
+    /// the one the cluster chose for it (30000–32767, as Swarm).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub published_ports: Vec<PortConfig>,
 }

@@ -76,8 +76,8 @@ pub fn services(list: &[ServiceSummary]) {
                 ServiceMode::Replicated { .. } => "replicated",
                 ServiceMode::Global => "global",
             };
-            // Only what the hosts publish (a port without `published`, or of a service on no
-            // network, is not).
+            // Only what the hosts publish: declared ports and those the cluster chose for ports
+            // without `published`, of services on a network.
             let ports: Vec<String> = s
                 .service
                 .published_ports

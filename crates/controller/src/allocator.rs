@@ -11,12 +11,20 @@
 //! terminal) or deleted; a service holds a virtual IP per attached network while it exists
 //! (none with `endpoint_mode: dnsrr`); the lowest free address is handed out first. Network,
 //! gateway and broadcast addresses are never handed out.
+//!
+//! Published ports follow the same path: a port declared without `published` gets one from
+//! [`DYNAMIC_PORTS`] (Swarm's 30000–32767) as the log is applied, the lowest one no other
+//! service publishes for that protocol, and keeps it across updates ([`publish_ports`]).
 
 use crate::store::{NewNetwork, Store};
 use shoal_api::ids::{NetworkId, ServiceId, TaskId};
 use shoal_api::network::{Cidr, Network, NetworkSpec, FIRST_VNI};
-use shoal_api::service::{EndpointMode, ServiceSpec};
-use std::collections::{BTreeMap, HashMap};
+use shoal_api::service::{EndpointMode, PortConfig, ServiceSpec};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::RangeInclusive;
+
+/// Where ports declared without `published` are published (Swarm's dynamic range).
+pub const DYNAMIC_PORTS: RangeInclusive<u16> = 30000..=32767;
 
 /// The pool network subnets come from when the cluster was initialized without one (Swarm's).
 pub const DEFAULT_POOL: &str = "10.0.0.0/8";
@@ -169,6 +177,56 @@ impl Ipam {
     pub fn used(&self, net: &NetworkId) -> usize {
         self.nets.get(net).map_or(0, |s| s.used.len())
     }
+}
+
+/// The ports the hosts publish for `spec`: its declared ones as they are, and for each one
+/// declared without `published` a port from [`DYNAMIC_PORTS`]: the one it had (in `previous`)
+/// while nobody else took it, else the lowest one free for its protocol. `taken` holds the
+/// (port, protocol) pairs every other service publishes or declares. Errs naming the port
+/// when the range is used up.
+pub fn publish_ports(
+    spec: &ServiceSpec,
+    previous: &[PortConfig],
+    taken: &BTreeSet<(u16, String)>,
+) -> Result<Vec<PortConfig>, String> {
+    let mut used: BTreeSet<(u16, String)> = spec
+        .endpoint
+        .ports
+        .iter()
+        .filter_map(|p| p.published.map(|n| (n, p.protocol.clone())))
+        .collect();
+    let free = |n: u16, proto: &str, used: &BTreeSet<(u16, String)>| {
+        let key = (n, proto.to_owned());
+        !taken.contains(&key) && !used.contains(&key)
+    };
+    let mut out = Vec::with_capacity(spec.endpoint.ports.len());
+    for p in &spec.endpoint.ports {
+        if p.published.is_some() {
+            out.push(p.clone());
+            continue;
+        }
+        let kept = previous
+            .iter()
+            .filter(|q| q.target == p.target && q.protocol == p.protocol && q.mode == p.mode)
+            .filter_map(|q| q.published)
+            .find(|n| DYNAMIC_PORTS.contains(n) && free(*n, &p.protocol, &used));
+        let Some(n) = kept.or_else(|| DYNAMIC_PORTS.clone().find(|n| free(*n, &p.protocol, &used))) else {
+            return Err(format!(
+                "service {:?}: no free port in {}-{} to publish target port {}/{}",
+                spec.name,
+                DYNAMIC_PORTS.start(),
+                DYNAMIC_PORTS.end(),
+                p.target,
+                p.protocol
+            ));
+        };
+        used.insert((n, p.protocol.clone()));
+        out.push(PortConfig {
+            published: Some(n),
+            ..p.clone()
+        });
+    }
+    Ok(out)
 }
 
 /// The networks a service wants a virtual IP on: every attached one, unless it uses DNS round

@@ -224,7 +224,7 @@ pub fn port_plan(store: &Store) -> PortPlan {
     let with_ports: Vec<&shoal_api::service::Service> = store
         .services
         .values()
-        .filter(|s| !s.removing && s.spec.endpoint.ports.iter().any(|p| p.published.is_some()))
+        .filter(|s| !s.removing && !s.published_ports.is_empty())
         .collect();
     if with_ports.is_empty() {
         return PortPlan::default();
@@ -257,7 +257,8 @@ pub fn port_plan(store: &Store) -> PortPlan {
     }
     let mut ports = Vec::new();
     for s in with_ports {
-        for p in &s.spec.endpoint.ports {
+        // What the store published: declared ports, and those the cluster chose.
+        for p in &s.published_ports {
             let Some(published) = p.published else {
                 continue;
             };

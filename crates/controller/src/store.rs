@@ -7,7 +7,7 @@
 //! store as it was. Batches from the leader loops ([`TaskOp`]) skip what no longer applies
 //! (a task deleted meanwhile) instead of failing, since they are recomputed from state anyway.
 
-use crate::allocator::{wants_vips, Ipam, Owner};
+use crate::allocator::{publish_ports, wants_vips, Ipam, Owner};
 use serde::{Deserialize, Serialize};
 use shoal_api::constraint::Constraint;
 use shoal_api::network::{Cidr, Network, NetworkAttachment, NetworkSpec, VirtualIp};
@@ -548,27 +548,40 @@ fn check_service_spec(
     Ok(())
 }
 
+/// The (port, protocol) pairs every service publishes or declares, but those `skip` names and
+/// those being removed.
+fn ports_in_use<'a>(
+    store: &'a Store,
+    skip: impl Fn(&ServiceId) -> bool,
+) -> BTreeMap<(u16, String), &'a str> {
+    let mut seen = BTreeMap::new();
+    for s in store.services.values() {
+        if s.removing || skip(&s.id) {
+            continue;
+        }
+        for p in s.spec.endpoint.ports.iter().chain(&s.published_ports) {
+            if let Some(published) = p.published {
+                seen.insert((published, p.protocol.clone()), s.spec.name.as_str());
+            }
+        }
+    }
+    seen
+}
+
 /// Refuses a published port that another service already publishes (as Swarm does): against
 /// the services the store keeps (except those being replaced or removed by the same command)
-/// and among the ones given.
+/// and among the ones given; and refuses ports without `published` when the dynamic range has
+/// none left for them.
 fn check_published_ports<'a>(
     store: &Store,
     specs: impl Iterator<Item = &'a (ServiceId, ServiceSpec)>,
     removing: &[ServiceId],
 ) -> Result<(), StoreError> {
     let specs: Vec<&(ServiceId, ServiceSpec)> = specs.collect();
-    let mut seen: BTreeMap<(u16, String), &str> = BTreeMap::new();
-    for s in store.services.values() {
-        if s.removing || removing.contains(&s.id) || specs.iter().any(|(id, _)| *id == s.id) {
-            continue;
-        }
-        for p in &s.spec.endpoint.ports {
-            if let Some(published) = p.published {
-                seen.insert((published, p.protocol.clone()), &s.spec.name);
-            }
-        }
-    }
-    for (_, spec) in specs {
+    let mut seen = ports_in_use(store, |id| {
+        removing.contains(id) || specs.iter().any(|(s, _)| s == id)
+    });
+    for (_, spec) in &specs {
         for p in &spec.endpoint.ports {
             let Some(published) = p.published else {
                 continue;
@@ -580,6 +593,22 @@ fn check_published_ports<'a>(
                 )));
             }
         }
+    }
+    let mut taken: BTreeSet<(u16, String)> = seen.into_keys().collect();
+    for (id, spec) in &specs {
+        if spec.endpoint.ports.iter().all(|p| p.published.is_some()) {
+            continue;
+        }
+        let previous = store
+            .services
+            .get(id)
+            .map_or(&[][..], |s| s.published_ports.as_slice());
+        let ports = publish_ports(spec, previous, &taken).map_err(StoreError::Invalid)?;
+        taken.extend(
+            ports
+                .into_iter()
+                .filter_map(|p| p.published.map(|n| (n, p.protocol))),
+        );
     }
     Ok(())
 }
@@ -1261,18 +1290,23 @@ impl Store {
                     let Some(current) = self.services.get_mut(&svc.id) else {
                         continue;
                     };
-                    current.published_ports = if current.spec.task.networks.is_empty() {
+                    let published = if current.spec.task.networks.is_empty() {
                         Vec::new()
+                    } else if current.spec.endpoint.ports.iter().all(|p| p.published.is_some()) {
+                        current.spec.endpoint.ports.clone()
                     } else {
-                        current
-                            .spec
-                            .endpoint
-                            .ports
-                            .iter()
-                            .filter(|p| p.published.is_some())
-                            .cloned()
-                            .collect()
+                        let (spec, previous) = (current.spec.clone(), current.published_ports.clone());
+                        let taken = ports_in_use(self, |id| *id == svc.id).into_keys().collect();
+                        // Checked before the command changed anything (check_published_ports).
+                        publish_ports(&spec, &previous, &taken).unwrap_or_else(|e| {
+                            tracing::error!(error = %e, "ports left unpublished");
+                            Vec::new()
+                        })
                     };
+                    let Some(current) = self.services.get_mut(&svc.id) else {
+                        continue;
+                    };
+                    current.published_ports = published;
                     let owner = Owner::Vip(current.id.clone());
                     current.virtual_ips.retain(|v| {
                         let keep = wanted.iter().any(|n| n.id == v.network_id);
@@ -1940,6 +1974,127 @@ mod tests {
                 },
             )
             .unwrap();
+    }
+
+    #[test]
+    fn ports_without_published_get_one_from_the_dynamic_range_and_keep_it() {
+        let mut store = Store::default();
+        let n = NewNetwork {
+            id: NetworkId::from_bits(9),
+            spec: NetworkSpec {
+                name: "s_default".into(),
+                driver: "overlay".into(),
+                ..Default::default()
+            },
+            vni: 4096,
+            subnet: "10.0.9.0/24".into(),
+            gateway: "10.0.9.1".into(),
+        };
+        store.apply(1, Command::CreateNetwork(Box::new(n))).unwrap();
+        let port = |published: Option<u16>, protocol: &str| shoal_api::service::PortConfig {
+            target: 80,
+            published,
+            protocol: protocol.into(),
+            mode: "ingress".into(),
+        };
+        let on_net = |name: &str, ports: Vec<shoal_api::service::PortConfig>| {
+            let mut s = spec(name);
+            s.task.networks.push(shoal_api::service::NetworkAttachmentSpec {
+                target: "s_default".into(),
+                aliases: vec![],
+            });
+            s.endpoint.ports = ports;
+            s
+        };
+        let published = |store: &Store, id: u128| -> Vec<(Option<u16>, String)> {
+            store.services[&sid(id)]
+                .published_ports
+                .iter()
+                .map(|p| (p.published, p.protocol.clone()))
+                .collect()
+        };
+        // Two services in one deploy: one declares 30000, the other gets the next free ports.
+        store
+            .apply(
+                2,
+                Command::DeployStack {
+                    files: Vec::new(),
+                    networks: vec![],
+                    create: vec![
+                        (sid(1), on_net("s_a", vec![port(None, "tcp"), port(None, "udp")])),
+                        (sid(2), on_net("s_b", vec![port(Some(30000), "tcp")])),
+                    ],
+                    update: vec![],
+                    remove: vec![],
+                    at: Timestamp(1),
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            published(&store, 1),
+            [(Some(30001), "tcp".into()), (Some(30000), "udp".into())]
+        );
+        // An update keeps the chosen ports; a port another service holds is refused by name.
+        let mut a = on_net("s_a", vec![port(None, "tcp"), port(None, "udp")]);
+        a.labels.insert("x".into(), "y".into());
+        let update = |rev: u64, id: u128, spec: ServiceSpec, store: &mut Store| {
+            store.apply(
+                rev,
+                Command::UpdateService {
+                    id: sid(id),
+                    spec: Box::new(spec),
+                    expected_version: None,
+                    at: Timestamp(1),
+                },
+            )
+        };
+        update(3, 1, a, &mut store).unwrap();
+        assert_eq!(published(&store, 1)[0], (Some(30001), "tcp".into()));
+        let err = update(4, 2, on_net("s_b", vec![port(Some(30001), "tcp")]), &mut store)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "service \"s_b\": port '30001/tcp' is already in use by service \"s_a\""
+        );
+        assert_eq!(published(&store, 2), [(Some(30000), "tcp".into())]);
+        // A removed service gives its ports back.
+        store.apply(5, Command::RemoveService { id: sid(1) }).unwrap();
+        store
+            .apply(
+                6,
+                Command::CreateService {
+                    id: sid(3),
+                    spec: Box::new(on_net("s_c", vec![port(None, "tcp")])),
+                    at: Timestamp(1),
+                },
+            )
+            .unwrap();
+        assert_eq!(published(&store, 3), [(Some(30001), "tcp".into())]);
+    }
+
+    #[test]
+    fn a_full_dynamic_port_range_is_refused_with_the_port() {
+        let port = |published: Option<u16>| shoal_api::service::PortConfig {
+            target: 53,
+            published,
+            protocol: "udp".into(),
+            mode: "host".into(),
+        };
+        let mut s = spec("s_dns");
+        s.endpoint.ports = vec![port(None)];
+        let taken = crate::allocator::DYNAMIC_PORTS
+            .map(|n| (n, "udp".to_owned()))
+            .collect();
+        assert_eq!(
+            crate::allocator::publish_ports(&s, &[], &taken).unwrap_err(),
+            "service \"s_dns\": no free port in 30000-32767 to publish target port 53/udp"
+        );
+        let mut taken = taken;
+        taken.remove(&(32767, "udp".to_owned()));
+        assert_eq!(
+            crate::allocator::publish_ports(&s, &[port(Some(30005))], &taken).unwrap()[0].published,
+            Some(32767)
+        );
     }
 
     #[test]

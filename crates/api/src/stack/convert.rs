@@ -445,7 +445,8 @@ fn convert_service(
                 format!("unknown mode {:?} (use ingress or host)", p.mode),
             ));
         }
-        if endpoint_mode == EndpointMode::Dnsrr && p.mode == "ingress" && p.published.is_some() {
+        // With or without `published`: the cluster publishes one for a port without it.
+        if endpoint_mode == EndpointMode::Dnsrr && p.mode == "ingress" {
             return Err(err(
                 format!("{path}.ports[{i}]"),
                 "a service in dnsrr endpoint mode can publish ports in host mode only",
