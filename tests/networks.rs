@@ -425,6 +425,31 @@ fn published_ports_answer_where_their_mode_says_and_internal_networks_stay_insid
     );
     assert_eq!(get(&lab, (&shut.0, &shut.1), &format!("{w2}:9090")), None);
 
+    // Two containers of one host do not meet on its gateway bridge (its ports are isolated),
+    // only on their overlays; and frames shoal's bridges forward skip the host's netfilter.
+    let w2_web = web_tasks.iter().find(|(_, h, _)| h == "w2").unwrap();
+    let addrs = in_container_netns(&lab, "w2", &w2_web.0, &["ip", "-4", "-o", "addr"]);
+    let addrs = String::from_utf8_lossy(&addrs.stdout);
+    let gw = addrs
+        .split_whitespace()
+        .find(|a| a.starts_with("172.30."))
+        .unwrap_or_else(|| panic!("no gateway address: {addrs}"))
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(get(&lab, (&out.0, &out.1), &format!("{gw}:8080")), None);
+    assert!(get(&lab, (&out.0, &out.1), &format!("{}:8080", w2_web.2)).is_some());
+    let nf_call = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+    if std::path::Path::new(nf_call).exists() {
+        let netns = format!("shl-{}-w2", lab.state().name);
+        let on = std::process::Command::new("ip")
+            .args(["netns", "exec", &netns, "cat", nf_call])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&on.stdout).trim(), "0", "{on:?}");
+    }
+
     // A second stack may not take a published port.
     let file = lab.state().dir.join("clash.yml");
     std::fs::write(

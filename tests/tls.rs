@@ -261,6 +261,45 @@ fn the_cluster_port_admits_only_certified_nodes_acting_as_themselves() {
         "a user certificate reaches the management API",
     );
 
+    // A revoked user certificate is refused at once; others keep working.
+    let bob = lab.state().dir.join("client-bob");
+    lab.shoal_ok(
+        "m1",
+        &[
+            "cluster",
+            "client-cert",
+            "--name",
+            "bob",
+            "--out",
+            bob.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let list = lab
+        .shoal_ok("m1", &["cluster", "client-cert", "--list"])
+        .unwrap();
+    assert!(list.contains("alice") && list.contains("bob"), "{list}");
+    let out = lab
+        .shoal("m1", &["cluster", "client-cert", "--revoke", "carol"])
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("no unrevoked user certificate named \"carol\""),
+        "{out:?}"
+    );
+    lab.shoal_ok("m1", &["cluster", "client-cert", "--revoke", "alice"])
+        .unwrap();
+    let out = run(&tls_args(&cert, &key));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("was revoked"),
+        "{out:?}"
+    );
+    let b = |f: &str| bob.join(f).to_str().unwrap().to_owned();
+    let out = run(&tls_args(&b("cert.pem"), &b("key.pem")));
+    assert!(out.status.success(), "bob: {out:?}");
+
     // A join token naming another CA: the manager fails the check before the token is sent.
     let wrong = format!("SHLTKN-1-{}-secret", "0".repeat(64));
     let m1_addr = format!("{}:2377", lab.host("m1").unwrap().addr);

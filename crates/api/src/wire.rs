@@ -124,6 +124,31 @@ pub struct ClientCertRequest {
     pub csr: String,
 }
 
+/// A user certificate the cluster's CA issued (`cluster client-cert`), kept by the cluster
+/// until it expires so that it can be revoked (`GET /v1/cluster/client-certs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCert {
+    /// Who it is for (its subject's common name).
+    pub name: String,
+    /// SHA-256 of the certificate (DER), hex.
+    pub digest: String,
+    /// When it expires, seconds since the epoch.
+    pub not_after: i64,
+    /// Refused by the management API from now on.
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+/// `POST /v1/cluster/client-certs/revoke`: revokes every user certificate of a name, or the
+/// one whose digest starts with the given hex (12 digits at least).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertRevoke {
+    /// A name, or the start of a digest.
+    pub target: String,
+}
+
 /// `POST /v1/dispatcher/renew` (cluster port): a new certificate for the asking node's own
 /// new key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -160,6 +160,13 @@ enum ClusterCmd {
         /// Directory to write to (default: $SHOAL_CERT_PATH, else ~/.shoal).
         #[arg(long)]
         out: Option<std::path::PathBuf>,
+        /// List the user certificates issued and not yet expired, instead.
+        #[arg(long, conflicts_with_all = ["revoke", "out"])]
+        list: bool,
+        /// Revoke every user certificate of this name, or the one whose digest starts with this
+        /// (12 hex digits at least), instead: the management API refuses it from then on.
+        #[arg(long, value_name = "NAME|DIGEST", conflicts_with = "out")]
+        revoke: Option<String>,
     },
     /// Show the cluster's root CA, or move the cluster to a new one.
     Ca {
@@ -756,7 +763,23 @@ async fn run(cli: Cli) -> Result<()> {
                 .await?;
             println!("This node left the cluster.");
         }
-        Command::Cluster(ClusterCmd::ClientCert { name, out }) => {
+        Command::Cluster(ClusterCmd::ClientCert { list: true, .. }) => {
+            let certs: Vec<shoal_api::wire::ClientCert> = c.get("/v1/cluster/client-certs").await?;
+            output::client_certs(&certs);
+        }
+        Command::Cluster(ClusterCmd::ClientCert {
+            revoke: Some(target),
+            ..
+        }) => {
+            let certs: Vec<shoal_api::wire::ClientCert> = c
+                .post(
+                    "/v1/cluster/client-certs/revoke",
+                    &shoal_api::wire::ClientCertRevoke { target },
+                )
+                .await?;
+            output::client_certs(&certs);
+        }
+        Command::Cluster(ClusterCmd::ClientCert { name, out, .. }) => {
             let key = rcgen::KeyPair::generate().context("making a key")?;
             let csr = rcgen::CertificateParams::default()
                 .serialize_request(&key)

@@ -244,3 +244,22 @@ pub fn images(list: &[shoal_api::wire::ImageInfo]) {
     }
     table(&["REPOSITORY", "TAG", "IMAGE ID", "SIZE"], rows.into_iter());
 }
+
+/// `cluster client-cert --list` (and after `--revoke`): the user certificates the cluster keeps.
+pub fn client_certs(list: &[shoal_api::wire::ClientCert]) {
+    table(
+        &["NAME", "DIGEST", "EXPIRES", "REVOKED"],
+        list.iter().map(|k| {
+            let expires = chrono::DateTime::from_timestamp(k.not_after, 0).map_or_else(
+                || k.not_after.to_string(),
+                |t| t.format("%Y-%m-%d %H:%M UTC").to_string(),
+            );
+            vec![
+                k.name.clone(),
+                k.digest.chars().take(12).collect(),
+                expires,
+                if k.revoked { "yes" } else { "no" }.to_owned(),
+            ]
+        }),
+    );
+}

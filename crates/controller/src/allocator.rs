@@ -210,7 +210,8 @@ pub fn publish_ports(
             .filter(|q| q.target == p.target && q.protocol == p.protocol && q.mode == p.mode)
             .filter_map(|q| q.published)
             .find(|n| DYNAMIC_PORTS.contains(n) && free(*n, &p.protocol, &used));
-        let Some(n) = kept.or_else(|| DYNAMIC_PORTS.clone().find(|n| free(*n, &p.protocol, &used))) else {
+        let Some(n) = kept.or_else(|| DYNAMIC_PORTS.clone().find(|n| free(*n, &p.protocol, &used)))
+        else {
             return Err(format!(
                 "service {:?}: no free port in {}-{} to publish target port {}/{}",
                 spec.name,

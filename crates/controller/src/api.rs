@@ -263,6 +263,7 @@ fn certified(c: &Cluster, peer: &Peer) -> Result<crate::pki::Identity> {
                 node_id: String::new(),
                 role: crate::pki::CertRole::Manager,
                 cluster_id: String::new(),
+                digest: String::new(),
             })
         }
         Peer::Remote { identity, .. } => identity.clone(),
@@ -503,6 +504,8 @@ pub fn router(manager: Shared) -> Router {
         .route("/v1/cluster/ca", get(cluster_ca))
         .route("/v1/cluster/ca/rotate", post(cluster_ca_rotate))
         .route("/v1/cluster/client-cert", post(cluster_client_cert))
+        .route("/v1/cluster/client-certs", get(client_cert_list))
+        .route("/v1/cluster/client-certs/revoke", post(client_cert_revoke))
         .route("/v1/nodes", get(node_list))
         .route("/v1/nodes/{id}", get(node_inspect).delete(node_remove))
         .route("/v1/nodes/{id}/promote", post(node_promote))
@@ -661,23 +664,96 @@ async fn cluster_client_cert(
     let certificate =
         crate::renewal::issue_chain(&obj, &req.csr, name, crate::pki::CertRole::Client)
             .map_err(|e| ApiError::bad(format!("invalid certificate request: {e}")))?;
-    tracing::info!(name, "client certificate issued");
+    let (Some(digest), Some((_, not_after))) = (
+        crate::pki::leaf_digest(&certificate),
+        crate::pki::validity(&certificate),
+    ) else {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the issued certificate does not parse",
+        ));
+    };
+    // Recorded before it is handed out, so that it can be revoked.
+    c.raft
+        .propose(Command::RecordClientCert {
+            cert: shoal_api::wire::ClientCert {
+                name: name.to_owned(),
+                digest: digest.clone(),
+                not_after,
+                revoked: false,
+            },
+            at: now(),
+        })
+        .await?;
+    tracing::info!(name, %digest, "client certificate issued");
     Ok(Json(RenewResponse {
         certificate,
         ca_certificate: obj.trust_pem(),
     }))
 }
 
+async fn client_cert_list(
+    State(m): State<Shared>,
+) -> Result<Json<Vec<shoal_api::wire::ClientCert>>> {
+    let c = cluster(&m).await?;
+    let store = c.store.read().expect("store lock");
+    Ok(Json(
+        store
+            .cluster
+            .as_ref()
+            .map(|o| o.client_certs.clone())
+            .unwrap_or_default(),
+    ))
+}
+
+async fn client_cert_revoke(
+    State(m): State<Shared>,
+    Body(req): Body<shoal_api::wire::ClientCertRevoke>,
+) -> Result<Json<Vec<shoal_api::wire::ClientCert>>> {
+    let c = cluster(&m).await?;
+    c.raft
+        .propose(Command::RevokeClientCerts {
+            target: req.target.clone(),
+        })
+        .await?;
+    tracing::info!(target = %req.target, "client certificates revoked");
+    client_cert_list(State(m)).await
+}
+
+/// Whether this manager's store says the user certificate of digest `digest` was revoked.
+async fn revoked(m: &Manager, digest: &str) -> bool {
+    let Some(c) = m.cluster().await else {
+        return false;
+    };
+    let store = c.store.read().expect("store lock");
+    store.cluster.as_ref().is_some_and(|o| {
+        o.client_certs
+            .iter()
+            .any(|k| k.revoked && k.digest == digest)
+    })
+}
+
 /// The management API over TCP (`shoald --listen`) answers only clients whose certificate the
-/// cluster's CA issued to a user (`cluster client-cert`): a node's certificate, a worker's
-/// above all, reaches nothing here.
-pub fn require_client_certificate(router: Router) -> Router {
+/// cluster's CA issued to a user (`cluster client-cert`) and did not revoke: a node's
+/// certificate, a worker's above all, reaches nothing here.
+pub fn require_client_certificate(router: Router, manager: Shared) -> Router {
     router.layer(axum::middleware::from_fn(
-        |Extension(peer): Extension<Peer>,
-         req: axum::extract::Request,
-         next: axum::middleware::Next| async move {
+        move |Extension(peer): Extension<Peer>,
+              req: axum::extract::Request,
+              next: axum::middleware::Next| {
+            let manager = manager.clone();
+            async move {
             match &peer {
                 Peer::Local => next.run(req).await,
+                Peer::Remote {
+                    identity: Some(id), ..
+                } if id.role == crate::pki::CertRole::Client && revoked(&manager, &id.digest).await => {
+                    ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        format!("the user certificate of {:?} was revoked (`shoal cluster client-cert --revoke`)", id.node_id),
+                    )
+                    .into_response()
+                }
                 Peer::Remote {
                     identity: Some(id), ..
                 } if id.role == crate::pki::CertRole::Client => next.run(req).await,
@@ -696,6 +772,7 @@ pub fn require_client_certificate(router: Router) -> Router {
                     "the management API over TCP needs a client certificate from the cluster's CA (`shoal cluster client-cert`)",
                 )
                 .into_response(),
+            }
             }
         },
     ))

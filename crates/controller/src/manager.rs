@@ -823,11 +823,9 @@ impl Manager {
             default_addr_pool: req.default_addr_pool.clone(),
             subnet_size: req.subnet_size.unwrap_or(0),
             allow_privileged: req.allow_privileged,
-            unlock_key: None,
             ca: Some(ca),
-            ca_previous: Vec::new(),
-            ca_cross: None,
             cert_expiry_secs: req.cert_expiry_secs.unwrap_or(0),
+            ..Default::default()
         };
         cluster
             .raft

@@ -100,6 +100,8 @@ pub struct Identity {
     pub role: CertRole,
     /// The cluster that issued it.
     pub cluster_id: String,
+    /// SHA-256 of the certificate (DER), hex: what revokes a user certificate.
+    pub digest: String,
 }
 
 /// Makes the root CA of cluster `cluster_id`.
@@ -240,6 +242,11 @@ pub fn holds_ca(pem: &str, digest: &str) -> bool {
         .any(|c| der_digest(c.as_ref()).eq_ignore_ascii_case(digest))
 }
 
+/// The digest (as [`ca_digest`]) of the first certificate of a PEM text.
+pub fn leaf_digest(pem: &str) -> Option<String> {
+    certs_of(pem).first().map(|c| der_digest(c.as_ref()))
+}
+
 /// SHA-256 of a certificate's DER, in lowercase hex.
 fn der_digest(der: &[u8]) -> String {
     sha2::Sha256::digest(der)
@@ -368,6 +375,7 @@ pub fn identity(der: &[u8]) -> Option<Identity> {
         node_id: cn,
         role,
         cluster_id: o,
+        digest: der_digest(der),
     })
 }
 
@@ -745,6 +753,7 @@ mod tests {
                 node_id: "n123".into(),
                 role: CertRole::Manager,
                 cluster_id: "c1".into(),
+                digest: leaf_digest(&node.cert_pem).unwrap(),
             })
         );
         node.server_config().unwrap();

@@ -61,6 +61,9 @@ pub struct ClusterObject {
     /// How long node certificates live, seconds (0: [`crate::pki::DEFAULT_CERT_EXPIRY`]).
     #[serde(default)]
     pub cert_expiry_secs: u64,
+    /// User certificates issued and not yet expired (`cluster client-cert`), revoked or not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_certs: Vec<shoal_api::wire::ClientCert>,
 }
 
 impl ClusterObject {
@@ -225,6 +228,18 @@ pub enum Command {
         id: NodeId,
         /// What the managers know of it.
         certificate: Box<shoal_api::node::NodeCertificate>,
+    },
+    /// A user certificate was issued; those expired by `at` are forgotten.
+    RecordClientCert {
+        /// The certificate.
+        cert: shoal_api::wire::ClientCert,
+        /// When it was issued.
+        at: Timestamp,
+    },
+    /// Revokes every user certificate named `target`, or the one whose digest starts with it.
+    RevokeClientCerts {
+        /// A name, or the start of a digest (12 hex digits at least).
+        target: String,
     },
     /// Turns autolock on with this unlock key (or a new one), or off (`None`).
     SetUnlockKey(Option<String>),
@@ -826,6 +841,29 @@ impl Store {
             Command::RecordCertificate { id, certificate } => {
                 self.update_node(&id, rev, ev, |node| node.certificate = Some(*certificate))?;
             }
+            Command::RecordClientCert { cert, at } => {
+                let c = self.cluster_mut()?;
+                let now = (at.0 / 1000) as i64;
+                c.client_certs.retain(|k| k.not_after > now);
+                c.client_certs.push(cert);
+            }
+            Command::RevokeClientCerts { target } => {
+                let c = self.cluster_mut()?;
+                let by_digest = target.len() >= 12 && target.bytes().all(|b| b.is_ascii_hexdigit());
+                let matches = |k: &shoal_api::wire::ClientCert| {
+                    k.name == target
+                        || (by_digest && k.digest.starts_with(&target.to_ascii_lowercase()))
+                };
+                if !c.client_certs.iter().any(|k| matches(k) && !k.revoked) {
+                    return Err(StoreError::Invalid(format!(
+                        "no unrevoked user certificate named {target:?} or with a digest starting so \
+                         (see `shoal cluster client-cert --list`)"
+                    )));
+                }
+                for k in c.client_certs.iter_mut().filter(|k| matches(k)) {
+                    k.revoked = true;
+                }
+            }
             Command::SetUnlockKey(key) => {
                 let c = self.cluster_mut()?;
                 c.unlock_key = key;
@@ -1292,10 +1330,17 @@ impl Store {
                     };
                     let published = if current.spec.task.networks.is_empty() {
                         Vec::new()
-                    } else if current.spec.endpoint.ports.iter().all(|p| p.published.is_some()) {
+                    } else if current
+                        .spec
+                        .endpoint
+                        .ports
+                        .iter()
+                        .all(|p| p.published.is_some())
+                    {
                         current.spec.endpoint.ports.clone()
                     } else {
-                        let (spec, previous) = (current.spec.clone(), current.published_ports.clone());
+                        let (spec, previous) =
+                            (current.spec.clone(), current.published_ports.clone());
                         let taken = ports_in_use(self, |id| *id == svc.id).into_keys().collect();
                         // Checked before the command changed anything (check_published_ports).
                         publish_ports(&spec, &previous, &taken).unwrap_or_else(|e| {
@@ -1999,10 +2044,12 @@ mod tests {
         };
         let on_net = |name: &str, ports: Vec<shoal_api::service::PortConfig>| {
             let mut s = spec(name);
-            s.task.networks.push(shoal_api::service::NetworkAttachmentSpec {
-                target: "s_default".into(),
-                aliases: vec![],
-            });
+            s.task
+                .networks
+                .push(shoal_api::service::NetworkAttachmentSpec {
+                    target: "s_default".into(),
+                    aliases: vec![],
+                });
             s.endpoint.ports = ports;
             s
         };
@@ -2021,7 +2068,10 @@ mod tests {
                     files: Vec::new(),
                     networks: vec![],
                     create: vec![
-                        (sid(1), on_net("s_a", vec![port(None, "tcp"), port(None, "udp")])),
+                        (
+                            sid(1),
+                            on_net("s_a", vec![port(None, "tcp"), port(None, "udp")]),
+                        ),
                         (sid(2), on_net("s_b", vec![port(Some(30000), "tcp")])),
                     ],
                     update: vec![],
@@ -2050,15 +2100,22 @@ mod tests {
         };
         update(3, 1, a, &mut store).unwrap();
         assert_eq!(published(&store, 1)[0], (Some(30001), "tcp".into()));
-        let err = update(4, 2, on_net("s_b", vec![port(Some(30001), "tcp")]), &mut store)
-            .unwrap_err();
+        let err = update(
+            4,
+            2,
+            on_net("s_b", vec![port(Some(30001), "tcp")]),
+            &mut store,
+        )
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "service \"s_b\": port '30001/tcp' is already in use by service \"s_a\""
         );
         assert_eq!(published(&store, 2), [(Some(30000), "tcp".into())]);
         // A removed service gives its ports back.
-        store.apply(5, Command::RemoveService { id: sid(1) }).unwrap();
+        store
+            .apply(5, Command::RemoveService { id: sid(1) })
+            .unwrap();
         store
             .apply(
                 6,

@@ -284,7 +284,7 @@ async fn main() -> Result<()> {
         let sd = shutdown.clone();
         tokio::spawn(shoal_controller::serve::serve_tls(
             tcp,
-            shoal_controller::api::require_client_certificate(router),
+            shoal_controller::api::require_client_certificate(router, manager.clone()),
             sd,
             manager.api_tls(),
         ));

@@ -230,7 +230,7 @@ impl HostNetwork {
                 let underlay = link::underlay(&h, local).await?;
                 let (br, _) = link::ensure_network(&h, vni, local, underlay).await?;
                 let mtu = link::overlay_mtu(underlay.1);
-                link::add_veth(&h, &host2, &peer2, br, mtu, fd).await?;
+                link::add_veth(&h, &host2, &peer2, (br, false), mtu, fd).await?;
                 Ok(mtu)
             })?;
             drop(devices);
@@ -280,7 +280,8 @@ impl HostNetwork {
             let mtu = mtu.min(9000);
             let br = link::ensure_bridge_with_address(&h, ports::GW_BRIDGE, ports::GW_ADDR, prefix)
                 .await?;
-            link::add_veth(&h, &host2, &peer2, br, mtu, fd).await?;
+            // Containers never meet on the gateway bridge, only on their overlays.
+            link::add_veth(&h, &host2, &peer2, (br, true), mtu, fd).await?;
             Ok(mtu)
         })?;
         drop(devices);

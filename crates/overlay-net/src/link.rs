@@ -3,7 +3,9 @@
 
 use crate::NetError;
 use futures::TryStreamExt;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::link::{
+    InfoBridgePort, InfoKind, InfoPortData, InfoPortKind, LinkAttribute, LinkInfo, LinkMessage,
+};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -147,6 +149,7 @@ pub async fn ensure_network(
                 .execute()
                 .await
                 .map_err(NetError::netlink(format!("creating bridge {br}")))?;
+            keep_bridged_frames_out_of_netfilter(h).await?;
             index(h, &br).await?.expect("just created")
         }
     };
@@ -198,12 +201,13 @@ pub async fn delete(h: &Handle, name: &str) -> Result<(), NetError> {
 }
 
 /// Makes a veth pair for an attachment: `host` on the bridge `br`, its peer moved into the
-/// namespace open as `netns_fd`, under the temporary name `peer`.
+/// namespace open as `netns_fd`, under the temporary name `peer`. An `isolated` port forwards
+/// nothing to other isolated ports of its bridge, only to and from the bridge itself (the host).
 pub async fn add_veth(
     h: &Handle,
     host: &str,
     peer: &str,
-    br: u32,
+    (br, isolated): (u32, bool),
     mtu: u32,
     netns_fd: std::os::fd::RawFd,
 ) -> Result<(), NetError> {
@@ -235,7 +239,88 @@ pub async fn add_veth(
         )
         .execute()
         .await
-        .map_err(NetError::netlink(format!("putting {host} on its bridge")))
+        .map_err(NetError::netlink(format!("putting {host} on its bridge")))?;
+    if isolated {
+        // Bridge-port settings go in an RTM_NEWLINK (`ip link set … type bridge_slave isolated on`).
+        h.link()
+            .set_port(
+                LinkUnspec::new_with_index(host_idx)
+                    .set_port_kind(InfoPortKind::Bridge)
+                    .set_port_data(InfoPortData::BridgePort(vec![InfoBridgePort::Isolated(
+                        true,
+                    )]))
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(NetError::netlink(format!("isolating {host} on its bridge")))?;
+    }
+    Ok(())
+}
+
+/// Names of the bridges in the namespace.
+pub async fn bridges(h: &Handle) -> Result<Vec<String>, NetError> {
+    let mut out = Vec::new();
+    let mut all = h.link().get().execute();
+    while let Some(m) = all
+        .try_next()
+        .await
+        .map_err(NetError::netlink("listing links"))?
+    {
+        let bridge = m.attributes.iter().any(|a| {
+            matches!(a, LinkAttribute::LinkInfo(infos)
+                if infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge))))
+        });
+        if let (true, Some(name)) = (bridge, link_name(&m)) {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
+/// Whether every bridge of the namespace is shoal's (a network's `shb…`, the gateway bridge).
+pub fn bridges_all_ours(names: &[String]) -> bool {
+    names
+        .iter()
+        .all(|n| n.starts_with("shb") || n == crate::ports::GW_BRIDGE)
+}
+
+/// The sysctls that send bridged frames through the IP layer's netfilter hooks
+/// (`br_netfilter`; absent when that module is not loaded).
+const BRIDGE_NF_CALLS: [&str; 3] = [
+    "/proc/sys/net/bridge/bridge-nf-call-iptables",
+    "/proc/sys/net/bridge/bridge-nf-call-ip6tables",
+    "/proc/sys/net/bridge/bridge-nf-call-arptables",
+];
+
+/// Keeps frames that shoal's bridges forward out of the host's netfilter hooks. Nothing of
+/// shoal's filters bridged traffic (virtual IPs are translated in the client's namespace,
+/// published ports and egress are routed, and gateway ports are isolated), while `br_netfilter`
+/// would run every overlay frame through conntrack and the host's rules, costing throughput
+/// (and, with Docker's `FORWARD` policy, dropping it). The switch is per namespace and covers
+/// every bridge in it, so it is thrown only where all bridges are shoal's; otherwise it stays
+/// as it is, with a warning.
+pub async fn keep_bridged_frames_out_of_netfilter(h: &Handle) -> Result<(), NetError> {
+    let on: Vec<&str> = BRIDGE_NF_CALLS
+        .into_iter()
+        .filter(|p| std::fs::read_to_string(p).is_ok_and(|v| v.trim() != "0"))
+        .collect();
+    if on.is_empty() {
+        return Ok(());
+    }
+    let names = bridges(h).await?;
+    if !bridges_all_ours(&names) {
+        tracing::warn!(
+            bridges = ?names,
+            "other bridges share this namespace: bridged overlay frames keep going through \
+             netfilter (br_netfilter), which costs throughput"
+        );
+        return Ok(());
+    }
+    for p in on {
+        std::fs::write(p, "0").map_err(NetError::io(format!("writing 0 to {p}")))?;
+    }
+    Ok(())
 }
 
 /// Inside the container: names the moved veth `name`, gives it `mac`, `mtu` and
@@ -416,6 +501,7 @@ pub async fn ensure_bridge_with_address(
         .execute()
         .await
         .map_err(NetError::netlink(format!("creating bridge {name}")))?;
+    keep_bridged_frames_out_of_netfilter(h).await?;
     let idx = index(h, name).await?.expect("just created");
     h.address()
         .add(idx, IpAddr::V4(addr), prefix)
@@ -462,4 +548,17 @@ pub async fn address_of(h: &Handle, name: &str) -> Result<Option<Ipv4Addr>, NetE
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bridged_frames_skip_netfilter_only_where_every_bridge_is_ours() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(bridges_all_ours(&names(&[])));
+        assert!(bridges_all_ours(&names(&["shb4096", "shgw0"])));
+        assert!(!bridges_all_ours(&names(&["shb4096", "docker0"])));
+    }
 }

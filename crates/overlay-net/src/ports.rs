@@ -4,7 +4,8 @@
 //! gateway bridge ([`GW_BRIDGE`], [`GW_SUBNET`], addresses given out by the host), with their
 //! default route through it: that is how they reach outside (masqueraded to the host's
 //! address) and how the host reaches them for published ports. The gateway bridge forwards
-//! nothing between containers: they meet only on their overlay networks.
+//! nothing between containers (their ports on it are isolated): they meet only on their
+//! overlay networks.
 //!
 //! Published ports ([`ruleset`]):
 //! - `mode: host`: the hosts running a task answer, and send the connection to one of their
@@ -121,6 +122,8 @@ pub fn ruleset(plan: &PortPlan, local: &BTreeMap<TaskId, Ipv4Addr>, me: Ipv4Addr
         let _ = writeln!(pre, "    {match_} jump p{i}_mesh");
         let _ = writeln!(out, "    {match_} jump p{i}_mesh");
     }
+    // VXLAN's own datagrams need no connection tracking: nothing translates them.
+    let vxlan = crate::link::VXLAN_PORT;
     let peers: Vec<String> = plan.peers.iter().map(Ipv4Addr::to_string).collect();
     let peers = if peers.is_empty() {
         String::new()
@@ -135,10 +138,12 @@ pub fn ruleset(plan: &PortPlan, local: &BTreeMap<TaskId, Ipv4Addr>, me: Ipv4Addr
          chain post {{\n    type nat hook postrouting priority srcnat; policy accept;\n    \
          ip saddr {net}/{len} oifname != \"{GW_BRIDGE}\" masquerade\n    \
          meta mark {MESH_MARK:#x} masquerade\n  }}\n  \
+         chain raw_pre {{\n    type filter hook prerouting priority raw; policy accept;\n    \
+         udp dport {vxlan} notrack\n  }}\n  \
+         chain raw_out {{\n    type filter hook output priority raw; policy accept;\n    \
+         udp dport {vxlan} notrack\n  }}\n  \
          chain tag_mesh {{\n    type filter hook postrouting priority mangle; policy accept;\n    \
-         meta mark {MESH_MARK:#x} ip dscp set {MESH_DSCP:#x}\n  }}\n  \
-         chain guard {{\n    type filter hook forward priority filter; policy accept;\n    \
-         iifname \"{GW_BRIDGE}\" oifname \"{GW_BRIDGE}\" drop\n  }}\n{chains}}}\n"
+         meta mark {MESH_MARK:#x} ip dscp set {MESH_DSCP:#x}\n  }}\n{chains}}}\n"
     )
 }
 
