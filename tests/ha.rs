@@ -601,6 +601,28 @@ fn data_key(lab: &shoal_lab::Lab, host: &str) -> Vec<u8> {
     .unwrap_or_default()
 }
 
+fn node_key(lab: &shoal_lab::Lab, host: &str) -> String {
+    std::fs::read_to_string(
+        lab.state()
+            .dir
+            .join(format!("hosts/{host}/data/certificates/node.key")),
+    )
+    .unwrap_or_default()
+}
+
+/// Whether a TLS handshake with `host`'s cluster port completes, tried from `from` (no client
+/// certificate: a server that has certificates gets as far as asking for one).
+fn cluster_port_handshakes(lab: &shoal_lab::Lab, from: &str, host: &str) -> bool {
+    let addr = &lab.host(host).unwrap().addr;
+    let script = format!(
+        "import socket, ssl, json\nctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)\n\
+         ctx.check_hostname = False\nctx.verify_mode = ssl.CERT_NONE\n\
+         try:\n    s = ctx.wrap_socket(socket.create_connection(('{addr}', 2377), timeout=3))\n    \
+         print(json.dumps(True))\nexcept (OSError, ssl.SSLError):\n    print(json.dumps(False))\n"
+    );
+    python_in(lab, from, &script) == Some(serde_json::Value::Bool(true))
+}
+
 #[test]
 fn after_autolock_a_restarted_manager_serves_nothing_until_unlocked() {
     let Some(lab) = lab("hal", 3, 0, 0, &[]) else {
@@ -631,7 +653,13 @@ fn after_autolock_a_restarted_manager_serves_nothing_until_unlocked() {
         wait(&format!("{m}'s data key sealed"), || {
             data_key(&lab, m).starts_with(b"SHLK1")
         });
+        // The node's TLS key too, as Swarm seals it.
+        wait(&format!("{m}'s node key sealed"), || {
+            let k = node_key(&lab, m);
+            k.contains("SHOAL SEALED KEY") && !k.contains("PRIVATE KEY")
+        });
     }
+    assert!(cluster_port_handshakes(&lab, "m1", "m2"));
 
     // Restarted, m2 serves nothing until it is unlocked; the others go on without it.
     lab.restart("m2").unwrap();
@@ -646,6 +674,8 @@ fn after_autolock_a_restarted_manager_serves_nothing_until_unlocked() {
     );
     write_until_acked(&rt, &lab, "m1", "while-locked");
     acked.insert("while-locked".into());
+    // Without its node key it has no certificate: its cluster port shakes no hand.
+    assert!(!cluster_port_handshakes(&lab, "m1", "m2"));
     let out = unlock(&lab, "m2", "not-a-key");
     assert!(!out.status.success());
     assert!(
@@ -663,6 +693,7 @@ fn after_autolock_a_restarted_manager_serves_nothing_until_unlocked() {
     let out = unlock(&lab, "m2", &key);
     assert!(out.status.success(), "{out:?}");
     assert_all_present(&rt, &lab, &["m2"], &acked);
+    assert!(cluster_port_handshakes(&lab, "m1", "m2"));
 
     // A rotated key: managers reseal under it, and the old one no longer unlocks.
     let before = data_key(&lab, "m3");
@@ -690,6 +721,9 @@ fn after_autolock_a_restarted_manager_serves_nothing_until_unlocked() {
         wait(&format!("{m}'s data key plain"), || {
             let k = data_key(&lab, m);
             !k.is_empty() && !k.starts_with(b"SHLK1")
+        });
+        wait(&format!("{m}'s node key plain"), || {
+            node_key(&lab, m).contains("PRIVATE KEY")
         });
     }
     lab.restart("m1").unwrap();

@@ -18,7 +18,7 @@ fn certs_of(lab: &shoal_lab::Lab, host: &str) -> NodeCerts {
         .state()
         .dir
         .join(format!("hosts/{host}/data/certificates"));
-    NodeCerts::load(&dir)
+    NodeCerts::load(&dir, None)
         .unwrap()
         .expect("the node has certificates")
 }

@@ -108,6 +108,7 @@ pub enum ManagerError {
 /// It waits first until the store has replayed what the log had committed at start, so a
 /// manager never writes its key in the clear from a store that has not yet seen autolock.
 async fn keep_data_key_sealed(
+    manager: std::sync::Weak<Manager>,
     log: DurableLog,
     store: Arc<RwLock<Store>>,
     mut status: tokio::sync::watch::Receiver<crate::raft::node::RaftStatus>,
@@ -138,14 +139,22 @@ async fn keep_data_key_sealed(
         }
         let kek = want.as_deref().and_then(parse_unlock_key);
         let log = log.clone();
-        let done = tokio::task::spawn_blocking(move || log.seal_key(kek.as_ref())).await;
-        match done {
-            Ok(Ok(())) => {
-                tracing::info!(autolock = want.is_some(), "data key written");
+        // The log's data key first, then the node key (a manager whose either one is sealed
+        // starts locked).
+        let sealed = match tokio::task::spawn_blocking(move || log.seal_key(kek.as_ref())).await {
+            Ok(Ok(())) => match manager.upgrade() {
+                Some(m) => m.seal_node_key(kek).await.map_err(|e| e.to_string()),
+                None => return,
+            },
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match sealed {
+            Ok(()) => {
+                tracing::info!(autolock = want.is_some(), "data key and node key written");
                 written = Some(want);
             }
-            Ok(Err(e)) => tracing::error!(error = %e, "writing the data key"),
-            Err(e) => tracing::error!(error = %e, "writing the data key"),
+            Err(e) => tracing::error!(error = %e, "writing the data key or the node key"),
         }
     }
 }
@@ -254,6 +263,8 @@ pub struct Manager {
     certs: std::sync::RwLock<Option<Credentials>>,
     /// Held while the certificates are replaced (renewal, join, promotion).
     certs_change: Mutex<()>,
+    /// Under autolock, the unlock key the node key is saved sealed under (managers only).
+    node_key_kek: std::sync::Mutex<Option<[u8; 32]>>,
     /// The cluster port's TLS, once it listens: replaced with the certificates.
     server_tls: std::sync::Mutex<Option<Arc<crate::serve::ServerTls>>>,
     /// The management API's TLS over TCP (`--listen`): replaced with the certificates.
@@ -345,6 +356,7 @@ impl Manager {
             locked: Default::default(),
             certs: Default::default(),
             certs_change: Mutex::new(()),
+            node_key_kek: Default::default(),
             server_tls: Default::default(),
             api_tls: Default::default(),
         });
@@ -352,13 +364,19 @@ impl Manager {
             Arc::downgrade(&manager),
             manager.shutdown.clone(),
         ));
-        if let Some(certs) = crate::pki::NodeCerts::load(&manager.certs_dir())? {
-            let configs = Configs::of(&certs)?;
-            manager.install_certs(certs, configs);
+        // Under autolock the node key is sealed too: a locked manager has no certificate, so
+        // it neither serves the cluster port nor reaches other nodes until it is unlocked.
+        let locked = crate::raft::storage::key_is_locked(&manager.log_path().with_extension("key"))
+            || crate::pki::key_is_sealed(&manager.certs_dir());
+        if !locked {
+            if let Some(certs) = crate::pki::NodeCerts::load(&manager.certs_dir(), None)? {
+                let configs = Configs::of(&certs)?;
+                manager.install_certs(certs, configs);
+            }
         }
         let membership = manager.read_membership()?;
         *manager.membership.write().expect("membership lock") = membership.clone();
-        if crate::raft::storage::key_is_locked(&manager.log_path().with_extension("key")) {
+        if locked {
             tracing::warn!("this manager is locked: `shoal cluster unlock` with the unlock key");
             manager
                 .locked
@@ -382,6 +400,14 @@ impl Manager {
         }
         let kek = parse_unlock_key(key)
             .ok_or_else(|| ManagerError::Invalid("not an unlock key (SHLKEY-1-...)".into()))?;
+        let certs = match crate::pki::NodeCerts::load(&self.certs_dir(), Some(&kek)) {
+            Err(crate::pki::PkiError::WrongUnlockKey) => {
+                return Err(ManagerError::Invalid(
+                    "invalid unlock key: it does not open this manager's node key".into(),
+                ))
+            }
+            other => other?,
+        };
         let log = DurableLog::open_with(&self.log_path(), Some(&kek)).map_err(|e| match e {
             crate::raft::storage::StorageFault::WrongUnlockKey => ManagerError::Invalid(
                 "invalid unlock key: it does not open this manager's data key".into(),
@@ -391,6 +417,11 @@ impl Manager {
                 message: other.to_string(),
             },
         })?;
+        if let Some(certs) = certs {
+            let configs = Configs::of(&certs)?;
+            self.install_certs(certs, configs);
+        }
+        *self.node_key_kek.lock().expect("kek lock") = Some(kek);
         let membership = self.membership();
         self.resume(log, membership).await?;
         self.locked
@@ -529,8 +560,27 @@ impl Manager {
     /// Nothing changes if they cannot be used or saved.
     pub(crate) fn replace_certs(&self, certs: crate::pki::NodeCerts) -> Result<(), ManagerError> {
         let configs = Configs::of(&certs)?;
-        certs.save(&self.certs_dir())?;
+        let mut kek = self.node_key_kek.lock().expect("kek lock");
+        // Autolock is for managers: a worker's certificate (a demotion) is saved as it is.
+        if certs
+            .identity()
+            .is_some_and(|i| i.role != crate::pki::CertRole::Manager)
+        {
+            *kek = None;
+        }
+        certs.save(&self.certs_dir(), kek.as_ref())?;
+        drop(kek);
         self.install_certs(certs, configs);
+        Ok(())
+    }
+
+    /// Saves the node key again, sealed under `kek` (autolock on) or as it is (off).
+    async fn seal_node_key(&self, kek: Option<[u8; 32]>) -> Result<(), ManagerError> {
+        let _guard = self.certs_change.lock().await;
+        *self.node_key_kek.lock().expect("kek lock") = kek;
+        if let Some(certs) = self.certs() {
+            certs.save(&self.certs_dir(), kek.as_ref())?;
+        }
         Ok(())
     }
 
@@ -652,6 +702,7 @@ impl Manager {
         )
         .map_err(ManagerError::Raft)?;
         tokio::spawn(keep_data_key_sealed(
+            Arc::downgrade(self),
             key_log,
             store.clone(),
             raft.status(),

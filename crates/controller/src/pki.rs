@@ -56,6 +56,59 @@ pub enum PkiError {
         /// Why.
         message: String,
     },
+    /// The node key is sealed under the cluster's unlock key (autolock), and none was given.
+    #[error("{}: sealed under the cluster's unlock key: run `shoal cluster unlock`", path.display())]
+    Locked {
+        /// The key file.
+        path: PathBuf,
+    },
+    /// The unlock key given does not open the node key.
+    #[error("invalid unlock key: it does not open this node's key")]
+    WrongUnlockKey,
+}
+
+/// PEM tag of a node key sealed under the cluster's unlock key (autolock).
+const SEALED_KEY_TAG: &str = "SHOAL SEALED KEY";
+
+/// The node key's PEM sealed under `kek` (ChaCha20-Poly1305), as PEM itself.
+fn seal_key_pem(key_pem: &str, kek: &[u8; 32]) -> String {
+    use chacha20poly1305::aead::{Aead, KeyInit};
+    let nonce: [u8; 12] = rand::random();
+    let sealed = chacha20poly1305::ChaCha20Poly1305::new(kek.into())
+        .encrypt((&nonce).into(), key_pem.as_bytes())
+        .expect("a node key seals");
+    pem::encode(&pem::Pem::new(
+        SEALED_KEY_TAG,
+        [&nonce[..], &sealed].concat(),
+    ))
+}
+
+/// The node key's PEM from what `node.key` holds: as it is, or opened with `kek`.
+fn open_key_pem(text: String, kek: Option<&[u8; 32]>, path: &Path) -> Result<String, PkiError> {
+    use chacha20poly1305::aead::{Aead, KeyInit};
+    let Some(sealed) = pem::parse(&text).ok().filter(|p| p.tag() == SEALED_KEY_TAG) else {
+        return Ok(text);
+    };
+    let kek = kek.ok_or_else(|| PkiError::Locked {
+        path: path.to_owned(),
+    })?;
+    let (nonce, body) = sealed.contents().split_at(12.min(sealed.contents().len()));
+    if nonce.len() < 12 {
+        return Err(PkiError::WrongUnlockKey);
+    }
+    chacha20poly1305::ChaCha20Poly1305::new(kek.into())
+        .decrypt(nonce.into(), body)
+        .ok()
+        .and_then(|plain| String::from_utf8(plain).ok())
+        .ok_or(PkiError::WrongUnlockKey)
+}
+
+/// True when the node key in `dir` is sealed under the cluster's unlock key.
+pub fn key_is_sealed(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join(KEY_FILE))
+        .ok()
+        .and_then(|t| pem::parse(t).ok())
+        .is_some_and(|p| p.tag() == SEALED_KEY_TAG)
 }
 
 fn material(what: &str) -> impl Fn(rcgen::Error) -> PkiError + '_ {
@@ -423,8 +476,9 @@ const CERT_FILE: &str = "node.crt";
 const KEY_FILE: &str = "node.key";
 
 impl NodeCerts {
-    /// Reads a node's certificates from `dir`; `None` when it has none yet.
-    pub fn load(dir: &Path) -> Result<Option<NodeCerts>, PkiError> {
+    /// Reads a node's certificates from `dir`, the key opened with `kek` when it is sealed
+    /// (autolock); `None` when it has none yet.
+    pub fn load(dir: &Path, kek: Option<&[u8; 32]>) -> Result<Option<NodeCerts>, PkiError> {
         let read = |name: &str| {
             let path = dir.join(name);
             std::fs::read_to_string(&path).map_err(|e| PkiError::File {
@@ -438,12 +492,13 @@ impl NodeCerts {
         Ok(Some(NodeCerts {
             ca_pem: read(CA_FILE)?,
             cert_pem: read(CERT_FILE)?,
-            key_pem: read(KEY_FILE)?,
+            key_pem: open_key_pem(read(KEY_FILE)?, kek, &dir.join(KEY_FILE))?,
         }))
     }
 
-    /// Writes the certificates to `dir` (the key mode 0600), each file replaced atomically.
-    pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
+    /// Writes the certificates to `dir` (the key mode 0600, sealed under `kek` when given),
+    /// each file replaced atomically.
+    pub fn save(&self, dir: &Path, kek: Option<&[u8; 32]>) -> Result<(), PkiError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let file_err = |path: &Path| {
@@ -454,10 +509,14 @@ impl NodeCerts {
             }
         };
         std::fs::create_dir_all(dir).map_err(file_err(dir))?;
+        let key = match kek {
+            Some(kek) => seal_key_pem(&self.key_pem, kek),
+            None => self.key_pem.clone(),
+        };
         for (name, text, mode) in [
             (CA_FILE, &self.ca_pem, 0o644),
             (CERT_FILE, &self.cert_pem, 0o644),
-            (KEY_FILE, &self.key_pem, 0o600),
+            (KEY_FILE, &key, 0o600),
         ] {
             let path = dir.join(name);
             let tmp = dir.join(format!(".{name}.tmp"));
@@ -728,6 +787,56 @@ pub fn token_digest(token: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sealed_node_key_opens_only_with_its_unlock_key() {
+        let ca = new_ca("c1").unwrap();
+        let (key, csr) = new_key_and_csr().unwrap();
+        let cert = issue(
+            &ca,
+            &csr,
+            "n1",
+            CertRole::Manager,
+            "c1",
+            DEFAULT_CERT_EXPIRY,
+        )
+        .unwrap();
+        let certs = NodeCerts {
+            ca_pem: ca.cert_pem.clone(),
+            cert_pem: cert,
+            key_pem: key.clone(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let kek: [u8; 32] = rand::random();
+        certs.save(dir.path(), Some(&kek)).unwrap();
+        let on_disk = std::fs::read_to_string(dir.path().join(KEY_FILE)).unwrap();
+        assert!(on_disk.contains(SEALED_KEY_TAG) && !on_disk.contains("PRIVATE KEY"));
+        assert!(key_is_sealed(dir.path()));
+        assert!(matches!(
+            NodeCerts::load(dir.path(), None),
+            Err(PkiError::Locked { .. })
+        ));
+        assert!(matches!(
+            NodeCerts::load(dir.path(), Some(&[7; 32])),
+            Err(PkiError::WrongUnlockKey)
+        ));
+        let opened = NodeCerts::load(dir.path(), Some(&kek)).unwrap().unwrap();
+        assert_eq!(opened.key_pem, key);
+        // Saved plain again, it opens with or without a key.
+        opened.save(dir.path(), None).unwrap();
+        assert!(!key_is_sealed(dir.path()));
+        assert_eq!(
+            NodeCerts::load(dir.path(), None).unwrap().unwrap().key_pem,
+            key
+        );
+        assert_eq!(
+            NodeCerts::load(dir.path(), Some(&kek))
+                .unwrap()
+                .unwrap()
+                .key_pem,
+            key
+        );
+    }
 
     #[test]
     fn a_node_certificate_names_the_node_its_role_and_the_cluster() {
