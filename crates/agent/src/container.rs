@@ -529,6 +529,12 @@ impl ContainerExecutor {
                 .privileged
                 .then(shoal_runtime::spec::node_capabilities)
                 .flatten(),
+            // As Docker's --privileged: every device of the host.
+            devices: if c.privileged {
+                shoal_runtime::devices::host_devices(Path::new("/dev"))
+            } else {
+                Vec::new()
+            },
         };
         let oci = spec::build(&input).map_err(|e| ExecError::Rejected(e.to_string()))?;
         oci.save(dir.join("config.json"))

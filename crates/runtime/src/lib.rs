@@ -13,6 +13,7 @@
 //! - [`logs`]: json-file logs; [`volume`]: named volumes; [`user`]: /etc/passwd lookups.
 
 pub mod cgroups;
+pub mod devices;
 pub mod digest;
 pub mod image;
 pub mod layer;

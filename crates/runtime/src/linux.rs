@@ -738,6 +738,14 @@ fn prepare(ctx: &InitContext) -> Result<Exec, String> {
     if dev_is_tmpfs {
         make_devices(&rootfs).map_err(|e| format!("/dev: {e}"))?;
     }
+    for d in spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().clone())
+        .unwrap_or_default()
+    {
+        make_device(&rootfs, &d).map_err(|e| format!("device {}: {e}", d.path().display()))?;
+    }
     let cwd = if process.cwd().as_os_str().is_empty() {
         PathBuf::from("/")
     } else {
@@ -1228,6 +1236,42 @@ fn loopback_up() -> std::io::Result<()> {
             return Err(std::io::Error::last_os_error());
         }
     }
+    Ok(())
+}
+
+/// A device of the spec's `linux.devices` in the container's /dev (where the defaults are
+/// already, they stay), with its mode and owner.
+fn make_device(rootfs: &Path, d: &oci_spec::runtime::LinuxDevice) -> std::io::Result<()> {
+    let path = secure_join(rootfs, d.path())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    if path.symlink_metadata().is_ok() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let kind = match d.typ() {
+        oci_spec::runtime::LinuxDeviceType::B => SFlag::S_IFBLK,
+        oci_spec::runtime::LinuxDeviceType::P => SFlag::S_IFIFO,
+        _ => SFlag::S_IFCHR,
+    };
+    let mode = Mode::from_bits_truncate(d.file_mode().unwrap_or(0o666));
+    mknod(
+        &path,
+        kind,
+        mode,
+        makedev(d.major() as u64, d.minor() as u64),
+    )?;
+    // mknod applies the umask: set the mode as given.
+    std::fs::set_permissions(
+        &path,
+        std::os::unix::fs::PermissionsExt::from_mode(mode.bits()),
+    )?;
+    nix::unistd::chown(
+        &path,
+        d.uid().map(Uid::from_raw),
+        d.gid().map(Gid::from_raw),
+    )?;
     Ok(())
 }
 

@@ -96,6 +96,9 @@ pub struct SpecInput {
     /// The capabilities the node itself holds (its bounding set, bit N for capability N):
     /// a privileged container gets those of every capability.
     pub node_capabilities: Option<u64>,
+    /// Host devices created in the container's /dev (a privileged container: every one of
+    /// the host's, [`crate::devices::host_devices`]).
+    pub devices: Vec<oci_spec::runtime::LinuxDevice>,
 }
 
 /// Docker's default capabilities.
@@ -364,6 +367,14 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
         }
         devices.push(b.build()?);
     }
+    // The devices given to the container are allowed too (a privileged one allows all).
+    devices.extend(
+        input
+            .devices
+            .iter()
+            .filter(|_| !input.privileged)
+            .map(oci_spec::runtime::LinuxDeviceCgroup::from),
+    );
     resources = resources.devices(devices);
     if let Some(m) = input.memory {
         let m =
@@ -389,6 +400,7 @@ pub fn build(input: &SpecInput) -> Result<Spec, SpecError> {
         (&MASKED_PATHS, &READONLY_PATHS)
     };
     let mut linux = LinuxBuilder::default()
+        .devices(input.devices.clone())
         .namespaces(namespaces)
         .resources(resources.build()?)
         .cgroups_path(PathBuf::from(&input.cgroups_path))

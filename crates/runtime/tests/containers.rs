@@ -587,3 +587,56 @@ fn seccomp_and_device_rules_confine_under_both_runtimes() {
         }
     }
 }
+
+/// A privileged container gets the host's devices in its /dev (as Docker's --privileged); an
+/// unprivileged one only the defaults. Only looked at, never opened.
+#[test]
+fn a_privileged_container_sees_the_hosts_devices_under_both_runtimes() {
+    use oci_spec::runtime::LinuxDeviceType;
+    if !supported() {
+        return;
+    }
+    let node = Node::new();
+    let mut runtimes = vec![node.builtin()];
+    match node.runc() {
+        Some(r) => runtimes.push(r),
+        None => shoal_testkit::skip("runc is not installed (apt-get install runc)"),
+    }
+    let devices = shoal_runtime::devices::host_devices(Path::new("/dev"));
+    let block = devices
+        .iter()
+        .find(|d| d.typ() == LinuxDeviceType::B)
+        .expect("the host has a block device (a loop device at least)")
+        .clone();
+    let path = block.path().to_str().unwrap().to_owned();
+    let script = format!("stat -c '%F %t:%T %a' {path} 2>/dev/null || echo absent");
+    let want = format!(
+        "block special file {:x}:{:x} {:o}\n",
+        block.major(),
+        block.minor(),
+        block.file_mode().unwrap()
+    );
+    for rt in &runtimes {
+        for privileged in [true, false] {
+            let id = format!("dev-{privileged}-{}", rt.name);
+            let devices = devices.clone();
+            let b = node.bundle(&id, "busybox", &["/bin/sh", "-c", &script], move |i| {
+                i.privileged = privileged;
+                if privileged {
+                    // As the agent gives a privileged container.
+                    i.node_capabilities = spec::node_capabilities();
+                    i.devices = devices;
+                }
+            });
+            let (exit, entries) = node.run(rt, &id, &b);
+            let out: String = entries.iter().map(|e| e.log.as_str()).collect();
+            assert_eq!(exit.code, 0, "{}: {entries:?}", rt.name);
+            let expected = if privileged {
+                want.as_str()
+            } else {
+                "absent\n"
+            };
+            assert_eq!(out, expected, "{} privileged={privileged}", rt.name);
+        }
+    }
+}

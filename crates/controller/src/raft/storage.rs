@@ -482,11 +482,8 @@ impl DurableLog {
         txn.commit().map_err(|e| db_err(&self.path, e))?;
         let mut core = self.core.write().expect("raft core lock");
         if let Some(first) = entries.first() {
-            let keep = core
-                .entries
-                .iter()
-                .take_while(|e| e.index < first.index)
-                .count();
+            // Entries are contiguous: those before `first` are a prefix, found without a scan.
+            let keep = core.entries.partition_point(|e| e.index < first.index);
             core.entries.truncate(keep);
             core.entries.extend_from_slice(entries);
         }
