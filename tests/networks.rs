@@ -167,6 +167,24 @@ fn services_find_and_reach_each_other_across_hosts_and_stacks_stay_apart() {
         seen, want,
         "connections through the VIP reach every replica"
     );
+    // The task sees the client's own address through the VIP (only the source port of a VIP
+    // connection is translated, so that its replies alone are tracked).
+    let own: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .map(|a| a.split('/').next().unwrap().to_owned())
+        .collect();
+    let seen_as = probe_in(&lab, c.1, c.0, &["get", "web:8080"]);
+    let seen_as: serde_json::Value = serde_json::from_slice(&seen_as.stdout).unwrap();
+    assert!(
+        own.contains(seen_as["client"].as_str().unwrap()),
+        "{seen_as} from {own:?}"
+    );
+    // A task reaching its own service's VIP is answered, by itself too (over the loopback).
+    let w = &web[0];
+    for _ in 0..10 {
+        assert!(get(&lab, (&w.0, &w.1), "web:8080").is_some());
+    }
 
     // Stack b has the same names on its own network: a's client sees only a's service, and
     // cannot reach b's tasks at all.
