@@ -167,8 +167,8 @@ fn services_find_and_reach_each_other_across_hosts_and_stacks_stay_apart() {
         seen, want,
         "connections through the VIP reach every replica"
     );
-    // The task sees the client's own address through the VIP (only the source port of a VIP
-    // connection is translated, so that its replies alone are tracked).
+    // The task sees the client's own address through the VIP (translated in the client's
+    // namespace, the connection keeps its source).
     let own: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().nth(3))

@@ -4,12 +4,6 @@
 //! the task sees the client's real address and replies go straight back. A VIP whose service
 //! has no running task refuses connections at once instead of timing out.
 //!
-//! Connection tracking, which the translation needs, is kept to the connections that go
-//! through a VIP: packets to a VIP (and the loopback's) are tracked, every other TCP and UDP
-//! packet leaving is not; a translated connection also gets its source port from
-//! [`VIP_PORTS`], so that its replies, and only they, are tracked on the way back in (with the
-//! loopback's). Every other connection of the container crosses its namespace untracked.
-//!
 //! The ruleset is a pure function of the views ([`ruleset`]); [`apply`] loads it with `nft`
 //! inside the namespace (a stopgap until shoal speaks nftables' netlink itself), replacing the
 //! table in one transaction.
@@ -23,19 +17,8 @@ use std::path::Path;
 /// Name of shoal's table in a container's namespace.
 pub const TABLE: &str = "shoal";
 
-/// Source ports of connections through a VIP: above Linux's default ephemeral range
-/// (32768–60999), so that replies to other connections are known untracked by their port.
-pub const VIP_PORTS: (u16, u16) = (61000, 65535);
-
 /// The rules for a container that reaches `vips` (VIP → running task addresses).
 pub fn ruleset(vips: &BTreeMap<Ipv4Addr, Vec<Ipv4Addr>>) -> String {
-    let (lo, hi) = VIP_PORTS;
-    let all: Vec<String> = vips.keys().map(Ipv4Addr::to_string).collect();
-    let set = if all.is_empty() {
-        String::new()
-    } else {
-        format!(" elements = {{ {} }};", all.join(", "))
-    };
     let mut nat = String::new();
     let mut refuse = String::new();
     for (vip, backends) in vips {
@@ -57,16 +40,7 @@ pub fn ruleset(vips: &BTreeMap<Ipv4Addr, Vec<Ipv4Addr>>) -> String {
     }
     format!(
         "table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n  \
-         set vips {{ type ipv4_addr;{set} }}\n  \
-         chain track_out {{\n    type filter hook output priority raw; policy accept;\n    \
-         ip daddr @vips return\n    oifname \"lo\" return\n    \
-         meta l4proto {{ tcp, udp }} notrack\n  }}\n  \
-         chain track_in {{\n    type filter hook prerouting priority raw; policy accept;\n    \
-         iifname \"lo\" return\n    th dport {lo}-{hi} return\n    \
-         meta l4proto {{ tcp, udp }} notrack\n  }}\n  \
          chain vip {{\n    type nat hook output priority -100; policy accept;\n{nat}  }}\n  \
-         chain vip_source {{\n    type nat hook postrouting priority srcnat; policy accept;\n    \
-         oifname != \"lo\" ct status dnat meta l4proto {{ tcp, udp }} masquerade to :{lo}-{hi}\n  }}\n  \
          chain refuse {{\n    type filter hook output priority 0; policy accept;\n{refuse}  }}\n}}\n"
     )
 }
@@ -125,13 +99,6 @@ mod tests {
         ));
         assert!(r.contains("ip daddr 10.0.1.3 dnat ip to 10.0.1.7"));
         assert!(r.contains("ip daddr 10.0.1.4 reject"));
-        // Only VIP connections (and the loopback's) are tracked.
-        assert!(
-            r.contains("set vips { type ipv4_addr; elements = { 10.0.1.2, 10.0.1.3, 10.0.1.4 }; }")
-        );
-        assert!(r.contains("ip daddr @vips return\n    oifname \"lo\" return\n    meta l4proto { tcp, udp } notrack"));
-        assert!(r.contains("iifname \"lo\" return\n    th dport 61000-65535 return\n    meta l4proto { tcp, udp } notrack"));
-        assert!(r.contains("ct status dnat meta l4proto { tcp, udp } masquerade to :61000-65535"));
         assert!(r.starts_with("table ip shoal\ndelete table ip shoal\n"));
     }
 }
