@@ -565,10 +565,7 @@ fn check_service_spec(
 
 /// The (port, protocol) pairs every service publishes or declares, but those `skip` names and
 /// those being removed.
-fn ports_in_use<'a>(
-    store: &'a Store,
-    skip: impl Fn(&ServiceId) -> bool,
-) -> BTreeMap<(u16, String), &'a str> {
+fn ports_in_use(store: &Store, skip: impl Fn(&ServiceId) -> bool) -> BTreeMap<(u16, String), &str> {
     let mut seen = BTreeMap::new();
     for s in store.services.values() {
         if s.removing || skip(&s.id) {
