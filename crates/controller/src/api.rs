@@ -733,6 +733,44 @@ async fn revoked(m: &Manager, digest: &str) -> bool {
     })
 }
 
+/// Whether `peer` may use the management API over TCP: a user certificate the cluster's CA
+/// issued and did not revoke, or the Unix socket.
+async fn admit_user(m: &Manager, peer: &Peer) -> std::result::Result<(), ApiError> {
+    let id = match peer {
+        Peer::Local => return Ok(()),
+        Peer::Remote { identity: None, .. } => {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "the management API over TCP needs a client certificate from the cluster's CA \
+                 (`shoal cluster client-cert`)",
+            ))
+        }
+        Peer::Remote {
+            identity: Some(id), ..
+        } => id,
+    };
+    if id.role != crate::pki::CertRole::Client {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "node {} presented its node certificate: the management API takes a user \
+                 certificate (`shoal cluster client-cert`)",
+                id.node_id
+            ),
+        ));
+    }
+    if revoked(m, &id.digest).await {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "the user certificate of {:?} was revoked (`shoal cluster client-cert --revoke`)",
+                id.node_id
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The management API over TCP (`shoald --listen`) answers only clients whose certificate the
 /// cluster's CA issued to a user (`cluster client-cert`) and did not revoke: a node's
 /// certificate, a worker's above all, reaches nothing here.
@@ -743,36 +781,10 @@ pub fn require_client_certificate(router: Router, manager: Shared) -> Router {
               next: axum::middleware::Next| {
             let manager = manager.clone();
             async move {
-            match &peer {
-                Peer::Local => next.run(req).await,
-                Peer::Remote {
-                    identity: Some(id), ..
-                } if id.role == crate::pki::CertRole::Client && revoked(&manager, &id.digest).await => {
-                    ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        format!("the user certificate of {:?} was revoked (`shoal cluster client-cert --revoke`)", id.node_id),
-                    )
-                    .into_response()
+                match admit_user(&manager, &peer).await {
+                    Ok(()) => next.run(req).await,
+                    Err(e) => e.into_response(),
                 }
-                Peer::Remote {
-                    identity: Some(id), ..
-                } if id.role == crate::pki::CertRole::Client => next.run(req).await,
-                Peer::Remote {
-                    identity: Some(id), ..
-                } => ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    format!(
-                        "node {} presented its node certificate: the management API takes a user certificate (`shoal cluster client-cert`)",
-                        id.node_id
-                    ),
-                )
-                .into_response(),
-                Peer::Remote { identity: None, .. } => ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "the management API over TCP needs a client certificate from the cluster's CA (`shoal cluster client-cert`)",
-                )
-                .into_response(),
-            }
             }
         },
     ))

@@ -522,6 +522,17 @@ fn builtin_and_runc_agree() {
     assert_eq!(set(&r1), set(&r2), "mount tables differ");
 }
 
+/// The built-in runtime, and runc when it is installed (otherwise says so: a failure under
+/// CI=true).
+fn builtin_and_runc(node: &Node) -> Vec<OciRuntime> {
+    let mut runtimes = vec![node.builtin()];
+    match node.runc() {
+        Some(r) => runtimes.push(r),
+        None => shoal_testkit::skip("runc is not installed (apt-get install runc)"),
+    }
+    runtimes
+}
+
 #[test]
 fn seccomp_and_device_rules_confine_under_both_runtimes() {
     use shoal_api::security::{parse_profile, Seccomp};
@@ -529,11 +540,7 @@ fn seccomp_and_device_rules_confine_under_both_runtimes() {
         return;
     }
     let node = Node::new();
-    let mut runtimes = vec![node.builtin()];
-    match node.runc() {
-        Some(r) => runtimes.push(r),
-        None => shoal_testkit::skip("runc is not installed (apt-get install runc)"),
-    }
+    let runtimes = builtin_and_runc(&node);
     let calls = [
         "/probe",
         "syscall",
@@ -597,11 +604,7 @@ fn a_privileged_container_sees_the_hosts_devices_under_both_runtimes() {
         return;
     }
     let node = Node::new();
-    let mut runtimes = vec![node.builtin()];
-    match node.runc() {
-        Some(r) => runtimes.push(r),
-        None => shoal_testkit::skip("runc is not installed (apt-get install runc)"),
-    }
+    let runtimes = builtin_and_runc(&node);
     let devices = shoal_runtime::devices::host_devices(Path::new("/dev"));
     let block = devices
         .iter()
