@@ -23,6 +23,7 @@ pub mod pki;
 pub mod raft;
 pub mod renewal;
 pub mod scheduler;
+pub mod seal;
 pub mod serve;
 pub mod store;
 pub mod watch;

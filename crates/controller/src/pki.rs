@@ -70,35 +70,22 @@ pub enum PkiError {
 /// PEM tag of a node key sealed under the cluster's unlock key (autolock).
 const SEALED_KEY_TAG: &str = "SHOAL SEALED KEY";
 
-/// The node key's PEM sealed under `kek` (ChaCha20-Poly1305), as PEM itself.
+/// The node key's PEM sealed under `kek` ([`crate::seal`]), as PEM itself.
 fn seal_key_pem(key_pem: &str, kek: &[u8; 32]) -> String {
-    use chacha20poly1305::aead::{Aead, KeyInit};
-    let nonce: [u8; 12] = rand::random();
-    let sealed = chacha20poly1305::ChaCha20Poly1305::new(kek.into())
-        .encrypt((&nonce).into(), key_pem.as_bytes())
-        .expect("a node key seals");
-    pem::encode(&pem::Pem::new(
-        SEALED_KEY_TAG,
-        [&nonce[..], &sealed].concat(),
-    ))
+    let sealed = crate::seal::SealKey::new(kek).seal(key_pem.as_bytes());
+    pem::encode(&pem::Pem::new(SEALED_KEY_TAG, sealed))
 }
 
 /// The node key's PEM from what `node.key` holds: as it is, or opened with `kek`.
 fn open_key_pem(text: String, kek: Option<&[u8; 32]>, path: &Path) -> Result<String, PkiError> {
-    use chacha20poly1305::aead::{Aead, KeyInit};
     let Some(sealed) = pem::parse(&text).ok().filter(|p| p.tag() == SEALED_KEY_TAG) else {
         return Ok(text);
     };
     let kek = kek.ok_or_else(|| PkiError::Locked {
         path: path.to_owned(),
     })?;
-    let (nonce, body) = sealed.contents().split_at(12.min(sealed.contents().len()));
-    if nonce.len() < 12 {
-        return Err(PkiError::WrongUnlockKey);
-    }
-    chacha20poly1305::ChaCha20Poly1305::new(kek.into())
-        .decrypt(nonce.into(), body)
-        .ok()
+    crate::seal::SealKey::new(kek)
+        .open(sealed.contents())
         .and_then(|plain| String::from_utf8(plain).ok())
         .ok_or(PkiError::WrongUnlockKey)
 }

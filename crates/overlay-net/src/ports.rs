@@ -207,6 +207,14 @@ mod tests {
         assert!(r.contains(
             "fib daddr type local tcp dport 8080 ip saddr @peers ip dscp 0x3f jump p0_local"
         ));
+        // VXLAN's datagrams are not tracked, either way.
+        assert!(r.contains("type filter hook prerouting priority raw; policy accept;\n    udp dport 4789 notrack"), "{r}");
+        assert!(
+            r.contains(
+                "type filter hook output priority raw; policy accept;\n    udp dport 4789 notrack"
+            ),
+            "{r}"
+        );
         assert!(
             r.contains("fib daddr type local udp dport 5353 jump p1_local"),
             "{r}"

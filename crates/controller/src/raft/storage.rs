@@ -9,8 +9,7 @@
 //! copy or a backup of it, shows none of them. Records written before sealing existed are
 //! read as they are and sealed when next written.
 
-use chacha20poly1305::aead::{Aead, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use crate::seal::SealKey;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
@@ -98,7 +97,7 @@ const LOCKED_KEY: &[u8; 5] = b"SHLK1";
 #[derive(Clone)]
 struct Sealer {
     key: [u8; 32],
-    cipher: ChaCha20Poly1305,
+    cipher: SealKey,
 }
 
 /// True when the data key file at `path` is sealed under an unlock key.
@@ -140,14 +139,8 @@ impl Sealer {
                         path: path.to_owned(),
                     });
                 };
-                let rest = &bytes[LOCKED_KEY.len()..];
-                if rest.len() < 12 {
-                    return Err(fault("a sealed key too short".into()));
-                }
-                let (nonce, sealed) = rest.split_at(12);
-                ChaCha20Poly1305::new(Key::from_slice(kek))
-                    .decrypt(Nonce::from_slice(nonce), sealed)
-                    .ok()
+                SealKey::new(kek)
+                    .open(&bytes[LOCKED_KEY.len()..])
                     .and_then(|k| <[u8; 32]>::try_from(k).ok())
                     .ok_or(StorageFault::WrongUnlockKey)?
             }
@@ -163,20 +156,14 @@ impl Sealer {
         };
         Ok(Sealer {
             key,
-            cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
+            cipher: SealKey::new(&key),
         })
     }
 
     /// Writes the key to `path`: sealed under `unlock` (autolock), or as it is.
     fn write_key(&self, path: &Path, unlock: Option<&[u8; 32]>) -> Result<(), StorageFault> {
         let bytes = match unlock {
-            Some(kek) => {
-                let nonce: [u8; 12] = rand::random();
-                let sealed = ChaCha20Poly1305::new(Key::from_slice(kek))
-                    .encrypt(Nonce::from_slice(&nonce), self.key.as_slice())
-                    .expect("a 32-byte key seals");
-                [LOCKED_KEY.as_slice(), &nonce, &sealed].concat()
-            }
+            Some(kek) => [LOCKED_KEY.as_slice(), &SealKey::new(kek).seal(&self.key)].concat(),
             None => self.key.to_vec(),
         };
         write_private(path, &bytes).map_err(|e| StorageFault::Key {
@@ -186,29 +173,13 @@ impl Sealer {
     }
 
     fn seal(&self, plain: &[u8]) -> Vec<u8> {
-        let nonce: [u8; 12] = rand::random();
-        let sealed = self
-            .cipher
-            .encrypt(Nonce::from_slice(&nonce), plain)
-            .expect("ChaCha20-Poly1305 seals any length a Raft record has");
-        let mut out = Vec::with_capacity(SEALED.len() + nonce.len() + sealed.len());
-        out.extend_from_slice(SEALED);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&sealed);
-        out
+        [SEALED.as_slice(), &self.cipher.seal(plain)].concat()
     }
 
     /// The plain record; `None` when it is sealed but does not open under this key.
     fn open<'a>(&self, record: &'a [u8]) -> Option<Cow<'a, [u8]>> {
         match record.strip_prefix(SEALED.as_slice()) {
-            Some(rest) if rest.len() >= 12 => {
-                let (nonce, sealed) = rest.split_at(12);
-                self.cipher
-                    .decrypt(Nonce::from_slice(nonce), sealed)
-                    .ok()
-                    .map(Cow::Owned)
-            }
-            Some(_) => None,
+            Some(rest) => self.cipher.open(rest).map(Cow::Owned),
             // Written before records were sealed.
             None => Some(Cow::Borrowed(record)),
         }
