@@ -261,7 +261,7 @@ fn respond(mut s: TcpStream) {
     );
 }
 
-/// A raw system call (x86_64 Linux): the result, or minus the errno.
+/// A raw system call (x86_64 Linux) with up to four arguments: the result, or minus the errno.
 #[cfg(target_arch = "x86_64")]
 fn raw_syscall(nr: i64, a: [i64; 4]) -> i64 {
     let ret: i64;
@@ -275,6 +275,9 @@ fn raw_syscall(nr: i64, a: [i64; 4]) -> i64 {
             in("rsi") a[1],
             in("rdx") a[2],
             in("r10") a[3],
+            // The fifth and sixth arguments (mount's data pointer among them) are null.
+            in("r8") 0i64,
+            in("r9") 0i64,
             lateout("rcx") _,
             lateout("r11") _,
             options(nostack)
@@ -307,6 +310,20 @@ fn forbidden_syscall(which: &str) -> Option<i64> {
                 fd.min(0)
             }
         }
+        // mknod(path, S_IFCHR | 0600, makedev(1, 3)) (a null device, which the default
+        // rules allow), then open it for writing
+        "mknod-null" => {
+            let path = c"/dev/probe-null";
+            let r = raw_syscall(133, [path.as_ptr() as i64, 0o20600, 1 << 8 | 3, 0]);
+            if r < 0 {
+                r
+            } else {
+                // open(path, O_WRONLY)
+                let fd = raw_syscall(2, [path.as_ptr() as i64, 1, 0, 0]);
+                let _ = std::fs::remove_file("/dev/probe-null");
+                fd.min(0)
+            }
+        }
         // mount("none", "/nonexistent-probe-target", "tmpfs", 0, NULL)
         "mount" => raw_syscall(
             165,
@@ -327,7 +344,7 @@ fn forbidden_syscall(_which: &str) -> Option<i64> {
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: probe report | serve [PORT] | udpserve [PORT] | dig NAME | exit CODE | alloc MB [SECS] | spawn N | sleep SECS | get HOST:PORT [PATH] | cat FILE | write FILE TEXT | syscall keyctl|unshare|mknod-block|mount...");
+    eprintln!("usage: probe report | serve [PORT] | udpserve [PORT] | dig NAME | exit CODE | alloc MB [SECS] | spawn N | sleep SECS | get HOST:PORT [PATH] | cat FILE | write FILE TEXT | syscall keyctl|unshare|mknod-block|mknod-null|mount...");
     ExitCode::from(2)
 }
 

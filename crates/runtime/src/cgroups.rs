@@ -1,6 +1,9 @@
 //! Control groups for containers, v1 (one directory per controller, as on hosts that mount the
 //! hybrid layout) and v2 (one unified directory, controllers enabled in the parents'
-//! `cgroup.subtree_control`). The mode is read off /sys/fs/cgroup.
+//! `cgroup.subtree_control`). The mode is read off the cgroup mount: /sys/fs/cgroup, or the
+//! one `SHOAL_CGROUP_ROOT` names (a hybrid host's unified hierarchy, /sys/fs/cgroup/unified,
+//! for one). Device rules go to the v1 devices controller, or on v2 into a BPF device program
+//! ([`crate::devices_bpf`]).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -8,6 +11,28 @@ use std::time::{Duration, Instant};
 
 /// The cgroup mount point.
 pub const ROOT: &str = "/sys/fs/cgroup";
+
+/// The environment variable that names another cgroup mount point for the built-in runtime.
+pub const ROOT_ENV: &str = "SHOAL_CGROUP_ROOT";
+
+/// The cgroup mount point the runtime uses: `SHOAL_CGROUP_ROOT` when set, else [`ROOT`].
+pub fn root() -> PathBuf {
+    std::env::var_os(ROOT_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(ROOT))
+}
+
+/// Where the unified (v2) hierarchy is mounted, if it is: the runtime's root on a v2 host,
+/// `/sys/fs/cgroup/unified` on a hybrid one.
+pub fn unified_root() -> Option<PathBuf> {
+    let root = root();
+    if mode_at(&root) == Mode::V2 {
+        return Some(root);
+    }
+    let hybrid = Path::new(ROOT).join("unified");
+    (mode_at(&hybrid) == Mode::V2).then_some(hybrid)
+}
 
 /// v1 controllers a container gets a directory in.
 const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "pids", "devices", "freezer"];
@@ -21,9 +46,9 @@ pub enum Mode {
     V2,
 }
 
-/// The host's mode: v2 only when /sys/fs/cgroup itself is the unified hierarchy.
+/// The host's mode: v2 only when the runtime's cgroup mount is the unified hierarchy.
 pub fn mode() -> Mode {
-    mode_at(Path::new(ROOT))
+    mode_at(&root())
 }
 
 fn mode_at(root: &Path) -> Mode {
@@ -43,8 +68,52 @@ pub struct Limits {
     pub cpu: Option<(i64, u64)>,
     /// Maximum number of tasks.
     pub pids: Option<i64>,
-    /// Device rules (v1 `devices.allow`/`devices.deny` lines), in order: (allow, rule).
-    pub devices: Vec<(bool, String)>,
+    /// Device rules, in order: the last one that matches an access decides.
+    pub devices: Vec<DeviceRule>,
+}
+
+/// Which devices a [`DeviceRule`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// Character and block devices.
+    All,
+    /// Character devices.
+    Char,
+    /// Block devices.
+    Block,
+}
+
+/// One device rule, as the OCI spec's `linux.resources.devices` lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRule {
+    /// Allow, or deny.
+    pub allow: bool,
+    /// Which devices.
+    pub kind: DeviceKind,
+    /// The major number; `None` for any.
+    pub major: Option<i64>,
+    /// The minor number; `None` for any.
+    pub minor: Option<i64>,
+    /// The accesses: `r` (read), `w` (write), `m` (mknod), or a part of `rwm`.
+    pub access: String,
+}
+
+impl DeviceRule {
+    /// The rule as a v1 `devices.allow`/`devices.deny` line, e.g. `c 1:3 rwm`.
+    pub fn v1_line(&self) -> String {
+        let kind = match self.kind {
+            DeviceKind::All => 'a',
+            DeviceKind::Char => 'c',
+            DeviceKind::Block => 'b',
+        };
+        let num = |n: Option<i64>| n.map(|n| n.to_string()).unwrap_or_else(|| "*".into());
+        format!(
+            "{kind} {}:{} {}",
+            num(self.major),
+            num(self.minor),
+            self.access
+        )
+    }
 }
 
 /// One container's cgroup.
@@ -54,6 +123,9 @@ pub struct Cgroup {
     mode: Mode,
     /// Leaf directories: one per controller (v1) or one (v2).
     dirs: Vec<PathBuf>,
+    /// Whether device rules given to [`Cgroup::create`] are enforced: by the devices
+    /// controller (v1) or an attached BPF device program (v2).
+    devices_enforced: bool,
 }
 
 fn write(path: &Path, value: &str) -> io::Result<()> {
@@ -68,7 +140,7 @@ fn write(path: &Path, value: &str) -> io::Result<()> {
 impl Cgroup {
     /// The cgroup at `path` (relative to the hierarchy root, e.g. `/shoal/abc`), not created.
     pub fn at(path: &str) -> Cgroup {
-        Cgroup::at_root(Path::new(ROOT), path)
+        Cgroup::at_root(&root(), path)
     }
 
     /// The same under another cgroup mount point (tests use a plain directory).
@@ -84,11 +156,22 @@ impl Cgroup {
                 .map(|d| d.join(rel))
                 .collect(),
         };
-        Cgroup {
+        let mut cg = Cgroup {
             root: root.to_owned(),
             mode,
             dirs,
-        }
+            devices_enforced: false,
+        };
+        cg.devices_enforced = cg.mode == Mode::V1 && cg.dir_of("devices").is_some();
+        cg
+    }
+
+    /// Whether the device rules it was created with are enforced by the kernel. False on a
+    /// v1 host without the devices controller, and on a v2 host whose kernel refused the
+    /// device program (the reason is logged); a runtime then keeps CAP_MKNOD from the
+    /// container.
+    pub fn enforces_devices(&self) -> bool {
+        self.devices_enforced
     }
 
     /// Its mode.
@@ -108,12 +191,12 @@ impl Cgroup {
 
     /// Creates the cgroup and applies `limits`.
     pub fn create(path: &str, limits: &Limits) -> io::Result<Cgroup> {
-        Cgroup::create_at(Path::new(ROOT), path, limits)
+        Cgroup::create_at(&root(), path, limits)
     }
 
     /// The same under another cgroup mount point.
     pub fn create_at(root: &Path, path: &str, limits: &Limits) -> io::Result<Cgroup> {
-        let cg = Cgroup::at_root(root, path);
+        let mut cg = Cgroup::at_root(root, path);
         if cg.mode == Mode::V2 {
             enable_v2_controllers(root, &cg.dirs[0])?;
         }
@@ -128,7 +211,7 @@ impl Cgroup {
         Ok(cg)
     }
 
-    fn apply(&self, limits: &Limits) -> io::Result<()> {
+    fn apply(&mut self, limits: &Limits) -> io::Result<()> {
         match self.mode {
             Mode::V1 => {
                 if let (Some(m), Some(d)) = (limits.memory, self.dir_of("memory")) {
@@ -146,13 +229,13 @@ impl Cgroup {
                     write(&d.join("pids.max"), &p.to_string())?;
                 }
                 if let Some(d) = self.dir_of("devices") {
-                    for (allow, rule) in &limits.devices {
-                        let file = if *allow {
+                    for rule in &limits.devices {
+                        let file = if rule.allow {
                             "devices.allow"
                         } else {
                             "devices.deny"
                         };
-                        write(&d.join(file), rule)?;
+                        write(&d.join(file), &rule.v1_line())?;
                     }
                 }
             }
@@ -171,7 +254,17 @@ impl Cgroup {
                 if let Some(p) = limits.pids {
                     write(&d.join("pids.max"), &p.to_string())?;
                 }
-                // v2 controls devices with eBPF programs; not applied here.
+                // A plain directory (the unit tests') takes no program.
+                if !limits.devices.is_empty() && is_cgroup2(d) {
+                    match crate::devices_bpf::attach(d, &limits.devices) {
+                        Ok(()) => self.devices_enforced = true,
+                        Err(e) => tracing::warn!(
+                            cgroup = %d.display(),
+                            error = %e,
+                            "device rules not enforced; the container gets no CAP_MKNOD"
+                        ),
+                    }
+                }
             }
         }
         Ok(())
@@ -243,6 +336,12 @@ impl Cgroup {
     }
 }
 
+/// Whether `dir` is on a cgroup2 file system.
+fn is_cgroup2(dir: &Path) -> bool {
+    use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC};
+    statfs(dir).is_ok_and(|s| s.filesystem_type() == CGROUP2_SUPER_MAGIC)
+}
+
 /// Enables memory, cpu and pids in every ancestor's `cgroup.subtree_control` down to `leaf`.
 fn enable_v2_controllers(root: &Path, leaf: &Path) -> io::Result<()> {
     let available = std::fs::read_to_string(root.join("cgroup.controllers"))?;
@@ -274,6 +373,16 @@ fn enable_v2_controllers(root: &Path, leaf: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    fn deny_all() -> DeviceRule {
+        DeviceRule {
+            allow: false,
+            kind: DeviceKind::All,
+            major: None,
+            minor: None,
+            access: "rwm".into(),
+        }
+    }
+
     fn read(p: &Path) -> String {
         std::fs::read_to_string(p).unwrap_or_default()
     }
@@ -292,7 +401,7 @@ mod tests {
             memory: Some(64 << 20),
             cpu: Some((50_000, 100_000)),
             pids: Some(20),
-            devices: vec![(false, "a *:* rwm".into())],
+            devices: vec![deny_all()],
         };
         let cg = Cgroup::create_at(root, "/shoal/c1", &limits).unwrap();
         assert_eq!(cg.mode(), Mode::V2);
@@ -317,7 +426,16 @@ mod tests {
             memory: Some(1 << 20),
             cpu: Some((10_000, 100_000)),
             pids: Some(5),
-            devices: vec![(false, "a *:* rwm".into()), (true, "c 1:3 rwm".into())],
+            devices: vec![
+                deny_all(),
+                DeviceRule {
+                    allow: true,
+                    kind: DeviceKind::Char,
+                    major: Some(1),
+                    minor: Some(3),
+                    access: "rwm".into(),
+                },
+            ],
         };
         let cg = Cgroup::create_at(root, "/shoal/c1", &limits).unwrap();
         assert_eq!(cg.mode(), Mode::V1);

@@ -14,6 +14,7 @@
 
 pub mod cgroups;
 pub mod devices;
+pub mod devices_bpf;
 pub mod digest;
 pub mod image;
 pub mod layer;

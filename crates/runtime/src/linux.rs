@@ -8,14 +8,14 @@
 //! other end, and the init execs the process. The parent of `create` (the shim) becomes the
 //! init's parent when `create` exits, as it is a child subreaper.
 
-use crate::cgroups::{Cgroup, Limits};
+use crate::cgroups::{Cgroup, DeviceKind, DeviceRule, Limits};
 use nix::fcntl::{open, OFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, Signal};
 use nix::sys::stat::{makedev, mknod, umask, Mode, SFlag};
 use nix::unistd::{Gid, Pid, Uid};
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::{LinuxDeviceType, LinuxNamespaceType, Spec};
 use serde::{Deserialize, Serialize};
 use std::ffi::CString;
 use std::io::{Read, Write};
@@ -84,6 +84,16 @@ pub struct State {
     pub cgroups_path: String,
     /// When it was created (ms since the epoch).
     pub created: u64,
+    /// Whether its cgroup enforces the spec's device rules ([`Cgroup::enforces_devices`]):
+    /// processes exec'd into it keep CAP_MKNOD only then.
+    #[serde(default = "devices_enforced_before_it_was_recorded")]
+    pub devices_enforced: bool,
+}
+
+/// State written before `devices_enforced` was recorded: device rules were enforced on v1
+/// hosts only.
+fn devices_enforced_before_it_was_recorded() -> bool {
+    crate::cgroups::mode() == crate::cgroups::Mode::V1
 }
 
 /// The state as `state` prints it (runc's fields).
@@ -212,7 +222,7 @@ impl Runtime {
             RuntimeError::Spec(format!("{}/config.json: {e}", state.bundle.display()))
         })?;
         let filters = filters_of(&spec)?;
-        let process = &confined_process(&spec, process, crate::cgroups::mode());
+        let process = &confined_process(&spec, process, state.devices_enforced);
         // Its cgroup, in every hierarchy (v1) or the unified one (v2), as /proc says.
         let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
             .map_err(sys(format!("reading /proc/{pid}/cgroup")))?;
@@ -337,6 +347,7 @@ impl Runtime {
                     bundle: bundle.to_owned(),
                     cgroups_path,
                     created: crate::now_ms(),
+                    devices_enforced: cgroup.enforces_devices(),
                 };
                 let bytes = serde_json::to_vec(&state).expect("state serializes");
                 crate::write_atomic(&dir.join("state.json"), &bytes)
@@ -413,6 +424,7 @@ impl Runtime {
             fifo: fifo_fd.as_raw_fd(),
             join: &join,
             filters,
+            devices_enforced: cgroup.enforces_devices(),
         };
         let mut stack = vec![0u8; 1 << 20];
         // SAFETY: this program is single-threaded when it creates containers (the
@@ -554,18 +566,18 @@ pub fn limits_of(spec: &Spec) -> Limits {
         l.pids = Some(p.limit());
     }
     for d in r.devices().clone().unwrap_or_default() {
-        let kind = match d.typ() {
-            Some(t) => t.as_str().to_owned(),
-            None => "a".into(),
-        };
-        let num = |n: Option<i64>| n.map(|n| n.to_string()).unwrap_or_else(|| "*".into());
-        let rule = format!(
-            "{kind} {}:{} {}",
-            num(d.major()),
-            num(d.minor()),
-            d.access().clone().unwrap_or_else(|| "rwm".into())
-        );
-        l.devices.push((d.allow(), rule));
+        l.devices.push(DeviceRule {
+            allow: d.allow(),
+            kind: match d.typ() {
+                Some(LinuxDeviceType::C | LinuxDeviceType::U) => DeviceKind::Char,
+                Some(LinuxDeviceType::B) => DeviceKind::Block,
+                // `p` (a FIFO) is no device the kernel asks about; `a` and none mean all.
+                _ => DeviceKind::All,
+            },
+            major: d.major(),
+            minor: d.minor(),
+            access: d.access().clone().unwrap_or_else(|| "rwm".into()),
+        });
     }
     l
 }
@@ -578,6 +590,7 @@ struct InitContext<'a> {
     fifo: RawFd,
     join: &'a [(OwnedFd, CloneFlags)],
     filters: &'a [seccompiler::BpfProgram],
+    devices_enforced: bool,
 }
 
 /// The seccomp programs of the spec's `linux.seccomp` (none without one).
@@ -588,20 +601,18 @@ pub fn filters_of(spec: &Spec) -> Result<Vec<seccompiler::BpfProgram>, RuntimeEr
     }
 }
 
-/// The process as this runtime can confine it: device rules are enforced through the v1
-/// devices controller only (a v2 host would need a BPF device program), so on a v2 host a
-/// spec that restricts devices loses CAP_MKNOD, and no device node can be made.
+/// The process as this runtime can confine it. Device rules are enforced by the v1 devices
+/// controller, or on v2 by a BPF device program ([`crate::devices_bpf`]); where the kernel
+/// refuses that program, a spec that restricts devices loses CAP_MKNOD, so that no device
+/// node can be made without rules in place.
 pub fn confined_process(
     spec: &Spec,
     process: &oci_spec::runtime::Process,
-    mode: crate::cgroups::Mode,
+    rules_enforced: bool,
 ) -> oci_spec::runtime::Process {
     let mut process = process.clone();
-    let restricts_devices = limits_of(spec)
-        .devices
-        .first()
-        .is_some_and(|(allow, _)| !allow);
-    if mode == crate::cgroups::Mode::V2 && restricts_devices {
+    let restricts_devices = limits_of(spec).devices.first().is_some_and(|r| !r.allow);
+    if !rules_enforced && restricts_devices {
         if let Some(mut caps) = process.capabilities().clone() {
             let strip = |set: &Option<oci_spec::runtime::Capabilities>| {
                 set.clone().map(|mut s| {
@@ -699,7 +710,7 @@ fn prepare(ctx: &InitContext) -> Result<Exec, String> {
         spec.process()
             .as_ref()
             .ok_or("config.json has no process")?,
-        crate::cgroups::mode(),
+        ctx.devices_enforced,
     );
     let new_mount_ns = spec.linux().as_ref().is_some_and(|l| {
         l.namespaces().as_ref().is_some_and(|n| {

@@ -547,6 +547,7 @@ fn seccomp_and_device_rules_confine_under_both_runtimes() {
         "keyctl",
         "unshare",
         "mknod-block",
+        "mknod-null",
         "mount",
     ];
     let custom = parse_profile(
@@ -557,30 +558,31 @@ fn seccomp_and_device_rules_confine_under_both_runtimes() {
     type Edit = Box<dyn Fn(&mut SpecInput)>;
     let cases: Vec<(&str, Edit, &str)> = vec![
         (
-            // Denied by the filter (keyctl, unshare, mount) and by the device rules (mknod).
+            // Denied by the filter (keyctl, unshare, mount) and by the device rules (mknod of
+            // a block device); a null device may be made and opened.
             "default",
             Box::new(|_| {}),
-            "keyctl: errno 1\nunshare: errno 1\nmknod-block: errno 1\nmount: errno 1\n",
+            "keyctl: errno 1\nunshare: errno 1\nmknod-block: errno 1\nmknod-null: ok\nmount: errno 1\n",
         ),
         (
             // No filter: keyctl works and mount reaches the kernel (which looks the target
             // up before it checks the capability); capabilities and device rules still hold.
             "unconfined",
             Box::new(|i| i.seccomp = Seccomp::Unconfined),
-            "keyctl: ok\nunshare: errno 1\nmknod-block: errno 1\nmount: errno 2\n",
+            "keyctl: ok\nunshare: errno 1\nmknod-block: errno 1\nmknod-null: ok\nmount: errno 2\n",
         ),
         (
             // CAP_SYS_ADMIN lifts the filter's namespace and mount rules (mount then fails
             // only because its target does not exist); keyctl stays denied.
             "sysadmin",
             Box::new(|i| i.cap_add = vec!["SYS_ADMIN".into()]),
-            "keyctl: errno 1\nunshare: ok\nmknod-block: errno 1\nmount: errno 2\n",
+            "keyctl: errno 1\nunshare: ok\nmknod-block: errno 1\nmknod-null: ok\nmount: errno 2\n",
         ),
         (
             // The profile replaces the default: only keyctl is filtered, with its errno.
             "profile",
             Box::new(move |i| i.seccomp = Seccomp::Profile(Box::new(custom.clone()))),
-            "keyctl: errno 38\nunshare: errno 1\nmknod-block: errno 1\nmount: errno 2\n",
+            "keyctl: errno 38\nunshare: errno 1\nmknod-block: errno 1\nmknod-null: ok\nmount: errno 2\n",
         ),
     ];
     for rt in &runtimes {
@@ -592,6 +594,43 @@ fn seccomp_and_device_rules_confine_under_both_runtimes() {
             assert_eq!(exit.code, 0, "{}: {name}: {entries:?}", rt.name);
             assert_eq!(out, *want, "{} with the {name} case", rt.name);
         }
+    }
+}
+
+/// On cgroup v2 the device rules are a BPF device program attached to the container's cgroup:
+/// the built-in runtime keeps CAP_MKNOD there, a null device can be made and opened, a block
+/// device cannot. On a hybrid host (v1 controllers, v2 at /sys/fs/cgroup/unified) the runtime
+/// is pointed at the unified hierarchy, and the test checks that v1's devices controller had
+/// no part in it.
+#[test]
+fn device_rules_hold_on_cgroup_v2_through_a_bpf_program() {
+    use shoal_runtime::cgroups;
+    if !supported() {
+        return;
+    }
+    let Some(unified) = cgroups::unified_root() else {
+        shoal_testkit::skip("this host mounts no cgroup2 hierarchy");
+        return;
+    };
+    // nextest runs each test in a process of its own: the runtimes it starts inherit this.
+    std::env::set_var(cgroups::ROOT_ENV, &unified);
+    let node = Node::new();
+    let rt = node.builtin();
+    let calls = ["/probe", "syscall", "mknod-block", "mknod-null"];
+    let b = node.bundle("v2-dev", "probe", &calls, |_| {});
+    let (exit, entries) = node.run(&rt, "v2-dev", &b);
+    let out: String = entries.iter().map(|e| e.log.as_str()).collect();
+    assert_eq!(exit.code, 0, "{entries:?}");
+    assert_eq!(out, "mknod-block: errno 1\nmknod-null: ok\n");
+    let b = node.bundle("v2-cg", "probe", &["/probe", "cat", "/proc/self/cgroup"], |_| {});
+    let (exit, entries) = node.run(&rt, "v2-cg", &b);
+    let out: String = entries.iter().map(|e| e.log.as_str()).collect();
+    assert_eq!(exit.code, 0, "{entries:?}");
+    let line = |prefix: &str| out.lines().find(|l| l.starts_with(prefix)).map(str::to_owned);
+    let own = format!("{}/v2-cg", node.cgroup_parent);
+    assert_eq!(line("0::").as_deref(), Some(format!("0::{own}").as_str()), "{out}");
+    if let Some(devices) = out.lines().find(|l| l.contains(":devices:")) {
+        assert!(!devices.ends_with(&own), "v1's devices controller was used: {out}");
     }
 }
 
