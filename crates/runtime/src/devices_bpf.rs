@@ -204,7 +204,13 @@ pub fn attach(dir: &Path, rules: &[DeviceRule]) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    fn rule(allow: bool, kind: DeviceKind, major: Option<i64>, minor: Option<i64>, access: &str) -> DeviceRule {
+    fn rule(
+        allow: bool,
+        kind: DeviceKind,
+        major: Option<i64>,
+        minor: Option<i64>,
+        access: &str,
+    ) -> DeviceRule {
         DeviceRule {
             allow,
             kind,
@@ -247,14 +253,26 @@ mod tests {
         let rw = ACC_READ | ACC_WRITE;
         assert!(decide(&rules, DEV_CHAR, rw, 1, 3), "/dev/null");
         assert!(decide(&rules, DEV_CHAR, ACC_MKNOD, 1, 5), "mknod /dev/zero");
-        assert!(decide(&rules, DEV_CHAR, ACC_MKNOD, 10, 200), "mknod any char");
-        assert!(!decide(&rules, DEV_CHAR, ACC_READ, 10, 200), "but not open it");
+        assert!(
+            decide(&rules, DEV_CHAR, ACC_MKNOD, 10, 200),
+            "mknod any char"
+        );
+        assert!(
+            !decide(&rules, DEV_CHAR, ACC_READ, 10, 200),
+            "but not open it"
+        );
         assert!(decide(&rules, DEV_CHAR, ACC_WRITE, 136, 7), "a pty");
         assert!(!decide(&rules, DEV_CHAR, ACC_MKNOD | ACC_READ, 136, 7));
         assert!(!decide(&rules, DEV_BLOCK, ACC_MKNOD, 8, 0), "mknod a disk");
         assert!(!decide(&rules, DEV_BLOCK, ACC_READ, 8, 0), "read a disk");
-        assert!(!decide(&rules, DEV_BLOCK, ACC_READ, 1, 3), "the type counts");
-        assert!(!decide(&rules, DEV_CHAR, ACC_READ, 1, 4), "the minor counts");
+        assert!(
+            !decide(&rules, DEV_BLOCK, ACC_READ, 1, 3),
+            "the type counts"
+        );
+        assert!(
+            !decide(&rules, DEV_CHAR, ACC_READ, 1, 4),
+            "the minor counts"
+        );
     }
 
     #[test]
@@ -307,7 +325,11 @@ mod kernel_tests {
         let dir = root.join(format!("shoal-devices-bpf-{}", std::process::id()));
         std::fs::create_dir(&dir).unwrap();
         let mut result = Vec::new();
-        for rules in [tests::docker_like(), tests::docker_like()[1..].to_vec(), vec![]] {
+        for rules in [
+            tests::docker_like(),
+            tests::docker_like()[1..].to_vec(),
+            vec![],
+        ] {
             result.push(attach(&dir, &rules));
         }
         std::fs::remove_dir(&dir).unwrap();

@@ -622,15 +622,31 @@ fn device_rules_hold_on_cgroup_v2_through_a_bpf_program() {
     let out: String = entries.iter().map(|e| e.log.as_str()).collect();
     assert_eq!(exit.code, 0, "{entries:?}");
     assert_eq!(out, "mknod-block: errno 1\nmknod-null: ok\n");
-    let b = node.bundle("v2-cg", "probe", &["/probe", "cat", "/proc/self/cgroup"], |_| {});
+    let b = node.bundle(
+        "v2-cg",
+        "probe",
+        &["/probe", "cat", "/proc/self/cgroup"],
+        |_| {},
+    );
     let (exit, entries) = node.run(&rt, "v2-cg", &b);
     let out: String = entries.iter().map(|e| e.log.as_str()).collect();
     assert_eq!(exit.code, 0, "{entries:?}");
-    let line = |prefix: &str| out.lines().find(|l| l.starts_with(prefix)).map(str::to_owned);
+    let line = |prefix: &str| {
+        out.lines()
+            .find(|l| l.starts_with(prefix))
+            .map(str::to_owned)
+    };
     let own = format!("{}/v2-cg", node.cgroup_parent);
-    assert_eq!(line("0::").as_deref(), Some(format!("0::{own}").as_str()), "{out}");
+    assert_eq!(
+        line("0::").as_deref(),
+        Some(format!("0::{own}").as_str()),
+        "{out}"
+    );
     if let Some(devices) = out.lines().find(|l| l.contains(":devices:")) {
-        assert!(!devices.ends_with(&own), "v1's devices controller was used: {out}");
+        assert!(
+            !devices.ends_with(&own),
+            "v1's devices controller was used: {out}"
+        );
     }
 }
 
