@@ -566,14 +566,17 @@ pub fn limits_of(spec: &Spec) -> Limits {
         l.pids = Some(p.limit());
     }
     for d in r.devices().clone().unwrap_or_default() {
+        let kind = match d.typ() {
+            Some(LinuxDeviceType::C | LinuxDeviceType::U) => DeviceKind::Char,
+            Some(LinuxDeviceType::B) => DeviceKind::Block,
+            Some(LinuxDeviceType::A) | None => DeviceKind::All,
+            // A FIFO is no device the kernel asks the rules about: such a rule means nothing
+            // (and must not widen into one about every device).
+            Some(LinuxDeviceType::P) => continue,
+        };
         l.devices.push(DeviceRule {
             allow: d.allow(),
-            kind: match d.typ() {
-                Some(LinuxDeviceType::C | LinuxDeviceType::U) => DeviceKind::Char,
-                Some(LinuxDeviceType::B) => DeviceKind::Block,
-                // `p` (a FIFO) is no device the kernel asks about; `a` and none mean all.
-                _ => DeviceKind::All,
-            },
+            kind,
             major: d.major(),
             minor: d.minor(),
             access: d.access().clone().unwrap_or_else(|| "rwm".into()),
@@ -1320,6 +1323,55 @@ fn make_devices(rootfs: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The spec's device list becomes the rules in order; a FIFO rule is dropped rather than
+    /// read as one about every device.
+    #[test]
+    fn device_rules_come_from_the_spec_in_order() {
+        use oci_spec::runtime::{
+            LinuxBuilder, LinuxDeviceCgroupBuilder, LinuxResourcesBuilder, SpecBuilder,
+        };
+        let rule = |allow, typ: Option<LinuxDeviceType>, major: Option<i64>, access: &str| {
+            let mut b = LinuxDeviceCgroupBuilder::default()
+                .allow(allow)
+                .access(access);
+            if let Some(t) = typ {
+                b = b.typ(t);
+            }
+            if let Some(m) = major {
+                b = b.major(m);
+            }
+            b.build().unwrap()
+        };
+        let resources = LinuxResourcesBuilder::default()
+            .devices(vec![
+                rule(false, None, None, "rwm"),
+                rule(true, Some(LinuxDeviceType::P), None, "rwm"),
+                rule(true, Some(LinuxDeviceType::C), Some(1), "rw"),
+                rule(true, Some(LinuxDeviceType::B), Some(8), "m"),
+            ])
+            .build()
+            .unwrap();
+        let spec = SpecBuilder::default()
+            .linux(
+                LinuxBuilder::default()
+                    .resources(resources)
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let rules = limits_of(&spec).devices;
+        let lines: Vec<(bool, String)> = rules.iter().map(|r| (r.allow, r.v1_line())).collect();
+        assert_eq!(
+            lines,
+            [
+                (false, "a *:* rwm".to_owned()),
+                (true, "c 1:* rw".to_owned()),
+                (true, "b 8:* m".to_owned()),
+            ]
+        );
+    }
 
     #[test]
     fn signals_parse_by_name_and_number() {
