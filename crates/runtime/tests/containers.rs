@@ -599,7 +599,7 @@ fn seccomp_and_device_rules_confine_under_both_runtimes() {
 
 /// On cgroup v2 the device rules are a BPF device program attached to the container's cgroup:
 /// the built-in runtime keeps CAP_MKNOD there, a null device can be made and opened, a block
-/// device cannot. On a hybrid host (v1 controllers, v2 at /sys/fs/cgroup/unified) the runtime
+/// device cannot (unless the container is privileged). On a hybrid host (v1 controllers, v2 at /sys/fs/cgroup/unified) the runtime
 /// is pointed at the unified hierarchy, and the test checks that v1's devices controller had
 /// no part in it.
 #[test]
@@ -622,6 +622,20 @@ fn device_rules_hold_on_cgroup_v2_through_a_bpf_program() {
     let out: String = entries.iter().map(|e| e.log.as_str()).collect();
     assert_eq!(exit.code, 0, "{entries:?}");
     assert_eq!(out, "mknod-block: errno 1\nmknod-null: ok\n");
+    // A privileged container's rules allow every device: the block device is made, and its
+    // open fails at most because the host has no such disk (ENXIO), never with EPERM.
+    let b = node.bundle("v2-priv", "probe", &calls, |i| {
+        i.privileged = true;
+        i.node_capabilities = spec::node_capabilities();
+    });
+    let (exit, entries) = node.run(&rt, "v2-priv", &b);
+    let out: String = entries.iter().map(|e| e.log.as_str()).collect();
+    assert_eq!(exit.code, 0, "{entries:?}");
+    assert!(
+        out == "mknod-block: ok\nmknod-null: ok\n"
+            || out == "mknod-block: errno 6\nmknod-null: ok\n",
+        "{out}"
+    );
     let b = node.bundle(
         "v2-cg",
         "probe",
