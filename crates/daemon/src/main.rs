@@ -56,6 +56,11 @@ struct Args {
     /// Parent of the containers' cgroups.
     #[arg(long, default_value = "/shoal")]
     cgroup_parent: String,
+    /// The cgroup mount the built-in runtime uses (default /sys/fs/cgroup, v1 or v2 as found
+    /// there): for one, a hybrid host's unified hierarchy (/sys/fs/cgroup/unified), where
+    /// device rules become a BPF device program.
+    #[arg(long, env = "SHOAL_CGROUP_ROOT")]
+    cgroup_root: Option<PathBuf>,
     /// Node name (default: the host name).
     #[arg(long)]
     hostname: Option<String>,
@@ -220,9 +225,27 @@ fn container_executor(args: &Args) -> Result<ContainerExecutor> {
         .map_err(|e| anyhow::anyhow!("opening the container executor: {e}"))
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(root) = &args.cgroup_root {
+        if !shoal_runtime::cgroups::is_mount(root) {
+            bail!(
+                "--cgroup-root {}: not a cgroup mount (neither cgroup2 nor v1 controllers)",
+                root.display()
+            );
+        }
+        // Set before any thread starts: this daemon and the runtime processes its shims
+        // start read it from the environment.
+        std::env::set_var(shoal_runtime::cgroups::ROOT_ENV, root);
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
         .with_writer(std::io::stderr)

@@ -51,6 +51,15 @@ pub fn mode() -> Mode {
     mode_at(&root())
 }
 
+/// Whether `root` is a cgroup mount point: the unified hierarchy, or a directory of v1
+/// hierarchies holding at least one controller the runtime uses.
+pub fn is_mount(root: &Path) -> bool {
+    is_cgroup2(root)
+        || V1_CONTROLLERS
+            .iter()
+            .any(|c| root.join(c).join("cgroup.procs").exists())
+}
+
 fn mode_at(root: &Path) -> Mode {
     if root.join("cgroup.controllers").exists() {
         Mode::V2
@@ -372,6 +381,18 @@ fn enable_v2_controllers(root: &Path, leaf: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_cgroup_mount_is_one() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!is_mount(dir.path()));
+        if Path::new(ROOT).join("memory/cgroup.procs").exists() {
+            assert!(is_mount(Path::new(ROOT)));
+        }
+        if let Some(unified) = unified_root() {
+            assert!(is_mount(&unified));
+        }
+    }
 
     fn deny_all() -> DeviceRule {
         DeviceRule {
