@@ -151,38 +151,46 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     }
 }
 
+/// Loads `code` as a device program. It is loaded without the verifier's log (which costs
+/// time, and fails a load whose log overflows its buffer); a refused program is loaded again
+/// with it, for the reason.
+fn load(code: &[u8]) -> io::Result<OwnedFd> {
+    let license = c"Apache-2.0";
+    let try_load = |log: Option<&mut Vec<u8>>| {
+        let mut attr = ProgLoadAttr {
+            prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+            insn_cnt: (code.len() / 8) as u32,
+            insns: code.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            ..Default::default()
+        };
+        if let Some(log) = log {
+            attr.log_level = 1;
+            attr.log_size = log.len() as u32;
+            attr.log_buf = log.as_mut_ptr() as u64;
+        }
+        bpf(BPF_PROG_LOAD, &mut attr)
+    };
+    let fd = try_load(None).map_err(|e| {
+        let mut log = vec![0u8; 256 * 1024];
+        let _ = try_load(Some(&mut log));
+        let text = String::from_utf8_lossy(&log);
+        let text = text.trim_end_matches('\0').trim();
+        let why = if text.is_empty() {
+            String::new()
+        } else {
+            format!(" (verifier: {text})")
+        };
+        io::Error::new(e.kind(), format!("loading the device program: {e}{why}"))
+    })?;
+    // SAFETY: BPF_PROG_LOAD returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
 /// Loads the program for `rules` and attaches it to the cgroup v2 directory `dir`. Programs
 /// of the parent cgroups keep applying (`BPF_F_ALLOW_MULTI`): an access needs all of them.
 pub fn attach(dir: &Path, rules: &[DeviceRule]) -> io::Result<()> {
-    let code = program(rules);
-    let license = c"Apache-2.0";
-    let mut log = vec![0u8; 64 * 1024];
-    let mut load = ProgLoadAttr {
-        prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
-        insn_cnt: (code.len() / 8) as u32,
-        insns: code.as_ptr() as u64,
-        license: license.as_ptr() as u64,
-        log_level: 1,
-        log_size: log.len() as u32,
-        log_buf: log.as_mut_ptr() as u64,
-        ..Default::default()
-    };
-    let fd = bpf(BPF_PROG_LOAD, &mut load).map_err(|e| {
-        let text = String::from_utf8_lossy(&log);
-        let text = text.trim_end_matches('\0').trim();
-        io::Error::new(
-            e.kind(),
-            format!("loading the device program: {e}{}", {
-                if text.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (verifier: {text})")
-                }
-            }),
-        )
-    })?;
-    // SAFETY: BPF_PROG_LOAD returned a new descriptor that nothing else owns.
-    let prog = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let prog = load(&program(rules))?;
     let cgroup = std::fs::File::open(dir)
         .map_err(|e| io::Error::new(e.kind(), format!("opening {}: {e}", dir.display())))?;
     let mut attach = ProgAttachAttr {
@@ -311,6 +319,19 @@ mod tests {
 #[cfg(test)]
 mod kernel_tests {
     use super::*;
+
+    /// A program the kernel refuses comes back with the verifier's reason.
+    #[test]
+    fn a_refused_program_says_why() {
+        if !nix::unistd::geteuid().is_root() {
+            return shoal_testkit::skip("loading a device program needs root");
+        }
+        // No exit: the verifier refuses to run off the end.
+        let code = rbpf::assembler::assemble("mov r0, 1").unwrap();
+        let e = load(&code).unwrap_err().to_string();
+        assert!(e.starts_with("loading the device program: "), "{e}");
+        assert!(e.contains("(verifier: "), "{e}");
+    }
 
     /// The kernel's verifier takes the program, whether a rule matches every access or none
     /// does, and it attaches to a real cgroup2 directory.
