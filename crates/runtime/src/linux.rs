@@ -233,11 +233,17 @@ impl Runtime {
             else {
                 continue;
             };
+            // The unified hierarchy where it is mounted (/sys/fs/cgroup, or its `unified`
+            // directory on a hybrid host): joining it puts the process under the container's
+            // device program too.
             let dir = if controllers.is_empty() {
-                Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'))
+                let Some(unified) = crate::cgroups::unified_root() else {
+                    continue;
+                };
+                unified.join(path.trim_start_matches('/'))
             } else {
                 let name = controllers.trim_start_matches("name=");
-                Path::new("/sys/fs/cgroup")
+                Path::new(crate::cgroups::ROOT)
                     .join(name)
                     .join(path.trim_start_matches('/'))
             };

@@ -636,6 +636,25 @@ fn device_rules_hold_on_cgroup_v2_through_a_bpf_program() {
             || out == "mknod-block: errno 6\nmknod-null: ok\n",
         "{out}"
     );
+    // A process exec'd into a running container joins its cgroup, so the program holds for
+    // it too (it keeps CAP_MKNOD as the container does).
+    let b = node.bundle("v2-exec", "probe", &["/probe", "sleep", "60"], |_| {});
+    let mut shim = node.spawn_shim(&rt, "v2-exec", &b);
+    let line = read_status(&mut shim);
+    assert!(line.starts_with("ok "), "shim: {line}");
+    let spec = oci_spec::runtime::Spec::load(b.join("config.json")).unwrap();
+    let mut process = spec.process().clone().unwrap();
+    process.set_args(Some(calls.iter().map(|s| s.to_string()).collect()));
+    let file = b.join("exec-process.json");
+    std::fs::write(&file, serde_json::to_vec(&process).unwrap()).unwrap();
+    let out = rt.exec_command("v2-exec", &file).output().unwrap();
+    rt.delete("v2-exec", true).unwrap();
+    shim.wait().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "mknod-block: errno 1\nmknod-null: ok\n"
+    );
     let b = node.bundle(
         "v2-cg",
         "probe",
