@@ -17,7 +17,6 @@ need=()
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v nsenter >/dev/null || need+=(util-linux)
 command -v ip >/dev/null || need+=(iproute2)
-command -v nft >/dev/null || need+=(nftables)
 command -v docker-registry >/dev/null || need+=(docker-registry)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

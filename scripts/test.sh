@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 # What the tests use from Debian: `docker stack config` (the reference loader of the
 # differential stack-file test; no daemon needed), busybox-static (the busybox image), runc (the
 # differential runtime test), skopeo (OCI image layouts), nsenter, iproute2 (the lab's
-# namespaces), nftables (a test cuts Raft traffic between managers only). Container and lab
+# namespaces), nftables (tests read shoal's rules back with `nft`, and one cuts Raft traffic
+# between managers only; shoal itself does not need it). Container and lab
 # tests need root; as a user they print "skipped" with the reason, and under CI=true (as CI
 # runs) they fail instead.
 if [ "$(id -u)" = 0 ]; then

@@ -28,8 +28,8 @@ struct Attached {
     networks: Vec<NetworkId>,
     /// Its resolver.
     dns: tokio::task::AbortHandle,
-    /// The VIP rules last loaded.
-    rules: String,
+    /// The VIP rules last loaded (`None`: to be loaded at the next update).
+    rules: Option<crate::nft::Table>,
     /// Its address on the host's gateway bridge (none when all its networks are internal).
     gw: Option<Ipv4Addr>,
 }
@@ -42,8 +42,8 @@ struct State {
     pending: BTreeMap<TaskId, (Vec<NetworkId>, Option<Ipv4Addr>)>,
     /// The cluster's published ports, from the last assignment that carried them.
     ports: PortPlan,
-    /// The host rules last loaded (`None`: never touched).
-    host_rules: Option<String>,
+    /// The host rules last loaded (`None`: never touched; `Some(None)`: removed).
+    host_rules: Option<Option<crate::nft::Table>>,
 }
 
 /// One host's overlay networking.
@@ -252,7 +252,7 @@ impl HostNetwork {
             netns: path.to_owned(),
             networks,
             dns,
-            rules,
+            rules: Some(rules),
             gw,
         })
     }
@@ -309,15 +309,11 @@ impl HostNetwork {
             .filter_map(|(id, a)| a.gw.map(|g| (id.clone(), g)))
             .collect();
         let idle = local.is_empty() && state.ports.ports.is_empty();
-        let rules = if idle {
-            format!("table ip {t}\ndelete table ip {t}\n", t = ports::TABLE)
-        } else {
-            ports::ruleset(&state.ports, &local, self.local())
-        };
+        let rules = (!idle).then(|| ports::ruleset(&state.ports, &local, self.local()));
         if state.host_rules.as_ref() == Some(&rules) || (idle && state.host_rules.is_none()) {
             return Ok(());
         }
-        ports::apply(&rules)?;
+        ports::apply(rules.as_ref())?;
         state.host_rules = Some(rules);
         Ok(())
     }
@@ -377,7 +373,7 @@ impl HostNetwork {
                 networks,
                 dns,
                 // Loaded again at the next update.
-                rules: String::new(),
+                rules: None,
                 gw,
             },
         );
@@ -638,14 +634,14 @@ fn refresh_vips(state: &Mutex<State>, views: &Views, refresh: &(Mutex<bool>, std
             }
             *d = false;
         }
-        let work: Vec<(TaskId, PathBuf, String)> = {
+        let work: Vec<(TaskId, PathBuf, crate::nft::Table)> = {
             let state = state.lock().expect("network state lock");
             state
                 .attached
                 .iter()
                 .filter_map(|(id, a)| {
                     let rules = lb::ruleset(&vips(views, &a.networks));
-                    (rules != a.rules).then(|| (id.clone(), a.netns.clone(), rules))
+                    (a.rules.as_ref() != Some(&rules)).then(|| (id.clone(), a.netns.clone(), rules))
                 })
                 .collect()
         };
@@ -658,7 +654,7 @@ fn refresh_vips(state: &Mutex<State>, views: &Views, refresh: &(Mutex<bool>, std
                         .attached
                         .get_mut(&id)
                     {
-                        a.rules = rules;
+                        a.rules = Some(rules);
                     }
                 }
                 // A container detached meanwhile has no namespace left to load into.

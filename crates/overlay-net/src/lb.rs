@@ -4,13 +4,13 @@
 //! the task sees the client's real address and replies go straight back. A VIP whose service
 //! has no running task refuses connections at once instead of timing out.
 //!
-//! The ruleset is a pure function of the views ([`ruleset`]); [`apply`] loads it with `nft`
-//! inside the namespace (a stopgap until shoal speaks nftables' netlink itself), replacing the
-//! table in one transaction.
+//! The ruleset is a pure function of the views ([`ruleset`]); [`apply`] loads it inside the
+//! namespace through nftables' netlink ([`crate::nft`]), replacing the table in one
+//! transaction.
 
+use crate::nft::{self, Action, Chain, ChainKind, Hook, HookPoint, Match, Rule, Table};
 use crate::NetError;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
@@ -18,67 +18,46 @@ use std::path::Path;
 pub const TABLE: &str = "shoal";
 
 /// The rules for a container that reaches `vips` (VIP → running task addresses).
-pub fn ruleset(vips: &BTreeMap<Ipv4Addr, Vec<Ipv4Addr>>) -> String {
-    let mut nat = String::new();
-    let mut refuse = String::new();
+pub fn ruleset(vips: &BTreeMap<Ipv4Addr, Vec<Ipv4Addr>>) -> Table {
+    let mut nat = Vec::new();
+    let mut refuse = Vec::new();
     for (vip, backends) in vips {
-        match backends.len() {
-            0 => refuse.push_str(&format!("    ip daddr {vip} reject\n")),
-            1 => nat.push_str(&format!("    ip daddr {vip} dnat ip to {}\n", backends[0])),
-            n => {
-                let map: Vec<String> = backends
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| format!("{i} : {b}"))
-                    .collect();
-                nat.push_str(&format!(
-                    "    ip daddr {vip} dnat ip to numgen random mod {n} map {{ {} }}\n",
-                    map.join(", ")
-                ));
-            }
+        let to = vec![Match::Daddr(*vip)];
+        match backends.as_slice() {
+            [] => refuse.push(Rule::new(to, vec![Action::Reject])),
+            [one] => nat.push(Rule::new(to, vec![Action::Dnat(*one, None)])),
+            many => nat.push(Rule::new(to, vec![Action::DnatRandom(many.to_vec())])),
         }
     }
-    format!(
-        "table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n  \
-         chain vip {{\n    type nat hook output priority -100; policy accept;\n{nat}  }}\n  \
-         chain refuse {{\n    type filter hook output priority 0; policy accept;\n{refuse}  }}\n}}\n"
-    )
+    Table {
+        name: TABLE.into(),
+        sets: Vec::new(),
+        chains: vec![
+            Chain {
+                name: "vip".into(),
+                hook: Some(Hook {
+                    kind: ChainKind::Nat,
+                    point: HookPoint::Output,
+                    priority: nft::priority::DSTNAT,
+                }),
+                rules: nat,
+            },
+            Chain {
+                name: "refuse".into(),
+                hook: Some(Hook {
+                    kind: ChainKind::Filter,
+                    point: HookPoint::Output,
+                    priority: nft::priority::FILTER,
+                }),
+                rules: refuse,
+            },
+        ],
+    }
 }
 
 /// Loads `rules` inside the namespace at `netns` in one transaction.
-pub fn apply(netns: &Path, rules: &str) -> Result<(), NetError> {
-    if !nft_installed() {
-        return Err(NetError::Nft(
-            "the nft command is missing: install nftables (apt-get install nftables)".into(),
-        ));
-    }
-    let rules = rules.to_owned();
-    let out = crate::netns::blocking_in(netns, move || {
-        let mut child = std::process::Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(rules.as_bytes())?;
-        child.wait_with_output()
-    })?;
-    if !out.status.success() {
-        return Err(NetError::Nft(
-            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        ));
-    }
-    Ok(())
-}
-
-/// True when `nft` is on the PATH.
-fn nft_installed() -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join("nft").is_file()))
+pub fn apply(netns: &Path, rules: &Table) -> Result<(), NetError> {
+    nft::load(netns, rules)
 }
 
 #[cfg(test)]
@@ -93,12 +72,12 @@ mod tests {
             (ip(3), vec![ip(7)]),
             (ip(4), vec![]),
         ]);
-        let r = ruleset(&vips);
+        let r = ruleset(&vips).to_string();
         assert!(r.contains(
-            "ip daddr 10.0.1.2 dnat ip to numgen random mod 2 map { 0 : 10.0.1.5, 1 : 10.0.1.6 }"
+            "ip daddr 10.0.1.2 dnat to numgen random mod 2 map { 0 : 10.0.1.5, 1 : 10.0.1.6 }"
         ));
-        assert!(r.contains("ip daddr 10.0.1.3 dnat ip to 10.0.1.7"));
+        assert!(r.contains("ip daddr 10.0.1.3 dnat to 10.0.1.7"));
         assert!(r.contains("ip daddr 10.0.1.4 reject"));
-        assert!(r.starts_with("table ip shoal\ndelete table ip shoal\n"));
+        assert!(r.starts_with("table ip shoal {\n\tchain vip {\n\t\ttype nat hook output priority -100; policy accept;\n"), "{r}");
     }
 }

@@ -16,7 +16,9 @@
 //! - [`netns`]: named network namespaces (bind mounts), and running code inside one.
 //! - [`link`]: netlink (rtnetlink): bridges, VXLAN, veth, addresses, FDB and neighbours.
 //! - [`dns`]: the per-container resolver: records from the network views, forwarding the rest.
-//! - [`lb`]: the virtual IP rules (pure ruleset, applied with `nft`).
+//! - [`nft`]: nftables tables as data, loaded through nftables' netlink in one transaction.
+//! - [`lb`]: the virtual IP rules (a pure ruleset).
+//! - [`ports`]: published ports and container egress on the host (a pure ruleset).
 //! - [`host`]: [`host::HostNetwork`], which ties them together for the agent.
 
 pub mod dns;
@@ -24,6 +26,7 @@ pub mod host;
 pub mod lb;
 pub mod link;
 pub mod netns;
+pub mod nft;
 pub mod ports;
 
 pub use host::HostNetwork;

@@ -16,11 +16,11 @@
 //!   (as Swarm does for every connection), and marked so the other host serves it with a task
 //!   of its own instead of spreading it again.
 
+use crate::nft::{self, Action, Chain, ChainKind, Hook, HookPoint, Match, Proto, Rule, Set, Table};
 use crate::NetError;
 use shoal_api::network::PortPlan;
 use shoal_api::TaskId;
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
 /// The host's gateway bridge.
@@ -41,15 +41,45 @@ const MESH_DSCP: u8 = 0x3f;
 /// Name of shoal's table in the host's namespace.
 pub const TABLE: &str = "shoal";
 
+fn chain(name: String, rules: Vec<Rule>) -> Chain {
+    Chain {
+        name,
+        hook: None,
+        rules,
+    }
+}
+
+fn base(name: &str, kind: ChainKind, point: HookPoint, priority: i32, rules: Vec<Rule>) -> Chain {
+    Chain {
+        name: name.into(),
+        hook: Some(Hook {
+            kind,
+            point,
+            priority,
+        }),
+        rules,
+    }
+}
+
+/// A chain that sends each new connection to one of `targets` (chains), at random.
+fn spread(name: String, targets: &[String]) -> Chain {
+    let rules = match targets {
+        [] => Vec::new(),
+        [one] => vec![Rule::new(vec![], vec![Action::Jump(one.clone())])],
+        many => vec![Rule::new(vec![], vec![Action::JumpRandom(many.to_vec())])],
+    };
+    chain(name, rules)
+}
+
 /// The host's rules: `plan` from the manager, `local` maps this host's tasks to their gateway
 /// addresses, `me` is this host's underlay address.
-pub fn ruleset(plan: &PortPlan, local: &BTreeMap<TaskId, Ipv4Addr>, me: Ipv4Addr) -> String {
+pub fn ruleset(plan: &PortPlan, local: &BTreeMap<TaskId, Ipv4Addr>, me: Ipv4Addr) -> Table {
     let (net, len) = GW_SUBNET;
-    let mut chains = String::new();
-    let mut pre = String::new();
-    let mut out = String::new();
+    let mut chains = Vec::new();
+    let mut pre = Vec::new();
+    let mut out = Vec::new();
     for (i, p) in plan.ports.iter().enumerate() {
-        let proto = if p.protocol == "udp" { "udp" } else { "tcp" };
+        let proto = Proto::parse(&p.protocol);
         let mut locals: Vec<Ipv4Addr> = p
             .backends
             .iter()
@@ -57,44 +87,21 @@ pub fn ruleset(plan: &PortPlan, local: &BTreeMap<TaskId, Ipv4Addr>, me: Ipv4Addr
             .filter_map(|b| local.get(&b.task_id).copied())
             .collect();
         locals.sort();
-        let spread = |name: &str, targets: &[String], chains: &mut String| {
-            let _ = writeln!(chains, "  chain {name} {{");
-            match targets.len() {
-                0 => {}
-                1 => {
-                    let _ = writeln!(chains, "    jump {}", targets[0]);
-                }
-                n => {
-                    let map: Vec<String> = targets
-                        .iter()
-                        .enumerate()
-                        .map(|(k, t)| format!("{k} : jump {t}"))
-                        .collect();
-                    let _ = writeln!(
-                        chains,
-                        "    numgen random mod {n} vmap {{ {} }}",
-                        map.join(", ")
-                    );
-                }
-            }
-            let _ = writeln!(chains, "  }}");
-        };
         // One chain per backend: a local task's address, or another host.
         let mut local_targets = Vec::new();
         for (k, addr) in locals.iter().enumerate() {
             let name = format!("p{i}_l{k}");
-            let _ = writeln!(
-                chains,
-                "  chain {name} {{\n    meta l4proto {proto} dnat ip to {addr}:{}\n  }}",
-                p.target
-            );
+            let dnat = Action::Dnat(*addr, Some(p.target));
+            let rule = Rule::new(vec![Match::L4proto(proto)], vec![dnat]);
+            chains.push(chain(name.clone(), vec![rule]));
             local_targets.push(name);
         }
-        spread(&format!("p{i}_local"), &local_targets, &mut chains);
-        let match_ = format!("fib daddr type local {proto} dport {}", p.published);
+        chains.push(spread(format!("p{i}_local"), &local_targets));
+        let to_port = || vec![Match::DaddrLocal, Match::Dport(proto, p.published)];
+        let jump = |c: String| vec![Action::Jump(c)];
         if p.mode == "host" {
-            let _ = writeln!(pre, "    {match_} jump p{i}_local");
-            let _ = writeln!(out, "    {match_} jump p{i}_local");
+            pre.push(Rule::new(to_port(), jump(format!("p{i}_local"))));
+            out.push(Rule::new(to_port(), jump(format!("p{i}_local"))));
             continue;
         }
         let mut mesh_targets = Vec::new();
@@ -107,52 +114,111 @@ pub fn ruleset(plan: &PortPlan, local: &BTreeMap<TaskId, Ipv4Addr>, me: Ipv4Addr
                 continue;
             }
             let name = format!("p{i}_r{k}");
-            let _ = writeln!(
-                chains,
-                "  chain {name} {{\n    meta mark set {MESH_MARK:#x} meta l4proto {proto} dnat ip to {}:{}\n  }}",
-                b.node_addr, p.published
+            let rule = Rule::new(
+                vec![Match::L4proto(proto)],
+                vec![
+                    Action::SetMark(MESH_MARK),
+                    Action::Dnat(b.node_addr, Some(p.published)),
+                ],
             );
+            chains.push(chain(name.clone(), vec![rule]));
             mesh_targets.push(name);
         }
-        spread(&format!("p{i}_mesh"), &mesh_targets, &mut chains);
-        let _ = writeln!(
-            pre,
-            "    {match_} ip saddr @peers ip dscp {MESH_DSCP:#x} jump p{i}_local"
-        );
-        let _ = writeln!(pre, "    {match_} jump p{i}_mesh");
-        let _ = writeln!(out, "    {match_} jump p{i}_mesh");
+        chains.push(spread(format!("p{i}_mesh"), &mesh_targets));
+        let mut served_here = to_port();
+        served_here.extend([Match::SaddrInSet("peers".into()), Match::Dscp(MESH_DSCP)]);
+        pre.push(Rule::new(served_here, jump(format!("p{i}_local"))));
+        pre.push(Rule::new(to_port(), jump(format!("p{i}_mesh"))));
+        out.push(Rule::new(to_port(), jump(format!("p{i}_mesh"))));
     }
     // VXLAN's own datagrams need no connection tracking: nothing translates them.
     let vxlan = crate::link::VXLAN_PORT;
-    let peers: Vec<String> = plan.peers.iter().map(Ipv4Addr::to_string).collect();
-    let peers = if peers.is_empty() {
-        String::new()
-    } else {
-        format!(" elements = {{ {} }};", peers.join(", "))
+    let notrack = || {
+        vec![Rule::new(
+            vec![Match::Dport(Proto::Udp, vxlan)],
+            vec![Action::Notrack],
+        )]
     };
-    format!(
-        "table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n  \
-         set peers {{ type ipv4_addr;{peers} }}\n  \
-         chain pre {{\n    type nat hook prerouting priority dstnat; policy accept;\n{pre}  }}\n  \
-         chain out {{\n    type nat hook output priority -100; policy accept;\n{out}  }}\n  \
-         chain post {{\n    type nat hook postrouting priority srcnat; policy accept;\n    \
-         ip saddr {net}/{len} oifname != \"{GW_BRIDGE}\" masquerade\n    \
-         meta mark {MESH_MARK:#x} masquerade\n  }}\n  \
-         chain raw_pre {{\n    type filter hook prerouting priority raw; policy accept;\n    \
-         udp dport {vxlan} notrack\n  }}\n  \
-         chain raw_out {{\n    type filter hook output priority raw; policy accept;\n    \
-         udp dport {vxlan} notrack\n  }}\n  \
-         chain tag_mesh {{\n    type filter hook postrouting priority mangle; policy accept;\n    \
-         meta mark {MESH_MARK:#x} ip dscp set {MESH_DSCP:#x}\n  }}\n{chains}}}\n"
-    )
+    let mut all = vec![
+        base(
+            "pre",
+            ChainKind::Nat,
+            HookPoint::Prerouting,
+            nft::priority::DSTNAT,
+            pre,
+        ),
+        base(
+            "out",
+            ChainKind::Nat,
+            HookPoint::Output,
+            nft::priority::DSTNAT,
+            out,
+        ),
+        base(
+            "post",
+            ChainKind::Nat,
+            HookPoint::Postrouting,
+            nft::priority::SRCNAT,
+            vec![
+                Rule::new(
+                    vec![
+                        Match::SaddrIn(net, len),
+                        Match::OifnameNot(GW_BRIDGE.into()),
+                    ],
+                    vec![Action::Masquerade],
+                ),
+                Rule::new(vec![Match::Mark(MESH_MARK)], vec![Action::Masquerade]),
+            ],
+        ),
+        base(
+            "raw_pre",
+            ChainKind::Filter,
+            HookPoint::Prerouting,
+            nft::priority::RAW,
+            notrack(),
+        ),
+        base(
+            "raw_out",
+            ChainKind::Filter,
+            HookPoint::Output,
+            nft::priority::RAW,
+            notrack(),
+        ),
+        base(
+            "tag_mesh",
+            ChainKind::Filter,
+            HookPoint::Postrouting,
+            nft::priority::MANGLE,
+            vec![Rule::new(
+                vec![Match::Mark(MESH_MARK)],
+                vec![Action::SetDscp(MESH_DSCP)],
+            )],
+        ),
+    ];
+    all.extend(chains);
+    Table {
+        name: TABLE.into(),
+        sets: vec![Set {
+            name: "peers".into(),
+            elements: plan.peers.clone(),
+        }],
+        chains: all,
+    }
 }
 
-/// Loads `rules` in the host's namespace in one transaction, and turns IPv4 forwarding on
-/// (published ports and container egress are forwarded).
-pub fn apply(rules: &str) -> Result<(), NetError> {
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-        .map_err(NetError::io("turning IPv4 forwarding on"))?;
-    crate::lb::apply(std::path::Path::new("/proc/self/ns/net"), rules)
+/// Loads `rules` in the host's namespace in one transaction (or removes shoal's table, for
+/// `None`), and turns IPv4 forwarding on (published ports and container egress are
+/// forwarded).
+pub fn apply(rules: Option<&Table>) -> Result<(), NetError> {
+    let here = std::path::Path::new("/proc/self/ns/net");
+    match rules {
+        Some(t) => {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+                .map_err(NetError::io("turning IPv4 forwarding on"))?;
+            nft::load(here, t)
+        }
+        None => nft::remove(here, TABLE),
+    }
 }
 
 #[cfg(test)]
@@ -197,9 +263,9 @@ mod tests {
             ],
         };
         let local = BTreeMap::from([(t(1), Ipv4Addr::new(172, 30, 0, 2))]);
-        let r = ruleset(&plan, &local, me);
-        assert!(r.contains("chain p0_l0 {\n    meta l4proto tcp dnat ip to 172.30.0.2:80\n  }"));
-        assert!(r.contains("meta mark set 0x5301 meta l4proto tcp dnat ip to 198.18.0.12:8080"));
+        let r = ruleset(&plan, &local, me).to_string();
+        assert!(r.contains("chain p0_l0 {\n\t\tmeta l4proto tcp dnat to 172.30.0.2:80\n\t}"));
+        assert!(r.contains("meta l4proto tcp meta mark set 0x00005301 dnat to 198.18.0.12:8080"));
         assert!(
             r.contains("numgen random mod 2 vmap { 0 : jump p0_l0, 1 : jump p0_r1 }"),
             "{r}"
@@ -208,10 +274,10 @@ mod tests {
             "fib daddr type local tcp dport 8080 ip saddr @peers ip dscp 0x3f jump p0_local"
         ));
         // VXLAN's datagrams are not tracked, either way.
-        assert!(r.contains("type filter hook prerouting priority raw; policy accept;\n    udp dport 4789 notrack"), "{r}");
+        assert!(r.contains("type filter hook prerouting priority raw; policy accept;\n\t\tudp dport 4789 notrack"), "{r}");
         assert!(
             r.contains(
-                "type filter hook output priority raw; policy accept;\n    udp dport 4789 notrack"
+                "type filter hook output priority raw; policy accept;\n\t\tudp dport 4789 notrack"
             ),
             "{r}"
         );
