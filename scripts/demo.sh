@@ -16,7 +16,6 @@ fi
 need=()
 [ -x /bin/busybox ] || need+=(busybox-static)
 command -v nsenter >/dev/null || need+=(util-linux)
-command -v ip >/dev/null || need+=(iproute2)
 command -v docker-registry >/dev/null || need+=(docker-registry)
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
@@ -97,6 +96,6 @@ Explore it:
   eval "\$($lab env m2)"; $shoal node ls
   $lab restart $leader        # boot the dead host again from its data root
   $lab cut m3 / heal m3        # drop a host's underlay link, then bring it back
-  $lab exec w1 -- ip addr      # run a command inside a host
+  $lab exec w1 -- busybox ip addr   # run a command inside a host
 Tear it down (every namespace, mount, cgroup and process): $lab down
 MSG

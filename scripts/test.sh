@@ -6,9 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # What the tests use from Debian: `docker stack config` (the reference loader of the
 # differential stack-file test; no daemon needed), busybox-static (the busybox image), runc (the
-# differential runtime test), skopeo (OCI image layouts), nsenter, iproute2 (the lab's
-# namespaces), nftables (tests read shoal's rules back with `nft`, and one cuts Raft traffic
-# between managers only; shoal itself does not need it). Container and lab
+# differential runtime test), skopeo (OCI image layouts), nsenter, iproute2 and nftables (tests
+# look inside namespaces with `ip` and read shoal's rules back with `nft`, and one cuts Raft
+# traffic between managers only; shoal and its lab need neither). Container and lab
 # tests need root; as a user they print "skipped" with the reason, and under CI=true (as CI
 # runs) they fail instead.
 if [ "$(id -u)" = 0 ]; then

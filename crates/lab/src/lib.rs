@@ -17,8 +17,8 @@
 //! directory; [`Lab::up`] first removes what a crashed run of the same name left.
 //!
 //! # Layout
-//! - [`net`]: namespaces, veths, the switch (through `ip`, a stopgap until overlay-net's
-//!   netlink code lands) and entering a namespace.
+//! - [`net`]: namespaces, veths, the switch (netlink, through overlay-net's code) and
+//!   entering a namespace.
 //! - [`host`]: one host's daemon: start, kill, its cgroup.
 
 pub mod host;

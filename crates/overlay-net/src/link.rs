@@ -4,7 +4,8 @@
 use crate::NetError;
 use futures::TryStreamExt;
 use rtnetlink::packet_route::link::{
-    InfoBridgePort, InfoKind, InfoPortData, InfoPortKind, LinkAttribute, LinkInfo, LinkMessage,
+    InfoBridgePort, InfoKind, InfoPortData, InfoPortKind, LinkAttribute, LinkFlags, LinkInfo,
+    LinkMessage,
 };
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -94,6 +95,47 @@ pub async fn set_up(h: &Handle, name: &str) -> Result<(), NetError> {
         .execute()
         .await
         .map_err(NetError::netlink(format!("setting {name} up")))
+}
+
+/// Sets the link `name` up or down.
+pub async fn set_state(h: &Handle, name: &str, up: bool) -> Result<(), NetError> {
+    let what = format!("setting {name} {}", if up { "up" } else { "down" });
+    let idx = index(h, name).await?.ok_or_else(|| NetError::Netlink {
+        what: what.clone(),
+        message: "no such device".into(),
+    })?;
+    let link = LinkUnspec::new_with_index(idx);
+    let link = if up { link.up() } else { link.down() };
+    h.link()
+        .set(link.build())
+        .execute()
+        .await
+        .map_err(NetError::netlink(what))
+}
+
+/// True when the link `name` is there and administratively up.
+pub async fn is_up(h: &Handle, name: &str) -> Result<bool, NetError> {
+    let mut links = h.link().get().match_name(name.to_owned()).execute();
+    match links.try_next().await {
+        Ok(Some(m)) => Ok(m.header.flags.contains(LinkFlags::Up)),
+        Ok(None) => Ok(false),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc_enodev() => Ok(false),
+        Err(e) => Err(NetError::netlink(format!("looking up {name}"))(e)),
+    }
+}
+
+/// Makes the bridge `name`, up (nothing if it exists); returns its index.
+pub async fn ensure_bridge(h: &Handle, name: &str) -> Result<u32, NetError> {
+    if let Some(i) = index(h, name).await? {
+        return Ok(i);
+    }
+    h.link()
+        .add(LinkBridge::new(name).up().build())
+        .execute()
+        .await
+        .map_err(NetError::netlink(format!("creating bridge {name}")))?;
+    keep_bridged_frames_out_of_netfilter(h).await?;
+    Ok(index(h, name).await?.expect("just created"))
 }
 
 /// The underlay: the index and MTU of the link that holds `addr`.
@@ -496,13 +538,7 @@ pub async fn ensure_bridge_with_address(
     if let Some(i) = index(h, name).await? {
         return Ok(i);
     }
-    h.link()
-        .add(LinkBridge::new(name).up().build())
-        .execute()
-        .await
-        .map_err(NetError::netlink(format!("creating bridge {name}")))?;
-    keep_bridged_frames_out_of_netfilter(h).await?;
-    let idx = index(h, name).await?.expect("just created");
+    let idx = ensure_bridge(h, name).await?;
     h.address()
         .add(idx, IpAddr::V4(addr), prefix)
         .replace()

@@ -303,7 +303,16 @@ impl RaftHandle {
                     (Some(addr), Some(forward)) => {
                         match forward.forward(leader, &addr, &proposal).await {
                             Ok(rev) => {
-                                self.wait_applied(rev).await?;
+                                // A manager removing itself need not hear of it: the leader
+                                // stops replicating to it once the removal applies, so it may
+                                // never learn the commit. The leader's answer is enough.
+                                let leaving = matches!(
+                                    &proposal,
+                                    Proposal::Membership(MembershipChange::Remove { id }) if *id == me
+                                );
+                                if !leaving {
+                                    self.wait_applied(rev).await?;
+                                }
                                 return Ok(rev);
                             }
                             Err(e @ ProposeError::Remote { status, .. }) if status < 500 => {
