@@ -112,11 +112,7 @@ struct Args {
     #[arg(long, default_value = "/etc/shoal/certs.d")]
     registry_certs_dir: std::path::PathBuf,
     /// Log filter (tracing's EnvFilter syntax).
-    #[arg(
-        long,
-        env = "SHOAL_LOG",
-        default_value = "info,netlink_packet_route=error"
-    )]
+    #[arg(long, env = "SHOAL_LOG", default_value = "info")]
     log: String,
 }
 
@@ -246,8 +242,17 @@ fn main() -> Result<()> {
 }
 
 async fn run(args: Args) -> Result<()> {
+    // netlink-packet-route warns of every attribute a newer kernel made longer, on every link
+    // it reads: silenced unless the filter names it.
+    let mut filter = args.log.clone();
+    if !filter.contains("netlink_packet_route") {
+        if !filter.is_empty() {
+            filter.push(',');
+        }
+        filter.push_str("netlink_packet_route=error");
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).context("--log")?)
         .with_writer(std::io::stderr)
         .init();
     if args.executor != "sim" && args.executor != "container" {

@@ -23,13 +23,14 @@ type Views = Arc<RwLock<BTreeMap<NetworkId, NetworkView>>>;
 /// A container attached to networks here.
 #[derive(Debug)]
 struct Attached {
-    netns: PathBuf,
     /// Its networks, in attachment order (eth0, eth1, ...).
     networks: Vec<NetworkId>,
     /// Its resolver.
     dns: tokio::task::AbortHandle,
     /// The VIP rules last loaded (`None`: to be loaded at the next update).
     rules: Option<crate::nft::Table>,
+    /// nf_tables inside its namespace, for its VIP rules.
+    nft: Arc<crate::nft::Conn>,
     /// Its address on the host's gateway bridge (none when all its networks are internal).
     gw: Option<Ipv4Addr>,
 }
@@ -61,6 +62,8 @@ pub struct HostNetwork {
     /// Wakes the VIP refresher (set: the views changed since its last pass).
     refresh: Arc<(Mutex<bool>, std::sync::Condvar)>,
     refresher: std::sync::Once,
+    /// nf_tables in the host's namespace, for its port rules (opened at first use).
+    host_nft: std::sync::OnceLock<crate::nft::Conn>,
     /// The runtime resolvers run on (the caller's, or the one a blocking call came from).
     runtime: Option<tokio::runtime::Handle>,
     upstream: Vec<std::net::SocketAddr>,
@@ -114,6 +117,7 @@ impl HostNetwork {
             devices: Mutex::default(),
             refresh: Arc::default(),
             refresher: std::sync::Once::new(),
+            host_nft: std::sync::OnceLock::new(),
             runtime: tokio::runtime::Handle::try_current().ok(),
             upstream: dns::host_resolvers(),
         }
@@ -225,15 +229,17 @@ impl HostNetwork {
                 .map_err(NetError::io(format!("opening {}", path.display())))?;
             let fd = std::os::fd::AsRawFd::as_raw_fd(&ns_file);
             let (host2, peer2) = (host.clone(), peer.clone());
+            // Under the lock only the network's own devices: attachments run side by side.
             let devices = self.devices.lock().expect("devices lock");
-            let mtu = netns::run_in(host_ns(), move |h| async move {
+            let (br, mtu) = netns::run_in(host_ns(), move |h| async move {
                 let underlay = link::underlay(&h, local).await?;
                 let (br, _) = link::ensure_network(&h, vni, local, underlay).await?;
-                let mtu = link::overlay_mtu(underlay.1);
-                link::add_veth(&h, &host2, &peer2, (br, false), mtu, fd).await?;
-                Ok(mtu)
+                Ok((br, link::overlay_mtu(underlay.1)))
             })?;
             drop(devices);
+            netns::run_in(host_ns(), move |h| async move {
+                link::add_veth(&h, &host2, &peer2, (br, false), mtu, fd).await
+            })?;
             drop(ns_file);
             let name = format!("eth{i}");
             netns::run_in(path, move |h| async move {
@@ -247,12 +253,13 @@ impl HostNetwork {
         }
         let dns = self.serve_dns(path, &networks)?;
         let rules = lb::ruleset(&self.vips(&networks));
-        lb::apply(path, &rules)?;
+        let nft = Arc::new(crate::nft::Conn::open_in(path)?);
+        nft.load(&rules)?;
         Ok(Attached {
-            netns: path.to_owned(),
             networks,
             dns,
             rules: Some(rules),
+            nft,
             gw,
         })
     }
@@ -275,16 +282,17 @@ impl HostNetwork {
         let fd = std::os::fd::AsRawFd::as_raw_fd(&ns_file);
         let (host2, peer2) = (host.clone(), peer.clone());
         let devices = self.devices.lock().expect("devices lock");
-        let mtu = netns::run_in(host_ns(), move |h| async move {
+        let (br, mtu) = netns::run_in(host_ns(), move |h| async move {
             let (_, mtu) = link::underlay(&h, local).await?;
-            let mtu = mtu.min(9000);
             let br = link::ensure_bridge_with_address(&h, ports::GW_BRIDGE, ports::GW_ADDR, prefix)
                 .await?;
-            // Containers never meet on the gateway bridge, only on their overlays.
-            link::add_veth(&h, &host2, &peer2, (br, true), mtu, fd).await?;
-            Ok(mtu)
+            Ok((br, mtu.min(9000)))
         })?;
         drop(devices);
+        // Containers never meet on the gateway bridge, only on their overlays.
+        netns::run_in(host_ns(), move |h| async move {
+            link::add_veth(&h, &host2, &peer2, (br, true), mtu, fd).await
+        })?;
         drop(ns_file);
         let name = format!("eth{n}");
         netns::run_in(path, move |h| async move {
@@ -313,7 +321,14 @@ impl HostNetwork {
         if state.host_rules.as_ref() == Some(&rules) || (idle && state.host_rules.is_none()) {
             return Ok(());
         }
-        ports::apply(rules.as_ref())?;
+        let conn = match self.host_nft.get() {
+            Some(c) => c,
+            None => {
+                let c = crate::nft::Conn::open_here()?;
+                self.host_nft.get_or_init(|| c)
+            }
+        };
+        ports::apply(conn, rules.as_ref())?;
         state.host_rules = Some(rules);
         Ok(())
     }
@@ -365,15 +380,16 @@ impl HostNetwork {
             link::address_of(&h, &gw_link).await
         })?;
         let dns = self.serve_dns(&path, &networks)?;
+        let nft = Arc::new(crate::nft::Conn::open_in(&path)?);
         tracing::info!(task_id = %task.id, "resumed the networking of a running container");
         state.attached.insert(
             task.id.clone(),
             Attached {
-                netns: path,
                 networks,
                 dns,
                 // Loaded again at the next update.
                 rules: None,
+                nft,
                 gw,
             },
         );
@@ -537,6 +553,9 @@ impl HostNetwork {
     /// Deletes bridges and VXLAN devices of networks without a local container, and veths of
     /// containers not attached.
     fn prune(&self) -> Result<(), NetError> {
+        // What is needed is read under the lock: an attachment reserves its devices (as
+        // pending) before it takes the lock to make them.
+        let _devices = self.devices.lock().expect("devices lock");
         let needed: BTreeSet<u32> = self.local_networks().into_keys().collect();
         let (attached, gw_used): (BTreeSet<String>, bool) = {
             let state = self.state.lock().expect("network state lock");
@@ -560,7 +579,6 @@ impl HostNetwork {
                 || state.pending.values().any(|p| p.1.is_some());
             (names, gw_used)
         };
-        let _devices = self.devices.lock().expect("devices lock");
         netns::run_in(host_ns(), move |h| async move {
             for (name, _) in link::links(&h).await? {
                 let vni = name
@@ -634,19 +652,19 @@ fn refresh_vips(state: &Mutex<State>, views: &Views, refresh: &(Mutex<bool>, std
             }
             *d = false;
         }
-        let work: Vec<(TaskId, PathBuf, crate::nft::Table)> = {
+        let work: Vec<(TaskId, Arc<crate::nft::Conn>, crate::nft::Table)> = {
             let state = state.lock().expect("network state lock");
             state
                 .attached
                 .iter()
                 .filter_map(|(id, a)| {
                     let rules = lb::ruleset(&vips(views, &a.networks));
-                    (a.rules.as_ref() != Some(&rules)).then(|| (id.clone(), a.netns.clone(), rules))
+                    (a.rules.as_ref() != Some(&rules)).then(|| (id.clone(), a.nft.clone(), rules))
                 })
                 .collect()
         };
-        for (id, netns, rules) in work {
-            match lb::apply(&netns, &rules) {
+        for (id, nft, rules) in work {
+            match nft.load(&rules) {
                 Ok(()) => {
                     if let Some(a) = state
                         .lock()

@@ -4,15 +4,13 @@
 //! the task sees the client's real address and replies go straight back. A VIP whose service
 //! has no running task refuses connections at once instead of timing out.
 //!
-//! The ruleset is a pure function of the views ([`ruleset`]); [`apply`] loads it inside the
-//! namespace through nftables' netlink ([`crate::nft`]), replacing the table in one
-//! transaction.
+//! The ruleset is a pure function of the views ([`ruleset`]); the host network loads it inside
+//! the container's namespace through nftables' netlink ([`crate::nft::Conn`], a socket opened
+//! there when the container is attached), replacing the table in one transaction.
 
 use crate::nft::{self, Action, Chain, ChainKind, Hook, HookPoint, Match, Rule, Table};
-use crate::NetError;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::Path;
 
 /// Name of shoal's table in a container's namespace.
 pub const TABLE: &str = "shoal";
@@ -53,11 +51,6 @@ pub fn ruleset(vips: &BTreeMap<Ipv4Addr, Vec<Ipv4Addr>>) -> Table {
             },
         ],
     }
-}
-
-/// Loads `rules` inside the namespace at `netns` in one transaction.
-pub fn apply(netns: &Path, rules: &Table) -> Result<(), NetError> {
-    nft::load(netns, rules)
 }
 
 #[cfg(test)]

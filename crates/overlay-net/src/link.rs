@@ -4,14 +4,14 @@
 use crate::NetError;
 use futures::TryStreamExt;
 use rtnetlink::packet_route::link::{
-    InfoBridgePort, InfoKind, InfoPortData, InfoPortKind, LinkAttribute, LinkFlags, LinkInfo,
-    LinkMessage,
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage,
 };
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan};
+use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -242,9 +242,11 @@ pub async fn delete(h: &Handle, name: &str) -> Result<(), NetError> {
     Ok(())
 }
 
-/// Makes a veth pair for an attachment: `host` on the bridge `br`, its peer moved into the
-/// namespace open as `netns_fd`, under the temporary name `peer`. An `isolated` port forwards
-/// nothing to other isolated ports of its bridge, only to and from the bridge itself (the host).
+/// Makes a veth pair for an attachment: `host` on the bridge `br`, up, and its peer `peer`
+/// made straight inside the namespace open as `netns_fd` (moving a link between namespaces
+/// would wait for an RCU grace period, under the lock every link change takes). An `isolated`
+/// port forwards nothing to other isolated ports of its bridge, only to and from the bridge
+/// itself (the host).
 pub async fn add_veth(
     h: &Handle,
     host: &str,
@@ -254,35 +256,25 @@ pub async fn add_veth(
     netns_fd: std::os::fd::RawFd,
 ) -> Result<(), NetError> {
     delete(h, host).await?;
+    let peer_end = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(peer.to_owned())
+        .mtu(mtu)
+        .setns_by_fd(netns_fd)
+        .build();
     h.link()
-        .add(LinkVeth::new(host, peer).mtu(mtu).build())
+        .add(
+            LinkVeth::new(host, peer)
+                .mtu(mtu)
+                .controller(br)
+                .up()
+                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_end)))
+                .build(),
+        )
         .execute()
         .await
         .map_err(NetError::netlink(format!("creating veth {host}")))?;
-    let host_idx = index(h, host).await?.expect("just created");
-    let peer_idx = index(h, peer).await?.expect("just created");
-    h.link()
-        .set(
-            LinkUnspec::new_with_index(peer_idx)
-                .setns_by_fd(netns_fd)
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(NetError::netlink(format!(
-            "moving {peer} into the container"
-        )))?;
-    h.link()
-        .set(
-            LinkUnspec::new_with_index(host_idx)
-                .controller(br)
-                .up()
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(NetError::netlink(format!("putting {host} on its bridge")))?;
     if isolated {
+        let host_idx = index(h, host).await?.expect("just created");
         // Bridge-port settings go in an RTM_NEWLINK (`ip link set … type bridge_slave isolated on`).
         h.link()
             .set_port(

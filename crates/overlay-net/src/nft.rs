@@ -318,24 +318,69 @@ impl fmt::Display for Table {
     }
 }
 
+/// A netlink socket to nf_tables, opened inside one network namespace and bound to it for its
+/// life: loads through it need no thread entering the namespace. Loads through one socket are
+/// taken one at a time.
+#[derive(Debug)]
+pub struct Conn {
+    socket: std::sync::Mutex<netlink_sys::Socket>,
+}
+
+impl Conn {
+    /// Opens a socket inside the namespace at `netns`.
+    pub fn open_in(netns: &Path) -> Result<Conn, NetError> {
+        let socket = crate::netns::blocking_in(netns, open_socket)?;
+        Ok(Conn {
+            socket: std::sync::Mutex::new(socket),
+        })
+    }
+
+    /// Opens a socket in the calling thread's namespace.
+    pub fn open_here() -> Result<Conn, NetError> {
+        let socket = open_socket().map_err(NetError::io("opening a netlink socket"))?;
+        Ok(Conn {
+            socket: std::sync::Mutex::new(socket),
+        })
+    }
+
+    /// Replaces the table `table.name` by `table`, in one transaction.
+    pub fn load(&self, table: &Table) -> Result<(), NetError> {
+        self.send(encode(&table.name, Some(table)))
+    }
+
+    /// Removes the table `name`, if it is there.
+    pub fn remove(&self, name: &str) -> Result<(), NetError> {
+        self.send(encode(name, None))
+    }
+
+    fn send(&self, batch: Batch) -> Result<(), NetError> {
+        let socket = self.socket.lock().expect("nftables socket lock");
+        match batch.talk(&socket) {
+            Ok(None) => Ok(()),
+            Ok(Some(why)) => Err(NetError::Nft(why)),
+            Err(e) => Err(NetError::io("talking to nf_tables")(e)),
+        }
+    }
+}
+
+fn open_socket() -> std::io::Result<netlink_sys::Socket> {
+    let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER)?;
+    socket.bind_auto()?;
+    // Errors with the kernel's own words, without the request echoed back.
+    let _ = socket.set_ext_ack(true);
+    let _ = socket.set_cap_ack(true);
+    Ok(socket)
+}
+
 /// Replaces the table `table.name` inside the namespace at `netns` by `table`, in one
-/// transaction.
+/// transaction (a socket opened for this load only).
 pub fn load(netns: &Path, table: &Table) -> Result<(), NetError> {
-    let batch = encode(&table.name, Some(table));
-    send(netns, batch)
+    Conn::open_in(netns)?.load(table)
 }
 
 /// Removes the table `name` inside the namespace at `netns`, if it is there.
 pub fn remove(netns: &Path, name: &str) -> Result<(), NetError> {
-    send(netns, encode(name, None))
-}
-
-fn send(netns: &Path, batch: Batch) -> Result<(), NetError> {
-    let refused = crate::netns::blocking_in(netns, move || batch.talk())?;
-    match refused {
-        None => Ok(()),
-        Some(why) => Err(NetError::Nft(why)),
-    }
+    Conn::open_in(netns)?.remove(name)
 }
 
 // The kernel's numbers (linux/netlink.h, linux/netfilter/nfnetlink.h, nf_tables.h).
@@ -670,21 +715,18 @@ impl Batch {
         (name, id)
     }
 
-    /// Sends the batch from the calling thread's namespace; `Some(reason)` when the kernel
-    /// refused it (then nothing of it was applied).
-    fn talk(mut self) -> std::io::Result<Option<String>> {
+    /// Sends the batch through `socket`; `Some(reason)` when the kernel refused it (then
+    /// nothing of it was applied).
+    fn talk(mut self, socket: &netlink_sys::Socket) -> std::io::Result<Option<String>> {
         self.finish();
-        let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER)?;
-        socket.bind_auto()?;
-        // Errors with the kernel's own words, without the request echoed back.
-        let _ = socket.set_ext_ack(true);
-        let _ = socket.set_cap_ack(true);
+        // Answers a failed earlier exchange left behind are not this batch's.
+        let mut buf = vec![0u8; 64 * 1024];
+        while socket.recv(&mut &mut buf[..], libc::MSG_DONTWAIT).is_ok() {}
         socket.send(&self.buf, 0)?;
         // The kernel handles the batch inside the send: every answer is queued by now.
         let last = self.what.len() as u32;
         let mut refused = Vec::new();
         let mut acked_last = false;
-        let mut buf = vec![0u8; 64 * 1024];
         loop {
             let n = match socket.recv(&mut &mut buf[..], libc::MSG_DONTWAIT) {
                 Ok(n) => n,

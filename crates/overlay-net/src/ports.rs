@@ -206,18 +206,17 @@ pub fn ruleset(plan: &PortPlan, local: &BTreeMap<TaskId, Ipv4Addr>, me: Ipv4Addr
     }
 }
 
-/// Loads `rules` in the host's namespace in one transaction (or removes shoal's table, for
-/// `None`), and turns IPv4 forwarding on (published ports and container egress are
-/// forwarded).
-pub fn apply(rules: Option<&Table>) -> Result<(), NetError> {
-    let here = std::path::Path::new("/proc/self/ns/net");
+/// Loads `rules` in the host's namespace through `conn` in one transaction (or removes
+/// shoal's table, for `None`), and turns IPv4 forwarding on (published ports and container
+/// egress are forwarded).
+pub fn apply(conn: &nft::Conn, rules: Option<&Table>) -> Result<(), NetError> {
     match rules {
         Some(t) => {
             std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
                 .map_err(NetError::io("turning IPv4 forwarding on"))?;
-            nft::load(here, t)
+            conn.load(t)
         }
-        None => nft::remove(here, TABLE),
+        None => conn.remove(TABLE),
     }
 }
 
