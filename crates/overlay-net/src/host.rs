@@ -29,8 +29,8 @@ struct Attached {
     dns: tokio::task::AbortHandle,
     /// The VIP rules last loaded (`None`: to be loaded at the next update).
     rules: Option<crate::nft::Table>,
-    /// nf_tables inside its namespace, for its VIP rules.
-    nft: Arc<crate::nft::Conn>,
+    /// Its network namespace.
+    netns: PathBuf,
     /// Its address on the host's gateway bridge (none when all its networks are internal).
     gw: Option<Ipv4Addr>,
 }
@@ -253,13 +253,12 @@ impl HostNetwork {
         }
         let dns = self.serve_dns(path, &networks)?;
         let rules = lb::ruleset(&self.vips(&networks));
-        let nft = Arc::new(crate::nft::Conn::open_in(path)?);
-        nft.load(&rules)?;
+        crate::nft::load(path, &rules)?;
         Ok(Attached {
+            netns: path.to_owned(),
             networks,
             dns,
             rules: Some(rules),
-            nft,
             gw,
         })
     }
@@ -324,7 +323,7 @@ impl HostNetwork {
         let conn = match self.host_nft.get() {
             Some(c) => c,
             None => {
-                let c = crate::nft::Conn::open_here()?;
+                let c = crate::nft::Conn::open_in(host_ns())?;
                 self.host_nft.get_or_init(|| c)
             }
         };
@@ -380,16 +379,15 @@ impl HostNetwork {
             link::address_of(&h, &gw_link).await
         })?;
         let dns = self.serve_dns(&path, &networks)?;
-        let nft = Arc::new(crate::nft::Conn::open_in(&path)?);
         tracing::info!(task_id = %task.id, "resumed the networking of a running container");
         state.attached.insert(
             task.id.clone(),
             Attached {
+                netns: path,
                 networks,
                 dns,
                 // Loaded again at the next update.
                 rules: None,
-                nft,
                 gw,
             },
         );
@@ -438,7 +436,7 @@ impl HostNetwork {
             .map(|v| (v.network.id.clone(), v))
             .collect();
         self.sync_remotes()?;
-        // The containers' VIP rules follow on the refresher's thread: one `nft` per container
+        // The containers' VIP rules follow on the refresher's thread: one load per container
         // whose backends changed, which must not hold up the tasks this message starts. Changes
         // arriving during a pass are taken together by the next.
         self.refresher.call_once(|| {
@@ -640,7 +638,7 @@ fn vips(views: &Views, networks: &[NetworkId]) -> BTreeMap<Ipv4Addr, Vec<Ipv4Add
 }
 
 /// The VIP refresher: whenever the views changed, loads new rules into every attached
-/// container whose VIP backends changed. The state lock is not held while `nft` runs, so
+/// container whose VIP backends changed. The state lock is not held while the rules load, so
 /// attaching and detaching go on meanwhile.
 fn refresh_vips(state: &Mutex<State>, views: &Views, refresh: &(Mutex<bool>, std::sync::Condvar)) {
     let (dirty, wake) = refresh;
@@ -652,19 +650,21 @@ fn refresh_vips(state: &Mutex<State>, views: &Views, refresh: &(Mutex<bool>, std
             }
             *d = false;
         }
-        let work: Vec<(TaskId, Arc<crate::nft::Conn>, crate::nft::Table)> = {
+        let work: Vec<(TaskId, PathBuf, crate::nft::Table)> = {
             let state = state.lock().expect("network state lock");
             state
                 .attached
                 .iter()
                 .filter_map(|(id, a)| {
                     let rules = lb::ruleset(&vips(views, &a.networks));
-                    (a.rules.as_ref() != Some(&rules)).then(|| (id.clone(), a.nft.clone(), rules))
+                    (a.rules.as_ref() != Some(&rules)).then(|| (id.clone(), a.netns.clone(), rules))
                 })
                 .collect()
         };
-        for (id, nft, rules) in work {
-            match nft.load(&rules) {
+        for (id, netns, rules) in work {
+            // A socket for this load only: one kept per container would double the
+            // descriptors a host holds per container.
+            match crate::nft::load(&netns, &rules) {
                 Ok(()) => {
                     if let Some(a) = state
                         .lock()

@@ -5,8 +5,8 @@
 //! has no running task refuses connections at once instead of timing out.
 //!
 //! The ruleset is a pure function of the views ([`ruleset`]); the host network loads it inside
-//! the container's namespace through nftables' netlink ([`crate::nft::Conn`], a socket opened
-//! there when the container is attached), replacing the table in one transaction.
+//! the container's namespace through nftables' netlink ([`crate::nft::load`]), replacing the
+//! table in one transaction.
 
 use crate::nft::{self, Action, Chain, ChainKind, Hook, HookPoint, Match, Rule, Table};
 use std::collections::BTreeMap;

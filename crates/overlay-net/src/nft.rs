@@ -335,14 +335,6 @@ impl Conn {
         })
     }
 
-    /// Opens a socket in the calling thread's namespace.
-    pub fn open_here() -> Result<Conn, NetError> {
-        let socket = open_socket().map_err(NetError::io("opening a netlink socket"))?;
-        Ok(Conn {
-            socket: std::sync::Mutex::new(socket),
-        })
-    }
-
     /// Replaces the table `table.name` by `table`, in one transaction.
     pub fn load(&self, table: &Table) -> Result<(), NetError> {
         self.send(encode(&table.name, Some(table)))
