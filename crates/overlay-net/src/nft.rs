@@ -603,6 +603,8 @@ struct Batch {
     buf: Vec<u8>,
     what: Vec<(u32, String)>,
     next_set: u32,
+    /// Where the last message pushed starts.
+    last: usize,
 }
 
 impl Batch {
@@ -611,6 +613,7 @@ impl Batch {
             buf: Vec::new(),
             what: Vec::new(),
             next_set: 1,
+            last: 0,
         };
         let m = Msg::new(
             sys::NFNL_MSG_BATCH_BEGIN,
@@ -629,7 +632,7 @@ impl Batch {
         self.what.push((seq, what));
         Msg::new(
             (sys::NFNL_SUBSYS_NFTABLES << 8) | cmd,
-            sys::NLM_F_REQUEST | sys::NLM_F_ACK | flags,
+            sys::NLM_F_REQUEST | flags,
             seq,
             sys::NFPROTO_IPV4,
             0,
@@ -637,10 +640,17 @@ impl Batch {
     }
 
     fn push(&mut self, m: Msg) {
+        self.last = self.buf.len();
         self.buf.extend(m.done());
     }
 
+    /// Ends the batch. Only its last message asks for an acknowledgement: the kernel reports
+    /// every refused message whether asked or not, and an acknowledgement per message would
+    /// overflow the socket's buffer on a large table.
     fn finish(&mut self) {
+        let at = self.last + 6;
+        let flags = u16::from_ne_bytes([self.buf[at], self.buf[at + 1]]) | sys::NLM_F_ACK;
+        self.buf[at..at + 2].copy_from_slice(&flags.to_ne_bytes());
         let seq = self.what.len() as u32 + 1;
         let m = Msg::new(
             sys::NFNL_MSG_BATCH_END,
@@ -714,6 +724,18 @@ impl Batch {
         // Answers a failed earlier exchange left behind are not this batch's.
         let mut buf = vec![0u8; 64 * 1024];
         while socket.recv(&mut &mut buf[..], libc::MSG_DONTWAIT).is_ok() {}
+        // The batch goes in one message, which must fit the socket's send buffer (as nft
+        // does, it is made large enough; root may exceed the system's limit).
+        let need = self.buf.len() + 4096;
+        {
+            use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+            let fd = std::os::fd::AsFd::as_fd(socket);
+            if getsockopt(&fd, sockopt::SndBuf).is_ok_and(|have| have < 2 * need) {
+                setsockopt(&fd, sockopt::SndBufForce, &need)
+                    .or_else(|_| setsockopt(&fd, sockopt::SndBuf, &need))
+                    .map_err(std::io::Error::from)?;
+            }
+        }
         socket.send(&self.buf, 0)?;
         // The kernel handles the batch inside the send: every answer is queued by now.
         let last = self.what.len() as u32;

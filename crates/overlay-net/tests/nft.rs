@@ -191,3 +191,49 @@ fn a_refused_load_names_the_rule_and_changes_nothing() {
     assert!(err.contains("none changed"), "{err}");
     assert_eq!(ns.list(lb::TABLE).as_deref(), Some(before.as_str()));
 }
+
+#[test]
+fn a_large_table_loads_in_one_batch() {
+    if !can_run() {
+        return;
+    }
+    let ns = Netns::new("big");
+    let me = Ipv4Addr::new(198, 18, 0, 11);
+    let t = TaskId::from_bits;
+    let mut plan = PortPlan {
+        peers: (1..=200).map(|d| Ipv4Addr::new(198, 18, 0, d)).collect(),
+        ports: Vec::new(),
+    };
+    let mut local = BTreeMap::new();
+    for p in 0..300u16 {
+        let backends: Vec<Backend> = (0..4u64)
+            .map(|k| Backend {
+                task_id: t(u128::from(p) * 4 + u128::from(k) + 1),
+                node_addr: if k < 2 {
+                    me
+                } else {
+                    Ipv4Addr::new(198, 18, 0, 12 + k as u8)
+                },
+            })
+            .collect();
+        for b in backends.iter().filter(|b| b.node_addr == me) {
+            let n = local.len() as u32 + 2;
+            local.insert(
+                b.task_id.clone(),
+                Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 30, 0, 0)) + n),
+            );
+        }
+        plan.ports.push(PublishedPort {
+            service: format!("s{p}"),
+            published: 20000 + p,
+            target: 80,
+            protocol: if p % 2 == 0 { "tcp" } else { "udp" }.into(),
+            mode: "ingress".into(),
+            backends,
+        });
+    }
+    let table = ports::ruleset(&plan, &local, me);
+    nft::load(&ns.path(), &table).expect("a table of 300 ports loads");
+    let listed = ns.list(ports::TABLE).expect("table there");
+    assert_listed(&table, &listed);
+}
