@@ -46,15 +46,19 @@ pub fn gw_veth_name(task: &str) -> String {
     format!("shd{}", &task[..task.len().min(10)])
 }
 
-/// The index of the link called `name`, if there is one.
-pub async fn index(h: &Handle, name: &str) -> Result<Option<u32>, NetError> {
+/// The link called `name`, if there is one.
+async fn get(h: &Handle, name: &str) -> Result<Option<LinkMessage>, NetError> {
     let mut links = h.link().get().match_name(name.to_owned()).execute();
     match links.try_next().await {
-        Ok(Some(m)) => Ok(Some(m.header.index)),
-        Ok(None) => Ok(None),
+        Ok(m) => Ok(m),
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc_enodev() => Ok(None),
         Err(e) => Err(NetError::netlink(format!("looking up {name}"))(e)),
     }
+}
+
+/// The index of the link called `name`, if there is one.
+pub async fn index(h: &Handle, name: &str) -> Result<Option<u32>, NetError> {
+    Ok(get(h, name).await?.map(|m| m.header.index))
 }
 
 fn libc_enodev() -> i32 {
@@ -115,13 +119,9 @@ pub async fn set_state(h: &Handle, name: &str, up: bool) -> Result<(), NetError>
 
 /// True when the link `name` is there and administratively up.
 pub async fn is_up(h: &Handle, name: &str) -> Result<bool, NetError> {
-    let mut links = h.link().get().match_name(name.to_owned()).execute();
-    match links.try_next().await {
-        Ok(Some(m)) => Ok(m.header.flags.contains(LinkFlags::Up)),
-        Ok(None) => Ok(false),
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc_enodev() => Ok(false),
-        Err(e) => Err(NetError::netlink(format!("looking up {name}"))(e)),
-    }
+    Ok(get(h, name)
+        .await?
+        .is_some_and(|m| m.header.flags.contains(LinkFlags::Up)))
 }
 
 /// Makes the bridge `name`, up (nothing if it exists); returns its index.
